@@ -1,0 +1,216 @@
+// asyppo/backend/cpu.hpp: the CPU backend (host memory, optional threads).
+//
+// Implements every pattern of backend/patterns.hpp with plain loops that the compiler
+// inlines the algorithms' functors into, spread over an Eigen::ThreadPool when threads > 1.
+// Work is cut into pieces that do not depend on the thread count (fixed reduce tiles,
+// whole segments), and partial results are merged in a fixed order, so results are
+// bit-identical for any thread count. Histograms and sorts are exact (integers).
+//
+// Memory: caller tensors are read in place through views (zero copy); temporaries come
+// from allocate<T>(n), an owning host buffer.
+#pragma once
+
+#include <algorithm>
+#include <cstdint>
+#include <cstring>
+#include <memory>
+#include <numeric>
+#include <thread>
+#include <vector>
+
+#define EIGEN_USE_THREADS
+#include <unsupported/Eigen/CXX11/ThreadPool>
+
+#include "asyppo/backend/patterns.hpp"
+#include "asyppo/config.hpp"
+
+namespace asyppo {
+
+/// Owning host buffer of trivially copyable T (uninitialised on allocation).
+template <class T>
+class host_buffer {
+ public:
+  host_buffer() = default;
+  explicit host_buffer(index_t n) : data_(n > 0 ? new T[static_cast<std::size_t>(n)] : nullptr), size_(n) {}
+  T* data() const { return data_.get(); }
+  index_t size() const { return size_; }
+  T& operator[](index_t i) const { return data_[static_cast<std::size_t>(i)]; }
+
+ private:
+  std::unique_ptr<T[]> data_;
+  index_t size_ = 0;
+};
+
+class cpu_backend {
+ public:
+  /// Elements per reduce tile: the unit of work whose partial result is merged in order.
+  static constexpr index_t reduce_tile = 1 << 14;
+
+  /// threads = 1 runs everything on the calling thread; threads = 0 uses every hardware
+  /// thread. Copies share the same pool.
+  explicit cpu_backend(int threads = 1) {
+    if (threads <= 0) threads = static_cast<int>(std::max(1u, std::thread::hardware_concurrency()));
+    threads_ = threads;
+    if (threads_ > 1) pool_ = std::make_shared<Eigen::ThreadPool>(threads_ - 1);
+  }
+
+  int threads() const { return threads_; }
+
+  // ---- memory ------------------------------------------------------------------------
+  template <class T>
+  host_buffer<T> allocate(index_t n) const {
+    return host_buffer<T>(n);
+  }
+  template <class T>
+  void copy_to_host(const T* src, index_t n, T* dst) const {
+    if (n > 0) std::memcpy(dst, src, static_cast<std::size_t>(n) * sizeof(T));
+  }
+  template <class T>
+  void copy_from_host(const T* src, index_t n, T* dst) const {
+    copy_to_host(src, n, dst);
+  }
+  template <class T>
+  void fill(T* p, index_t n, T value) const {
+    std::fill(p, p + n, value);
+  }
+  void synchronize() const {}
+
+  // ---- patterns ----------------------------------------------------------------------
+  template <class F>
+  void for_each(index_t n, F f) const {
+    parallel_blocks(n, 4096, [&](index_t lo, index_t hi) {
+      for (index_t i = lo; i < hi; ++i) f(i);
+    });
+  }
+
+  template <class R>
+  typename R::value_type reduce(index_t n, R r) const {
+    using V = typename R::value_type;
+    const index_t tiles = (n + reduce_tile - 1) / reduce_tile;
+    if (tiles <= 1) {
+      V acc = r.identity();
+      for (index_t i = 0; i < n; ++i) r.add(acc, i);
+      return acc;
+    }
+    std::vector<V> part(static_cast<std::size_t>(tiles));
+    parallel_blocks(tiles, 1, [&](index_t lo, index_t hi) {
+      for (index_t t = lo; t < hi; ++t) {
+        V acc = r.identity();
+        const index_t end = std::min(n, (t + 1) * reduce_tile);
+        for (index_t i = t * reduce_tile; i < end; ++i) r.add(acc, i);
+        part[static_cast<std::size_t>(t)] = acc;
+      }
+    });
+    V acc = part[0];
+    for (index_t t = 1; t < tiles; ++t) acc = r.combine(acc, part[static_cast<std::size_t>(t)]);
+    return acc;
+  }
+
+  template <class Begin, class R, class Sink>
+  void segmented_reduce(index_t nseg, Begin begin, R r, Sink sink) const {
+    parallel_blocks(nseg, 1, [&](index_t lo, index_t hi) {
+      for (index_t g = lo; g < hi; ++g) {
+        typename R::value_type acc = r.identity();
+        const index_t e = begin(g + 1);
+        for (index_t i = begin(g); i < e; ++i) r.add(acc, i);
+        sink(g, acc);
+      }
+    });
+  }
+
+  template <class Begin, class Elem, class Op, class Sink>
+  void segmented_scan(scan_direction dir, index_t nseg, Begin begin, Elem elem, Op op, Sink sink) const {
+    parallel_blocks(nseg, 1, [&](index_t lo, index_t hi) {
+      for (index_t g = lo; g < hi; ++g) {
+        const index_t b = begin(g), e = begin(g + 1);
+        if (b >= e) continue;
+        if (dir == scan_direction::forward) {
+          typename Op::value_type acc = elem(b);
+          sink(b, acc);
+          for (index_t i = b + 1; i < e; ++i) {
+            acc = op.combine(acc, elem(i));
+            sink(i, acc);
+          }
+        } else {
+          typename Op::value_type acc = elem(e - 1);
+          sink(e - 1, acc);
+          for (index_t i = e - 2; i >= b; --i) {
+            acc = op.combine(acc, elem(i));
+            sink(i, acc);
+          }
+        }
+      }
+    });
+  }
+
+  template <class Bin>
+  void histogram(index_t n, Bin bin, index_t nbins, std::uint64_t* counts) const {
+    const int parts = static_cast<int>(std::min<index_t>(threads_, (n + 65535) / 65536));
+    if (parts <= 1) {
+      for (index_t i = 0; i < n; ++i) {
+        const index_t b = bin(i);
+        if (b >= 0) ++counts[b];
+      }
+      return;
+    }
+    std::vector<std::vector<std::uint32_t>> local(static_cast<std::size_t>(parts));
+    run_parts(parts, [&](int p) {
+      auto& h = local[static_cast<std::size_t>(p)];
+      h.assign(static_cast<std::size_t>(nbins), 0u);
+      const index_t lo = n * p / parts, hi = n * (p + 1) / parts;
+      // 32-bit counters per part: a part never holds 2^32 elements in practice; guard anyway.
+      for (index_t i = lo; i < hi; ++i) {
+        const index_t b = bin(i);
+        if (b >= 0) ++h[static_cast<std::size_t>(b)];
+      }
+    });
+    for (const auto& h : local)
+      for (index_t b = 0; b < nbins; ++b) counts[b] += h[static_cast<std::size_t>(b)];
+  }
+
+  template <class Key>
+  void sort_indices(index_t n, Key key, index_t* perm) const {
+    std::vector<std::int64_t> k(static_cast<std::size_t>(n));
+    for (index_t i = 0; i < n; ++i) {
+      perm[i] = i;
+      k[static_cast<std::size_t>(i)] = key(i);
+    }
+    std::stable_sort(perm, perm + n, [&](index_t a, index_t b) {
+      return k[static_cast<std::size_t>(a)] < k[static_cast<std::size_t>(b)];
+    });
+  }
+
+ private:
+  // Runs body(p) for p in [0, parts) on the pool and the calling thread; waits for all.
+  template <class Body>
+  void run_parts(int parts, Body&& body) const {
+    if (parts <= 1 || !pool_) {
+      for (int p = 0; p < parts; ++p) body(p);
+      return;
+    }
+    Eigen::Barrier done(static_cast<unsigned>(parts - 1));
+    for (int p = 1; p < parts; ++p)
+      pool_->Schedule([&body, &done, p] {
+        body(p);
+        done.Notify();
+      });
+    body(0);
+    done.Wait();
+  }
+
+  // Splits [0, n) into at most threads_ contiguous blocks of at least `grain` items.
+  template <class Body>
+  void parallel_blocks(index_t n, index_t grain, Body&& body) const {
+    if (n <= 0) return;
+    const index_t want = std::max<index_t>(1, n / std::max<index_t>(grain, 1));
+    const int parts = static_cast<int>(std::min<index_t>(threads_, want));
+    run_parts(parts, [&](int p) { body(n * p / parts, n * (p + 1) / parts); });
+  }
+
+  int threads_ = 1;
+  std::shared_ptr<Eigen::ThreadPool> pool_;
+};
+
+static_assert(Backend<cpu_backend>);
+
+}  // namespace asyppo

@@ -1,0 +1,143 @@
+// asyppo/core/advantage_stats.hpp: summary moments of the advantage step (one fused pass).
+//
+// Over valid tokens: mean and std of the advantages (after I^A when it is applied in this same
+// pass), of the returns R, and of R - V_k for each critic k, giving the explained variance
+// EV_k = 1 - Var(R - V_k) / Var(R) (NaN when Var(R) = 0). Moments are accumulated per backend
+// tile as sums of deviations from the tile's first value (shifted data: no catastrophic
+// cancellation for data far from 0) and tiles are merged with Chan's pairwise formula; ranks
+// are merged in rank order. These are diagnostics: the whitening that feeds the loss uses the
+// exact two-pass moments of core/moments.hpp.
+#pragma once
+
+#include <cmath>
+#include <vector>
+
+#include "asyppo/backend/patterns.hpp"
+#include "asyppo/comm/communicator.hpp"
+#include "asyppo/views.hpp"
+
+namespace asyppo::detail {
+
+inline constexpr int stats_critics_per_pass = 8;
+
+template <class T>
+struct summary_reducer {
+  static constexpr int cap = 2 + stats_critics_per_pass;  // advantages, returns, R - V_k
+  critic_view<const T> values;
+  token_view<T> adv;
+  token_view<const T> ret;
+  mask_view mask;
+  view<const std::uint8_t, 2> adv_mask;
+  index_t cols;
+  index_t first_critic, ncritics;
+  bool apply_mask;  // write adv *= adv_mask (first pass only)
+
+  struct value_type {
+    double n;
+    double shift[cap], s1[cap], s2[cap];
+  };
+  ASYPPO_HD value_type identity() const {
+    value_type v;
+    v.n = 0;
+    for (int j = 0; j < cap; ++j) v.shift[j] = v.s1[j] = v.s2[j] = 0;
+    return v;
+  }
+  ASYPPO_HD void add(value_type& a, index_t i) const {
+    const index_t b = i / cols, t = i - b * cols;
+    if (!mask(b, t)) return;
+    double x[cap];
+    double A = static_cast<double>(adv(b, t));
+    if (apply_mask && !adv_mask(b, t)) {
+      adv(b, t) = T(0);
+      A = 0;
+    }
+    x[0] = A;
+    x[1] = static_cast<double>(ret(b, t));
+    for (index_t k = 0; k < ncritics; ++k) x[2 + k] = x[1] - static_cast<double>(values(first_critic + k, b, t));
+    const int m = 2 + static_cast<int>(ncritics);
+    if (a.n == 0)
+      for (int j = 0; j < m; ++j) a.shift[j] = x[j];
+    a.n += 1;
+    for (int j = 0; j < m; ++j) {
+      const double d = x[j] - a.shift[j];
+      a.s1[j] += d;
+      a.s2[j] += d * d;
+    }
+  }
+  ASYPPO_HD value_type combine(const value_type& a, const value_type& b) const {
+    if (a.n == 0) return b;
+    if (b.n == 0) return a;
+    value_type r;
+    r.n = a.n + b.n;
+    for (int j = 0; j < cap; ++j) {
+      const double ma = a.shift[j] + a.s1[j] / a.n, mb = b.shift[j] + b.s1[j] / b.n;
+      const double qa = a.s2[j] - a.s1[j] * a.s1[j] / a.n, qb = b.s2[j] - b.s1[j] * b.s1[j] / b.n;
+      const double d = mb - ma;
+      r.shift[j] = ma + d * b.n / r.n;
+      r.s1[j] = 0;
+      r.s2[j] = qa + qb + d * d * a.n * b.n / r.n;
+    }
+    return r;
+  }
+};
+
+/// Mean and M2 per series after merging every rank's (n, mean, M2) in rank order.
+template <class Comm>
+std::vector<double> merge_over_ranks(const std::vector<double>& local, int series, const Comm& comm) {
+  const int R = comm.size();
+  const index_t width = 1 + 2 * series;
+  std::vector<double> all(static_cast<std::size_t>(width * R));
+  comm.allgather(local.data(), width, all.data());
+  std::vector<double> out(static_cast<std::size_t>(width), 0.0);
+  for (int r = 0; r < R; ++r) {
+    const double* p = all.data() + r * width;
+    const double nb = p[0];
+    if (nb == 0) continue;
+    const double na = out[0], n = na + nb;
+    for (int j = 0; j < series; ++j) {
+      const double ma = out[1 + 2 * j], mb = p[1 + 2 * j], d = mb - ma;
+      out[1 + 2 * j] = ma + d * nb / n;
+      out[2 + 2 * j] += p[2 + 2 * j] + d * d * na * nb / n;
+    }
+    out[0] = n;
+  }
+  return out;
+}
+
+template <class Backend, class T, class Summary, class Comm>
+void advantage_moments(const Backend& be, critic_view<const T> values, token_view<T> adv, token_view<const T> ret,
+                       mask_view mask, view<const std::uint8_t, 2> adv_mask, bool apply_mask, Summary& s,
+                       const Comm& comm) {
+  const index_t K = values.extent[0], B = adv.extent[0], Tn = adv.extent[1];
+  using R = summary_reducer<T>;
+  s.explained_variance.assign(static_cast<std::size_t>(K), NAN);
+  double var_ret = 0;
+  for (index_t k0 = 0; k0 < K || k0 == 0; k0 += stats_critics_per_pass) {
+    const index_t nk = std::min<index_t>(stats_critics_per_pass, K - k0);
+    const R red{values, adv, ret, mask, adv_mask, Tn, k0, nk, apply_mask && k0 == 0};
+    const auto acc = be.reduce(B * Tn, red);
+    const int series = 2 + static_cast<int>(nk);
+    std::vector<double> local(static_cast<std::size_t>(1 + 2 * series), 0.0);
+    local[0] = acc.n;
+    for (int j = 0; j < series && acc.n > 0; ++j) {
+      local[static_cast<std::size_t>(1 + 2 * j)] = acc.shift[j] + acc.s1[j] / acc.n;
+      local[static_cast<std::size_t>(2 + 2 * j)] = acc.s2[j] - acc.s1[j] * acc.s1[j] / acc.n;
+    }
+    const auto g = merge_over_ranks(local, series, comm);
+    const double n = g[0];
+    if (n <= 0) break;
+    auto var = [&](int j) { return g[static_cast<std::size_t>(2 + 2 * j)] / n; };
+    if (k0 == 0) {
+      s.advantage_mean = g[1];
+      s.advantage_std = std::sqrt(var(0));
+      s.return_mean = g[3];
+      s.return_std = std::sqrt(var(1));
+      var_ret = var(1);
+    }
+    for (index_t k = 0; k < nk; ++k)
+      s.explained_variance[static_cast<std::size_t>(k0 + k)] = var_ret > 0 ? 1.0 - var(2 + static_cast<int>(k)) / var_ret : NAN;
+    if (K == 0) break;
+  }
+}
+
+}  // namespace asyppo::detail

@@ -1,0 +1,106 @@
+// asyppo/core/ensemble.hpp: per-token statistics of the K critics (docs/algorithm.md, Eq. E3-E4).
+//
+//   mean[b,t] = (1/K) sum_k V[k,b,t]
+//   std[b,t]  = sqrt( sum_k (V[k,b,t] - mean)^2 / D ),  D = K (population, default) or K-1
+//               (unbiased; defined as 0 when K = 1)
+//   min[b,t], max[b,t] over k
+//
+// Two passes over the K values of one token (mean, then squared deviations), accumulated in
+// double, so the std of nearly equal critics is exact to rounding (no E[x^2]-E[x]^2).
+// With a mask, masked-out tokens get 0 in every output and their values are never read.
+// Each output is optional (pass an empty view to skip it). Deterministic: every token is
+// computed independently with a fixed order over k.
+#pragma once
+
+#include <cmath>
+
+#include "asyppo/backend/patterns.hpp"
+#include "asyppo/core/modes.hpp"
+#include "asyppo/core/validate.hpp"
+#include "asyppo/views.hpp"
+
+namespace asyppo {
+
+template <class T>
+struct ensemble_outputs {
+  token_view<T> mean{};
+  token_view<T> std{};
+  token_view<T> min{};
+  token_view<T> max{};
+};
+
+namespace detail {
+
+/// Mean and std of the K critic values at (b,t), in double.
+template <class T>
+struct ensemble_point {
+  critic_view<const T> values;
+  bool unbiased;
+  ASYPPO_HD double mean(index_t b, index_t t) const {
+    const index_t K = values.extent[0];
+    double s = 0;
+    for (index_t k = 0; k < K; ++k) s += static_cast<double>(values(k, b, t));
+    return s / static_cast<double>(K);
+  }
+  ASYPPO_HD double std_about(index_t b, index_t t, double mu) const {
+    const index_t K = values.extent[0];
+    const index_t d = unbiased ? K - 1 : K;
+    if (d <= 0) return 0.0;
+    double s = 0;
+    for (index_t k = 0; k < K; ++k) {
+      const double e = static_cast<double>(values(k, b, t)) - mu;
+      s += e * e;
+    }
+    return sqrt(s / static_cast<double>(d));
+  }
+};
+
+template <class T>
+struct ensemble_kernel {
+  ensemble_point<T> point;
+  mask_view mask;  // data may be null: every token valid
+  ensemble_outputs<T> out;
+  index_t cols;
+  ASYPPO_HD void operator()(index_t i) const {
+    const index_t b = i / cols, t = i - b * cols;
+    const bool valid = mask.data == nullptr || mask(b, t) != 0;
+    double mu = 0, sd = 0, lo = 0, hi = 0;
+    if (valid) {
+      mu = point.mean(b, t);
+      sd = point.std_about(b, t, mu);
+      lo = hi = static_cast<double>(point.values(0, b, t));
+      for (index_t k = 1; k < point.values.extent[0]; ++k) {
+        const double v = static_cast<double>(point.values(k, b, t));
+        lo = v < lo ? v : lo;
+        hi = v > hi ? v : hi;
+      }
+    }
+    if (out.mean.data) out.mean(b, t) = static_cast<T>(mu);
+    if (out.std.data) out.std(b, t) = static_cast<T>(sd);
+    if (out.min.data) out.min(b, t) = static_cast<T>(lo);
+    if (out.max.data) out.max(b, t) = static_cast<T>(hi);
+  }
+};
+
+}  // namespace detail
+
+/// Ensemble statistics of values [K,B,T] (K >= 1). mask [B,T] is optional (empty view = all
+/// valid). Throws asyppo::error on bad shapes, K < 1, or (check_finite) NaN/Inf on a valid token.
+template <class Backend, class T>
+void ensemble_stats(const Backend& be, critic_view<const T> values, mask_view mask,
+                    const ensemble_outputs<T>& out, std_kind kind = std_kind::population,
+                    bool check_finite = true) {
+  constexpr const char* where = "asyppo::ensemble_stats";
+  detail::check_view(where, "values", values);
+  const index_t K = values.extent[0], B = values.extent[1], Tn = values.extent[2];
+  if (K < 1) detail::fail(where, "values", "needs at least one critic (K >= 1), got K = ", K);
+  if (detail::present(mask)) detail::check_input(where, "mask", mask, {B, Tn});
+  detail::check_optional_output(where, "out.mean", out.mean, {B, Tn});
+  detail::check_optional_output(where, "out.std", out.std, {B, Tn});
+  detail::check_optional_output(where, "out.min", out.min, {B, Tn});
+  detail::check_optional_output(where, "out.max", out.max, {B, Tn});
+  if (check_finite) detail::check_finite_tokens<Backend, T>(be, where, "values", B, Tn, values, {}, mask);
+  be.for_each(B * Tn, detail::ensemble_kernel<T>{{values, kind == std_kind::unbiased}, mask, out, Tn});
+}
+
+}  // namespace asyppo

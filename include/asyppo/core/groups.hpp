@@ -1,0 +1,100 @@
+// asyppo/core/groups.hpp: prompt groups from group ids (the GRPO/RLOO "uid", the AsyPPO prompt).
+//
+// Sequences b with equal ids[b] form one group, whatever the labels (any int64) and wherever
+// the members sit in the batch (contiguous or not). The layout numbers the G distinct groups
+// densely in ascending label order, and numbers the members of a group by ascending batch
+// index (their position j). It is built with one stable sort and one forward scan, so it is
+// exact and deterministic; outcome baselines and shard assignment reduce over it.
+#pragma once
+
+#include <utility>
+
+#include "asyppo/backend/patterns.hpp"
+#include "asyppo/views.hpp"
+
+namespace asyppo {
+
+template <class Backend>
+struct group_layout {
+  using index_buffer = decltype(std::declval<const Backend&>().template allocate<index_t>(0));
+  index_t sequences = 0;  ///< B
+  index_t count = 0;      ///< G, the number of distinct groups
+  index_buffer perm;      ///< [B]   batch indices sorted by (id, index)
+  index_buffer offsets;   ///< [G+1] group g holds perm[offsets[g] .. offsets[g+1])
+  index_buffer group_of;  ///< [B]   dense group number of sequence b
+  index_buffer position;  ///< [B]   position of sequence b inside its group
+};
+
+namespace detail {
+
+struct group_key {
+  seq_view<const std::int64_t> ids;
+  ASYPPO_HD std::int64_t operator()(index_t i) const { return ids(i); }
+};
+
+/// Scan element over sorted positions: number of group heads so far, position of the last head.
+struct head_count {
+  index_t heads;
+  index_t last_head;
+};
+struct head_op {
+  using value_type = head_count;
+  ASYPPO_HD head_count combine(const head_count& a, const head_count& b) const {
+    return {a.heads + b.heads, b.heads ? b.last_head : a.last_head};
+  }
+};
+struct head_elem {
+  seq_view<const std::int64_t> ids;
+  const index_t* perm;
+  ASYPPO_HD head_count operator()(index_t p) const {
+    const bool head = p == 0 || ids(perm[p]) != ids(perm[p - 1]);
+    return {head ? 1 : 0, p};
+  }
+};
+struct head_sink {
+  const index_t* perm;
+  index_t* offsets;
+  index_t* group_of;
+  index_t* position;
+  ASYPPO_HD void operator()(index_t p, const head_count& y) const {
+    const index_t g = y.heads - 1;
+    if (y.last_head == p) offsets[g] = p;
+    group_of[perm[p]] = g;
+    position[perm[p]] = p - y.last_head;
+  }
+};
+struct count_heads {
+  seq_view<const std::int64_t> ids;
+  const index_t* perm;
+  using value_type = index_t;
+  ASYPPO_HD index_t identity() const { return 0; }
+  ASYPPO_HD void add(index_t& acc, index_t p) const { acc += (p == 0 || ids(perm[p]) != ids(perm[p - 1])) ? 1 : 0; }
+  ASYPPO_HD index_t combine(index_t a, index_t b) const { return a + b; }
+};
+
+}  // namespace detail
+
+/// Builds the group layout of ids [B]. Callers validate the view; B = 0 gives G = 0.
+template <class Backend>
+group_layout<Backend> make_group_layout(const Backend& be, seq_view<const std::int64_t> ids) {
+  group_layout<Backend> L;
+  const index_t B = ids.extent[0];
+  L.sequences = B;
+  L.perm = be.template allocate<index_t>(B);
+  L.offsets = be.template allocate<index_t>(B + 1);
+  L.group_of = be.template allocate<index_t>(B);
+  L.position = be.template allocate<index_t>(B);
+  if (B == 0) {
+    const index_t zero = 0;
+    be.copy_from_host(&zero, 1, L.offsets.data());
+    return L;
+  }
+  be.sort_indices(B, detail::group_key{ids}, L.perm.data());
+  be.segmented_scan(scan_direction::forward, 1, row_segments{B}, detail::head_elem{ids, L.perm.data()},
+                    detail::head_op{}, detail::head_sink{L.perm.data(), L.offsets.data(), L.group_of.data(), L.position.data()});
+  L.count = be.reduce(B, detail::count_heads{ids, L.perm.data()});
+  be.copy_from_host(&B, 1, L.offsets.data() + L.count);
+  return L;
+}
+
+}  // namespace asyppo

@@ -1,0 +1,290 @@
+// asyppo/core/outcome.hpp: outcome-reward baselines (docs/algorithm.md, outcome baselines).
+//
+// Per sequence b with score s_b in prompt group g (n_g members, mean mu_g, std sd_g):
+//   GRPO        A_b = (s_b - mu_g) / (sd_g + eps)     sd unbiased by default (torch.std), eps 1e-6
+//   Dr.GRPO     A_b = s_b - mu_g                       (grpo with norm_by_std = false)
+//   RLOO        A_b = s_b - mean of the other members = (s_b - mu_g) n_g / (n_g - 1)
+//   RF++-base   A_b = s_b - mu_g, then masked whitening of A_b m[b,t] over the batch
+//   RF++        G[b,t] = r[b,t] + gamma G[b,t'] over valid tokens (t' the next valid one;
+//               masked tokens are transparent and get 0), then masked whitening
+// Per-token outputs are A_b m[b,t]. Singleton groups (n_g = 1) follow singleton_rule:
+//   verl: mu = 0 and sd = 1 for the group, so GRPO gives s_b/(1+eps), Dr.GRPO, RLOO and
+//         RF++-baseline give s_b (verl's loop estimators);
+//   zero: A_b = 0 (the group carries no baseline information; verl's vectorised RLOO).
+// Group statistics use Welford accumulation in double over each group's members in batch
+// order; every output is deterministic.
+#pragma once
+
+#include <cmath>
+
+#include "asyppo/core/groups.hpp"
+#include "asyppo/core/modes.hpp"
+#include "asyppo/core/validate.hpp"
+#include "asyppo/core/whiten.hpp"
+
+namespace asyppo {
+
+enum class singleton_rule { verl, zero };
+
+struct grpo_options {
+  bool norm_by_std = true;  ///< false: Dr.GRPO (mean only)
+  double eps = 1e-6;
+  std_kind std = std_kind::unbiased;
+  singleton_rule singleton = singleton_rule::verl;
+  bool check_finite = true;
+};
+
+struct rloo_options {
+  singleton_rule singleton = singleton_rule::verl;
+  bool check_finite = true;
+};
+
+struct reinforce_options {
+  double gamma = 1.0;          ///< REINFORCE++ only
+  whiten_options whiten = {};  ///< whitening of the token advantages (verl: unbiased, eps 1e-8)
+  singleton_rule singleton = singleton_rule::verl;  ///< REINFORCE++-baseline only
+};
+
+template <class T>
+struct outcome_outputs {
+  token_view<T> advantages{};  ///< [B,T]: A_b m[b,t]
+  seq_view<T> sequence{};      ///< [B], optional: A_b (GRPO, RLOO, RF++-baseline before whitening)
+};
+
+namespace detail {
+
+struct group_stats {
+  double n, mean, m2;
+};
+
+template <class T>
+struct group_welford {
+  seq_view<const T> scores;
+  const index_t* perm;
+  using value_type = group_stats;
+  ASYPPO_HD group_stats identity() const { return {0, 0, 0}; }
+  ASYPPO_HD void add(group_stats& a, index_t p) const {
+    const double x = static_cast<double>(scores(perm[p]));
+    a.n += 1;
+    const double d = x - a.mean;
+    a.mean += d / a.n;
+    a.m2 += d * (x - a.mean);
+  }
+  ASYPPO_HD group_stats combine(const group_stats& a, const group_stats& b) const {
+    const double n = a.n + b.n;
+    if (n == 0) return a;
+    const double d = b.mean - a.mean;
+    return {n, a.mean + d * b.n / n, a.m2 + b.m2 + d * d * a.n * b.n / n};
+  }
+};
+
+struct store_group_stats {
+  group_stats* out;
+  ASYPPO_HD void operator()(index_t g, const group_stats& s) const { out[g] = s; }
+};
+
+enum class baseline_kind { grpo, dr_grpo, rloo, mean };
+
+template <class T>
+struct baseline_kernel {
+  seq_view<const T> scores;
+  mask_view mask;
+  outcome_outputs<T> out;
+  const index_t* group_of;
+  const group_stats* stats;
+  index_t cols;
+  baseline_kind kind;
+  singleton_rule singleton;
+  double eps;
+  bool unbiased;
+  ASYPPO_HD double advantage(index_t b) const {
+    const group_stats& g = stats[group_of[b]];
+    const double s = static_cast<double>(scores(b));
+    if (g.n < 2) {
+      if (singleton == singleton_rule::zero) return 0.0;
+      return kind == baseline_kind::grpo ? s / (1.0 + eps) : s;  // verl: mean 0, std 1
+    }
+    switch (kind) {
+      case baseline_kind::grpo: {
+        const double var = g.m2 / (unbiased ? g.n - 1 : g.n);
+        return (s - g.mean) / (sqrt(var) + eps);
+      }
+      case baseline_kind::rloo: return (s - g.mean) * g.n / (g.n - 1);
+      default: return s - g.mean;
+    }
+  }
+  ASYPPO_HD void operator()(index_t i) const {
+    const index_t b = i / cols, t = i - b * cols;
+    const double a = advantage(b);
+    if (out.advantages.data) out.advantages(b, t) = mask(b, t) ? static_cast<T>(a) : T(0);
+    if (t == 0 && out.sequence.data) out.sequence(b) = static_cast<T>(a);
+  }
+};
+
+template <class T>
+struct count_nonfinite_seq {
+  seq_view<const T> s;
+  using value_type = index_t;
+  ASYPPO_HD index_t identity() const { return 0; }
+  ASYPPO_HD void add(index_t& a, index_t i) const { a += is_finite_value(s(i)) ? 0 : 1; }
+  ASYPPO_HD index_t combine(index_t a, index_t b) const { return a + b; }
+};
+
+template <class T>
+struct seq_only_kernel {
+  baseline_kernel<T> k;
+  ASYPPO_HD void operator()(index_t b) const { k.out.sequence(b) = static_cast<T>(k.advantage(b)); }
+};
+
+template <class T>
+struct row_sum_reducer {
+  token_view<const T> r;
+  index_t cols;
+  using value_type = double;
+  ASYPPO_HD double identity() const { return 0; }
+  ASYPPO_HD void add(double& a, index_t i) const { a += static_cast<double>(r(i / cols, i % cols)); }
+  ASYPPO_HD double combine(double a, double b) const { return a + b; }
+};
+
+template <class T>
+struct store_seq {
+  seq_view<T> s;
+  ASYPPO_HD void operator()(index_t b, double v) const { s(b) = static_cast<T>(v); }
+};
+
+template <class Backend, class T>
+void check_outcome_args(const Backend& be, const char* where, seq_view<const T> scores,
+                        seq_view<const std::int64_t> ids, mask_view mask, const outcome_outputs<T>& out,
+                        bool check_finite) {
+  check_view(where, "scores", scores);
+  const index_t B = scores.extent[0];
+  check_input(where, "group_ids", ids, {B});
+  check_view(where, "mask", mask);
+  if (mask.extent[0] != B) fail(where, "mask", "extent 0 is ", mask.extent[0], ", expected ", B);
+  const index_t Tn = mask.extent[1];
+  if (!present(mask) && B * Tn > 0) fail(where, "mask", "is required");
+  check_optional_output(where, "out.advantages", out.advantages, {B, Tn});
+  check_optional_output(where, "out.sequence", out.sequence, {B});
+  if (check_finite) {
+    // Scores are per sequence: every one must be finite.
+    const index_t bad = be.reduce(B, count_nonfinite_seq<T>{scores});
+    if (bad > 0) fail(where, "scores", bad, " score(s) are NaN or Inf");
+  }
+}
+
+template <class Backend, class T>
+void group_baseline(const Backend& be, seq_view<const T> scores, seq_view<const std::int64_t> ids, mask_view mask,
+                    const outcome_outputs<T>& out, baseline_kind kind, singleton_rule singleton, double eps,
+                    bool unbiased) {
+  const index_t B = scores.extent[0], Tn = mask.extent[1];
+  auto L = make_group_layout(be, ids);
+  auto stats = be.template allocate<group_stats>(L.count);
+  be.segmented_reduce(L.count, offset_segments{L.offsets.data()}, group_welford<T>{scores, L.perm.data()},
+                      store_group_stats{stats.data()});
+  baseline_kernel<T> k{scores, mask, out, L.group_of.data(), stats.data(), Tn, kind, singleton, eps, unbiased};
+  if (Tn > 0) be.for_each(B * Tn, k);
+  else if (out.sequence.data)
+    be.for_each(B, seq_only_kernel<T>{k});
+}
+
+/// Reverse discounted return over valid tokens (masked tokens transparent, output 0).
+struct discount_map {
+  double u, o;  // x -> u x + o
+};
+struct discount_compose {
+  using value_type = discount_map;
+  ASYPPO_HD discount_map combine(const discount_map& f, const discount_map& e) const {
+    return {e.u * f.u, e.u * f.o + e.o};
+  }
+};
+template <class T>
+struct discount_element {
+  token_view<const T> rewards;
+  mask_view mask;
+  index_t cols;
+  double gamma;
+  ASYPPO_HD discount_map operator()(index_t i) const {
+    const index_t b = i / cols, t = i - b * cols;
+    if (!mask(b, t)) return {1.0, 0.0};
+    return {gamma, static_cast<double>(rewards(b, t))};
+  }
+};
+template <class T>
+struct discount_sink {
+  mask_view mask;
+  token_view<T> out;
+  index_t cols;
+  ASYPPO_HD void operator()(index_t i, const discount_map& y) const {
+    const index_t b = i / cols, t = i - b * cols;
+    out(b, t) = mask(b, t) ? static_cast<T>(y.o) : T(0);
+  }
+};
+
+}  // namespace detail
+
+/// GRPO (or Dr.GRPO) advantages from scores [B], group ids [B] and mask [B,T].
+template <class Backend, class T>
+void grpo_advantages(const Backend& be, seq_view<const T> scores, seq_view<const std::int64_t> group_ids,
+                     mask_view mask, const outcome_outputs<T>& out, const grpo_options& opt = {}) {
+  constexpr const char* where = "asyppo::grpo_advantages";
+  if (!(opt.eps >= 0.0) || !std::isfinite(opt.eps)) detail::fail(where, "eps", "must be finite and >= 0, got ", opt.eps);
+  detail::check_outcome_args(be, where, scores, group_ids, mask, out, opt.check_finite);
+  detail::group_baseline(be, scores, group_ids, mask, out,
+                         opt.norm_by_std ? detail::baseline_kind::grpo : detail::baseline_kind::dr_grpo,
+                         opt.singleton, opt.eps, opt.std == std_kind::unbiased);
+}
+
+/// RLOO advantages from scores [B], group ids [B] and mask [B,T].
+template <class Backend, class T>
+void rloo_advantages(const Backend& be, seq_view<const T> scores, seq_view<const std::int64_t> group_ids,
+                     mask_view mask, const outcome_outputs<T>& out, const rloo_options& opt = {}) {
+  constexpr const char* where = "asyppo::rloo_advantages";
+  detail::check_outcome_args(be, where, scores, group_ids, mask, out, opt.check_finite);
+  detail::group_baseline(be, scores, group_ids, mask, out, detail::baseline_kind::rloo, opt.singleton, 0.0, false);
+}
+
+/// REINFORCE++-baseline: (s_b - group mean) broadcast over valid tokens, then masked whitening.
+/// out.sequence (optional) receives the un-whitened s_b - mean.
+template <class Backend, class T, class Comm = single_process>
+void reinforce_pp_baseline_advantages(const Backend& be, seq_view<const T> scores,
+                                      seq_view<const std::int64_t> group_ids, mask_view mask,
+                                      const outcome_outputs<T>& out, const reinforce_options& opt = {},
+                                      const Comm& comm = {}) {
+  constexpr const char* where = "asyppo::reinforce_pp_baseline_advantages";
+  detail::check_outcome_args(be, where, scores, group_ids, mask, out, opt.whiten.check_finite);
+  if (!detail::present(out.advantages) && scores.extent[0] * mask.extent[1] > 0)
+    detail::fail(where, "out.advantages", "required output is missing");
+  detail::check_whiten_options(where, opt.whiten);
+  detail::group_baseline(be, scores, group_ids, mask, out, detail::baseline_kind::mean, opt.singleton, 0.0, false);
+  detail::whiten_unchecked(be, token_view<const T>(out.advantages), mask, out.advantages, opt.whiten, comm);
+}
+
+/// REINFORCE++: discounted returns of token rewards [B,T] over valid tokens, then masked whitening.
+template <class Backend, class T, class Comm = single_process>
+void reinforce_pp_advantages(const Backend& be, token_view<const T> rewards, mask_view mask, token_view<T> advantages,
+                             const reinforce_options& opt = {}, const Comm& comm = {}) {
+  constexpr const char* where = "asyppo::reinforce_pp_advantages";
+  detail::check_view(where, "rewards", rewards);
+  const index_t B = rewards.extent[0], Tn = rewards.extent[1];
+  detail::check_input(where, "mask", mask, {B, Tn});
+  if (!detail::present(mask) && B * Tn > 0) detail::fail(where, "mask", "is required");
+  detail::check_output(where, "advantages", advantages, {B, Tn});
+  detail::check_range(where, "gamma", opt.gamma, 0.0, 1.0);
+  detail::check_whiten_options(where, opt.whiten);
+  if (opt.whiten.check_finite) detail::check_finite_tokens<Backend, T>(be, where, "rewards", B, Tn, {}, rewards, mask);
+  be.segmented_scan(scan_direction::reverse, B, row_segments{Tn}, detail::discount_element<T>{rewards, mask, Tn, opt.gamma},
+                    detail::discount_compose{}, detail::discount_sink<T>{mask, advantages, Tn});
+  detail::whiten_unchecked(be, token_view<const T>(advantages), mask, advantages, opt.whiten, comm);
+}
+
+/// Sequence scores as verl forms them: s_b = sum_t rewards[b,t] over every position.
+template <class Backend, class T>
+void sequence_scores(const Backend& be, token_view<const T> rewards, seq_view<T> scores) {
+  constexpr const char* where = "asyppo::sequence_scores";
+  detail::check_view(where, "rewards", rewards);
+  const index_t B = rewards.extent[0], Tn = rewards.extent[1];
+  detail::check_output(where, "scores", scores, {B});
+  be.segmented_reduce(B, row_segments{Tn}, detail::row_sum_reducer<T>{rewards, Tn}, detail::store_seq<T>{scores});
+}
+
+}  // namespace asyppo

@@ -1,0 +1,148 @@
+// asyppo/core/select.hpp: exact order statistics by radix selection (no sort).
+//
+// Finds, for each request (segment s, rank r), the key of rank r (0-based, ascending) among
+// the valid keys of segment s, together with how many valid keys of s are strictly smaller
+// and how many are equal. Keys are the order-preserving unsigned images of float/double
+// (ordered_key), so float order is exact: -inf < ... < -0 < +0 < ... < +inf, NaNs at the ends.
+//
+// Method: MSD radix selection. Each pass builds one histogram of the next digit_bits of the
+// keys that match a request's known prefix (one backend histogram over all requests at once),
+// sums it across ranks with the communicator, and fixes that digit of every request on the
+// host. Passes = key_bits / digit_bits (2 for float with 16-bit digits); each pass streams the
+// keys once, so selection is linear in the number of tokens and the communicated volume per
+// pass (requests x 2^digit_bits counters) does not depend on the number of tokens. Counts are
+// integers: results are exact and identical for every backend, thread count and partition.
+#pragma once
+
+#include <algorithm>
+#include <cstdint>
+#include <cstring>
+#include <type_traits>
+#include <vector>
+
+#include "asyppo/backend/patterns.hpp"
+#include "asyppo/comm/communicator.hpp"
+#include "asyppo/config.hpp"
+
+namespace asyppo {
+
+namespace detail {
+
+template <class T>
+using key_bits_t = std::conditional_t<sizeof(T) == 4, std::uint32_t, std::uint64_t>;
+
+/// Order-preserving unsigned image of an IEEE float/double.
+template <class T>
+ASYPPO_INLINE key_bits_t<T> ordered_key(T x) {
+  using U = key_bits_t<T>;
+  static_assert(sizeof(T) == sizeof(U), "ordered_key needs float or double");
+  U u;
+  memcpy(&u, &x, sizeof(U));
+  constexpr U sign = U(1) << (8 * sizeof(U) - 1);
+  return (u & sign) ? U(~u) : U(u | sign);
+}
+
+/// Inverse of ordered_key.
+template <class T>
+inline T key_value(std::uint64_t key) {
+  using U = key_bits_t<T>;
+  constexpr U sign = U(1) << (8 * sizeof(U) - 1);
+  U k = static_cast<U>(key);
+  U u = (k & sign) ? U(k & ~sign) : U(~k);
+  T x;
+  std::memcpy(&x, &u, sizeof(U));
+  return x;
+}
+
+/// Histogram bin of element i for one pass: looks the element's segment up in the slot table
+/// and bins its next digit under the slot whose prefix it matches.
+template <class KeyOf>
+struct radix_bin {
+  KeyOf key_of;                     // key_of(i, seg&, key&) -> bool valid
+  const index_t* slot_begin;        // [nseg+1] slots of segment s: [slot_begin[s], slot_begin[s+1])
+  const std::uint64_t* slot_prefix; // [nslots]
+  int shift;                        // bits below the digit of this pass
+  int digit_bits;
+  ASYPPO_HD index_t operator()(index_t i) const {
+    index_t seg;
+    std::uint64_t key;
+    if (!key_of(i, seg, key)) return -1;
+    const std::uint64_t above = (shift + digit_bits >= 64) ? 0 : key >> (shift + digit_bits);
+    const std::uint64_t digit = (key >> shift) & ((std::uint64_t(1) << digit_bits) - 1);
+    for (index_t j = slot_begin[seg]; j < slot_begin[seg + 1]; ++j)
+      if (slot_prefix[j] == above) return (j << digit_bits) + static_cast<index_t>(digit);
+    return -1;
+  }
+};
+
+}  // namespace detail
+
+struct select_request {
+  index_t segment;     ///< segment the rank refers to
+  std::uint64_t rank;  ///< 0-based ascending rank among the segment's valid keys (must exist)
+};
+
+struct select_result {
+  std::uint64_t key;    ///< ordered key of the selected element
+  std::uint64_t less;   ///< valid keys of the segment strictly below it
+  std::uint64_t equal;  ///< valid keys of the segment equal to it (>= 1)
+};
+
+/// Radix selection over n elements. key_of(i, seg, key) returns whether element i is valid and,
+/// if so, its segment (in [0, nseg)) and ordered key (key_bits wide). Requests and results are
+/// host arrays. Collective over comm: every rank passes the same requests.
+template <class Backend, class KeyOf, class Comm = single_process>
+void radix_select(const Backend& be, index_t n, KeyOf key_of, int key_bits, int digit_bits, index_t nseg,
+                  const select_request* req, index_t nreq, select_result* res, const Comm& comm = {}) {
+  if (nreq == 0) return;
+  std::vector<std::uint64_t> prefix(static_cast<std::size_t>(nreq), 0), below(static_cast<std::size_t>(nreq), 0);
+  std::vector<index_t> slot_of(static_cast<std::size_t>(nreq));
+  const index_t radix = index_t(1) << digit_bits;
+  for (int shift = key_bits - digit_bits; shift >= 0; shift -= digit_bits) {
+    // Distinct (segment, prefix) slots, grouped by segment (requests are few: a quadratic scan is fine).
+    std::vector<index_t> slot_begin(static_cast<std::size_t>(nseg + 1), 0);
+    std::vector<std::uint64_t> slot_prefix;
+    std::vector<index_t> order(static_cast<std::size_t>(nreq));
+    for (index_t r = 0; r < nreq; ++r) order[static_cast<std::size_t>(r)] = r;
+    std::sort(order.begin(), order.end(), [&](index_t a, index_t b) {
+      return req[a].segment != req[b].segment ? req[a].segment < req[b].segment
+                                              : prefix[static_cast<std::size_t>(a)] < prefix[static_cast<std::size_t>(b)];
+    });
+    for (std::size_t o = 0; o < order.size(); ++o) {
+      const index_t r = order[o];
+      const bool fresh = o == 0 || req[order[o - 1]].segment != req[r].segment ||
+                         prefix[static_cast<std::size_t>(order[o - 1])] != prefix[static_cast<std::size_t>(r)];
+      if (fresh) {
+        slot_prefix.push_back(prefix[static_cast<std::size_t>(r)]);
+        ++slot_begin[static_cast<std::size_t>(req[r].segment + 1)];
+      }
+      slot_of[static_cast<std::size_t>(r)] = static_cast<index_t>(slot_prefix.size()) - 1;
+    }
+    for (index_t s = 0; s < nseg; ++s) slot_begin[static_cast<std::size_t>(s + 1)] += slot_begin[static_cast<std::size_t>(s)];
+    const index_t nslots = static_cast<index_t>(slot_prefix.size());
+
+    auto d_begin = be.template allocate<index_t>(nseg + 1);
+    auto d_prefix = be.template allocate<std::uint64_t>(nslots);
+    be.copy_from_host(slot_begin.data(), nseg + 1, d_begin.data());
+    be.copy_from_host(slot_prefix.data(), nslots, d_prefix.data());
+    auto d_hist = be.template allocate<std::uint64_t>(nslots * radix);
+    be.fill(d_hist.data(), nslots * radix, std::uint64_t(0));
+    be.histogram(n, detail::radix_bin<KeyOf>{key_of, d_begin.data(), d_prefix.data(), shift, digit_bits},
+                 nslots * radix, d_hist.data());
+    std::vector<std::uint64_t> hist(static_cast<std::size_t>(nslots * radix));
+    be.copy_to_host(d_hist.data(), nslots * radix, hist.data());
+    comm.allreduce_sum(hist.data(), nslots * radix);
+
+    for (index_t r = 0; r < nreq; ++r) {
+      const std::uint64_t* h = hist.data() + slot_of[static_cast<std::size_t>(r)] * radix;
+      std::uint64_t acc = below[static_cast<std::size_t>(r)];
+      index_t d = 0;
+      while (d < radix - 1 && acc + h[d] <= req[r].rank) acc += h[d++];
+      below[static_cast<std::size_t>(r)] = acc;
+      prefix[static_cast<std::size_t>(r)] = (prefix[static_cast<std::size_t>(r)] << digit_bits) | static_cast<std::uint64_t>(d);
+      if (shift == 0) res[r] = {prefix[static_cast<std::size_t>(r)], acc, h[d]};
+    }
+  }
+}
+
+}  // namespace asyppo

@@ -1,0 +1,72 @@
+// asyppo/core/shards.hpp: in-group disjoint shard assignment of the K critics (docs/algorithm.md, Eq. E8).
+//
+// Every prompt group's n responses are split into K disjoint shares, one per critic, so each
+// critic sees every prompt but only its own responses. With n = q*K + e (0 <= e < K) the
+// critics c with ((c - g*e) mod K) < e get q+1 responses of group g and the others q: shares
+// differ by at most one, and the critics receiving the extra response rotate with the dense
+// group number g so that totals balance over the batch. When K divides n (e = 0) this is
+// exactly the split of the public AsyPPO code: contiguous blocks in order.
+//   contiguous: critic 0 takes the first share of the group (by batch index), critic 1 the next...
+//   strided:    position j goes to critic (j + g*e) mod K.
+// Output: weights[k,b] = 1 if sequence b trains critic k, else 0 (exactly one 1 per column),
+// and optionally critic_of[b]. Deterministic and exact.
+#pragma once
+
+#include "asyppo/core/groups.hpp"
+#include "asyppo/core/validate.hpp"
+
+namespace asyppo {
+
+enum class shard_mode { contiguous, strided };
+
+namespace detail {
+
+ASYPPO_INLINE index_t shard_critic(index_t j, index_t n, index_t g, index_t K, shard_mode mode) {
+  const index_t q = n / K, e = n % K;
+  const index_t rot = (g % K) * e % K;
+  if (mode == shard_mode::strided) return (j + rot) % K;
+  index_t start = 0;
+  for (index_t c = 0; c < K; ++c) {
+    const index_t share = q + ((c - rot + K) % K < e ? 1 : 0);
+    if (j < start + share) return c;
+    start += share;
+  }
+  return K - 1;  // unreachable: shares sum to n
+}
+
+template <class T>
+struct shard_kernel {
+  const index_t* offsets;
+  const index_t* group_of;
+  const index_t* position;
+  index_t K;
+  shard_mode mode;
+  view<T, 2> weights;
+  seq_view<std::int64_t> critic_of;
+  ASYPPO_HD void operator()(index_t b) const {
+    const index_t g = group_of[b];
+    const index_t c = shard_critic(position[b], offsets[g + 1] - offsets[g], g, K, mode);
+    if (weights.data)
+      for (index_t k = 0; k < K; ++k) weights(k, b) = k == c ? T(1) : T(0);
+    if (critic_of.data) critic_of(b) = c;
+  }
+};
+
+}  // namespace detail
+
+/// Shard weights [K,B] (and optionally critic_of [B]) for group ids [B]. Throws on K < 1 or bad views.
+template <class Backend, class T>
+void shard_weights(const Backend& be, seq_view<const std::int64_t> group_ids, index_t K, view<T, 2> weights,
+                   shard_mode mode = shard_mode::contiguous, seq_view<std::int64_t> critic_of = {}) {
+  constexpr const char* where = "asyppo::shard_weights";
+  if (K < 1) detail::fail(where, "K", "needs at least one critic (K >= 1), got ", K);
+  detail::check_view(where, "group_ids", group_ids);
+  const index_t B = group_ids.extent[0];
+  detail::check_optional_output(where, "weights", weights, {K, B});
+  detail::check_optional_output(where, "critic_of", critic_of, {B});
+  auto L = make_group_layout(be, group_ids);
+  be.for_each(B, detail::shard_kernel<T>{L.offsets.data(), L.group_of.data(), L.position.data(), K, mode,
+                                         weights, critic_of});
+}
+
+}  // namespace asyppo

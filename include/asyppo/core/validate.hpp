@@ -1,0 +1,131 @@
+// asyppo/core/validate.hpp: argument checks shared by every entry point.
+//
+// Each entry point runs all of its checks before it writes anything, so a thrown
+// asyppo::error leaves the outputs untouched. Checks are cheap (extents, strides, scalars)
+// except check_finite_*, which reads the inputs once through the backend.
+#pragma once
+
+#include <algorithm>
+#include <cmath>
+#include <cstdint>
+#include <type_traits>
+
+#include "asyppo/backend/patterns.hpp"
+#include "asyppo/error.hpp"
+#include "asyppo/views.hpp"
+
+namespace asyppo::detail {
+
+/// Extents are non-negative, strides are non-negative, data is non-null when non-empty.
+template <class T, int R>
+void check_view(const char* where, const char* name, const view<T, R>& v) {
+  for (int d = 0; d < R; ++d) {
+    if (v.extent[d] < 0) fail(where, name, "extent ", d, " is negative (", v.extent[d], ")");
+    if (v.stride[d] < 0) fail(where, name, "stride ", d, " is negative (", v.stride[d], ")");
+  }
+  if (v.size() > 0 && v.data == nullptr) fail(where, name, "null data for a non-empty view");
+}
+
+/// An output view must not map two indices to one address: strides, sorted, must each
+/// cover the span of the dimensions below them.
+template <class T, int R>
+void check_output_view(const char* where, const char* name, const view<T, R>& v) {
+  check_view(where, name, v);
+  if (v.size() <= 1) return;
+  int order[R];
+  for (int d = 0; d < R; ++d) order[d] = d;
+  std::sort(order, order + R, [&](int a, int b) { return v.stride[a] < v.stride[b]; });
+  index_t span = 1;
+  for (int j = 0; j < R; ++j) {
+    const int d = order[j];
+    if (v.extent[d] <= 1) continue;
+    if (v.stride[d] < span)
+      fail(where, name, "overlapping layout: stride ", d, " is ", v.stride[d], ", need at least ", span);
+    span = v.stride[d] * v.extent[d];
+  }
+}
+
+template <class T, int R>
+void check_extents(const char* where, const char* name, const view<T, R>& v, const index_t (&want)[R]) {
+  for (int d = 0; d < R; ++d)
+    if (v.extent[d] != want[d])
+      fail(where, name, "extent ", d, " is ", v.extent[d], ", expected ", want[d]);
+}
+
+/// Optional outputs are "absent" when they have no data pointer; present ones are checked.
+template <class T, int R>
+bool present(const view<T, R>& v) {
+  return v.data != nullptr;
+}
+
+template <class T, int R>
+void check_optional_output(const char* where, const char* name, const view<T, R>& v,
+                           const index_t (&want)[R]) {
+  if (!present(v)) return;
+  check_output_view(where, name, v);
+  check_extents(where, name, v, want);
+}
+
+template <class T, int R>
+void check_input(const char* where, const char* name, const view<T, R>& v, const index_t (&want)[R]) {
+  check_view(where, name, v);
+  check_extents(where, name, v, want);
+}
+
+template <class T, int R>
+void check_output(const char* where, const char* name, const view<T, R>& v, const index_t (&want)[R]) {
+  if (!present(v) && v.size() > 0) fail(where, name, "required output is missing");
+  check_output_view(where, name, v);
+  check_extents(where, name, v, want);
+}
+
+inline void check_finite_scalar(const char* where, const char* name, double x) {
+  if (!std::isfinite(x)) fail(where, name, "must be finite, got ", x);
+}
+/// lo <= x <= hi (closed interval).
+inline void check_range(const char* where, const char* name, double x, double lo, double hi) {
+  if (!(x >= lo && x <= hi)) fail(where, name, "must lie in [", lo, ", ", hi, "], got ", x);
+}
+/// A fraction of tokens: 0 <= x < 1.
+inline void check_fraction(const char* where, const char* name, double x) {
+  if (!(x >= 0.0 && x < 1.0)) fail(where, name, "must lie in [0, 1), got ", x);
+}
+
+// ---- finiteness on valid tokens (one read through the backend) -------------------------
+
+template <class T>
+ASYPPO_INLINE bool is_finite_value(T x) {
+  // x - x is 0 for finite x and NaN for inf/NaN; NaN != NaN. Works on host and device
+  // without <cmath> and survives -ffast-math better than std::isfinite.
+  const T z = x - x;
+  return z == z;
+}
+
+/// Counts valid tokens (mask != 0) whose [B,T] value, or any of K [K,B,T] values, is not finite.
+template <class T>
+struct count_nonfinite_tokens {
+  critic_view<const T> values;  // may have K = 0 (unused)
+  token_view<const T> tokens;   // may be empty (unused)
+  mask_view mask;  // data may be null: every token valid
+  index_t cols;
+  using value_type = std::int64_t;
+  ASYPPO_HD value_type identity() const { return 0; }
+  ASYPPO_HD void add(value_type& acc, index_t i) const {
+    const index_t b = i / cols, t = i - b * cols;
+    if (mask.data && !mask(b, t)) return;
+    bool ok = true;
+    for (index_t k = 0; k < values.extent[0]; ++k) ok = ok && is_finite_value(values(k, b, t));
+    if (tokens.data) ok = ok && is_finite_value(tokens(b, t));
+    acc += ok ? 0 : 1;
+  }
+  ASYPPO_HD value_type combine(value_type a, value_type b) const { return a + b; }
+};
+
+template <class Backend, class T>
+void check_finite_tokens(const Backend& be, const char* where, const char* name, index_t B, index_t Tn,
+                         critic_view<const T> values, token_view<const T> tokens, mask_view mask) {
+  const auto bad = be.reduce(B * Tn, count_nonfinite_tokens<T>{values, tokens, mask, Tn});
+  if (bad > 0) fail(where, name, bad, " valid token(s) hold NaN or Inf");
+}
+
+}  // namespace asyppo::detail
