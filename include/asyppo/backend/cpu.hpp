@@ -143,6 +143,96 @@ class cpu_backend {
     });
   }
 
+  // ---- 2-D patterns over a row-major [rows, cols] index space ---------------------------
+  // Functors receive (b, t). Rows run in parallel; reduce tiles are (row, column chunk) pairs of
+  // at most reduce_tile columns, merged in row-major order (thread-count independent).
+
+  template <class F>
+  void for_each(index_t rows, index_t cols, F f) const {
+    parallel_blocks(rows, std::max<index_t>(1, 4096 / std::max<index_t>(cols, 1)), [&](index_t lo, index_t hi) {
+      for (index_t b = lo; b < hi; ++b)
+        for (index_t t = 0; t < cols; ++t) f(b, t);
+    });
+  }
+
+  template <class R>
+  typename R::value_type reduce(index_t rows, index_t cols, R r) const {
+    using V = typename R::value_type;
+    const index_t chunks = cols > 0 ? (cols + reduce_tile - 1) / reduce_tile : 0;
+    const index_t tiles = rows * chunks;
+    if (tiles == 0) return r.identity();
+    std::vector<V> part(static_cast<std::size_t>(tiles));
+    parallel_blocks(tiles, std::max<index_t>(1, 4096 / std::min(cols, reduce_tile)), [&](index_t lo, index_t hi) {
+      for (index_t k = lo; k < hi; ++k) {
+        const index_t b = k / chunks, c0 = (k - b * chunks) * reduce_tile, c1 = std::min(cols, c0 + reduce_tile);
+        V acc = r.identity();
+        for (index_t t = c0; t < c1; ++t) r.add(acc, b, t);
+        part[static_cast<std::size_t>(k)] = acc;
+      }
+    });
+    V acc = part[0];
+    for (index_t k = 1; k < tiles; ++k) acc = r.combine(acc, part[static_cast<std::size_t>(k)]);
+    return acc;
+  }
+
+  template <class R, class Sink>
+  void row_reduce(index_t rows, index_t cols, R r, Sink sink) const {
+    parallel_blocks(rows, std::max<index_t>(1, 4096 / std::max<index_t>(cols, 1)), [&](index_t lo, index_t hi) {
+      for (index_t b = lo; b < hi; ++b) {
+        typename R::value_type acc = r.identity();
+        for (index_t t = 0; t < cols; ++t) r.add(acc, b, t);
+        sink(b, acc);
+      }
+    });
+  }
+
+  template <class Elem, class Op, class Sink>
+  void row_scan(scan_direction dir, index_t rows, index_t cols, Elem elem, Op op, Sink sink) const {
+    if (cols <= 0) return;
+    parallel_blocks(rows, std::max<index_t>(1, 4096 / cols), [&](index_t lo, index_t hi) {
+      for (index_t b = lo; b < hi; ++b) {
+        // Sequential fold of the state: x_t = apply(elem(b,t), x_prev), equal to applying the
+        // combined prefix to op.initial() (what a parallel backend computes).
+        auto x = op.initial();
+        if (dir == scan_direction::forward) {
+          for (index_t t = 0; t < cols; ++t) {
+            x = op.apply(elem(b, t), x);
+            sink(b, t, x);
+          }
+        } else {
+          for (index_t t = cols - 1; t >= 0; --t) {
+            x = op.apply(elem(b, t), x);
+            sink(b, t, x);
+          }
+        }
+      }
+    });
+  }
+
+  template <class Bin>
+  void histogram(index_t rows, index_t cols, Bin bin, index_t nbins, std::uint64_t* counts) const {
+    const int parts = static_cast<int>(std::min<index_t>(threads_, std::max<index_t>(1, rows * cols / 65536)));
+    auto count_rows = [&](index_t lo, index_t hi, auto* h) {
+      for (index_t b = lo; b < hi; ++b)
+        for (index_t t = 0; t < cols; ++t) {
+          const index_t k = bin(b, t);
+          if (k >= 0) ++h[k];
+        }
+    };
+    if (parts <= 1 || rows < 2) {
+      count_rows(0, rows, counts);
+      return;
+    }
+    std::vector<std::vector<std::uint64_t>> local(static_cast<std::size_t>(parts));
+    run_parts(parts, [&](int p) {
+      auto& h = local[static_cast<std::size_t>(p)];
+      h.assign(static_cast<std::size_t>(nbins), 0u);
+      count_rows(rows * p / parts, rows * (p + 1) / parts, h.data());
+    });
+    for (const auto& h : local)
+      for (index_t k = 0; k < nbins; ++k) counts[k] += h[static_cast<std::size_t>(k)];
+  }
+
   template <class Bin>
   void histogram(index_t n, Bin bin, index_t nbins, std::uint64_t* counts) const {
     const int parts = static_cast<int>(std::min<index_t>(threads_, (n + 65535) / 65536));

@@ -28,7 +28,6 @@ struct summary_reducer {
   token_view<const T> ret;
   mask_view mask;
   view<const std::uint8_t, 2> adv_mask;
-  index_t cols;
   index_t first_critic, ncritics;
   bool apply_mask;  // write adv *= adv_mask (first pass only)
 
@@ -42,8 +41,7 @@ struct summary_reducer {
     for (int j = 0; j < cap; ++j) v.shift[j] = v.s1[j] = v.s2[j] = 0;
     return v;
   }
-  ASYPPO_HD void add(value_type& a, index_t i) const {
-    const index_t b = i / cols, t = i - b * cols;
+  ASYPPO_HD void add(value_type& a, index_t b, index_t t) const {
     if (!mask(b, t)) return;
     double x[cap];
     double A = static_cast<double>(adv(b, t));
@@ -114,8 +112,8 @@ void advantage_moments(const Backend& be, critic_view<const T> values, token_vie
   double var_ret = 0;
   for (index_t k0 = 0; k0 < K || k0 == 0; k0 += stats_critics_per_pass) {
     const index_t nk = std::min<index_t>(stats_critics_per_pass, K - k0);
-    const R red{values, adv, ret, mask, adv_mask, Tn, k0, nk, apply_mask && k0 == 0};
-    const auto acc = be.reduce(B * Tn, red);
+    const R red{values, adv, ret, mask, adv_mask, k0, nk, apply_mask && k0 == 0};
+    const auto acc = be.reduce(B, Tn, red);
     const int series = 2 + static_cast<int>(nk);
     std::vector<double> local(static_cast<std::size_t>(1 + 2 * series), 0.0);
     local[0] = acc.n;

@@ -12,6 +12,11 @@
 //   5. shard weights [K,B] for the K critics' losses (core/shards.hpp);
 //   6. summary statistics: counts and fractions, sigma quantiles, advantage/return moments, and
 //      the explained variance of each critic, EV_k = 1 - Var(R - V_k) / Var(R) over valid tokens.
+// Passes over the batch (float, batch scope, no whitening): (A) sigma into a temporary, fused
+// with the finiteness check and the valid-token count; (B, C) the two radix-selection histograms
+// of sigma; (D) the GAE reverse scan, which also writes both masks and applies I^A; (E) the summary
+// moments (cfg.statistics). When a threshold value is only partly taken (ties), one more forward
+// pass ranks the ties before (D).
 // Validation (shapes, K, fractions, gamma/lambda, finiteness of V and r on valid tokens) happens
 // before any output is written. Every output is deterministic and independent of thread count.
 #pragma once
@@ -45,6 +50,7 @@ struct advantage_config {
   bool whiten_advantages = false;
   whiten_options whiten = {};
   bool mask_advantages = true;  ///< write I^A * A (the adv_mask output is written either way)
+  bool statistics = true;       ///< moments and explained variance in the summary (one extra pass)
   bool check_finite = true;
 };
 
@@ -82,6 +88,81 @@ struct advantage_summary {
   std::vector<double> explained_variance;  ///< per critic (NaN when Var(R) = 0)
 };
 
+namespace detail {
+
+/// Pass A: sigma of every token into a temporary (0 at invalid tokens), counting valid and
+/// non-finite tokens per row. Writes only the temporary, so a failed check changes no output.
+template <class T>
+struct sigma_pass {
+  ensemble_point<T> point;
+  token_view<const T> rewards;
+  mask_view mask;
+  T* sigma;  // [B,T] contiguous temporary
+  index_t cols;
+  bool check;
+  using value_type = token_tally;
+  ASYPPO_HD value_type identity() const { return {0, 0}; }
+  ASYPPO_HD void add(value_type& acc, index_t b, index_t t) const {
+    T s = T(0);
+    if (mask(b, t)) {
+      acc.valid += 1;
+      if (check) {
+        bool ok = is_finite_value(rewards(b, t));
+        for (index_t k = 0; k < point.values.extent[0]; ++k) ok = ok && is_finite_value(point.values(k, b, t));
+        acc.nonfinite += ok ? 0 : 1;
+      }
+      s = static_cast<T>(point.std_about(b, t, point.mean(b, t)));
+    }
+    sigma[b * cols + t] = s;
+  }
+  ASYPPO_HD value_type combine(const value_type& a, const value_type& b) const {
+    return {a.valid + b.valid, a.nonfinite + b.nonfinite};
+  }
+};
+
+struct store_tally {
+  token_tally* out;
+  ASYPPO_HD void operator()(index_t b, const token_tally& v) const { out[b] = v; }
+};
+
+/// Fused into the GAE pass: writes both masks (or reads the adv mask when ties were ranked by a
+/// separate pass), copies sigma to the caller's output, and applies I^A to the advantage.
+template <class T>
+struct mask_hook {
+  const T* sigma;
+  index_t cols;
+  const mask_row_params* rows;
+  mask_out adv_mask, entropy_mask;
+  token_view<T> std_out;
+  bool masks_written;  // ranked ties: masks come from write_masks
+  bool apply;          // advantage *= I^A
+  ASYPPO_HD void operator()(index_t b, index_t t, bool valid, double& a) const {
+    const T s = sigma[b * cols + t];
+    if (std_out.data) std_out(b, t) = s;
+    std::uint8_t am = 0, em = 0;
+    if (masks_written) {
+      am = adv_mask(b, t);
+    } else {
+      if (valid) mask_decision(rows[b], ordered_key(s), 1, 1, am, em);
+      adv_mask(b, t) = am;
+      entropy_mask(b, t) = em;
+    }
+    if (apply && valid && !am) a = 0.0;
+  }
+};
+
+template <class T>
+struct apply_adv_mask {
+  token_view<T> adv;
+  mask_view mask;
+  view<const std::uint8_t, 2> adv_mask;
+  ASYPPO_HD void operator()(index_t b, index_t t) const {
+    if (mask(b, t) && !adv_mask(b, t)) adv(b, t) = T(0);  // valid tokens only (raw padding stays)
+  }
+};
+
+}  // namespace detail
+
 template <class Backend, class T, class Comm = single_process>
 advantage_summary advantage_step(const Backend& be, const advantage_inputs<T>& in, const advantage_outputs<T>& out,
                                  const advantage_config& cfg = {}, const Comm& comm = {}) {
@@ -115,44 +196,60 @@ advantage_summary advantage_step(const Backend& be, const advantage_inputs<T>& i
   mo.scope = cfg.scope;
   detail::check_mask_options(where, mo);
   if (cfg.whiten_advantages) detail::check_whiten_options(where, cfg.whiten);
-  if (cfg.check_finite)
-    detail::check_finite_tokens<Backend, T>(be, where, "values or rewards", B, Tn, in.values, in.rewards, in.mask);
 
-  // 1. GAE + sigma (sigma into the caller's buffer or a temporary).
-  auto sigma_tmp = be.template allocate<T>(detail::present(out.std) ? 0 : B * Tn);
-  token_view<T> sigma = detail::present(out.std) ? out.std : token_view<T>(sigma_tmp.data(), B, Tn);
-  detail::gae_unchecked(be, in.values, in.rewards, in.mask, g, gae_outputs<T>{out.advantages, out.returns, sigma}, cfg.std);
+  // A. sigma (temporary), finiteness, valid tokens per row.
+  const detail::ensemble_point<T> point{in.values, cfg.std == std_kind::unbiased};
+  auto sigma = be.template allocate<T>(B * Tn);
+  auto tallies = be.template allocate<detail::token_tally>(B);
+  be.row_reduce(B, Tn, detail::sigma_pass<T>{point, in.rewards, in.mask, sigma.data(), Tn, cfg.check_finite},
+                detail::store_tally{tallies.data()});
+  std::vector<detail::token_tally> tally(static_cast<std::size_t>(B));
+  be.copy_to_host(tallies.data(), B, tally.data());
+  std::vector<index_t> row_valid(static_cast<std::size_t>(B));
+  std::int64_t nonfinite = 0;
+  for (index_t b = 0; b < B; ++b) {
+    row_valid[static_cast<std::size_t>(b)] = tally[static_cast<std::size_t>(b)].valid;
+    nonfinite += tally[static_cast<std::size_t>(b)].nonfinite;
+  }
+  if (nonfinite > 0) detail::fail(where, "values or rewards", nonfinite, " valid token(s) hold NaN or Inf");
 
-  // 2. Optional whitening (in place).
-  if (cfg.whiten_advantages)
-    detail::whiten_unchecked(be, token_view<const T>(out.advantages), in.mask, out.advantages, cfg.whiten, comm);
-
-  // 3. Masks and sigma quantiles from one selection.
-  advantage_summary s;
-  s.sequences = B;
-  const token_view<const T> csigma(sigma);
-  std::uint64_t n_valid = static_cast<std::uint64_t>(be.reduce(B * Tn, detail::count_row_valid{in.mask, Tn}));
+  // B, C. Thresholds of both masks and the sigma quantiles from one radix selection.
+  const token_view<const T> csigma(sigma.data(), B, Tn);
+  std::uint64_t n_valid = 0;
+  for (auto v : row_valid) n_valid += static_cast<std::uint64_t>(v);
   comm.allreduce_sum(&n_valid, 1);
-  std::vector<std::uint64_t> qranks;
   static constexpr double qs[5] = {0.0, 0.25, 0.5, 0.75, 1.0};
+  std::vector<std::uint64_t> qranks;
   if (n_valid > 0)
     for (double q : qs) qranks.push_back(static_cast<std::uint64_t>(std::floor(q * static_cast<double>(n_valid - 1))));
-  std::vector<double> qvals;
-  mask_counts mc;
-  if (cfg.scope == mask_scope::batch) {
-    mc = detail::uncertainty_masks_unchecked(be, csigma, in.mask, out.adv_mask, out.entropy_mask, mo, comm, qranks, &qvals);
-  } else {
-    mc = detail::uncertainty_masks_unchecked(be, csigma, in.mask, out.adv_mask, out.entropy_mask, mo, single_process{});
-    if (!qranks.empty()) {
-      std::vector<select_request> req;
-      for (auto r : qranks) req.push_back({0, r});
-      std::vector<select_result> res(req.size());
-      radix_select(be, B * Tn, detail::std_key_of<T>{csigma, in.mask, Tn, false}, 8 * int(sizeof(T)), 16, 1,
-                   req.data(), static_cast<index_t>(req.size()), res.data(), comm);
-      for (auto& r : res) qvals.push_back(static_cast<double>(detail::key_value<T>(r.key)));
-    }
+  const bool batch_scope = cfg.scope == mask_scope::batch;
+  auto plan = batch_scope ? detail::plan_masks(be, csigma, in.mask, mo, comm, row_valid, qranks)
+                          : detail::plan_masks(be, csigma, in.mask, mo, single_process{}, row_valid);
+  if (!batch_scope && !qranks.empty()) {
+    std::vector<select_request> req;
+    for (auto r : qranks) req.push_back({0, r});
+    std::vector<select_result> res(req.size());
+    radix_select(be, B, Tn, detail::std_key_of<T>{csigma, in.mask, false}, 8 * int(sizeof(T)), 16, 1, req.data(),
+                 static_cast<index_t>(req.size()), res.data(), comm);
+    for (auto& r : res) plan.quantiles.push_back(static_cast<double>(detail::key_value<T>(r.key)));
   }
-  for (std::size_t i = 0; i < qvals.size() && i < 5; ++i) s.std_quantiles[i] = qvals[i];
+  if (plan.ranked) detail::write_masks(be, csigma, in.mask, out.adv_mask, out.entropy_mask, plan.rows.data(), true);
+
+  // D. GAE, with the masks, sigma and I^A fused into its sink.
+  const bool apply_in_gae = cfg.mask_advantages && !cfg.whiten_advantages;
+  detail::gae_unchecked(be, in.values, in.rewards, in.mask, g, gae_outputs<T>{out.advantages, out.returns, {}}, cfg.std,
+                        detail::mask_hook<T>{sigma.data(), Tn, plan.rows.data(), out.adv_mask, out.entropy_mask, out.std,
+                                             plan.ranked, apply_in_gae});
+
+  // Optional whitening (in place); I^A is applied after it.
+  if (cfg.whiten_advantages)
+    detail::whiten_unchecked(be, token_view<const T>(out.advantages), in.mask, out.advantages, cfg.whiten, comm);
+  const bool apply_later = cfg.mask_advantages && cfg.whiten_advantages;
+
+  advantage_summary s;
+  s.sequences = B;
+  const mask_counts& mc = plan.counts;
+  for (std::size_t i = 0; i < plan.quantiles.size() && i < 5; ++i) s.std_quantiles[i] = plan.quantiles[i];
   s.valid_tokens = mc.valid;
   s.adv_masked = mc.adv_masked;
   s.entropy_masked = mc.entropy_masked;
@@ -163,11 +260,14 @@ advantage_summary advantage_step(const Backend& be, const advantage_inputs<T>& i
     s.entropy_filter_fraction = static_cast<double>(mc.entropy_masked) / static_cast<double>(mc.valid);
   }
 
-  // 4. + 6. Apply I^A and gather the summary moments in one pass.
-  detail::advantage_moments(be, in.values, out.advantages, token_view<const T>(out.returns), in.mask,
-                            view<const std::uint8_t, 2>(out.adv_mask), cfg.mask_advantages, s, comm);
+  // E. Summary moments (and I^A after whitening).
+  if (cfg.statistics)
+    detail::advantage_moments(be, in.values, out.advantages, token_view<const T>(out.returns), in.mask,
+                              view<const std::uint8_t, 2>(out.adv_mask), apply_later, s, comm);
+  else if (apply_later)
+    be.for_each(B, Tn, detail::apply_adv_mask<T>{out.advantages, in.mask, view<const std::uint8_t, 2>(out.adv_mask)});
 
-  // 5. Shards.
+  // Shards.
   if (detail::present(out.shard_weights)) {
     auto L = make_group_layout(be, in.group_ids);
     be.for_each(B, detail::shard_kernel<T>{L.offsets.data(), L.group_of.data(), L.position.data(), K, cfg.shards,

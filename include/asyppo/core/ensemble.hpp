@@ -31,27 +31,38 @@ struct ensemble_outputs {
 
 namespace detail {
 
-/// Mean and std of the K critic values at (b,t), in double.
+/// Mean and std of the K critic values at (b,t), in double. Holds 1/K and 1/D so the per-token
+/// work has no division (K = 2, the default, is exact either way).
 template <class T>
 struct ensemble_point {
   critic_view<const T> values;
-  bool unbiased;
+  double inv_k = 0, inv_d = 0;  // 1/K, and 1/D (0 when D = 0: K = 1 unbiased)
+  double half_span = 0;         // K = 2: sqrt(1 / (2 D)) (0.5 population, 1/sqrt(2) unbiased)
+  ensemble_point() = default;
+  ensemble_point(critic_view<const T> v, bool unbiased) : values(v) {
+    const index_t K = v.extent[0], D = unbiased ? K - 1 : K;
+    inv_k = K > 0 ? 1.0 / static_cast<double>(K) : 0.0;
+    inv_d = D > 0 ? 1.0 / static_cast<double>(D) : 0.0;
+    half_span = D > 0 ? std::sqrt(0.5 / static_cast<double>(D)) : 0.0;
+  }
   ASYPPO_HD double mean(index_t b, index_t t) const {
     const index_t K = values.extent[0];
     double s = 0;
     for (index_t k = 0; k < K; ++k) s += static_cast<double>(values(k, b, t));
-    return s / static_cast<double>(K);
+    return s * inv_k;
   }
   ASYPPO_HD double std_about(index_t b, index_t t, double mu) const {
     const index_t K = values.extent[0];
-    const index_t d = unbiased ? K - 1 : K;
-    if (d <= 0) return 0.0;
+    if (K == 2) {  // sqrt(sum (v_k - mu)^2 / D) = |v0 - v1| sqrt(1 / (2 D)), without a square root
+      const double d = static_cast<double>(values(0, b, t)) - static_cast<double>(values(1, b, t));
+      return (d < 0 ? -d : d) * half_span;
+    }
     double s = 0;
     for (index_t k = 0; k < K; ++k) {
       const double e = static_cast<double>(values(k, b, t)) - mu;
       s += e * e;
     }
-    return sqrt(s / static_cast<double>(d));
+    return sqrt(s * inv_d);
   }
 };
 
@@ -60,9 +71,7 @@ struct ensemble_kernel {
   ensemble_point<T> point;
   mask_view mask;  // data may be null: every token valid
   ensemble_outputs<T> out;
-  index_t cols;
-  ASYPPO_HD void operator()(index_t i) const {
-    const index_t b = i / cols, t = i - b * cols;
+  ASYPPO_HD void operator()(index_t b, index_t t) const {
     const bool valid = mask.data == nullptr || mask(b, t) != 0;
     double mu = 0, sd = 0, lo = 0, hi = 0;
     if (valid) {
@@ -100,7 +109,7 @@ void ensemble_stats(const Backend& be, critic_view<const T> values, mask_view ma
   detail::check_optional_output(where, "out.min", out.min, {B, Tn});
   detail::check_optional_output(where, "out.max", out.max, {B, Tn});
   if (check_finite) detail::check_finite_tokens<Backend, T>(be, where, "values", B, Tn, values, {}, mask);
-  be.for_each(B * Tn, detail::ensemble_kernel<T>{{values, kind == std_kind::unbiased}, mask, out, Tn});
+  be.for_each(B, Tn, detail::ensemble_kernel<T>{{values, kind == std_kind::unbiased}, mask, out});
 }
 
 }  // namespace asyppo

@@ -58,9 +58,40 @@ struct gae_map {
   double p, os, qa, ua, oa, qc, uc, oc;
 };
 
-/// combine(f, e) = e after f: scan order is reverse time, so f is the later part of the row.
+/// The state (s, a, c) after a token: next valid value, actor and critic advantages.
+struct gae_state {
+  double s, a, c;
+};
+
+/// One token as the scan sees it: its mean value v, v's residual d = r - v (both 0 at masked
+/// tokens), whether it is valid, and its row's actor lambda.
+struct gae_token {
+  double v, d, lambda_actor;
+  bool valid;
+};
+
+/// The scan operator. lift(e) is the token's affine map; combine(f, e) = e after f (scan order is
+/// reverse time, so f is the later part of the row) is associative and non-commutative;
+/// apply(e, x) = e(x) is the action on the state, which a sequential backend folds directly
+/// (six multiply-adds per token instead of composing 3x3 maps).
 struct gae_compose {
+  double gamma, lambda_critic;
+  bool skip;
   using value_type = gae_map;
+  ASYPPO_HD gae_state initial() const { return {0.0, 0.0, 0.0}; }
+  ASYPPO_HD gae_map lift(const gae_token& e) const {
+    if (skip && !e.valid) return {1.0, 0.0, 0.0, 1.0, 0.0, 0.0, 1.0, 0.0};  // transparent
+    const double ga = gamma * e.lambda_actor, gc = gamma * lambda_critic;
+    return {0.0, e.v, gamma, ga, e.d, gamma, gc, e.d};
+  }
+  ASYPPO_HD gae_state apply(const gae_token& e, const gae_state& x) const {
+    if (skip && !e.valid) return x;
+    const double g = gamma * x.s;
+    return {e.v, e.d + g + gamma * e.lambda_actor * x.a, e.d + g + gamma * lambda_critic * x.c};
+  }
+  ASYPPO_HD gae_state apply(const gae_map& e, const gae_state& x) const {
+    return {e.p * x.s + e.os, e.qa * x.s + e.ua * x.a + e.oa, e.qc * x.s + e.uc * x.c + e.oc};
+  }
   ASYPPO_HD gae_map combine(const gae_map& f, const gae_map& e) const {
     return {e.p * f.p,          e.p * f.os + e.os,
             e.qa * f.p + e.ua * f.qa, e.ua * f.ua, e.qa * f.os + e.ua * f.oa + e.oa,
@@ -73,45 +104,42 @@ struct gae_element {
   ensemble_point<T> point;
   token_view<const T> rewards;
   mask_view mask;
-  index_t cols;
-  double gamma, lambda_actor, lambda_critic;
+  double lambda_actor;
   const double* row_lambda_actor;  // null: lambda_actor for every row
-  bool skip;
-  ASYPPO_HD gae_map operator()(index_t i) const {
-    const index_t b = i / cols, t = i - b * cols;
-    const double m = mask(b, t) ? 1.0 : 0.0;
-    const double v = m != 0.0 ? point.mean(b, t) : 0.0;
-    const double r = m != 0.0 ? static_cast<double>(rewards(b, t)) : 0.0;
+  ASYPPO_HD gae_token operator()(index_t b, index_t t) const {
     const double la = row_lambda_actor ? row_lambda_actor[b] : lambda_actor;
-    if (skip)
-      return {1.0 - m, m * v, m * gamma, m * gamma * la + 1.0 - m, m * (r - v),
-              m * gamma, m * gamma * lambda_critic + 1.0 - m, m * (r - v)};
-    return {0.0, m * v, gamma, gamma * la, m * (r - v), gamma, gamma * lambda_critic, m * (r - v)};
+    if (!mask(b, t)) return {0.0, 0.0, la, false};
+    const double v = point.mean(b, t);
+    return {v, static_cast<double>(rewards(b, t)) - v, la, true};
   }
 };
 
-template <class T>
+/// Lets a caller fuse more per-token work into the GAE pass: hook(b, t, valid, advantage&) runs
+/// before the advantage is stored and may change it (the advantage step applies I^A there).
+struct no_gae_hook {
+  ASYPPO_HD void operator()(index_t, index_t, bool, double&) const {}
+};
+
+template <class T, class Hook = no_gae_hook>
 struct gae_sink {
   ensemble_point<T> point;
   mask_view mask;
   gae_outputs<T> out;
-  index_t cols;
   bool raw;
   bool skip;
-  ASYPPO_HD void operator()(index_t i, const gae_map& y) const {
-    const index_t b = i / cols, t = i - b * cols;
+  Hook hook = {};
+  ASYPPO_HD void operator()(index_t b, index_t t, const gae_state& x) const {
     const bool valid = mask(b, t) != 0;
-    // Applied to the zero state, the composed map's offsets are the state at t.
-    if (valid) {
-      const double v = point.mean(b, t);
-      if (out.advantages.data) out.advantages(b, t) = static_cast<T>(y.oa);
-      if (out.returns.data) out.returns(b, t) = static_cast<T>(y.oc + v);
-      if (out.std.data) out.std(b, t) = static_cast<T>(point.std_about(b, t, v));
+    double a = valid || raw ? x.a : 0.0;
+    hook(b, t, valid, a);
+    if (out.advantages.data) out.advantages(b, t) = static_cast<T>(a);
+    if (valid) {  // at a valid token the state's s is V-bar[b,t] itself (both semantics)
+      if (out.returns.data) out.returns(b, t) = static_cast<T>(x.c + x.s);
+      if (out.std.data) out.std(b, t) = static_cast<T>(point.std_about(b, t, x.s));
     } else {
       // Raw returns: verl adds the value tensor as given (R = A + V); OpenRLHF adds V*m = 0.
       const double v = raw && skip ? point.mean(b, t) : 0.0;
-      if (out.advantages.data) out.advantages(b, t) = raw ? static_cast<T>(y.oa) : T(0);
-      if (out.returns.data) out.returns(b, t) = raw ? static_cast<T>(y.oc + v) : T(0);
+      if (out.returns.data) out.returns(b, t) = raw ? static_cast<T>(x.c + v) : T(0);
       if (out.std.data) out.std(b, t) = T(0);
     }
   }
@@ -119,13 +147,9 @@ struct gae_sink {
 
 struct count_valid_row {
   mask_view mask;
-  index_t cols;
   using value_type = index_t;
   ASYPPO_HD index_t identity() const { return 0; }
-  ASYPPO_HD void add(index_t& acc, index_t i) const {
-    const index_t b = i / cols;
-    acc += mask(b, i - b * cols) ? 1 : 0;
-  }
+  ASYPPO_HD void add(index_t& acc, index_t b, index_t t) const { acc += mask(b, t) ? 1 : 0; }
   ASYPPO_HD index_t combine(index_t a, index_t b) const { return a + b; }
 };
 
@@ -153,23 +177,22 @@ inline void check_gae_options(const char* where, const gae_options& o) {
 }
 
 /// The scan itself; arguments already validated.
-template <class Backend, class T>
+template <class Backend, class T, class Hook = no_gae_hook>
 void gae_unchecked(const Backend& be, critic_view<const T> values, token_view<const T> rewards, mask_view mask,
-                   const gae_options& opt, const gae_outputs<T>& out, std_kind kind) {
+                   const gae_options& opt, const gae_outputs<T>& out, std_kind kind, Hook hook = {}) {
   const index_t B = rewards.extent[0], Tn = rewards.extent[1];
   if (B * Tn == 0) return;
   ensemble_point<T> point{values, kind == std_kind::unbiased};
   auto row_lambda = be.template allocate<double>(opt.adaptive_lambda_alpha > 0 ? B : 0);
   if (opt.adaptive_lambda_alpha > 0)
-    be.segmented_reduce(B, row_segments{Tn}, count_valid_row{mask, Tn},
+    be.row_reduce(B, Tn, count_valid_row{mask},
                         adaptive_lambda_sink{row_lambda.data(), opt.adaptive_lambda_alpha,
                                              opt.adaptive_lambda_min, opt.adaptive_lambda_max});
-  gae_element<T> elem{point, rewards, mask, Tn, opt.gamma, opt.lambda_actor, opt.lambda_critic,
-                      opt.adaptive_lambda_alpha > 0 ? row_lambda.data() : nullptr,
-                      opt.semantics == gae_mask_semantics::skip};
-  be.segmented_scan(scan_direction::reverse, B, row_segments{Tn}, elem, gae_compose{},
-                    gae_sink<T>{point, mask, out, Tn, opt.padding == padding_mode::raw,
-                                opt.semantics == gae_mask_semantics::skip});
+  const bool skip = opt.semantics == gae_mask_semantics::skip;
+  gae_element<T> elem{point, rewards, mask, opt.lambda_actor, opt.adaptive_lambda_alpha > 0 ? row_lambda.data() : nullptr};
+  be.row_scan(scan_direction::reverse, B, Tn, elem, gae_compose{opt.gamma, opt.lambda_critic, skip},
+              gae_sink<T, Hook>{point, mask, out, opt.padding == padding_mode::raw,
+                                opt.semantics == gae_mask_semantics::skip, hook});
 }
 
 }  // namespace detail

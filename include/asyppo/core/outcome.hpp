@@ -92,7 +92,6 @@ struct baseline_kernel {
   outcome_outputs<T> out;
   const index_t* group_of;
   const group_stats* stats;
-  index_t cols;
   baseline_kind kind;
   singleton_rule singleton;
   double eps;
@@ -113,8 +112,7 @@ struct baseline_kernel {
       default: return s - g.mean;
     }
   }
-  ASYPPO_HD void operator()(index_t i) const {
-    const index_t b = i / cols, t = i - b * cols;
+  ASYPPO_HD void operator()(index_t b, index_t t) const {
     const double a = advantage(b);
     if (out.advantages.data) out.advantages(b, t) = mask(b, t) ? static_cast<T>(a) : T(0);
     if (t == 0 && out.sequence.data) out.sequence(b) = static_cast<T>(a);
@@ -139,10 +137,9 @@ struct seq_only_kernel {
 template <class T>
 struct row_sum_reducer {
   token_view<const T> r;
-  index_t cols;
   using value_type = double;
   ASYPPO_HD double identity() const { return 0; }
-  ASYPPO_HD void add(double& a, index_t i) const { a += static_cast<double>(r(i / cols, i % cols)); }
+  ASYPPO_HD void add(double& a, index_t b, index_t t) const { a += static_cast<double>(r(b, t)); }
   ASYPPO_HD double combine(double a, double b) const { return a + b; }
 };
 
@@ -181,8 +178,8 @@ void group_baseline(const Backend& be, seq_view<const T> scores, seq_view<const 
   auto stats = be.template allocate<group_stats>(L.count);
   be.segmented_reduce(L.count, offset_segments{L.offsets.data()}, group_welford<T>{scores, L.perm.data()},
                       store_group_stats{stats.data()});
-  baseline_kernel<T> k{scores, mask, out, L.group_of.data(), stats.data(), Tn, kind, singleton, eps, unbiased};
-  if (Tn > 0) be.for_each(B * Tn, k);
+  baseline_kernel<T> k{scores, mask, out, L.group_of.data(), stats.data(), kind, singleton, eps, unbiased};
+  if (Tn > 0) be.for_each(B, Tn, k);
   else if (out.sequence.data)
     be.for_each(B, seq_only_kernel<T>{k});
 }
@@ -193,6 +190,9 @@ struct discount_map {
 };
 struct discount_compose {
   using value_type = discount_map;
+  ASYPPO_HD double initial() const { return 0.0; }
+  ASYPPO_HD discount_map lift(const discount_map& e) const { return e; }
+  ASYPPO_HD double apply(const discount_map& e, double x) const { return e.u * x + e.o; }
   ASYPPO_HD discount_map combine(const discount_map& f, const discount_map& e) const {
     return {e.u * f.u, e.u * f.o + e.o};
   }
@@ -201,10 +201,8 @@ template <class T>
 struct discount_element {
   token_view<const T> rewards;
   mask_view mask;
-  index_t cols;
   double gamma;
-  ASYPPO_HD discount_map operator()(index_t i) const {
-    const index_t b = i / cols, t = i - b * cols;
+  ASYPPO_HD discount_map operator()(index_t b, index_t t) const {
     if (!mask(b, t)) return {1.0, 0.0};
     return {gamma, static_cast<double>(rewards(b, t))};
   }
@@ -213,10 +211,8 @@ template <class T>
 struct discount_sink {
   mask_view mask;
   token_view<T> out;
-  index_t cols;
-  ASYPPO_HD void operator()(index_t i, const discount_map& y) const {
-    const index_t b = i / cols, t = i - b * cols;
-    out(b, t) = mask(b, t) ? static_cast<T>(y.o) : T(0);
+  ASYPPO_HD void operator()(index_t b, index_t t, double g) const {
+    out(b, t) = mask(b, t) ? static_cast<T>(g) : T(0);
   }
 };
 
@@ -272,8 +268,8 @@ void reinforce_pp_advantages(const Backend& be, token_view<const T> rewards, mas
   detail::check_range(where, "gamma", opt.gamma, 0.0, 1.0);
   detail::check_whiten_options(where, opt.whiten);
   if (opt.whiten.check_finite) detail::check_finite_tokens<Backend, T>(be, where, "rewards", B, Tn, {}, rewards, mask);
-  be.segmented_scan(scan_direction::reverse, B, row_segments{Tn}, detail::discount_element<T>{rewards, mask, Tn, opt.gamma},
-                    detail::discount_compose{}, detail::discount_sink<T>{mask, advantages, Tn});
+  be.row_scan(scan_direction::reverse, B, Tn, detail::discount_element<T>{rewards, mask, opt.gamma},
+              detail::discount_compose{}, detail::discount_sink<T>{mask, advantages});
   detail::whiten_unchecked(be, token_view<const T>(advantages), mask, advantages, opt.whiten, comm);
 }
 
@@ -284,7 +280,7 @@ void sequence_scores(const Backend& be, token_view<const T> rewards, seq_view<T>
   detail::check_view(where, "rewards", rewards);
   const index_t B = rewards.extent[0], Tn = rewards.extent[1];
   detail::check_output(where, "scores", scores, {B});
-  be.segmented_reduce(B, row_segments{Tn}, detail::row_sum_reducer<T>{rewards, Tn}, detail::store_seq<T>{scores});
+  be.row_reduce(B, Tn, detail::row_sum_reducer<T>{rewards}, detail::store_seq<T>{scores});
 }
 
 }  // namespace asyppo

@@ -3,7 +3,8 @@
 // Finds, for each request (segment s, rank r), the key of rank r (0-based, ascending) among
 // the valid keys of segment s, together with how many valid keys of s are strictly smaller
 // and how many are equal. Keys are the order-preserving unsigned images of float/double
-// (ordered_key), so float order is exact: -inf < ... < -0 < +0 < ... < +inf, NaNs at the ends.
+// (ordered_key), so float order is exact: -inf < ... < 0 < ... < +inf, NaNs at the ends; -0 and
+// +0 compare equal (both map to the key of +0), as they do as numbers.
 //
 // Method: MSD radix selection. Each pass builds one histogram of the next digit_bits of the
 // keys that match a request's known prefix (one backend histogram over all requests at once),
@@ -31,11 +32,14 @@ namespace detail {
 template <class T>
 using key_bits_t = std::conditional_t<sizeof(T) == 4, std::uint32_t, std::uint64_t>;
 
-/// Order-preserving unsigned image of an IEEE float/double.
+/// Order-preserving unsigned image of an IEEE float/double (-0 maps to the key of +0). -0 maps to the key of +0, so equal
+/// numbers have equal keys (ties between -0 and +0 are then broken by the caller's index order).
 template <class T>
 ASYPPO_INLINE key_bits_t<T> ordered_key(T x) {
   using U = key_bits_t<T>;
   static_assert(sizeof(T) == sizeof(U), "ordered_key needs float or double");
+  if (x == T(0)) x = T(0);
+  if (x == T(0)) x = T(0);  // -0 and +0 are one value (a tie), not two keys
   U u;
   memcpy(&u, &x, sizeof(U));
   constexpr U sign = U(1) << (8 * sizeof(U) - 1);
@@ -58,15 +62,15 @@ inline T key_value(std::uint64_t key) {
 /// and bins its next digit under the slot whose prefix it matches.
 template <class KeyOf>
 struct radix_bin {
-  KeyOf key_of;                     // key_of(i, seg&, key&) -> bool valid
+  KeyOf key_of;                     // key_of(b, t, seg&, key&) -> bool valid
   const index_t* slot_begin;        // [nseg+1] slots of segment s: [slot_begin[s], slot_begin[s+1])
   const std::uint64_t* slot_prefix; // [nslots]
   int shift;                        // bits below the digit of this pass
   int digit_bits;
-  ASYPPO_HD index_t operator()(index_t i) const {
+  ASYPPO_HD index_t operator()(index_t b, index_t t) const {
     index_t seg;
     std::uint64_t key;
-    if (!key_of(i, seg, key)) return -1;
+    if (!key_of(b, t, seg, key)) return -1;
     const std::uint64_t above = (shift + digit_bits >= 64) ? 0 : key >> (shift + digit_bits);
     const std::uint64_t digit = (key >> shift) & ((std::uint64_t(1) << digit_bits) - 1);
     for (index_t j = slot_begin[seg]; j < slot_begin[seg + 1]; ++j)
@@ -88,11 +92,11 @@ struct select_result {
   std::uint64_t equal;  ///< valid keys of the segment equal to it (>= 1)
 };
 
-/// Radix selection over n elements. key_of(i, seg, key) returns whether element i is valid and,
-/// if so, its segment (in [0, nseg)) and ordered key (key_bits wide). Requests and results are
-/// host arrays. Collective over comm: every rank passes the same requests.
+/// Radix selection over a [rows, cols] index space. key_of(b, t, seg, key) returns whether element
+/// (b,t) is valid and, if so, its segment (in [0, nseg)) and ordered key (key_bits wide). Requests
+/// and results are host arrays. Collective over comm: every rank passes the same requests.
 template <class Backend, class KeyOf, class Comm = single_process>
-void radix_select(const Backend& be, index_t n, KeyOf key_of, int key_bits, int digit_bits, index_t nseg,
+void radix_select(const Backend& be, index_t rows, index_t cols, KeyOf key_of, int key_bits, int digit_bits, index_t nseg,
                   const select_request* req, index_t nreq, select_result* res, const Comm& comm = {}) {
   if (nreq == 0) return;
   std::vector<std::uint64_t> prefix(static_cast<std::size_t>(nreq), 0), below(static_cast<std::size_t>(nreq), 0);
@@ -127,7 +131,7 @@ void radix_select(const Backend& be, index_t n, KeyOf key_of, int key_bits, int 
     be.copy_from_host(slot_prefix.data(), nslots, d_prefix.data());
     auto d_hist = be.template allocate<std::uint64_t>(nslots * radix);
     be.fill(d_hist.data(), nslots * radix, std::uint64_t(0));
-    be.histogram(n, detail::radix_bin<KeyOf>{key_of, d_begin.data(), d_prefix.data(), shift, digit_bits},
+    be.histogram(rows, cols, detail::radix_bin<KeyOf>{key_of, d_begin.data(), d_prefix.data(), shift, digit_bits},
                  nslots * radix, d_hist.data());
     std::vector<std::uint64_t> hist(static_cast<std::size_t>(nslots * radix));
     be.copy_to_host(d_hist.data(), nslots * radix, hist.data());

@@ -101,31 +101,39 @@ ASYPPO_INLINE bool is_finite_value(T x) {
   return z == z;
 }
 
-/// Counts valid tokens (mask != 0) whose [B,T] value, or any of K [K,B,T] values, is not finite.
+struct token_tally {
+  std::int64_t valid, nonfinite;
+};
+
+/// Counts valid tokens (mask != 0), and those whose [B,T] value or any of K [K,B,T] values is
+/// not finite.
 template <class T>
 struct count_nonfinite_tokens {
   critic_view<const T> values;  // may have K = 0 (unused)
   token_view<const T> tokens;   // may be empty (unused)
-  mask_view mask;  // data may be null: every token valid
-  index_t cols;
-  using value_type = std::int64_t;
-  ASYPPO_HD value_type identity() const { return 0; }
-  ASYPPO_HD void add(value_type& acc, index_t i) const {
-    const index_t b = i / cols, t = i - b * cols;
+  mask_view mask;               // data may be null: every token valid
+  using value_type = token_tally;
+  ASYPPO_HD value_type identity() const { return {0, 0}; }
+  ASYPPO_HD void add(value_type& acc, index_t b, index_t t) const {
     if (mask.data && !mask(b, t)) return;
     bool ok = true;
     for (index_t k = 0; k < values.extent[0]; ++k) ok = ok && is_finite_value(values(k, b, t));
     if (tokens.data) ok = ok && is_finite_value(tokens(b, t));
-    acc += ok ? 0 : 1;
+    acc.valid += 1;
+    acc.nonfinite += ok ? 0 : 1;
   }
-  ASYPPO_HD value_type combine(value_type a, value_type b) const { return a + b; }
+  ASYPPO_HD value_type combine(const value_type& a, const value_type& b) const {
+    return {a.valid + b.valid, a.nonfinite + b.nonfinite};
+  }
 };
 
+/// Throws if any valid token holds NaN/Inf; returns the number of valid tokens.
 template <class Backend, class T>
-void check_finite_tokens(const Backend& be, const char* where, const char* name, index_t B, index_t Tn,
-                         critic_view<const T> values, token_view<const T> tokens, mask_view mask) {
-  const auto bad = be.reduce(B * Tn, count_nonfinite_tokens<T>{values, tokens, mask, Tn});
-  if (bad > 0) fail(where, name, bad, " valid token(s) hold NaN or Inf");
+std::int64_t check_finite_tokens(const Backend& be, const char* where, const char* name, index_t B, index_t Tn,
+                                 critic_view<const T> values, token_view<const T> tokens, mask_view mask) {
+  const auto n = be.reduce(B, Tn, count_nonfinite_tokens<T>{values, tokens, mask});
+  if (n.nonfinite > 0) fail(where, name, n.nonfinite, " valid token(s) hold NaN or Inf");
+  return n.valid;
 }
 
 }  // namespace asyppo::detail

@@ -34,11 +34,9 @@ struct whiten_kernel {
   token_view<const T> x;
   mask_view mask;
   token_view<T> out;
-  index_t cols;
   double mean, scale, add_back;
   bool raw;
-  ASYPPO_HD void operator()(index_t i) const {
-    const index_t b = i / cols, t = i - b * cols;
+  ASYPPO_HD void operator()(index_t b, index_t t) const {
     const bool valid = mask(b, t) != 0;
     if (valid || raw) out(b, t) = static_cast<T>((static_cast<double>(x(b, t)) - mean) * scale + add_back);
     else out(b, t) = T(0);
@@ -62,7 +60,7 @@ masked_moments whiten_unchecked(const Backend& be, token_view<const T> x, mask_v
     scale = 1.0;  // nothing valid: raw mode leaves x as it is
     mean = 0.0;
   }
-  be.for_each(B * Tn, whiten_kernel<T>{x, mask, out, Tn, mean, scale, opt.shift_mean ? 0.0 : mo.mean,
+  be.for_each(B, Tn, whiten_kernel<T>{x, mask, out, mean, scale, opt.shift_mean ? 0.0 : mo.mean,
                                        opt.padding == padding_mode::raw});
   return mo;
 }

@@ -1,0 +1,214 @@
+// asyppo/core/actor_objective.hpp: the whole AsyPPO actor loss in one call (docs/method-spec.md
+// E12-E15; peer-semantics.md 2.4, 2.7, 2.8, 2.9).
+//
+//   L = Agg(I^A l_clip)  -  beta Agg(I^H H)  +  kappa Agg(kl(logp - ref_logp))
+// with the clipped surrogate of core/policy_loss.hpp (I^A = adv_mask), the entropy bonus of
+// core/entropy.hpp (I^H = entropy_mask, beta = entropy_coef) and the KL penalty of core/kl.hpp
+// (kappa = kl_coef), all with the SAME aggregation and normaliser (core/aggregation.hpp). Masked
+// tokens (I^A = 0, I^H = 0) contribute 0 to their term and keep their place in the normaliser.
+// Outputs: grad_logp = dL/dlogp (surrogate + kappa * KL gradient) and grad_entropy = dL/dH
+// (= -beta w_b I^H), both exactly 0 on masked/padded tokens; the surrogate part is also exactly 0 on
+// I^A = 0 tokens and the entropy part on I^H = 0 tokens. Results: the total and each part with its
+// metrics (policy_loss_result, entropy_bonus_result, kl_loss_result: the same numbers the three
+// separate calls give, up to float rounding of the fused sum).
+// The entropy tensor is required when beta != 0 and ref_logp when kappa != 0; a ref_logp given with
+// kappa = 0 still yields the KL metrics (its gradient contribution is 0).
+// One fused pass: a single reduce whose add() evaluates all three terms at token i and writes both
+// gradients at position i only (every i is visited exactly once). Double accumulation; the CPU
+// backend's results are bit-identical for any thread count.
+#pragma once
+
+#include <cmath>
+
+#include "asyppo/core/aggregation.hpp"
+#include "asyppo/core/entropy.hpp"
+#include "asyppo/core/kl.hpp"
+#include "asyppo/core/policy_loss.hpp"
+
+namespace asyppo {
+
+struct actor_objective_options {
+  double clip_low = 0.2;          ///< eps_low, in [0, 1]
+  double clip_high = 0.2;         ///< eps_high, >= 0 (AsyPPO code: 0.28)
+  double dual_clip = 0.0;         ///< c; 0 = off, else > 1
+  double log_ratio_clamp = 20.0;  ///< 0 = off
+  double entropy_coef = 0.0;      ///< beta, finite
+  double kl_coef = 0.0;           ///< kappa, finite
+  kl_options kl{};
+  loss_aggregation aggregation = loss_aggregation::seq_mean_token_mean;  ///< E15
+  loss_normalizer normalizer{};
+  bool check_finite = true;  ///< reject NaN/Inf inputs on valid tokens
+};
+
+template <class T>
+struct actor_objective_inputs {
+  token_view<const T> logp;        ///< [B,T]
+  token_view<const T> old_logp;    ///< [B,T]
+  token_view<const T> advantages;  ///< [B,T]
+  mask_view mask;                  ///< [B,T] required
+  mask_view adv_mask{};            ///< [B,T] I^A (optional)
+  token_view<const T> entropy{};   ///< [B,T] H (required when entropy_coef != 0)
+  mask_view entropy_mask{};        ///< [B,T] I^H (optional)
+  token_view<const T> ref_logp{};  ///< [B,T] (required when kl_coef != 0)
+};
+
+template <class T>
+struct actor_objective_outputs {
+  token_view<T> grad_logp{};     ///< [B,T] optional
+  token_view<T> grad_entropy{};  ///< [B,T] optional
+};
+
+struct actor_objective_result {
+  double total = 0;  ///< policy.loss + entropy.loss + kl.loss
+  policy_loss_result policy{};
+  entropy_bonus_result entropy{};
+  kl_loss_result kl{};
+  loss_normalizer normalizer{};
+};
+
+namespace detail {
+
+struct actor_acc {
+  policy_acc pg;
+  entropy_acc ent;
+  kl_acc kl;
+};
+
+template <class T>
+struct actor_reducer {
+  token_view<const T> logp, old_logp, adv, entropy, ref;
+  mask_view mask, adv_mask, entropy_mask;
+  const double* w;
+  token_view<T> grad_logp, grad_entropy;  // optional each
+  row_col cols;
+  surrogate_params sp;
+  kl_params kp;
+  double beta, kappa;
+  using value_type = actor_acc;
+  ASYPPO_HD actor_acc identity() const { return {{0, 0, 0, 0, 0, 0, 0}, {0, 0, 0, 0, 0}, {0, 0, 0}}; }
+  // Writes both gradients at position i only; every i is visited exactly once.
+  ASYPPO_HD void add(actor_acc& acc, index_t i) const {
+    index_t b, t;
+    cols.split(i, b, t);
+    double gl = 0.0, gh = 0.0;
+    if (mask(b, t)) {
+      const double wb = w[b];
+      const double lp = static_cast<double>(logp(b, t)), olp = static_cast<double>(old_logp(b, t));
+      // Surrogate (I^A).
+      acc.pg.valid += 1;
+      acc.pg.kl += olp - lp;
+      if (adv_mask.data && !adv_mask(b, t)) {
+        acc.pg.adv_masked += 1;
+      } else {
+        const surrogate_value s = surrogate_token(lp, olp, static_cast<double>(adv(b, t)), sp);
+        acc.pg.loss += wb * s.loss;
+        gl = wb * s.dlogp;
+        acc.pg.high += s.high ? 1 : 0;
+        acc.pg.low += s.low ? 1 : 0;
+        acc.pg.dual += s.dual ? 1 : 0;
+      }
+      // Entropy bonus (I^H).
+      const bool keep_h = !entropy_mask.data || entropy_mask(b, t);
+      acc.ent.valid += 1;
+      if (entropy.data) {
+        const double h = static_cast<double>(entropy(b, t));
+        acc.ent.sum += h;
+        acc.ent.agg += wb * h;
+        if (keep_h) acc.ent.filtered_agg += wb * h;
+      }
+      if (!keep_h) acc.ent.filtered += 1;
+      if (keep_h) gh = -beta * wb;
+      // KL penalty.
+      if (ref.data) {
+        const kl_value k = kl_token(lp - static_cast<double>(ref(b, t)), kp);
+        acc.kl.agg += wb * k.value;
+        acc.kl.sum += k.value;
+        acc.kl.valid += 1;
+        if (kappa != 0.0) gl += kappa * wb * k.ddelta;
+      }
+    }
+    if (grad_logp.data) grad_logp(b, t) = static_cast<T>(gl);
+    if (grad_entropy.data) grad_entropy(b, t) = static_cast<T>(gh);
+  }
+  ASYPPO_HD actor_acc combine(const actor_acc& a, const actor_acc& b) const {
+    return {policy_acc_combine(a.pg, b.pg), entropy_acc_combine(a.ent, b.ent),
+            {a.kl.agg + b.kl.agg, a.kl.sum + b.kl.sum, a.kl.valid + b.kl.valid}};
+  }
+};
+
+}  // namespace detail
+
+/// The AsyPPO actor objective (see the header comment). Throws asyppo::error (and writes nothing)
+/// on bad shapes, bad clip/dual/clamp options, non-finite entropy_coef or kl_coef, a missing
+/// entropy (beta != 0) or ref_logp (kappa != 0), a bad normaliser, or (check_finite) NaN/Inf inputs
+/// on a valid token.
+template <class Backend, class T>
+actor_objective_result actor_objective(const Backend& be, const actor_objective_inputs<T>& in,
+                                       const actor_objective_outputs<T>& out = {},
+                                       const actor_objective_options& opt = {}) {
+  constexpr const char* where = "asyppo::actor_objective";
+  detail::check_view(where, "logp", in.logp);
+  const index_t B = in.logp.extent[0], Tn = in.logp.extent[1];
+  detail::check_input(where, "old_logp", in.old_logp, {B, Tn});
+  detail::check_input(where, "advantages", in.advantages, {B, Tn});
+  detail::check_required_mask(where, "mask", in.mask, B, Tn);
+  detail::check_optional_input(where, "adv_mask", in.adv_mask, {B, Tn});
+  detail::check_optional_input(where, "entropy", in.entropy, {B, Tn});
+  detail::check_optional_input(where, "entropy_mask", in.entropy_mask, {B, Tn});
+  detail::check_optional_input(where, "ref_logp", in.ref_logp, {B, Tn});
+  detail::check_optional_output(where, "grad_logp", out.grad_logp, {B, Tn});
+  detail::check_optional_output(where, "grad_entropy", out.grad_entropy, {B, Tn});
+  detail::check_surrogate_options(where, opt.clip_low, opt.clip_high, opt.dual_clip, opt.log_ratio_clamp);
+  detail::check_finite_scalar(where, "entropy_coef", opt.entropy_coef);
+  detail::check_finite_scalar(where, "kl_coef", opt.kl_coef);
+  detail::check_kl_options(where, opt.kl);
+  if (opt.entropy_coef != 0.0 && !detail::present(in.entropy) && B * Tn > 0)
+    detail::fail(where, "entropy", "is required when entropy_coef != 0 (entropy_coef = ", opt.entropy_coef, ")");
+  if (opt.kl_coef != 0.0 && !detail::present(in.ref_logp) && B * Tn > 0)
+    detail::fail(where, "ref_logp", "is required when kl_coef != 0 (kl_coef = ", opt.kl_coef, ")");
+  detail::check_aggregation(where, opt.aggregation);
+  detail::check_normalizer_fields(where, "normalizer", opt.normalizer);
+  if (opt.check_finite)
+    detail::check_finite_views<Backend, T>(be, where, "logp, old_logp, advantages, entropy or ref_logp", in.mask,
+                                           in.logp, in.old_logp, in.advantages, in.entropy);
+  if (opt.check_finite && detail::present(in.ref_logp))
+    detail::check_finite_views<Backend, T>(be, where, "ref_logp", in.mask, in.ref_logp);
+  auto tab = detail::make_row_weights<Backend, double>(be, where, "normalizer", in.mask, 1, {}, opt.aggregation,
+                                                       &opt.normalizer, 1);
+  actor_objective_result r;
+  r.normalizer = r.policy.normalizer = r.entropy.normalizer = r.kl.normalizer = tab.resolved[0];
+  if (B * Tn == 0) return r;
+  const detail::actor_reducer<T> red{in.logp,
+                                     in.old_logp,
+                                     in.advantages,
+                                     in.entropy,
+                                     in.ref_logp,
+                                     in.mask,
+                                     in.adv_mask,
+                                     in.entropy_mask,
+                                     tab.weights.data(),
+                                     out.grad_logp,
+                                     out.grad_entropy,
+                                     row_col(Tn),
+                                     {opt.clip_low, opt.clip_high, opt.dual_clip, opt.log_ratio_clamp},
+                                     detail::to_params(opt.kl),
+                                     opt.entropy_coef,
+                                     opt.kl_coef};
+  const detail::actor_acc a = be.reduce(B * Tn, red);
+  r.policy.loss = a.pg.loss;
+  r.policy.metrics = detail::to_metrics(a.pg);
+  r.entropy.entropy = a.ent.agg;
+  r.entropy.filtered_entropy = a.ent.filtered_agg;
+  r.entropy.loss = -opt.entropy_coef * a.ent.filtered_agg;
+  r.entropy.metrics.valid_tokens = a.ent.valid;
+  r.entropy.metrics.filtered_tokens = a.ent.filtered;
+  r.entropy.metrics.entropy_sum = a.ent.sum;
+  r.kl.kl = a.kl.agg;
+  r.kl.loss = opt.kl_coef * a.kl.agg;
+  r.kl.metrics.valid_tokens = a.kl.valid;
+  r.kl.metrics.kl_sum = a.kl.sum;
+  r.total = r.policy.loss + r.entropy.loss + r.kl.loss;
+  return r;
+}
+
+}  // namespace asyppo

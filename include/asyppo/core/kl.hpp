@@ -1,0 +1,234 @@
+// asyppo/core/kl.hpp: KL-penalty estimators to a reference policy, per token and as an aggregated
+// loss with its gradient wrt logp (docs/peer-semantics.md 2.7, 2.12; method-spec.md section f).
+//
+// With delta = logp - ref_logp on a valid token:
+//   k1  (verl "kl")          delta                       d/ddelta = 1
+//   abs (verl "abs")         |delta|                     sign(delta) (0 at delta = 0, as torch)
+//   k2  (verl "mse")         0.5 delta^2                 delta
+//   k3  (verl "low_var_kl")  exp(-delta) - 1 + delta     1 - exp(-delta)
+// verl clamps k3 (clamp = true, the default): x = -delta is clamped to [-20, 20] before the exp and
+// the result to [-10, 10]; the gradient is 0 where either clamp is active (both terms of k3 use
+// the clamped x, as in verl; boundaries pass the gradient, as torch.clamp). k1, abs and k2 are never
+// clamped (verl; OpenRLHF clamps every estimator to [-10, 10], slime only low_var_kl). With
+// clamp = false, k3 of delta < -709 overflows to +inf.
+// Straight-through (verl's "+" suffix: "k1+", "k3+", ...): the value is the base estimator's (with
+// its clamps), the gradient is k2's, delta (never clamped).
+//
+// kl_values writes the per-token estimator [B,T] (0 on masked tokens). kl_loss returns
+//   L = coef * Agg(kl)  (core/aggregation.hpp)
+// and grad_logp = coef * w_b * dkl/ddelta (exactly 0 on masked/padded tokens) in one fused reduce
+// that writes only position i inside add(). Computed in double; the CPU backend's results are
+// bit-identical for any thread count.
+#pragma once
+
+#include <cmath>
+#include <cstdint>
+#include <limits>
+#include <string>
+#include <string_view>
+
+#include "asyppo/core/aggregation.hpp"
+
+namespace asyppo {
+
+enum class kl_estimator { k1, abs, k2, k3 };
+
+struct kl_options {
+  kl_estimator estimator = kl_estimator::k3;  ///< verl low_var_kl (GRPO's estimator)
+  bool straight_through = false;              ///< value of the estimator, gradient of k2
+  bool clamp = true;                          ///< verl's k3 clamps (input +-20, output +-10)
+};
+
+/// Parses verl's names: "kl"/"k1", "abs", "mse"/"k2", "low_var_kl"/"k3", each optionally with a
+/// "+" suffix (straight-through). Throws asyppo::error on an unknown name.
+inline kl_options parse_kl_estimator(std::string_view s) {
+  kl_options o;
+  if (!s.empty() && s.back() == '+') {
+    o.straight_through = true;
+    s.remove_suffix(1);
+  }
+  if (s == "kl" || s == "k1") o.estimator = kl_estimator::k1;
+  else if (s == "abs") o.estimator = kl_estimator::abs;
+  else if (s == "mse" || s == "k2") o.estimator = kl_estimator::k2;
+  else if (s == "low_var_kl" || s == "k3") o.estimator = kl_estimator::k3;
+  else detail::fail("asyppo::parse_kl_estimator", "name", "unknown KL estimator '", std::string(s), "'");
+  return o;
+}
+
+struct kl_loss_options {
+  kl_options kl{};
+  double coef = 1.0;  ///< kappa, finite
+  loss_aggregation aggregation = loss_aggregation::seq_mean_token_mean;
+  loss_normalizer normalizer{};
+  bool check_finite = true;  ///< reject NaN/Inf logp or ref_logp on valid tokens
+};
+
+/// Raw sums of one call (+= merges micro-batches).
+struct kl_metrics {
+  std::int64_t valid_tokens = 0;
+  double kl_sum = 0;  ///< sum of the estimator over valid tokens
+  double mean() const {
+    return valid_tokens > 0 ? kl_sum / static_cast<double>(valid_tokens) : std::numeric_limits<double>::quiet_NaN();
+  }
+  kl_metrics& operator+=(const kl_metrics& o) {
+    valid_tokens += o.valid_tokens;
+    kl_sum += o.kl_sum;
+    return *this;
+  }
+};
+
+struct kl_loss_result {
+  double loss = 0;  ///< coef * Agg(kl)
+  double kl = 0;    ///< Agg(kl)
+  kl_metrics metrics{};
+  loss_normalizer normalizer{};
+};
+
+namespace detail {
+
+struct kl_params {
+  kl_estimator estimator;
+  bool straight_through, clamp;
+};
+
+struct kl_value {
+  double value, ddelta;
+};
+
+ASYPPO_INLINE kl_value kl_token(double delta, const kl_params& p) {
+  kl_value r{0.0, 0.0};
+  switch (p.estimator) {
+    case kl_estimator::k1: r = {delta, 1.0}; break;
+    case kl_estimator::abs: r = {delta < 0 ? -delta : delta, delta > 0 ? 1.0 : (delta < 0 ? -1.0 : 0.0)}; break;
+    case kl_estimator::k2: r = {0.5 * delta * delta, delta}; break;
+    case kl_estimator::k3: {
+      double x = -delta;
+      bool inside = true;
+      if (p.clamp) {
+        if (x > 20.0) x = 20.0, inside = false;
+        else if (x < -20.0) x = -20.0, inside = false;
+      }
+      const double e = std::exp(x);
+      r.value = e - x - 1.0;
+      r.ddelta = inside ? 1.0 - e : 0.0;
+      if (p.clamp) {
+        if (r.value > 10.0) r.value = 10.0, r.ddelta = 0.0;
+        else if (r.value < -10.0) r.value = -10.0, r.ddelta = 0.0;
+      }
+      break;
+    }
+  }
+  if (p.straight_through) r.ddelta = delta;
+  return r;
+}
+
+template <class T>
+struct kl_values_kernel {
+  token_view<const T> logp, ref;
+  mask_view mask;
+  token_view<T> out;
+  row_col cols;
+  kl_params p;
+  ASYPPO_HD void operator()(index_t i) const {
+    index_t b, t;
+    cols.split(i, b, t);
+    out(b, t) = mask(b, t) ? static_cast<T>(kl_token(static_cast<double>(logp(b, t)) - static_cast<double>(ref(b, t)), p).value)
+                           : T(0);
+  }
+};
+
+struct kl_acc {
+  double agg, sum;
+  std::int64_t valid;
+};
+
+template <class T>
+struct kl_reducer {
+  token_view<const T> logp, ref;
+  mask_view mask;
+  const double* w;
+  token_view<T> grad;  // optional
+  row_col cols;
+  kl_params p;
+  double coef;
+  using value_type = kl_acc;
+  ASYPPO_HD kl_acc identity() const { return {0, 0, 0}; }
+  // Writes grad at position i only; every i is visited exactly once.
+  ASYPPO_HD void add(kl_acc& acc, index_t i) const {
+    index_t b, t;
+    cols.split(i, b, t);
+    double g = 0.0;
+    if (mask(b, t)) {
+      const kl_value k = kl_token(static_cast<double>(logp(b, t)) - static_cast<double>(ref(b, t)), p);
+      acc.agg += w[b] * k.value;
+      acc.sum += k.value;
+      acc.valid += 1;
+      g = coef * w[b] * k.ddelta;
+    }
+    if (grad.data) grad(b, t) = static_cast<T>(g);
+  }
+  ASYPPO_HD kl_acc combine(const kl_acc& a, const kl_acc& b) const { return {a.agg + b.agg, a.sum + b.sum, a.valid + b.valid}; }
+};
+
+inline void check_kl_options(const char* where, const kl_options& o) {
+  switch (o.estimator) {
+    case kl_estimator::k1:
+    case kl_estimator::abs:
+    case kl_estimator::k2:
+    case kl_estimator::k3: return;
+  }
+  fail(where, "estimator", "unknown kl_estimator value ", static_cast<int>(o.estimator));
+}
+
+inline kl_params to_params(const kl_options& o) { return {o.estimator, o.straight_through, o.clamp}; }
+
+}  // namespace detail
+
+/// Per-token estimator of delta = logp - ref_logp into out [B,T] (0 on masked tokens; out may be
+/// logp or ref_logp itself). Throws asyppo::error on bad shapes or options; NaN/Inf inputs propagate.
+template <class Backend, class T>
+void kl_values(const Backend& be, token_view<const T> logp, token_view<const T> ref_logp, mask_view mask,
+               token_view<T> out, const kl_options& opt = {}) {
+  constexpr const char* where = "asyppo::kl_values";
+  detail::check_view(where, "logp", logp);
+  const index_t B = logp.extent[0], Tn = logp.extent[1];
+  detail::check_input(where, "ref_logp", ref_logp, {B, Tn});
+  detail::check_required_mask(where, "mask", mask, B, Tn);
+  detail::check_output(where, "out", out, {B, Tn});
+  detail::check_kl_options(where, opt);
+  if (B * Tn == 0) return;
+  be.for_each(B * Tn, detail::kl_values_kernel<T>{logp, ref_logp, mask, out, row_col(Tn), detail::to_params(opt)});
+}
+
+/// KL loss coef * Agg(kl(logp - ref_logp)); grad_logp [B,T] (optional) receives dL/dlogp.
+/// Throws asyppo::error (and writes nothing) on bad shapes or options, non-finite coef, a bad
+/// normaliser, or (check_finite) NaN/Inf logp or ref_logp on a valid token.
+template <class Backend, class T>
+kl_loss_result kl_loss(const Backend& be, token_view<const T> logp, token_view<const T> ref_logp, mask_view mask,
+                       token_view<T> grad_logp = {}, const kl_loss_options& opt = {}) {
+  constexpr const char* where = "asyppo::kl_loss";
+  detail::check_view(where, "logp", logp);
+  const index_t B = logp.extent[0], Tn = logp.extent[1];
+  detail::check_input(where, "ref_logp", ref_logp, {B, Tn});
+  detail::check_required_mask(where, "mask", mask, B, Tn);
+  detail::check_optional_output(where, "grad_logp", grad_logp, {B, Tn});
+  detail::check_kl_options(where, opt.kl);
+  detail::check_finite_scalar(where, "coef", opt.coef);
+  detail::check_aggregation(where, opt.aggregation);
+  detail::check_normalizer_fields(where, "normalizer", opt.normalizer);
+  if (opt.check_finite) detail::check_finite_views<Backend, T>(be, where, "logp or ref_logp", mask, logp, ref_logp);
+  auto tab = detail::make_row_weights<Backend, double>(be, where, "normalizer", mask, 1, {}, opt.aggregation,
+                                                       &opt.normalizer, 1);
+  kl_loss_result r;
+  r.normalizer = tab.resolved[0];
+  if (B * Tn == 0) return r;
+  const detail::kl_acc a = be.reduce(B * Tn, detail::kl_reducer<T>{logp, ref_logp, mask, tab.weights.data(), grad_logp,
+                                                                   row_col(Tn), detail::to_params(opt.kl), opt.coef});
+  r.kl = a.agg;
+  r.loss = opt.coef * a.agg;
+  r.metrics.valid_tokens = a.valid;
+  r.metrics.kl_sum = a.sum;
+  return r;
+}
+
+}  // namespace asyppo

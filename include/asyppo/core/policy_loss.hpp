@@ -1,0 +1,258 @@
+// asyppo/core/policy_loss.hpp: the PPO clipped surrogate on log-probs, with the AsyPPO advantage
+// mask, dual clip, aggregation and the exact gradient wrt logp (docs/method-spec.md E12, E13, E15,
+// section f item 6; docs/peer-semantics.md 2.4).
+//
+// Per valid token (m = 1), with delta = logp - old_logp and A the advantage:
+//   rho = exp(clamp(delta, -C, C))            C = log_ratio_clamp (verl/OpenRLHF: 20; 0 = no clamp)
+//   l1  = -A rho
+//   l2  = -A clip(rho, 1 - eps_low, 1 + eps_high)
+//   l   = max(l1, l2)
+//   dual clip (c > 0, only where A < 0, as verl/OpenRLHF/slime): l = min(l, -c A)
+// Tokens with I^A = 0 (adv_mask) and tokens with A = 0 have l = 0 and gradient 0 exactly; they keep
+// their place in the normaliser (AsyPPO D5: identical to feeding A * I^A). The loss is
+//   L = Agg(l) = sum_{b,t} m w_b l[b,t]           (core/aggregation.hpp)
+// and grad_logp[b,t] = dL/dlogp[b,t] = w_b * dl/dlogp:
+//   -A rho on the unclipped branch (l1 >= l2, i.e. rho inside the clip range or clipping on the
+//   side that does not bind) when |delta| <= C; 0 where the clipped branch is active (l2 > l1),
+//   where the dual clip is active, where the log-ratio clamp is active (|delta| > C), and exactly 0
+//   on masked/padded tokens and on I^A = 0 tokens. Ties (l1 == l2, l == -cA) take the unclipped
+//   branch (a measure-zero choice; torch splits the gradient there).
+//
+// Metrics (over the valid tokens of this call; raw counts kept so they merge across micro-batches
+// with +=, fractions are NaN when there is no valid token):
+//   clip_fraction       #(l2 > l1) / N_valid   (verl pg_clipfrac; I^A = 0 tokens count as A = 0,
+//                        i.e. never clipped)
+//   clip_high_fraction  the clipped ones with rho > 1 + eps_high (A > 0)
+//   clip_low_fraction   the clipped ones with rho < 1 - eps_low  (A < 0); high + low = clip.
+//                        (ROLL's region metrics ignore the sign of A; these do not.)
+//   dual_clip_fraction  #(A < 0 and max(l1, l2) > -c A) / N_valid (verl pg_clipfrac_lower)
+//   approx_kl           mean of old_logp - logp over valid tokens, unclamped (verl ppo_kl)
+//   adv_mask_fraction   #(I^A = 0) / N_valid
+//
+// One fused pass: a single backend reduce whose add(acc, i) evaluates token i, accumulates the
+// loss and the metrics, and writes grad_logp at position i only. Writing position i inside add()
+// is allowed by this library's reduce contract because every i is visited exactly once, by one
+// thread, whatever the tiling. Before it: validation, an optional finiteness pass and the row
+// weight pass of core/aggregation.hpp. Everything is computed in double; the CPU backend's
+// results are bit-identical for any thread count.
+// Extremes: with the clamp on, any log-ratio gives a finite loss. With the clamp off (C = 0), a
+// ratio that overflows to +inf gives l = +inf where A < 0 and no dual clip (A > 0 is clipped and
+// finite); this is the documented price of turning the clamp off.
+#pragma once
+
+#include <cmath>
+#include <cstdint>
+#include <limits>
+
+#include "asyppo/core/aggregation.hpp"
+
+namespace asyppo {
+
+struct policy_loss_options {
+  double clip_low = 0.2;         ///< eps_low, in [0, 1]
+  double clip_high = 0.2;        ///< eps_high, >= 0 (DAPO clip-higher / AsyPPO code: 0.28)
+  double dual_clip = 0.0;        ///< c; 0 = off, else > 1 (verl clip_ratio_c = 3)
+  double log_ratio_clamp = 20.0; ///< C; 0 = off
+  loss_aggregation aggregation = loss_aggregation::seq_mean_token_mean;  ///< AsyPPO E15
+  loss_normalizer normalizer{};  ///< global counts; negative fields = local (see aggregation.hpp)
+  bool check_finite = true;      ///< reject NaN/Inf logp, old_logp, advantages on valid tokens
+};
+
+template <class T>
+struct policy_loss_inputs {
+  token_view<const T> logp;        ///< [B,T] log pi_theta of the taken tokens
+  token_view<const T> old_logp;    ///< [B,T] log pi_old
+  token_view<const T> advantages;  ///< [B,T]
+  mask_view mask;                  ///< [B,T] response mask (required)
+  mask_view adv_mask{};            ///< [B,T] AsyPPO I^A (optional; absent = all ones)
+};
+
+/// Raw counts of one call; += merges micro-batches, the fractions are computed from the counts.
+struct policy_loss_metrics {
+  std::int64_t valid_tokens = 0;
+  std::int64_t adv_masked_tokens = 0;    ///< valid tokens with I^A = 0
+  std::int64_t clipped_high_tokens = 0;  ///< l2 > l1 and rho > 1 + eps_high
+  std::int64_t clipped_low_tokens = 0;   ///< l2 > l1 and rho < 1 - eps_low
+  std::int64_t dual_clipped_tokens = 0;  ///< A < 0 and max(l1, l2) > -c A
+  double approx_kl_sum = 0;              ///< sum of old_logp - logp over valid tokens
+
+  std::int64_t clipped_tokens() const { return clipped_high_tokens + clipped_low_tokens; }
+  double clip_fraction() const { return frac(static_cast<double>(clipped_tokens())); }
+  double clip_high_fraction() const { return frac(static_cast<double>(clipped_high_tokens)); }
+  double clip_low_fraction() const { return frac(static_cast<double>(clipped_low_tokens)); }
+  double dual_clip_fraction() const { return frac(static_cast<double>(dual_clipped_tokens)); }
+  double adv_mask_fraction() const { return frac(static_cast<double>(adv_masked_tokens)); }
+  double approx_kl() const { return frac(approx_kl_sum); }
+
+  policy_loss_metrics& operator+=(const policy_loss_metrics& o) {
+    valid_tokens += o.valid_tokens;
+    adv_masked_tokens += o.adv_masked_tokens;
+    clipped_high_tokens += o.clipped_high_tokens;
+    clipped_low_tokens += o.clipped_low_tokens;
+    dual_clipped_tokens += o.dual_clipped_tokens;
+    approx_kl_sum += o.approx_kl_sum;
+    return *this;
+  }
+
+ private:
+  double frac(double x) const {
+    return valid_tokens > 0 ? x / static_cast<double>(valid_tokens) : std::numeric_limits<double>::quiet_NaN();
+  }
+};
+
+struct policy_loss_result {
+  double loss = 0;               ///< Agg(l)
+  policy_loss_metrics metrics{};
+  loss_normalizer normalizer{};  ///< the resolved normaliser used
+};
+
+namespace detail {
+
+struct surrogate_params {
+  double clip_low, clip_high, dual_clip, log_ratio_clamp;
+};
+
+struct surrogate_value {
+  double loss;   // l
+  double dlogp;  // dl/dlogp
+  bool high, low, dual;
+};
+
+/// l and dl/dlogp of one token (A != 0 handled by the caller's masks; A == 0 gives zeros).
+ASYPPO_INLINE surrogate_value surrogate_token(double logp, double old_logp, double A, const surrogate_params& p) {
+  surrogate_value r{0.0, 0.0, false, false, false};
+  if (A == 0.0) return r;
+  double d = logp - old_logp;
+  bool inside = true;
+  if (p.log_ratio_clamp > 0) {
+    if (d > p.log_ratio_clamp) d = p.log_ratio_clamp, inside = false;
+    else if (d < -p.log_ratio_clamp) d = -p.log_ratio_clamp, inside = false;
+  }
+  const double rho = std::exp(d);
+  const double lo = 1.0 - p.clip_low, hi = 1.0 + p.clip_high;
+  const double rc = rho < lo ? lo : (rho > hi ? hi : rho);
+  const double l1 = -A * rho, l2 = -A * rc;
+  if (l2 > l1) {
+    r.loss = l2;
+    r.high = rho > hi;
+    r.low = rho < lo;
+  } else {
+    r.loss = l1;
+    r.dlogp = inside ? -A * rho : 0.0;
+  }
+  if (p.dual_clip > 0 && A < 0) {
+    const double l3 = -p.dual_clip * A;
+    if (r.loss > l3) {
+      r.loss = l3;
+      r.dlogp = 0.0;
+      r.dual = true;
+    }
+  }
+  return r;
+}
+
+struct policy_acc {
+  double loss, kl;
+  std::int64_t valid, adv_masked, high, low, dual;
+};
+
+ASYPPO_INLINE policy_acc policy_acc_combine(const policy_acc& a, const policy_acc& b) {
+  return {a.loss + b.loss, a.kl + b.kl, a.valid + b.valid, a.adv_masked + b.adv_masked,
+          a.high + b.high, a.low + b.low, a.dual + b.dual};
+}
+
+template <class T>
+struct policy_reducer {
+  token_view<const T> logp, old_logp, adv;
+  mask_view mask, adv_mask;
+  const double* w;
+  token_view<T> grad;  // optional
+  row_col cols;
+  surrogate_params p;
+  using value_type = policy_acc;
+  ASYPPO_HD policy_acc identity() const { return {0, 0, 0, 0, 0, 0, 0}; }
+  // Writes grad at position i only; every i is visited exactly once.
+  ASYPPO_HD void add(policy_acc& acc, index_t i) const {
+    index_t b, t;
+    cols.split(i, b, t);
+    double g = 0.0;
+    if (mask(b, t)) {
+      const double lp = static_cast<double>(logp(b, t)), olp = static_cast<double>(old_logp(b, t));
+      acc.valid += 1;
+      acc.kl += olp - lp;
+      if (adv_mask.data && !adv_mask(b, t)) {
+        acc.adv_masked += 1;
+      } else {
+        const surrogate_value s = surrogate_token(lp, olp, static_cast<double>(adv(b, t)), p);
+        acc.loss += w[b] * s.loss;
+        g = w[b] * s.dlogp;
+        acc.high += s.high ? 1 : 0;
+        acc.low += s.low ? 1 : 0;
+        acc.dual += s.dual ? 1 : 0;
+      }
+    }
+    if (grad.data) grad(b, t) = static_cast<T>(g);
+  }
+  ASYPPO_HD policy_acc combine(const policy_acc& a, const policy_acc& b) const { return policy_acc_combine(a, b); }
+};
+
+inline void check_surrogate_options(const char* where, double clip_low, double clip_high, double dual_clip,
+                                    double log_ratio_clamp) {
+  check_range(where, "clip_low", clip_low, 0.0, 1.0);
+  if (!(clip_high >= 0.0) || !std::isfinite(clip_high))
+    fail(where, "clip_high", "must be finite and >= 0, got ", clip_high);
+  if (dual_clip != 0.0 && !(dual_clip > 1.0 && std::isfinite(dual_clip)))
+    fail(where, "dual_clip", "must be 0 (off) or a finite number > 1, got ", dual_clip);
+  if (!(log_ratio_clamp >= 0.0) || !std::isfinite(log_ratio_clamp))
+    fail(where, "log_ratio_clamp", "must be 0 (off) or finite and > 0, got ", log_ratio_clamp);
+}
+
+inline policy_loss_metrics to_metrics(const policy_acc& a) {
+  policy_loss_metrics m;
+  m.valid_tokens = a.valid;
+  m.adv_masked_tokens = a.adv_masked;
+  m.clipped_high_tokens = a.high;
+  m.clipped_low_tokens = a.low;
+  m.dual_clipped_tokens = a.dual;
+  m.approx_kl_sum = a.kl;
+  return m;
+}
+
+}  // namespace detail
+
+/// Clipped surrogate loss Agg(l) of the inputs; grad_logp [B,T] (optional) receives dL/dlogp.
+/// Throws asyppo::error (and writes nothing) on bad shapes, clip_low outside [0,1], clip_high < 0,
+/// dual_clip not 0 and <= 1, log_ratio_clamp < 0, non-finite options, a bad normaliser, or
+/// (check_finite) NaN/Inf in logp, old_logp or advantages on a valid token.
+template <class Backend, class T>
+policy_loss_result policy_loss(const Backend& be, const policy_loss_inputs<T>& in, token_view<T> grad_logp = {},
+                               const policy_loss_options& opt = {}) {
+  constexpr const char* where = "asyppo::policy_loss";
+  detail::check_view(where, "logp", in.logp);
+  const index_t B = in.logp.extent[0], Tn = in.logp.extent[1];
+  detail::check_input(where, "old_logp", in.old_logp, {B, Tn});
+  detail::check_input(where, "advantages", in.advantages, {B, Tn});
+  detail::check_required_mask(where, "mask", in.mask, B, Tn);
+  detail::check_optional_input(where, "adv_mask", in.adv_mask, {B, Tn});
+  detail::check_optional_output(where, "grad_logp", grad_logp, {B, Tn});
+  detail::check_surrogate_options(where, opt.clip_low, opt.clip_high, opt.dual_clip, opt.log_ratio_clamp);
+  detail::check_aggregation(where, opt.aggregation);
+  detail::check_normalizer_fields(where, "normalizer", opt.normalizer);
+  if (opt.check_finite)
+    detail::check_finite_views<Backend, T>(be, where, "logp, old_logp or advantages", in.mask, in.logp, in.old_logp,
+                                           in.advantages);
+  auto tab = detail::make_row_weights<Backend, double>(be, where, "normalizer", in.mask, 1, {}, opt.aggregation,
+                                                       &opt.normalizer, 1);
+  policy_loss_result r;
+  r.normalizer = tab.resolved[0];
+  if (B * Tn == 0) return r;
+  const detail::policy_acc a = be.reduce(
+      B * Tn, detail::policy_reducer<T>{in.logp, in.old_logp, in.advantages, in.mask, in.adv_mask, tab.weights.data(),
+                                        grad_logp, row_col(Tn),
+                                        {opt.clip_low, opt.clip_high, opt.dual_clip, opt.log_ratio_clamp}});
+  r.loss = a.loss;
+  r.metrics = detail::to_metrics(a);
+  return r;
+}
+
+}  // namespace asyppo

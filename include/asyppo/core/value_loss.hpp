@@ -1,0 +1,262 @@
+// asyppo/core/value_loss.hpp: the K mini-critics' value losses, each on its own shard and
+// normalised by its own shard (docs/method-spec.md E8, E9, D8, D9, D10; peer-semantics.md 2.5).
+//
+// For critic k, on the valid tokens (m = 1) of the rows in its shard (shard_weights[k,b] != 0;
+// shard_weights absent: every row), with v = V_new[k,b,t], v_old = V_old[k,b,t] (critic k's OWN old
+// values) and R the target (returns[b,t] shared by all critics, the default, or critic_returns[k,b,t]):
+//   clip c > 0:  e = max( (v - R)^2, (v_old + clip(v - v_old, -c, c) - R)^2 )     (verl/OpenRLHF/slime)
+//   clip c <= 0: e = (v - R)^2                                                    (the paper)
+//   l = s e, s = 0.5 when half (verl, OpenRLHF, TRL, ROLL; default) or 1 (slime and the AsyPPO code)
+//   L_k = Agg_k(l) = sum_{b,t in shard k} m w^k_b l        (core/aggregation.hpp)
+// The normaliser of critic k is ITS OWN: normalizers[k] (count them over micro-batches/ranks with
+// count_critic_loss_tokens), or, when normalizers is empty, the local counts of critic k's shard in
+// this call. The AsyPPO code keeps the other shard in the denominator, halving each critic's
+// learning rate for K = 2 (D9); the paper's E_{D_k} normalises within the shard, as here.
+// Returned loss = sum_k L_k (the critics are separate networks: each L_k only moves critic k).
+// grad_values[k,b,t] = dL_k/dv = s w^k_b * 2 (v - R) on the unclipped branch, 0 where the clipped
+// branch is active (clipped > unclipped: then |v - v_old| > c, so the clipped value does not move
+// with v), and exactly 0 off-shard and on masked/padded tokens. Ties take the unclipped branch.
+//
+// Metrics per critic over its shard's valid tokens: clip_fraction = #(clipped > unclipped) / n
+// (verl vf_clipfrac), mse = mean (v - R)^2 (no 0.5), explained_variance = 1 - Var(R - v) / Var(R)
+// (moments accumulated as shifted sums per backend tile and merged with Chan's formula: no raw sum of
+// squares is differenced; NaN when Var(R) = 0). A critic with no valid token in its shard has loss 0
+// and NaN metrics (no division by zero). One fused reduce per critic computes loss, metrics and its
+// gradient slice (add() writes only position i). Double accumulation; bit-identical for any CPU
+// thread count.
+#pragma once
+
+#include <cmath>
+#include <cstdint>
+#include <limits>
+#include <vector>
+
+#include "asyppo/core/aggregation.hpp"
+
+namespace asyppo {
+
+struct value_loss_options {
+  double clip = 0.2;  ///< c_v; <= 0 turns clipping off (AsyPPO code: 0.2; verl/OpenRLHF: 0.5)
+  bool half = true;   ///< multiply by 0.5 (verl/OpenRLHF); false for slime / the AsyPPO code
+  loss_aggregation aggregation = loss_aggregation::seq_mean_token_mean;
+  /// One normaliser per critic (size K), each from that critic's own shard; empty = local counts.
+  std::vector<loss_normalizer> normalizers{};
+  bool check_finite = true;  ///< reject NaN/Inf values, old values or targets on valid tokens
+};
+
+template <class T>
+struct value_loss_inputs {
+  critic_view<const T> values;             ///< [K,B,T] new values (being trained)
+  critic_view<const T> old_values{};       ///< [K,B,T] each critic's old values; required when clip > 0
+  token_view<const T> returns{};           ///< [B,T] shared targets (exactly one of returns / critic_returns)
+  critic_view<const T> critic_returns{};   ///< [K,B,T] per-critic targets
+  mask_view mask;                          ///< [B,T] required
+  view<const T, 2> shard_weights{};        ///< [K,B] 0/1 (core/shards.hpp); absent = every row
+};
+
+struct critic_loss_metrics {
+  double loss = 0;  ///< L_k
+  std::int64_t tokens = 0;          ///< valid tokens in the shard (this call)
+  std::int64_t sequences = 0;       ///< non-empty rows in the shard (this call)
+  std::int64_t clipped_tokens = 0;  ///< clipped > unclipped
+  double squared_error_sum = 0;     ///< sum (v - R)^2
+  double clip_fraction = std::numeric_limits<double>::quiet_NaN();
+  double mse = std::numeric_limits<double>::quiet_NaN();
+  double explained_variance = std::numeric_limits<double>::quiet_NaN();
+  loss_normalizer normalizer{};  ///< resolved normaliser used for critic k
+};
+
+struct value_loss_result {
+  double loss = 0;  ///< sum over critics
+  std::vector<critic_loss_metrics> critics;
+};
+
+namespace detail {
+
+/// n items' shifted sums for two series (R and R - v): shift = an early value, s1 = sum (x - shift),
+/// s2 = sum (x - shift)^2.
+struct value_acc {
+  double loss, sq;
+  std::int64_t n, clipped;
+  double shift[2], s1[2], s2[2];
+};
+
+ASYPPO_INLINE value_acc value_acc_combine(const value_acc& a, const value_acc& b) {
+  if (a.n == 0) {
+    value_acc r = b;
+    r.loss += a.loss;
+    return r;
+  }
+  if (b.n == 0) {
+    value_acc r = a;
+    r.loss += b.loss;
+    return r;
+  }
+  value_acc r;
+  r.loss = a.loss + b.loss;
+  r.sq = a.sq + b.sq;
+  r.n = a.n + b.n;
+  r.clipped = a.clipped + b.clipped;
+  const double na = static_cast<double>(a.n), nb = static_cast<double>(b.n), n = static_cast<double>(r.n);
+  for (int j = 0; j < 2; ++j) {
+    const double ma = a.shift[j] + a.s1[j] / na, mb = b.shift[j] + b.s1[j] / nb;
+    const double qa = a.s2[j] - a.s1[j] * a.s1[j] / na, qb = b.s2[j] - b.s1[j] * b.s1[j] / nb;
+    const double d = mb - ma;
+    r.shift[j] = ma + d * nb / n;
+    r.s1[j] = 0;
+    r.s2[j] = qa + qb + d * d * na * nb / n;
+  }
+  return r;
+}
+
+template <class T>
+struct value_reducer {
+  token_view<const T> v, vold, ret;  // critic k's slices; vold may be absent when clip is off
+  mask_view mask;
+  seq_view<const T> shard;  // critic k's row of the shard weights (absent: every row)
+  const double* w;          // critic k's row weights
+  token_view<T> grad;       // critic k's gradient slice (optional)
+  row_col cols;
+  double clip, scale;  // clip > 0: clipping on; scale = 0.5 or 1
+  using value_type = value_acc;
+  ASYPPO_HD value_acc identity() const { return {0, 0, 0, 0, {0, 0}, {0, 0}, {0, 0}}; }
+  // Writes grad at position i only; every i is visited exactly once.
+  ASYPPO_HD void add(value_acc& acc, index_t i) const {
+    index_t b, t;
+    cols.split(i, b, t);
+    double g = 0.0;
+    if (mask(b, t) && (shard.data == nullptr || shard(b) != T(0))) {
+      const double x = static_cast<double>(v(b, t)), R = static_cast<double>(ret(b, t));
+      const double d1 = x - R;
+      const double u = d1 * d1;
+      double e = u, de = 2.0 * d1;
+      if (clip > 0) {
+        const double xo = static_cast<double>(vold(b, t));
+        double dv = x - xo;
+        dv = dv < -clip ? -clip : (dv > clip ? clip : dv);
+        const double d2 = xo + dv - R;
+        const double c2 = d2 * d2;
+        if (c2 > u) {
+          e = c2;
+          de = 0.0;
+          acc.clipped += 1;
+        }
+      }
+      acc.loss += w[b] * scale * e;
+      g = w[b] * scale * de;
+      acc.sq += u;
+      const double xs[2] = {R, R - x};
+      if (acc.n == 0) acc.shift[0] = xs[0], acc.shift[1] = xs[1];
+      acc.n += 1;
+      for (int j = 0; j < 2; ++j) {
+        const double d = xs[j] - acc.shift[j];
+        acc.s1[j] += d;
+        acc.s2[j] += d * d;
+      }
+    }
+    if (grad.data) grad(b, t) = static_cast<T>(g);
+  }
+  ASYPPO_HD value_acc combine(const value_acc& a, const value_acc& b) const { return value_acc_combine(a, b); }
+};
+
+}  // namespace detail
+
+/// Each critic's local counts over its own shard: valid tokens, non-empty rows and rows of the shard
+/// (shard_weights [K,B] nonzero = in the shard; absent: every row, and K = 1). Sum them over the
+/// micro-batches and ranks of the optimiser step and pass counts[k].normalizer() as normalizers[k].
+template <class Backend, class T>
+std::vector<loss_counts> count_critic_loss_tokens(const Backend& be, mask_view mask, view<const T, 2> shard_weights) {
+  constexpr const char* where = "asyppo::count_critic_loss_tokens";
+  detail::check_view(where, "mask", mask);
+  const index_t B = mask.extent[0], Tn = mask.extent[1];
+  if (!detail::present(mask) && B * Tn > 0) detail::fail(where, "mask", "is required");
+  index_t K = 1;
+  if (detail::present(shard_weights)) {
+    detail::check_view(where, "shard_weights", shard_weights);
+    K = shard_weights.extent[0];
+    if (shard_weights.extent[1] != B)
+      detail::fail(where, "shard_weights", "extent 1 is ", shard_weights.extent[1], ", expected ", B);
+  }
+  const std::vector<index_t> len = detail::row_lengths_host<Backend, T>(be, mask, K, shard_weights);
+  std::vector<loss_counts> out;
+  for (index_t k = 0; k < K; ++k) out.push_back(detail::counts_of_rows(len.data() + k * B, B, Tn));
+  return out;
+}
+
+/// Value losses of the K critics; grad_values [K,B,T] (optional) receives dL_k/dV_new[k]. Throws
+/// asyppo::error (and writes nothing) on bad shapes or K mismatches (old_values, critic_returns,
+/// shard_weights, normalizers), both or neither of returns / critic_returns, a missing old_values
+/// with clip > 0, a non-finite clip, a bad normaliser, or (check_finite) NaN/Inf values, old values
+/// or targets on a valid token.
+template <class Backend, class T>
+value_loss_result value_loss(const Backend& be, const value_loss_inputs<T>& in, critic_view<T> grad_values = {},
+                             const value_loss_options& opt = {}) {
+  constexpr const char* where = "asyppo::value_loss";
+  detail::check_view(where, "values", in.values);
+  const index_t K = in.values.extent[0], B = in.values.extent[1], Tn = in.values.extent[2];
+  if (K < 1) detail::fail(where, "values", "needs at least one critic (K >= 1), got K = ", K);
+  detail::check_required_mask(where, "mask", in.mask, B, Tn);
+  const bool clip_on = opt.clip > 0;
+  if (std::isnan(opt.clip) || std::isinf(opt.clip)) detail::fail(where, "clip", "must be finite, got ", opt.clip);
+  if (clip_on && !detail::present(in.old_values) && K * B * Tn > 0)
+    detail::fail(where, "old_values", "is required when clip > 0 (clip = ", opt.clip, ")");
+  detail::check_optional_input(where, "old_values", in.old_values, {K, B, Tn});
+  const bool shared = detail::present(in.returns), per_critic = detail::present(in.critic_returns);
+  if (shared == per_critic && B * Tn > 0)
+    detail::fail(where, "returns", shared ? "give either returns [B,T] or critic_returns [K,B,T], not both"
+                                          : "targets are required: returns [B,T] or critic_returns [K,B,T]");
+  detail::check_optional_input(where, "returns", in.returns, {B, Tn});
+  detail::check_optional_input(where, "critic_returns", in.critic_returns, {K, B, Tn});
+  detail::check_optional_input(where, "shard_weights", in.shard_weights, {K, B});
+  detail::check_optional_output(where, "grad_values", grad_values, {K, B, Tn});
+  detail::check_aggregation(where, opt.aggregation);
+  const index_t nn = static_cast<index_t>(opt.normalizers.size());
+  if (nn != 0 && nn != K)
+    detail::fail(where, "normalizers", "has ", nn, " entries, expected 0 (local counts) or K = ", K);
+  for (const auto& n : opt.normalizers) detail::check_normalizer_fields(where, "normalizers", n);
+  if (opt.check_finite) {
+    detail::check_finite_tokens<Backend, T>(be, where, "values or returns", B, Tn, in.values, in.returns, in.mask);
+    if (clip_on) detail::check_finite_tokens<Backend, T>(be, where, "old_values", B, Tn, in.old_values, {}, in.mask);
+    if (per_critic)
+      detail::check_finite_tokens<Backend, T>(be, where, "critic_returns", B, Tn, in.critic_returns, {}, in.mask);
+  }
+  const loss_normalizer local{};
+  auto tab = detail::make_row_weights<Backend, T>(be, where, "normalizers", in.mask, K, in.shard_weights,
+                                                  opt.aggregation, nn ? opt.normalizers.data() : &local, nn ? nn : 1);
+
+  value_loss_result r;
+  r.critics.resize(static_cast<std::size_t>(K));
+  const double scale = opt.half ? 0.5 : 1.0;
+  for (index_t k = 0; k < K; ++k) {
+    critic_loss_metrics& m = r.critics[static_cast<std::size_t>(k)];
+    m.normalizer = tab.resolved[static_cast<std::size_t>(k)];
+    m.tokens = tab.counts[static_cast<std::size_t>(k)].tokens;
+    m.sequences = tab.counts[static_cast<std::size_t>(k)].sequences;
+    if (B * Tn == 0) continue;
+    const detail::value_reducer<T> red{in.values[k],
+                                       clip_on ? in.old_values[k] : token_view<const T>{},
+                                       per_critic ? in.critic_returns[k] : in.returns,
+                                       in.mask,
+                                       detail::present(in.shard_weights) ? in.shard_weights[k] : seq_view<const T>{},
+                                       tab.weights.data() + k * B,
+                                       detail::present(grad_values) ? grad_values[k] : token_view<T>{},
+                                       row_col(Tn),
+                                       clip_on ? opt.clip : 0.0,
+                                       scale};
+    const detail::value_acc a = be.reduce(B * Tn, red);
+    m.loss = a.loss;
+    m.clipped_tokens = a.clipped;
+    m.squared_error_sum = a.sq;
+    if (a.n > 0) {
+      const double n = static_cast<double>(a.n);
+      m.clip_fraction = static_cast<double>(a.clipped) / n;
+      m.mse = a.sq / n;
+      const double qr = a.s2[0] - a.s1[0] * a.s1[0] / n, qe = a.s2[1] - a.s1[1] * a.s1[1] / n;
+      m.explained_variance = qr > 0 ? 1.0 - qe / qr : std::numeric_limits<double>::quiet_NaN();
+    }
+    r.loss += m.loss;
+  }
+  return r;
+}
+
+}  // namespace asyppo
