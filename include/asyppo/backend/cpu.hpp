@@ -150,8 +150,9 @@ class cpu_backend {
   template <class F>
   void for_each(index_t rows, index_t cols, F f) const {
     parallel_blocks(rows, std::max<index_t>(1, 4096 / std::max<index_t>(cols, 1)), [&](index_t lo, index_t hi) {
+      const F fn = f;  // a local copy: stores through uint8 outputs cannot alias its fields
       for (index_t b = lo; b < hi; ++b)
-        for (index_t t = 0; t < cols; ++t) f(b, t);
+        for (index_t t = 0; t < cols; ++t) fn(b, t);
     });
   }
 
@@ -163,10 +164,11 @@ class cpu_backend {
     if (tiles == 0) return r.identity();
     std::vector<V> part(static_cast<std::size_t>(tiles));
     parallel_blocks(tiles, std::max<index_t>(1, 4096 / std::min(cols, reduce_tile)), [&](index_t lo, index_t hi) {
+      const R rl = r;
       for (index_t k = lo; k < hi; ++k) {
         const index_t b = k / chunks, c0 = (k - b * chunks) * reduce_tile, c1 = std::min(cols, c0 + reduce_tile);
-        V acc = r.identity();
-        for (index_t t = c0; t < c1; ++t) r.add(acc, b, t);
+        V acc = rl.identity();
+        for (index_t t = c0; t < c1; ++t) rl.add(acc, b, t);
         part[static_cast<std::size_t>(k)] = acc;
       }
     });
@@ -178,10 +180,12 @@ class cpu_backend {
   template <class R, class Sink>
   void row_reduce(index_t rows, index_t cols, R r, Sink sink) const {
     parallel_blocks(rows, std::max<index_t>(1, 4096 / std::max<index_t>(cols, 1)), [&](index_t lo, index_t hi) {
+      const R rl = r;
+      const Sink sk = sink;
       for (index_t b = lo; b < hi; ++b) {
-        typename R::value_type acc = r.identity();
-        for (index_t t = 0; t < cols; ++t) r.add(acc, b, t);
-        sink(b, acc);
+        typename R::value_type acc = rl.identity();
+        for (index_t t = 0; t < cols; ++t) rl.add(acc, b, t);
+        sk(b, acc);
       }
     });
   }
@@ -190,19 +194,22 @@ class cpu_backend {
   void row_scan(scan_direction dir, index_t rows, index_t cols, Elem elem, Op op, Sink sink) const {
     if (cols <= 0) return;
     parallel_blocks(rows, std::max<index_t>(1, 4096 / cols), [&](index_t lo, index_t hi) {
+      const Elem el = elem;
+      const Op o = op;
+      const Sink sk = sink;
       for (index_t b = lo; b < hi; ++b) {
         // Sequential fold of the state: x_t = apply(elem(b,t), x_prev), equal to applying the
         // combined prefix to op.initial() (what a parallel backend computes).
-        auto x = op.initial();
+        auto x = o.initial();
         if (dir == scan_direction::forward) {
           for (index_t t = 0; t < cols; ++t) {
-            x = op.apply(elem(b, t), x);
-            sink(b, t, x);
+            x = o.apply(el(b, t), x);
+            sk(b, t, x);
           }
         } else {
           for (index_t t = cols - 1; t >= 0; --t) {
-            x = op.apply(elem(b, t), x);
-            sink(b, t, x);
+            x = o.apply(el(b, t), x);
+            sk(b, t, x);
           }
         }
       }
@@ -256,6 +263,24 @@ class cpu_backend {
     });
     for (const auto& h : local)
       for (index_t b = 0; b < nbins; ++b) counts[b] += h[static_cast<std::size_t>(b)];
+  }
+
+  /// Stream compaction to the host: the values v with pick(b, t, v) true, in row-major order.
+  template <class V, class Pick>
+  std::vector<V> collect(index_t rows, index_t cols, Pick pick) const {
+    const int parts = static_cast<int>(std::min<index_t>(threads_, std::max<index_t>(1, rows * cols / 65536)));
+    std::vector<std::vector<V>> local(static_cast<std::size_t>(std::max(parts, 1)));
+    run_parts(std::max(parts, 1), [&](int p) {
+      const int np = std::max(parts, 1);
+      auto& out = local[static_cast<std::size_t>(p)];
+      V v;
+      for (index_t b = rows * p / np; b < rows * (p + 1) / np; ++b)
+        for (index_t t = 0; t < cols; ++t)
+          if (pick(b, t, v)) out.push_back(v);
+    });
+    std::vector<V> all = std::move(local[0]);
+    for (std::size_t p = 1; p < local.size(); ++p) all.insert(all.end(), local[p].begin(), local[p].end());
+    return all;
   }
 
   template <class Key>

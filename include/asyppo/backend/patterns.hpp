@@ -31,6 +31,9 @@
 //                                        fine; a is earlier in scan order) and
 //                                        apply(combine(a, b), x) == apply(b, apply(a, x)).
 //   histogram(rows, cols, bin, nbins, counts)   bin(b, t).
+//   collect<V>(rows, cols, pick) -> host std::vector<V>
+//                                        the v with pick(b, t, v) true, in row-major order
+//                                        (stream compaction; used for small candidate sets).
 // Memory: allocate<T>(n) (an owning buffer with data()), copy_to_host, copy_from_host, fill.
 //
 // Reducer r: value_type; identity(); add(acc&, index...); combine(a, b). add() may also write
@@ -98,6 +101,9 @@ struct probe_index2 {
 struct probe_bin2 {
   ASYPPO_HD index_t operator()(index_t, index_t) const { return -1; }
 };
+struct probe_pick {
+  ASYPPO_HD bool operator()(index_t, index_t, double&) const { return false; }
+};
 struct probe_elem {
   ASYPPO_HD double operator()(index_t) const { return 0; }
 };
@@ -132,6 +138,7 @@ concept Backend = std::copy_constructible<B> && requires(const B& b, index_t n, 
   { b.row_reduce(n, n, detail::probe_reducer2{}, detail::probe_sink{}) };
   { b.row_scan(scan_direction::reverse, n, n, detail::probe_elem2{}, detail::probe_scan{}, detail::probe_sink2{}) };
   { b.histogram(n, n, detail::probe_bin2{}, n, counts) };
+  { b.template collect<double>(n, n, detail::probe_pick{}) };
   { b.sort_indices(n, detail::probe_key{}, perm) };
   { b.template allocate<double>(n) };
   { b.copy_to_host(p, n, p) };

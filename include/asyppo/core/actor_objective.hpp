@@ -191,12 +191,12 @@ actor_objective_result actor_objective(const Backend& be, const actor_objective_
                                      out.grad_entropy,
                                      row_col(Tn),
                                      {opt.clip_low, opt.clip_high, opt.dual_clip, opt.log_ratio_clamp},
-                                     detail::to_params(opt.kl),
+                                     detail::kl_params_of(opt.kl),
                                      opt.entropy_coef,
                                      opt.kl_coef};
   const detail::actor_acc a = be.reduce(B * Tn, red);
   r.policy.loss = a.pg.loss;
-  r.policy.metrics = detail::to_metrics(a.pg);
+  r.policy.metrics = detail::policy_metrics_of(a.pg);
   r.entropy.entropy = a.ent.agg;
   r.entropy.filtered_entropy = a.ent.filtered_agg;
   r.entropy.loss = -opt.entropy_coef * a.ent.filtered_agg;

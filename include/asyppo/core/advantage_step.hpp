@@ -194,7 +194,9 @@ advantage_summary advantage_step(const Backend& be, const advantage_inputs<T>& i
   mo.adv_fraction = cfg.adv_mask_fraction;
   mo.entropy_fraction = cfg.entropy_filter_fraction;
   mo.scope = cfg.scope;
-  detail::check_mask_options(where, mo);
+  // Named after the config fields the caller set (not mask_options' names).
+  detail::check_fraction(where, "adv_mask_fraction", cfg.adv_mask_fraction);
+  detail::check_fraction(where, "entropy_filter_fraction", cfg.entropy_filter_fraction);
   if (cfg.whiten_advantages) detail::check_whiten_options(where, cfg.whiten);
 
   // A. sigma (temporary), finiteness, valid tokens per row.

@@ -180,7 +180,7 @@ inline void check_kl_options(const char* where, const kl_options& o) {
   fail(where, "estimator", "unknown kl_estimator value ", static_cast<int>(o.estimator));
 }
 
-inline kl_params to_params(const kl_options& o) { return {o.estimator, o.straight_through, o.clamp}; }
+inline kl_params kl_params_of(const kl_options& o) { return {o.estimator, o.straight_through, o.clamp}; }
 
 }  // namespace detail
 
@@ -197,7 +197,7 @@ void kl_values(const Backend& be, token_view<const T> logp, token_view<const T> 
   detail::check_output(where, "out", out, {B, Tn});
   detail::check_kl_options(where, opt);
   if (B * Tn == 0) return;
-  be.for_each(B * Tn, detail::kl_values_kernel<T>{logp, ref_logp, mask, out, row_col(Tn), detail::to_params(opt)});
+  be.for_each(B * Tn, detail::kl_values_kernel<T>{logp, ref_logp, mask, out, row_col(Tn), detail::kl_params_of(opt)});
 }
 
 /// KL loss coef * Agg(kl(logp - ref_logp)); grad_logp [B,T] (optional) receives dL/dlogp.
@@ -223,7 +223,7 @@ kl_loss_result kl_loss(const Backend& be, token_view<const T> logp, token_view<c
   r.normalizer = tab.resolved[0];
   if (B * Tn == 0) return r;
   const detail::kl_acc a = be.reduce(B * Tn, detail::kl_reducer<T>{logp, ref_logp, mask, tab.weights.data(), grad_logp,
-                                                                   row_col(Tn), detail::to_params(opt.kl), opt.coef});
+                                                                   row_col(Tn), detail::kl_params_of(opt.kl), opt.coef});
   r.kl = a.agg;
   r.loss = opt.coef * a.agg;
   r.metrics.valid_tokens = a.valid;

@@ -13,10 +13,23 @@
 //   zero: A_b = 0 (the group carries no baseline information; verl's vectorised RLOO).
 // Group statistics use Welford accumulation in double over each group's members in batch
 // order; every output is deterministic.
+// Across ranks (comm of size R > 1; every function below takes an optional communicator, default
+// single_process): a group is every sequence with the same id on ANY rank, so groups may span
+// ranks. Each rank computes (id, n, mean, M2) of its local groups as above, the ranks allgather
+// them (three collectives: the group counts, then the ids and the statistics padded to the largest
+// count, O(R * max local groups) values), and every rank merges the entries of each of its ids in
+// rank order with Chan's pairwise formula; the merged statistics replace the local ones. n and the
+// singleton rule are exact; means and stds match a single process holding the concatenated batch
+// up to the rounding of the merge (a few ulps). With single_process (or R = 1) nothing is
+// exchanged and the results are exactly those of the one-process code path.
 #pragma once
 
+#include <algorithm>
 #include <cmath>
+#include <cstdint>
+#include <vector>
 
+#include "asyppo/comm/communicator.hpp"
 #include "asyppo/core/groups.hpp"
 #include "asyppo/core/modes.hpp"
 #include "asyppo/core/validate.hpp"
@@ -112,11 +125,6 @@ struct baseline_kernel {
       default: return s - g.mean;
     }
   }
-  ASYPPO_HD void operator()(index_t b, index_t t) const {
-    const double a = advantage(b);
-    if (out.advantages.data) out.advantages(b, t) = mask(b, t) ? static_cast<T>(a) : T(0);
-    if (t == 0 && out.sequence.data) out.sequence(b) = static_cast<T>(a);
-  }
 };
 
 template <class T>
@@ -128,10 +136,25 @@ struct count_nonfinite_seq {
   ASYPPO_HD index_t combine(index_t a, index_t b) const { return a + b; }
 };
 
+/// One advantage per sequence (into a temporary and, when requested, out.sequence).
 template <class T>
-struct seq_only_kernel {
+struct sequence_advantage_kernel {
   baseline_kernel<T> k;
-  ASYPPO_HD void operator()(index_t b) const { k.out.sequence(b) = static_cast<T>(k.advantage(b)); }
+  double* seq;
+  ASYPPO_HD void operator()(index_t b) const {
+    const double a = k.advantage(b);
+    seq[b] = a;
+    if (k.out.sequence.data) k.out.sequence(b) = static_cast<T>(a);
+  }
+};
+
+/// A_b m[b,t] over the tokens.
+template <class T>
+struct broadcast_kernel {
+  const double* seq;
+  mask_view mask;
+  token_view<T> out;
+  ASYPPO_HD void operator()(index_t b, index_t t) const { out(b, t) = mask(b, t) ? static_cast<T>(seq[b]) : T(0); }
 };
 
 template <class T>
@@ -169,19 +192,87 @@ void check_outcome_args(const Backend& be, const char* where, seq_view<const T> 
   }
 }
 
-template <class Backend, class T>
+/// Label (id) of each dense group: ids of its first member.
+struct group_label {
+  seq_view<const std::int64_t> ids;
+  const index_t* perm;
+  const index_t* offsets;
+  std::int64_t* out;
+  ASYPPO_HD void operator()(index_t g) const { out[g] = ids(perm[offsets[g]]); }
+};
+
+/// Distributed path of the group statistics (comm.size() > 1, collective): replaces the statistics
+/// of each local group (stats, backend memory, [L.count]) by those of every member with the same id
+/// on every rank, merged in rank order with Chan's formula. See the header comment.
+template <class Backend, class Comm>
+void merge_group_stats_over_ranks(const Backend& be, seq_view<const std::int64_t> ids, const group_layout<Backend>& L,
+                                  group_stats* stats, const Comm& comm) {
+  const index_t G = L.count;
+  const int R = comm.size();
+  std::vector<std::int64_t> label(static_cast<std::size_t>(G));
+  std::vector<group_stats> local(static_cast<std::size_t>(G));
+  if (G > 0) {
+    auto d_label = be.template allocate<std::int64_t>(G);
+    be.for_each(G, group_label{ids, L.perm.data(), L.offsets.data(), d_label.data()});
+    be.copy_to_host(d_label.data(), G, label.data());
+    be.copy_to_host(stats, G, local.data());
+  }
+  // 1. How many groups each rank holds (sizes vary); 2. ids and (n, mean, M2), padded to the max.
+  std::vector<std::int64_t> count(static_cast<std::size_t>(R));
+  const std::int64_t g64 = G;
+  comm.allgather(&g64, 1, count.data());
+  const index_t Gmax = static_cast<index_t>(*std::max_element(count.begin(), count.end()));
+  if (Gmax == 0) return;
+  std::vector<std::int64_t> send_id(static_cast<std::size_t>(Gmax), 0), all_id(static_cast<std::size_t>(Gmax * R));
+  std::vector<double> send_st(static_cast<std::size_t>(3 * Gmax), 0.0), all_st(static_cast<std::size_t>(3 * Gmax * R));
+  for (index_t g = 0; g < G; ++g) {
+    const group_stats& x = local[static_cast<std::size_t>(g)];
+    send_id[static_cast<std::size_t>(g)] = label[static_cast<std::size_t>(g)];
+    send_st[static_cast<std::size_t>(3 * g)] = x.n;
+    send_st[static_cast<std::size_t>(3 * g + 1)] = x.mean;
+    send_st[static_cast<std::size_t>(3 * g + 2)] = x.m2;
+  }
+  comm.allgather(send_id.data(), Gmax, all_id.data());
+  comm.allgather(send_st.data(), 3 * Gmax, all_st.data());
+  // 3. Per local id: merge every rank's entry in rank order (each rank's ids are sorted ascending).
+  for (index_t g = 0; g < G; ++g) {
+    const std::int64_t id = label[static_cast<std::size_t>(g)];
+    group_stats acc{0, 0, 0};
+    for (int q = 0; q < R; ++q) {
+      const std::int64_t* first = all_id.data() + static_cast<std::size_t>(q) * static_cast<std::size_t>(Gmax);
+      const std::int64_t* last = first + count[static_cast<std::size_t>(q)];
+      const std::int64_t* it = std::lower_bound(first, last, id);
+      if (it == last || *it != id) continue;
+      const double* p = all_st.data() + 3 * (static_cast<std::size_t>(q) * static_cast<std::size_t>(Gmax) +
+                                             static_cast<std::size_t>(it - first));
+      const group_stats b{p[0], p[1], p[2]};
+      if (acc.n == 0) {
+        acc = b;
+        continue;
+      }
+      const double n = acc.n + b.n, d = b.mean - acc.mean;
+      acc = {n, acc.mean + d * b.n / n, acc.m2 + b.m2 + d * d * acc.n * b.n / n};
+    }
+    local[static_cast<std::size_t>(g)] = acc;
+  }
+  be.copy_from_host(local.data(), G, stats);
+}
+
+template <class Backend, class T, class Comm>
 void group_baseline(const Backend& be, seq_view<const T> scores, seq_view<const std::int64_t> ids, mask_view mask,
                     const outcome_outputs<T>& out, baseline_kind kind, singleton_rule singleton, double eps,
-                    bool unbiased) {
+                    bool unbiased, const Comm& comm) {
   const index_t B = scores.extent[0], Tn = mask.extent[1];
   auto L = make_group_layout(be, ids);
   auto stats = be.template allocate<group_stats>(L.count);
   be.segmented_reduce(L.count, offset_segments{L.offsets.data()}, group_welford<T>{scores, L.perm.data()},
                       store_group_stats{stats.data()});
-  baseline_kernel<T> k{scores, mask, out, L.group_of.data(), stats.data(), kind, singleton, eps, unbiased};
-  if (Tn > 0) be.for_each(B, Tn, k);
-  else if (out.sequence.data)
-    be.for_each(B, seq_only_kernel<T>{k});
+  // Groups spanning ranks (added for multi-process runs; single_process never enters this).
+  if (comm.size() > 1) merge_group_stats_over_ranks(be, ids, L, stats.data(), comm);
+  const baseline_kernel<T> k{scores, mask, out, L.group_of.data(), stats.data(), kind, singleton, eps, unbiased};
+  auto seq = be.template allocate<double>(B);
+  be.for_each(B, sequence_advantage_kernel<T>{k, seq.data()});
+  if (out.advantages.data && Tn > 0) be.for_each(B, Tn, broadcast_kernel<T>{seq.data(), mask, out.advantages});
 }
 
 /// Reverse discounted return over valid tokens (masked tokens transparent, output 0).
@@ -218,29 +309,35 @@ struct discount_sink {
 
 }  // namespace detail
 
-/// GRPO (or Dr.GRPO) advantages from scores [B], group ids [B] and mask [B,T].
-template <class Backend, class T>
+/// GRPO (or Dr.GRPO) advantages from scores [B], group ids [B] and mask [B,T]. Collective over
+/// comm: groups are reduced by id over every rank.
+template <class Backend, class T, class Comm = single_process>
 void grpo_advantages(const Backend& be, seq_view<const T> scores, seq_view<const std::int64_t> group_ids,
-                     mask_view mask, const outcome_outputs<T>& out, const grpo_options& opt = {}) {
+                     mask_view mask, const outcome_outputs<T>& out, const grpo_options& opt = {},
+                     const Comm& comm = {}) {
   constexpr const char* where = "asyppo::grpo_advantages";
   if (!(opt.eps >= 0.0) || !std::isfinite(opt.eps)) detail::fail(where, "eps", "must be finite and >= 0, got ", opt.eps);
   detail::check_outcome_args(be, where, scores, group_ids, mask, out, opt.check_finite);
   detail::group_baseline(be, scores, group_ids, mask, out,
                          opt.norm_by_std ? detail::baseline_kind::grpo : detail::baseline_kind::dr_grpo,
-                         opt.singleton, opt.eps, opt.std == std_kind::unbiased);
+                         opt.singleton, opt.eps, opt.std == std_kind::unbiased, comm);
 }
 
-/// RLOO advantages from scores [B], group ids [B] and mask [B,T].
-template <class Backend, class T>
+/// RLOO advantages from scores [B], group ids [B] and mask [B,T]. Collective over comm: groups
+/// are reduced by id over every rank.
+template <class Backend, class T, class Comm = single_process>
 void rloo_advantages(const Backend& be, seq_view<const T> scores, seq_view<const std::int64_t> group_ids,
-                     mask_view mask, const outcome_outputs<T>& out, const rloo_options& opt = {}) {
+                     mask_view mask, const outcome_outputs<T>& out, const rloo_options& opt = {},
+                     const Comm& comm = {}) {
   constexpr const char* where = "asyppo::rloo_advantages";
   detail::check_outcome_args(be, where, scores, group_ids, mask, out, opt.check_finite);
-  detail::group_baseline(be, scores, group_ids, mask, out, detail::baseline_kind::rloo, opt.singleton, 0.0, false);
+  detail::group_baseline(be, scores, group_ids, mask, out, detail::baseline_kind::rloo, opt.singleton, 0.0, false,
+                         comm);
 }
 
 /// REINFORCE++-baseline: (s_b - group mean) broadcast over valid tokens, then masked whitening.
-/// out.sequence (optional) receives the un-whitened s_b - mean.
+/// out.sequence (optional) receives the un-whitened s_b - mean. Collective over comm: group means
+/// by id over every rank, whitening moments over the whole batch.
 template <class Backend, class T, class Comm = single_process>
 void reinforce_pp_baseline_advantages(const Backend& be, seq_view<const T> scores,
                                       seq_view<const std::int64_t> group_ids, mask_view mask,
@@ -251,7 +348,8 @@ void reinforce_pp_baseline_advantages(const Backend& be, seq_view<const T> score
   if (!detail::present(out.advantages) && scores.extent[0] * mask.extent[1] > 0)
     detail::fail(where, "out.advantages", "required output is missing");
   detail::check_whiten_options(where, opt.whiten);
-  detail::group_baseline(be, scores, group_ids, mask, out, detail::baseline_kind::mean, opt.singleton, 0.0, false);
+  detail::group_baseline(be, scores, group_ids, mask, out, detail::baseline_kind::mean, opt.singleton, 0.0, false,
+                         comm);
   detail::whiten_unchecked(be, token_view<const T>(out.advantages), mask, out.advantages, opt.whiten, comm);
 }
 

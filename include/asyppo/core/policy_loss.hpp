@@ -207,7 +207,7 @@ inline void check_surrogate_options(const char* where, double clip_low, double c
     fail(where, "log_ratio_clamp", "must be 0 (off) or finite and > 0, got ", log_ratio_clamp);
 }
 
-inline policy_loss_metrics to_metrics(const policy_acc& a) {
+inline policy_loss_metrics policy_metrics_of(const policy_acc& a) {
   policy_loss_metrics m;
   m.valid_tokens = a.valid;
   m.adv_masked_tokens = a.adv_masked;
@@ -251,7 +251,7 @@ policy_loss_result policy_loss(const Backend& be, const policy_loss_inputs<T>& i
                                         grad_logp, row_col(Tn),
                                         {opt.clip_low, opt.clip_high, opt.dual_clip, opt.log_ratio_clamp}});
   r.loss = a.loss;
-  r.metrics = detail::to_metrics(a);
+  r.metrics = detail::policy_metrics_of(a);
   return r;
 }
 

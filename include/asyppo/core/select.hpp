@@ -9,10 +9,13 @@
 // Method: MSD radix selection. Each pass builds one histogram of the next digit_bits of the
 // keys that match a request's known prefix (one backend histogram over all requests at once),
 // sums it across ranks with the communicator, and fixes that digit of every request on the
-// host. Passes = key_bits / digit_bits (2 for float with 16-bit digits); each pass streams the
-// keys once, so selection is linear in the number of tokens and the communicated volume per
-// pass (requests x 2^digit_bits counters) does not depend on the number of tokens. Counts are
-// integers: results are exact and identical for every backend, thread count and partition.
+// host. Across ranks, passes = key_bits / digit_bits (2 for float with 16-bit digits); each pass
+// streams the keys once, so selection is linear in the number of tokens and the communicated
+// volume per pass (requests x 2^digit_bits counters) does not depend on the number of tokens.
+// In a single process, after the first histogram the few keys that share a request's leading
+// digit are collected (backend collect) and finished on the host with nth_element: two streaming
+// passes whatever the key width. Counts are integers and selection is by value: results are
+// exact and identical for every backend, thread count and partition.
 #pragma once
 
 #include <algorithm>
@@ -32,13 +35,12 @@ namespace detail {
 template <class T>
 using key_bits_t = std::conditional_t<sizeof(T) == 4, std::uint32_t, std::uint64_t>;
 
-/// Order-preserving unsigned image of an IEEE float/double (-0 maps to the key of +0). -0 maps to the key of +0, so equal
+/// Order-preserving unsigned image of an IEEE float/double. -0 maps to the key of +0, so equal
 /// numbers have equal keys (ties between -0 and +0 are then broken by the caller's index order).
 template <class T>
 ASYPPO_INLINE key_bits_t<T> ordered_key(T x) {
   using U = key_bits_t<T>;
   static_assert(sizeof(T) == sizeof(U), "ordered_key needs float or double");
-  if (x == T(0)) x = T(0);
   if (x == T(0)) x = T(0);  // -0 and +0 are one value (a tie), not two keys
   U u;
   memcpy(&u, &x, sizeof(U));
@@ -79,6 +81,31 @@ struct radix_bin {
   }
 };
 
+/// Collects (slot, key) of the elements whose leading bits match a slot's prefix.
+template <class KeyOf>
+struct radix_pick {
+  KeyOf key_of;
+  const index_t* slot_begin;
+  const std::uint64_t* slot_prefix;
+  int shift;  // the prefix is key >> shift
+  struct value_type {
+    index_t slot;
+    std::uint64_t key;
+  };
+  ASYPPO_HD bool operator()(index_t b, index_t t, value_type& v) const {
+    index_t seg;
+    std::uint64_t key;
+    if (!key_of(b, t, seg, key)) return false;
+    const std::uint64_t above = shift >= 64 ? 0 : key >> shift;
+    for (index_t j = slot_begin[seg]; j < slot_begin[seg + 1]; ++j)
+      if (slot_prefix[j] == above) {
+        v = {j, key};
+        return true;
+      }
+    return false;
+  }
+};
+
 }  // namespace detail
 
 struct select_request {
@@ -91,6 +118,59 @@ struct select_result {
   std::uint64_t less;   ///< valid keys of the segment strictly below it
   std::uint64_t equal;  ///< valid keys of the segment equal to it (>= 1)
 };
+
+namespace detail {
+
+/// Single process: every request's key starts with its known prefix (key >> shift); gather the
+/// keys under those prefixes and select among them exactly on the host.
+template <class Backend, class KeyOf>
+void finish_by_collection(const Backend& be, index_t rows, index_t cols, KeyOf key_of, int shift, index_t nseg,
+                          const select_request* req, index_t nreq, const std::vector<std::uint64_t>& prefix,
+                          const std::vector<std::uint64_t>& below, select_result* res) {
+  // Distinct (segment, prefix) slots, grouped by segment.
+  std::vector<index_t> order(static_cast<std::size_t>(nreq));
+  for (index_t r = 0; r < nreq; ++r) order[static_cast<std::size_t>(r)] = r;
+  std::sort(order.begin(), order.end(), [&](index_t a, index_t b) {
+    return req[a].segment != req[b].segment ? req[a].segment < req[b].segment
+                                            : prefix[static_cast<std::size_t>(a)] < prefix[static_cast<std::size_t>(b)];
+  });
+  std::vector<index_t> slot_begin(static_cast<std::size_t>(nseg + 1), 0), slot_of(static_cast<std::size_t>(nreq));
+  std::vector<std::uint64_t> slot_prefix;
+  for (std::size_t o = 0; o < order.size(); ++o) {
+    const index_t r = order[o];
+    if (o == 0 || req[order[o - 1]].segment != req[r].segment ||
+        prefix[static_cast<std::size_t>(order[o - 1])] != prefix[static_cast<std::size_t>(r)]) {
+      slot_prefix.push_back(prefix[static_cast<std::size_t>(r)]);
+      ++slot_begin[static_cast<std::size_t>(req[r].segment + 1)];
+    }
+    slot_of[static_cast<std::size_t>(r)] = static_cast<index_t>(slot_prefix.size()) - 1;
+  }
+  for (index_t g = 0; g < nseg; ++g) slot_begin[static_cast<std::size_t>(g + 1)] += slot_begin[static_cast<std::size_t>(g)];
+  const index_t nslots = static_cast<index_t>(slot_prefix.size());
+  auto d_begin = be.template allocate<index_t>(nseg + 1);
+  auto d_prefix = be.template allocate<std::uint64_t>(nslots);
+  be.copy_from_host(slot_begin.data(), nseg + 1, d_begin.data());
+  be.copy_from_host(slot_prefix.data(), nslots, d_prefix.data());
+  using pick_t = radix_pick<KeyOf>;
+  const auto found = be.template collect<typename pick_t::value_type>(
+      rows, cols, pick_t{key_of, d_begin.data(), d_prefix.data(), shift});
+  std::vector<std::vector<std::uint64_t>> keys(static_cast<std::size_t>(nslots));
+  for (const auto& v : found) keys[static_cast<std::size_t>(v.slot)].push_back(v.key);
+  for (index_t r = 0; r < nreq; ++r) {
+    auto k = keys[static_cast<std::size_t>(slot_of[static_cast<std::size_t>(r)])];  // copy: slots may be shared
+    const std::uint64_t within = req[r].rank - below[static_cast<std::size_t>(r)];
+    std::nth_element(k.begin(), k.begin() + static_cast<std::ptrdiff_t>(within), k.end());
+    const std::uint64_t key = k[static_cast<std::size_t>(within)];
+    std::uint64_t less = 0, equal = 0;
+    for (auto x : k) {
+      less += x < key ? 1 : 0;
+      equal += x == key ? 1 : 0;
+    }
+    res[r] = {key, below[static_cast<std::size_t>(r)] + less, equal};
+  }
+}
+
+}  // namespace detail
 
 /// Radix selection over a [rows, cols] index space. key_of(b, t, seg, key) returns whether element
 /// (b,t) is valid and, if so, its segment (in [0, nseg)) and ordered key (key_bits wide). Requests
@@ -145,6 +225,10 @@ void radix_select(const Backend& be, index_t rows, index_t cols, KeyOf key_of, i
       below[static_cast<std::size_t>(r)] = acc;
       prefix[static_cast<std::size_t>(r)] = (prefix[static_cast<std::size_t>(r)] << digit_bits) | static_cast<std::uint64_t>(d);
       if (shift == 0) res[r] = {prefix[static_cast<std::size_t>(r)], acc, h[d]};
+    }
+    if (shift > 0 && comm.size() == 1) {
+      detail::finish_by_collection(be, rows, cols, key_of, shift, nseg, req, nreq, prefix, below, res);
+      return;
     }
   }
 }

@@ -1,0 +1,2 @@
+"""asyppo"""
+from . import _native
