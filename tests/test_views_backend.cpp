@@ -141,24 +141,6 @@ TEST_CASE("views: const conversion only adds const", "[views]") {
   CHECK(m(1, 2) == 0);
 }
 
-TEST_CASE("views: row_col splits flat indices exactly", "[views]") {
-  std::mt19937_64 rng(3);
-  for (index_t cols : {index_t(1), index_t(2), index_t(3), index_t(7), index_t(1000), index_t(4097), index_t(1) << 20,
-                       (index_t(1) << 31) + 11, (index_t(1) << 40) - 1}) {
-    const row_col rc(cols);
-    for (int k = 0; k < 2000; ++k) {
-      const index_t i = static_cast<index_t>(rng() >> (k % 2 ? 1 : 34));
-      index_t b, t;
-      rc.split(i, b, t);
-      REQUIRE(b == i / cols);
-      REQUIRE(t == i % cols);
-    }
-    for (index_t i : {index_t(0), cols - 1, cols, cols + 1, cols * 5 - 1, cols * 5}) REQUIRE(rc.row(i) == i / cols);
-  }
-}
-
-// ---- cpu_backend patterns --------------------------------------------------------------------
-
 TEST_CASE("cpu_backend: for_each visits every index exactly once (flat and 2-D)", "[backend]") {
   for (int threads = 1; threads <= 4; ++threads) {
     const cpu_backend be(threads);

@@ -103,33 +103,6 @@ struct view {
   }
 };
 
-/// Splits a flat index i of a row-major [rows, cols] space into (row, col) without a hardware
-/// division: q = mulhi(i, floor((2^64-1)/cols)) is q or q-1, fixed by one compare. Exact for
-/// every non-negative i and cols >= 1. Functors hold one instead of `cols`.
-struct row_col {
-  index_t cols = 1;
-  std::uint64_t magic = ~std::uint64_t(0);
-  constexpr row_col() = default;
-  constexpr row_col(index_t c) : cols(c), magic(c > 0 ? ~std::uint64_t(0) / static_cast<std::uint64_t>(c) : 0) {}
-  ASYPPO_HD constexpr operator index_t() const { return cols; }
-  ASYPPO_HD index_t row(index_t i) const {
-    const std::uint64_t n = static_cast<std::uint64_t>(i);
-#if defined(__CUDA_ARCH__)
-    std::uint64_t q = __umul64hi(n, magic);
-#else
-    __extension__ using u128 = unsigned __int128;
-    std::uint64_t q = static_cast<std::uint64_t>((static_cast<u128>(n) * magic) >> 64);
-#endif
-    if (n - q * static_cast<std::uint64_t>(cols) >= static_cast<std::uint64_t>(cols)) ++q;
-    return static_cast<index_t>(q);
-  }
-  /// b = i / cols, t = i % cols.
-  ASYPPO_HD void split(index_t i, index_t& b, index_t& t) const {
-    b = row(i);
-    t = i - b * cols;
-  }
-};
-
 template <class T> using seq_view = view<T, 1>;     ///< [B]
 template <class T> using token_view = view<T, 2>;   ///< [B,T]
 template <class T> using critic_view = view<T, 3>;  ///< [K,B,T]

@@ -80,16 +80,13 @@ struct actor_reducer {
   mask_view mask, adv_mask, entropy_mask;
   const double* w;
   token_view<T> grad_logp, grad_entropy;  // optional each
-  row_col cols;
   surrogate_params sp;
   kl_params kp;
   double beta, kappa;
   using value_type = actor_acc;
   ASYPPO_HD actor_acc identity() const { return {{0, 0, 0, 0, 0, 0, 0}, {0, 0, 0, 0, 0}, {0, 0, 0}}; }
   // Writes both gradients at position i only; every i is visited exactly once.
-  ASYPPO_HD void add(actor_acc& acc, index_t i) const {
-    index_t b, t;
-    cols.split(i, b, t);
+  ASYPPO_HD void add(actor_acc& acc, index_t b, index_t t) const {
     double gl = 0.0, gh = 0.0;
     if (mask(b, t)) {
       const double wb = w[b];
@@ -189,12 +186,11 @@ actor_objective_result actor_objective(const Backend& be, const actor_objective_
                                      tab.weights.data(),
                                      out.grad_logp,
                                      out.grad_entropy,
-                                     row_col(Tn),
                                      {opt.clip_low, opt.clip_high, opt.dual_clip, opt.log_ratio_clamp},
                                      detail::kl_params_of(opt.kl),
                                      opt.entropy_coef,
                                      opt.kl_coef};
-  const detail::actor_acc a = be.reduce(B * Tn, red);
+  const detail::actor_acc a = be.reduce(B, Tn, red);
   r.policy.loss = a.pg.loss;
   r.policy.metrics = detail::policy_metrics_of(a.pg);
   r.entropy.entropy = a.ent.agg;

@@ -73,7 +73,7 @@ struct advantage_outputs {
 };
 
 struct advantage_summary {
-  std::int64_t sequences = 0;
+  std::int64_t sequences = 0;       ///< B over every rank
   std::int64_t valid_tokens = 0;
   std::int64_t adv_masked = 0;
   std::int64_t entropy_masked = 0;
@@ -120,10 +120,6 @@ struct sigma_pass {
   }
 };
 
-struct store_tally {
-  token_tally* out;
-  ASYPPO_HD void operator()(index_t b, const token_tally& v) const { out[b] = v; }
-};
 
 /// Fused into the GAE pass: writes both masks (or reads the adv mask when ties were ranked by a
 /// separate pass), copies sigma to the caller's output, and applies I^A to the advantage.
@@ -204,7 +200,7 @@ advantage_summary advantage_step(const Backend& be, const advantage_inputs<T>& i
   auto sigma = be.template allocate<T>(B * Tn);
   auto tallies = be.template allocate<detail::token_tally>(B);
   be.row_reduce(B, Tn, detail::sigma_pass<T>{point, in.rewards, in.mask, sigma.data(), Tn, cfg.check_finite},
-                detail::store_tally{tallies.data()});
+                detail::store_row<detail::token_tally>{tallies.data()});
   std::vector<detail::token_tally> tally(static_cast<std::size_t>(B));
   be.copy_to_host(tallies.data(), B, tally.data());
   std::vector<index_t> row_valid(static_cast<std::size_t>(B));
@@ -217,21 +213,24 @@ advantage_summary advantage_step(const Backend& be, const advantage_inputs<T>& i
 
   // B, C. Thresholds of both masks and the sigma quantiles from one radix selection.
   const token_view<const T> csigma(sigma.data(), B, Tn);
-  std::uint64_t n_valid = 0;
-  for (auto v : row_valid) n_valid += static_cast<std::uint64_t>(v);
-  comm.allreduce_sum(&n_valid, 1);
+  // Global valid tokens and sequences (one all-reduce; the summary reports whole-batch counts).
+  std::uint64_t n_global[2] = {0, static_cast<std::uint64_t>(B)};
+  for (auto v : row_valid) n_global[0] += static_cast<std::uint64_t>(v);
+  comm.allreduce_sum(n_global, 2);
+  const std::uint64_t n_valid = n_global[0];
   static constexpr double qs[5] = {0.0, 0.25, 0.5, 0.75, 1.0};
   std::vector<std::uint64_t> qranks;
   if (n_valid > 0)
     for (double q : qs) qranks.push_back(static_cast<std::uint64_t>(std::floor(q * static_cast<double>(n_valid - 1))));
   const bool batch_scope = cfg.scope == mask_scope::batch;
   auto plan = batch_scope ? detail::plan_masks(be, csigma, in.mask, mo, comm, row_valid, qranks)
-                          : detail::plan_masks(be, csigma, in.mask, mo, single_process{}, row_valid);
+                          : detail::plan_masks(be, csigma, in.mask, mo, comm, row_valid);  // comm: global counts
   if (!batch_scope && !qranks.empty()) {
     std::vector<select_request> req;
     for (auto r : qranks) req.push_back({0, r});
     std::vector<select_result> res(req.size());
-    radix_select(be, B, Tn, detail::std_key_of<T>{csigma, in.mask, false}, 8 * int(sizeof(T)), 16, 1, req.data(),
+    radix_select(be, B, Tn, detail::std_key_of<T>{csigma, in.mask, false}, 8 * int(sizeof(T)),
+                 detail::selection_digit_bits(comm), 1, req.data(),
                  static_cast<index_t>(req.size()), res.data(), comm);
     for (auto& r : res) plan.quantiles.push_back(static_cast<double>(detail::key_value<T>(r.key)));
   }
@@ -249,7 +248,7 @@ advantage_summary advantage_step(const Backend& be, const advantage_inputs<T>& i
   const bool apply_later = cfg.mask_advantages && cfg.whiten_advantages;
 
   advantage_summary s;
-  s.sequences = B;
+  s.sequences = static_cast<std::int64_t>(n_global[1]);
   const mask_counts& mc = plan.counts;
   for (std::size_t i = 0; i < plan.quantiles.size() && i < 5; ++i) s.std_quantiles[i] = plan.quantiles[i];
   s.valid_tokens = mc.valid;

@@ -117,23 +117,7 @@ struct aggregation_result {
 
 namespace detail {
 
-struct row_length_reducer {
-  mask_view mask;
-  row_col cols;
-  using value_type = index_t;
-  ASYPPO_HD index_t identity() const { return 0; }
-  ASYPPO_HD void add(index_t& acc, index_t i) const {
-    index_t b, t;
-    cols.split(i, b, t);
-    acc += mask(b, t) ? 1 : 0;
-  }
-  ASYPPO_HD index_t combine(index_t a, index_t b) const { return a + b; }
-};
 
-struct store_row_length {
-  index_t* out;
-  ASYPPO_HD void operator()(index_t b, index_t v) const { out[b] = v; }
-};
 
 /// eff[k*B + b] = L_b if row b is in critic k's shard (shard(k,b) != 0, or no shard), else -1.
 template <class S>
@@ -142,9 +126,8 @@ struct shard_row_length {
   view<const S, 2> shard;
   index_t rows;
   index_t* out;
-  ASYPPO_HD void operator()(index_t i) const {
-    const index_t k = i / rows, b = i - k * rows;
-    out[i] = (shard.data == nullptr || shard(k, b) != S(0)) ? len[b] : index_t(-1);
+  ASYPPO_HD void operator()(index_t k, index_t b) const {
+    out[k * rows + b] = (shard.data == nullptr || shard(k, b) != S(0)) ? len[b] : index_t(-1);
   }
 };
 
@@ -156,14 +139,14 @@ std::vector<index_t> row_lengths_host(const Backend& be, mask_view mask, index_t
   std::vector<index_t> host(static_cast<std::size_t>(K * B), 0);
   if (B == 0) return host;
   auto len = be.template allocate<index_t>(B);
-  if (Tn > 0) be.segmented_reduce(B, row_segments{Tn}, row_length_reducer{mask, row_col(Tn)}, store_row_length{len.data()});
+  if (Tn > 0) be.row_reduce(B, Tn, count_valid{mask}, store_row<index_t>{len.data()});
   else be.fill(len.data(), B, index_t(0));
   if (shard.data == nullptr && K == 1) {
     be.copy_to_host(len.data(), B, host.data());
     return host;
   }
   auto eff = be.template allocate<index_t>(K * B);
-  be.for_each(K * B, shard_row_length<S>{len.data(), shard, B, eff.data()});
+  be.for_each(K, B, shard_row_length<S>{len.data(), shard, B, eff.data()});
   be.copy_to_host(eff.data(), K * B, host.data());
   return host;
 }
@@ -274,12 +257,9 @@ template <class T>
 struct count_nonfinite_views {
   token_view<const T> v0, v1, v2, v3;
   mask_view mask;
-  row_col cols;
   using value_type = std::int64_t;
   ASYPPO_HD value_type identity() const { return 0; }
-  ASYPPO_HD void add(value_type& acc, index_t i) const {
-    index_t b, t;
-    cols.split(i, b, t);
+  ASYPPO_HD void add(value_type& acc, index_t b, index_t t) const {
     if (!mask(b, t)) return;
     bool ok = true;
     if (v0.data) ok = ok && is_finite_value(v0(b, t));
@@ -297,7 +277,7 @@ void check_finite_views(const Backend& be, const char* where, const char* names,
                         token_view<const T> v3 = {}) {
   const index_t B = mask.extent[0], Tn = mask.extent[1];
   if (B * Tn == 0) return;
-  const auto bad = be.reduce(B * Tn, count_nonfinite_views<T>{v0, v1, v2, v3, mask, row_col(Tn)});
+  const auto bad = be.reduce(B, Tn, count_nonfinite_views<T>{v0, v1, v2, v3, mask});
   if (bad > 0) fail(where, names, bad, " valid token(s) hold NaN or Inf");
 }
 
@@ -320,13 +300,10 @@ struct aggregate_reducer {
   mask_view mask;
   const double* w;
   token_view<T> grad;  // optional: dAgg/dl = w_b on valid tokens, 0 elsewhere
-  row_col cols;
   using value_type = double;
   ASYPPO_HD double identity() const { return 0; }
   // Writes only position i of grad; the reduce visits every i exactly once.
-  ASYPPO_HD void add(double& acc, index_t i) const {
-    index_t b, t;
-    cols.split(i, b, t);
+  ASYPPO_HD void add(double& acc, index_t b, index_t t) const {
     const bool valid = mask(b, t) != 0;
     const double wb = valid ? w[b] : 0.0;
     if (valid) acc += wb * static_cast<double>(loss(b, t));
@@ -378,7 +355,7 @@ aggregation_result aggregate_loss(const Backend& be, token_view<const T> loss, m
   auto tab = detail::make_row_weights<Backend, double>(be, where, "normalizer", mask, 1, {}, mode, &norm, 1);
   aggregation_result r;
   r.normalizer = tab.resolved[0];
-  if (B * Tn > 0) r.loss = be.reduce(B * Tn, detail::aggregate_reducer<T>{loss, mask, tab.weights.data(), weights, row_col(Tn)});
+  if (B * Tn > 0) r.loss = be.reduce(B, Tn, detail::aggregate_reducer<T>{loss, mask, tab.weights.data(), weights});
   return r;
 }
 

@@ -87,14 +87,11 @@ struct entropy_reducer {
   mask_view mask, entropy_mask;
   const double* w;
   token_view<T> grad;  // optional
-  row_col cols;
   double beta;
   using value_type = entropy_acc;
   ASYPPO_HD entropy_acc identity() const { return {0, 0, 0, 0, 0}; }
   // Writes grad at position i only; every i is visited exactly once.
-  ASYPPO_HD void add(entropy_acc& acc, index_t i) const {
-    index_t b, t;
-    cols.split(i, b, t);
+  ASYPPO_HD void add(entropy_acc& acc, index_t b, index_t t) const {
     double g = 0.0;
     if (mask(b, t)) {
       const double h = static_cast<double>(entropy(b, t));
@@ -142,12 +139,9 @@ struct logits_forward_kernel {
   view<const std::int64_t, 2> ids;
   mask_view mask;  // optional
   token_view<T> logp, entropy;  // optional each
-  row_col cols;
   index_t V;
   double inv_temp;
-  ASYPPO_HD void operator()(index_t i) const {
-    index_t b, t;
-    cols.split(i, b, t);
+  ASYPPO_HD void operator()(index_t b, index_t t) const {
     if (mask.data && !mask(b, t)) {
       if (logp.data) logp(b, t) = T(0);
       if (entropy.data) entropy(b, t) = T(0);
@@ -166,12 +160,9 @@ struct logits_backward_kernel {
   mask_view mask;  // optional
   token_view<const T> gl, gh;  // optional each (absent = 0)
   view<T, 3> grad;
-  row_col cols;
   index_t V;
   double inv_temp;
-  ASYPPO_HD void operator()(index_t i) const {
-    index_t b, t;
-    cols.split(i, b, t);
+  ASYPPO_HD void operator()(index_t b, index_t t) const {
     if (mask.data && !mask(b, t)) {
       for (index_t v = 0; v < V; ++v) grad(b, t, v) = T(0);
       return;
@@ -195,16 +186,13 @@ struct logits_checker {
   view<const T, 3> z;
   view<const std::int64_t, 2> ids;
   mask_view mask;
-  row_col cols;
   index_t V;
   bool finite;
   struct value_type {
     std::int64_t bad_ids, bad_logits;
   };
   ASYPPO_HD value_type identity() const { return {0, 0}; }
-  ASYPPO_HD void add(value_type& acc, index_t i) const {
-    index_t b, t;
-    cols.split(i, b, t);
+  ASYPPO_HD void add(value_type& acc, index_t b, index_t t) const {
     if (mask.data && !mask(b, t)) return;
     const std::int64_t y = ids(b, t);
     acc.bad_ids += (y < 0 || y >= V) ? 1 : 0;
@@ -230,7 +218,7 @@ void check_logits_args(const Backend& be, const char* where, view<const T, 3> lo
   if (!(opt.temperature > 0.0) || !std::isfinite(opt.temperature))
     detail::fail(where, "temperature", "must be finite and > 0, got ", opt.temperature);
   if (B * Tn == 0) return;
-  const auto bad = be.reduce(B * Tn, logits_checker<T>{logits, ids, mask, row_col(Tn), V, opt.check_finite});
+  const auto bad = be.reduce(B, Tn, logits_checker<T>{logits, ids, mask, V, opt.check_finite});
   if (bad.bad_ids > 0)
     detail::fail(where, "token_ids", bad.bad_ids, " valid position(s) hold a token id outside [0, ", V, ")");
   if (bad.bad_logits > 0) detail::fail(where, "logits", bad.bad_logits, " valid position(s) hold NaN or Inf logits");
@@ -261,8 +249,7 @@ entropy_bonus_result entropy_bonus(const Backend& be, token_view<const T> entrop
   entropy_bonus_result r;
   r.normalizer = tab.resolved[0];
   if (B * Tn == 0) return r;
-  const detail::entropy_acc a = be.reduce(
-      B * Tn, detail::entropy_reducer<T>{entropy, mask, entropy_mask, tab.weights.data(), grad_entropy, row_col(Tn), opt.beta});
+  const detail::entropy_acc a = be.reduce(B, Tn, detail::entropy_reducer<T>{entropy, mask, entropy_mask, tab.weights.data(), grad_entropy, opt.beta});
   r.entropy = a.agg;
   r.filtered_entropy = a.filtered_agg;
   r.loss = -opt.beta * a.filtered_agg;
@@ -287,8 +274,7 @@ void logits_logp_entropy(const Backend& be, view<const T, 3> logits, view<const 
   detail::check_optional_output(where, "entropy", entropy, {B, Tn});
   detail::check_logits_args(be, where, logits, token_ids, mask, opt);
   if (B * Tn == 0) return;
-  be.for_each(B * Tn, detail::logits_forward_kernel<T>{logits, token_ids, mask, logp, entropy, row_col(Tn),
-                                                       logits.extent[2], 1.0 / opt.temperature});
+  be.for_each(B, Tn, detail::logits_forward_kernel<T>{logits, token_ids, mask, logp, entropy, logits.extent[2], 1.0 / opt.temperature});
 }
 
 /// Backward of logits_logp_entropy: grad_logits [B,T,V] = d/dlogits of
@@ -306,8 +292,8 @@ void logits_logp_entropy_backward(const Backend& be, view<const T, 3> logits, vi
   detail::check_output(where, "grad_logits", grad_logits, {B, Tn, V});
   detail::check_logits_args(be, where, logits, token_ids, mask, opt);
   if (B * Tn == 0) return;
-  be.for_each(B * Tn, detail::logits_backward_kernel<T>{logits, token_ids, mask, grad_logp, grad_entropy, grad_logits,
-                                                        row_col(Tn), V, 1.0 / opt.temperature});
+  be.for_each(B, Tn, detail::logits_backward_kernel<T>{logits, token_ids, mask, grad_logp, grad_entropy, grad_logits,
+                                                        V, 1.0 / opt.temperature});
 }
 
 }  // namespace asyppo

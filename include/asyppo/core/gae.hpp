@@ -145,14 +145,6 @@ struct gae_sink {
   }
 };
 
-struct count_valid_row {
-  mask_view mask;
-  using value_type = index_t;
-  ASYPPO_HD index_t identity() const { return 0; }
-  ASYPPO_HD void add(index_t& acc, index_t b, index_t t) const { acc += mask(b, t) ? 1 : 0; }
-  ASYPPO_HD index_t combine(index_t a, index_t b) const { return a + b; }
-};
-
 struct adaptive_lambda_sink {
   double* out;
   double alpha, lo, hi;
@@ -185,7 +177,7 @@ void gae_unchecked(const Backend& be, critic_view<const T> values, token_view<co
   ensemble_point<T> point{values, kind == std_kind::unbiased};
   auto row_lambda = be.template allocate<double>(opt.adaptive_lambda_alpha > 0 ? B : 0);
   if (opt.adaptive_lambda_alpha > 0)
-    be.row_reduce(B, Tn, count_valid_row{mask},
+    be.row_reduce(B, Tn, count_valid{mask},
                         adaptive_lambda_sink{row_lambda.data(), opt.adaptive_lambda_alpha,
                                              opt.adaptive_lambda_min, opt.adaptive_lambda_max});
   const bool skip = opt.semantics == gae_mask_semantics::skip;

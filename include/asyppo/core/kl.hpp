@@ -127,11 +127,8 @@ struct kl_values_kernel {
   token_view<const T> logp, ref;
   mask_view mask;
   token_view<T> out;
-  row_col cols;
   kl_params p;
-  ASYPPO_HD void operator()(index_t i) const {
-    index_t b, t;
-    cols.split(i, b, t);
+  ASYPPO_HD void operator()(index_t b, index_t t) const {
     out(b, t) = mask(b, t) ? static_cast<T>(kl_token(static_cast<double>(logp(b, t)) - static_cast<double>(ref(b, t)), p).value)
                            : T(0);
   }
@@ -148,15 +145,12 @@ struct kl_reducer {
   mask_view mask;
   const double* w;
   token_view<T> grad;  // optional
-  row_col cols;
   kl_params p;
   double coef;
   using value_type = kl_acc;
   ASYPPO_HD kl_acc identity() const { return {0, 0, 0}; }
   // Writes grad at position i only; every i is visited exactly once.
-  ASYPPO_HD void add(kl_acc& acc, index_t i) const {
-    index_t b, t;
-    cols.split(i, b, t);
+  ASYPPO_HD void add(kl_acc& acc, index_t b, index_t t) const {
     double g = 0.0;
     if (mask(b, t)) {
       const kl_value k = kl_token(static_cast<double>(logp(b, t)) - static_cast<double>(ref(b, t)), p);
@@ -197,7 +191,7 @@ void kl_values(const Backend& be, token_view<const T> logp, token_view<const T> 
   detail::check_output(where, "out", out, {B, Tn});
   detail::check_kl_options(where, opt);
   if (B * Tn == 0) return;
-  be.for_each(B * Tn, detail::kl_values_kernel<T>{logp, ref_logp, mask, out, row_col(Tn), detail::kl_params_of(opt)});
+  be.for_each(B, Tn, detail::kl_values_kernel<T>{logp, ref_logp, mask, out, detail::kl_params_of(opt)});
 }
 
 /// KL loss coef * Agg(kl(logp - ref_logp)); grad_logp [B,T] (optional) receives dL/dlogp.
@@ -222,8 +216,8 @@ kl_loss_result kl_loss(const Backend& be, token_view<const T> logp, token_view<c
   kl_loss_result r;
   r.normalizer = tab.resolved[0];
   if (B * Tn == 0) return r;
-  const detail::kl_acc a = be.reduce(B * Tn, detail::kl_reducer<T>{logp, ref_logp, mask, tab.weights.data(), grad_logp,
-                                                                   row_col(Tn), detail::kl_params_of(opt.kl), opt.coef});
+  const detail::kl_acc a = be.reduce(B, Tn, detail::kl_reducer<T>{logp, ref_logp, mask, tab.weights.data(), grad_logp,
+                                                                   detail::kl_params_of(opt.kl), opt.coef});
   r.kl = a.agg;
   r.loss = opt.coef * a.agg;
   r.metrics.valid_tokens = a.valid;

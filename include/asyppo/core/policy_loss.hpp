@@ -167,14 +167,11 @@ struct policy_reducer {
   mask_view mask, adv_mask;
   const double* w;
   token_view<T> grad;  // optional
-  row_col cols;
   surrogate_params p;
   using value_type = policy_acc;
   ASYPPO_HD policy_acc identity() const { return {0, 0, 0, 0, 0, 0, 0}; }
   // Writes grad at position i only; every i is visited exactly once.
-  ASYPPO_HD void add(policy_acc& acc, index_t i) const {
-    index_t b, t;
-    cols.split(i, b, t);
+  ASYPPO_HD void add(policy_acc& acc, index_t b, index_t t) const {
     double g = 0.0;
     if (mask(b, t)) {
       const double lp = static_cast<double>(logp(b, t)), olp = static_cast<double>(old_logp(b, t));
@@ -246,10 +243,8 @@ policy_loss_result policy_loss(const Backend& be, const policy_loss_inputs<T>& i
   policy_loss_result r;
   r.normalizer = tab.resolved[0];
   if (B * Tn == 0) return r;
-  const detail::policy_acc a = be.reduce(
-      B * Tn, detail::policy_reducer<T>{in.logp, in.old_logp, in.advantages, in.mask, in.adv_mask, tab.weights.data(),
-                                        grad_logp, row_col(Tn),
-                                        {opt.clip_low, opt.clip_high, opt.dual_clip, opt.log_ratio_clamp}});
+  const detail::policy_acc a = be.reduce(B, Tn, detail::policy_reducer<T>{in.logp, in.old_logp, in.advantages, in.mask, in.adv_mask, tab.weights.data(),
+                                        grad_logp, {opt.clip_low, opt.clip_high, opt.dual_clip, opt.log_ratio_clamp}});
   r.loss = a.loss;
   r.metrics = detail::policy_metrics_of(a);
   return r;

@@ -14,8 +14,9 @@
 // Counts are exact.
 //
 // Cost: a radix selection (core/select.hpp: two streaming passes for float keys, four for
-// double, in batch scope) plus one streaming pass that writes both masks. No sort. The plan
-// (thresholds, and tie offsets when a threshold value is only partly taken) is separate from
+// double, in batch scope; across ranks 8-bit digits, so four / eight passes, each followed by an
+// all-reduce of requests x 256 counters) plus one streaming pass that writes both masks. No sort.
+// The plan (thresholds, and tie offsets when a threshold value is only partly taken) is separate from
 // the writing so that the advantage step can fuse the writing into its GAE pass.
 #pragma once
 
@@ -121,10 +122,6 @@ struct tie_row_reducer {
   ASYPPO_HD tie_counts combine(const tie_counts& a, const tie_counts& b) const { return {a.k + b.k, a.h + b.h}; }
 };
 
-struct store_ties {
-  tie_counts* out;
-  ASYPPO_HD void operator()(index_t b, const tie_counts& c) const { out[b] = c; }
-};
 
 template <class T>
 struct mask_writer {
@@ -140,17 +137,14 @@ struct mask_writer {
   }
 };
 
-struct count_row_valid {
-  mask_view mask;
-  using value_type = index_t;
-  ASYPPO_HD index_t identity() const { return 0; }
-  ASYPPO_HD void add(index_t& a, index_t b, index_t t) const { a += mask(b, t) ? 1 : 0; }
-  ASYPPO_HD index_t combine(index_t a, index_t b) const { return a + b; }
-};
-struct store_index {
-  index_t* out;
-  ASYPPO_HD void operator()(index_t b, index_t v) const { out[b] = v; }
-};
+
+/// Digit width of the batch-scope selection: 16 bits in one process (fewest passes: 2 for float);
+/// 8 bits across ranks, so each histogram all-reduce is requests x 256 counters (a few KiB) instead
+/// of requests x 65536 (512 KiB per request and pass) for two more streaming passes over sigma.
+template <class Comm>
+int selection_digit_bits(const Comm& comm) {
+  return comm.size() > 1 ? 8 : 16;
+}
 
 inline std::int64_t fraction_count(double frac, std::int64_t n) {
   return static_cast<std::int64_t>(std::floor(frac * static_cast<double>(n)));
@@ -191,6 +185,14 @@ mask_plan<Backend> plan_masks(const Backend& be, token_view<const T> sigma, mask
       if (nk > 0) req.push_back({b, static_cast<std::uint64_t>(nk - 1)}), which.push_back(0), req_row.push_back(b);
       if (nh > 0) req.push_back({b, static_cast<std::uint64_t>(n - nh)}), which.push_back(1), req_row.push_back(b);
     }
+    if (comm.size() > 1) {  // the selection is per row (local); the reported counts are global
+      std::uint64_t c[3] = {static_cast<std::uint64_t>(counts.valid), static_cast<std::uint64_t>(counts.adv_masked),
+                            static_cast<std::uint64_t>(counts.entropy_masked)};
+      comm.allreduce_sum(c, 3);
+      counts.valid = static_cast<std::int64_t>(c[0]);
+      counts.adv_masked = static_cast<std::int64_t>(c[1]);
+      counts.entropy_masked = static_cast<std::int64_t>(c[2]);
+    }
   } else {
     std::uint64_t n = 0;
     for (index_t b = 0; b < B; ++b) n += static_cast<std::uint64_t>(row_valid[static_cast<std::size_t>(b)]);
@@ -210,7 +212,8 @@ mask_plan<Backend> plan_masks(const Backend& be, token_view<const T> sigma, mask
   if (per_row)  // each row is local: no communication; 8-bit digits keep the B histograms small
     radix_select(be, B, Tn, key_of, key_bits, 8, B, req.data(), static_cast<index_t>(req.size()), res.data());
   else
-    radix_select(be, B, Tn, key_of, key_bits, 16, 1, req.data(), static_cast<index_t>(req.size()), res.data(), comm);
+    radix_select(be, B, Tn, key_of, key_bits, selection_digit_bits(comm), 1, req.data(), static_cast<index_t>(req.size()),
+                 res.data(), comm);
 
   mask_row_params global{};
   for (std::size_t r = 0; r < req.size(); ++r) {
@@ -244,7 +247,7 @@ mask_plan<Backend> plan_masks(const Backend& be, token_view<const T> sigma, mask
   if (!per_row && (plan.ranked || comm.size() > 1)) {
     // Ties are ranked by global flat index: offsets = ties in earlier rows, and on earlier ranks.
     auto d_ties = be.template allocate<tie_counts>(B);
-    be.row_reduce(B, Tn, tie_row_reducer<T>{{sigma, mask, plan.rows.data()}}, store_ties{d_ties.data()});
+    be.row_reduce(B, Tn, tie_row_reducer<T>{{sigma, mask, plan.rows.data()}}, store_row<tie_counts>{d_ties.data()});
     std::vector<tie_counts> row_ties(static_cast<std::size_t>(B));
     be.copy_to_host(d_ties.data(), B, row_ties.data());
     std::uint64_t local_k = 0, local_h = 0;
@@ -285,7 +288,7 @@ std::vector<index_t> valid_per_row(const Backend& be, mask_view mask) {
   const index_t B = mask.extent[0], Tn = mask.extent[1];
   std::vector<index_t> host(static_cast<std::size_t>(B));
   auto d = be.template allocate<index_t>(B);
-  be.row_reduce(B, Tn, count_row_valid{mask}, store_index{d.data()});
+  be.row_reduce(B, Tn, count_valid{mask}, store_row<index_t>{d.data()});
   be.copy_to_host(d.data(), B, host.data());
   return host;
 }
@@ -299,8 +302,9 @@ inline void check_mask_options(const char* where, const mask_options& o) {
 
 /// AsyPPO masks from the critic std sigma [B,T] and the response mask [B,T]. adv_mask and
 /// entropy_mask [B,T] (uint8) are outputs; either may be empty to skip it. Collective over comm
-/// in batch scope. Throws asyppo::error on bad shapes, fractions outside [0,1), or (check_finite)
-/// NaN/Inf sigma on a valid token.
+/// (batch scope: the selection; sequence scope: only the returned counts, which are global).
+/// Throws asyppo::error on bad shapes, fractions outside [0,1), or (check_finite) NaN/Inf sigma
+/// on a valid token.
 template <class Backend, class T, class Comm = single_process>
 mask_counts uncertainty_masks(const Backend& be, token_view<const T> sigma, mask_view mask, mask_out adv_mask,
                               mask_out entropy_mask, const mask_options& opt = {}, const Comm& comm = {}) {

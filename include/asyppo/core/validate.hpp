@@ -101,6 +101,22 @@ ASYPPO_INLINE bool is_finite_value(T x) {
   return z == z;
 }
 
+/// Valid tokens (mask != 0) of a [B,T] mask; with row_reduce, per row.
+struct count_valid {
+  mask_view mask;
+  using value_type = index_t;
+  ASYPPO_HD index_t identity() const { return 0; }
+  ASYPPO_HD void add(index_t& acc, index_t b, index_t t) const { acc += mask(b, t) ? 1 : 0; }
+  ASYPPO_HD index_t combine(index_t a, index_t b) const { return a + b; }
+};
+
+/// row_reduce sink storing one value per row.
+template <class V>
+struct store_row {
+  V* out;
+  ASYPPO_HD void operator()(index_t b, const V& v) const { out[b] = v; }
+};
+
 struct token_tally {
   std::int64_t valid, nonfinite;
 };

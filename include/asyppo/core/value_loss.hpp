@@ -116,14 +116,11 @@ struct value_reducer {
   seq_view<const T> shard;  // critic k's row of the shard weights (absent: every row)
   const double* w;          // critic k's row weights
   token_view<T> grad;       // critic k's gradient slice (optional)
-  row_col cols;
   double clip, scale;  // clip > 0: clipping on; scale = 0.5 or 1
   using value_type = value_acc;
   ASYPPO_HD value_acc identity() const { return {0, 0, 0, 0, {0, 0}, {0, 0}, {0, 0}}; }
   // Writes grad at position i only; every i is visited exactly once.
-  ASYPPO_HD void add(value_acc& acc, index_t i) const {
-    index_t b, t;
-    cols.split(i, b, t);
+  ASYPPO_HD void add(value_acc& acc, index_t b, index_t t) const {
     double g = 0.0;
     if (mask(b, t) && (shard.data == nullptr || shard(b) != T(0))) {
       const double x = static_cast<double>(v(b, t)), R = static_cast<double>(ret(b, t));
@@ -240,10 +237,9 @@ value_loss_result value_loss(const Backend& be, const value_loss_inputs<T>& in, 
                                        detail::present(in.shard_weights) ? in.shard_weights[k] : seq_view<const T>{},
                                        tab.weights.data() + k * B,
                                        detail::present(grad_values) ? grad_values[k] : token_view<T>{},
-                                       row_col(Tn),
                                        clip_on ? opt.clip : 0.0,
                                        scale};
-    const detail::value_acc a = be.reduce(B * Tn, red);
+    const detail::value_acc a = be.reduce(B, Tn, red);
     m.loss = a.loss;
     m.clipped_tokens = a.clipped;
     m.squared_error_sum = a.sq;
