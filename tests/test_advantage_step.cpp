@@ -10,6 +10,7 @@
 #include <vector>
 
 #include "asyppo/asyppo.hpp"
+#include "check.hpp"
 #include "reference.hpp"
 
 using namespace asyppo;
@@ -25,14 +26,6 @@ namespace {
 template <class T>
 double tol() {
   return sizeof(T) == 4 ? 1e-5 : 1e-10;
-}
-
-template <class T>
-void require_close(const std::vector<T>& got, const ref::vec& want, const char* what) {
-  REQUIRE(got.size() == want.size());
-  for (std::size_t i = 0; i < got.size(); ++i)
-    if (!(std::abs(static_cast<double>(got[i]) - want[i]) <= tol<T>() * std::max(1.0, std::abs(want[i]))))
-      FAIL(what << " at " << i << ": got " << static_cast<double>(got[i]) << " want " << want[i]);
 }
 
 template <class T>
@@ -117,7 +110,7 @@ void check_step(const step_data<T>& d, const advantage_config& cfg) {
   // 1. sigma and GAE on the mean.
   const auto all = ref::ensemble(V, K, B, Tn, ref::bytes{}, cfg.std == std_kind::unbiased);
   const auto valid_only = ref::ensemble(V, K, B, Tn, m, cfg.std == std_kind::unbiased);
-  require_close(o.sd, valid_only.std, "std");
+  require_close(o.sd, valid_only.std, "std", tol<T>());
   const ref::vec la = cfg.adaptive_lambda_alpha > 0
                           ? ref::adaptive_lambda(m, B, Tn, cfg.adaptive_lambda_alpha, cfg.adaptive_lambda_min, cfg.adaptive_lambda_max)
                           : ref::vec(static_cast<std::size_t>(B), cfg.lambda_actor);
@@ -125,7 +118,7 @@ void check_step(const step_data<T>& d, const advantage_config& cfg) {
   const bool skip = cfg.semantics == gae_mask_semantics::skip;
   const auto A = skip ? ref::gae_verl(all.mean, r, m, B, Tn, cfg.gamma, la) : ref::gae_openrlhf(all.mean, r, m, B, Tn, cfg.gamma, la);
   const auto R = skip ? ref::gae_verl(all.mean, r, m, B, Tn, cfg.gamma, lc) : ref::gae_openrlhf(all.mean, r, m, B, Tn, cfg.gamma, lc);
-  require_close(o.ret, ref::zero_masked(R.ret, m), "returns");
+  require_close(o.ret, ref::zero_masked(R.ret, m), "returns", tol<T>());
 
   // 2. masks from the sigma the library ranks (its std output, checked above), exact.
   const auto sig = ref::widen(o.sd);
@@ -149,7 +142,7 @@ void check_step(const step_data<T>& d, const advantage_config& cfg) {
   if (cfg.mask_advantages)
     for (std::size_t i = 0; i < n; ++i)
       if (!mk.adv[i]) adv[i] = 0;
-  require_close(o.adv, adv, "advantages");
+  require_close(o.adv, adv, "advantages", tol<T>());
   for (std::size_t i = 0; i < n; ++i) {
     if (!m[i]) REQUIRE((o.adv[i] == T(0) && o.ret[i] == T(0) && o.am[i] == 0 && o.em[i] == 0 && o.sd[i] == T(0)));
     if (cfg.mask_advantages && !mk.adv[i]) REQUIRE(o.adv[i] == T(0));

@@ -7,6 +7,7 @@
 #include <vector>
 
 #include "asyppo/asyppo.hpp"
+#include "check.hpp"
 #include "reference.hpp"
 
 using namespace asyppo;
@@ -22,14 +23,6 @@ double tol() {
 }
 
 template <class T>
-void check_close(const std::vector<T>& got, const ref::vec& want, const char* what) {
-  REQUIRE(got.size() == want.size());
-  for (std::size_t i = 0; i < got.size(); ++i)
-    if (!(std::abs(static_cast<double>(got[i]) - want[i]) <= tol<T>() * (1.0 + std::abs(want[i]))))
-      FAIL(what << " at " << i << ": got " << static_cast<double>(got[i]) << " want " << want[i]);
-}
-
-template <class T>
 void run_random(int K, int B, int Tn, bool use_mask, std_kind kind, std::uint64_t seed) {
   std::mt19937_64 rng(seed);
   const std::size_t n = static_cast<std::size_t>(B) * Tn;
@@ -40,10 +33,10 @@ void run_random(int K, int B, int Tn, bool use_mask, std_kind kind, std::uint64_
   mask_view mv = use_mask ? mask_view(m.data(), B, Tn) : mask_view{};
   ensemble_stats(cpu_backend(2), critic_view<const T>(V.data(), K, B, Tn), mv, out, kind);
   const auto r = ref::ensemble(ref::widen(V), K, B, Tn, m, kind == std_kind::unbiased);
-  check_close(mean, r.mean, "mean");
-  check_close(sd, r.std, "std");
-  check_close(lo, r.min, "min");
-  check_close(hi, r.max, "max");
+  require_close(mean, r.mean, "mean", tol<T>());
+  require_close(sd, r.std, "std", tol<T>());
+  require_close(lo, r.min, "min", tol<T>());
+  require_close(hi, r.max, "max", tol<T>());
 }
 
 }  // namespace

@@ -7,6 +7,7 @@
 #include <vector>
 
 #include "asyppo/asyppo.hpp"
+#include "check.hpp"
 #include "reference.hpp"
 
 using namespace asyppo;
@@ -20,14 +21,6 @@ namespace {
 template <class T>
 double tol() {
   return sizeof(T) == 4 ? 1e-6 : 1e-12;
-}
-
-template <class T>
-void require_close(const std::vector<T>& got, const ref::vec& want, const char* what) {
-  REQUIRE(got.size() == want.size());
-  for (std::size_t i = 0; i < got.size(); ++i)
-    if (!(std::abs(static_cast<double>(got[i]) - want[i]) <= tol<T>() * std::max(1.0, std::abs(want[i]))))
-      FAIL(what << " at " << i << ": got " << static_cast<double>(got[i]) << " want " << want[i]);
 }
 
 template <class T>
@@ -67,7 +60,7 @@ TEMPLATE_TEST_CASE("masked_whiten vs reference: biased/unbiased, eps add/floor, 
               REQUIRE(mo.count == w.count);
               REQUIRE(mo.mean == Approx(w.mean).epsilon(1e-12).margin(1e-14));
               REQUIRE(mo.var == Approx(w.var).epsilon(1e-12).margin(1e-14));
-              require_close(out, w.out, "out");
+              require_close(out, w.out, "out", tol<TestType>());
             }
   }
 }
@@ -212,7 +205,7 @@ TEST_CASE("masked_whiten in place (out == x)", "[whiten]") {
     auto x = x0;
     masked_whiten(cpu_backend(2), token_view<const double>(x.data(), B, Tn), mask_view(m.data(), B, Tn),
                   token_view<double>(x.data(), B, Tn), o);
-    require_close(x, ref::whiten(x0, m, true, 1e-8, false, true, raw).out, "in place");
+    require_close(x, ref::whiten(x0, m, true, 1e-8, false, true, raw).out, "in place", tol<double>());
   }
 }
 
