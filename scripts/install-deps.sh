@@ -4,8 +4,7 @@
 set -euo pipefail
 
 # The one list of packages the build, tests, benchmarks and examples need.
-# (MPI / Python bindings will add: libopenmpi-dev openmpi-bin pybind11-dev python3-numpy
-#  python3-pytest python3-dev)
+# libopenmpi-dev / openmpi-bin: the asyppo::mpi component and its tests (release and asan presets).
 PACKAGES=(
   cmake
   ninja-build
@@ -13,6 +12,13 @@ PACKAGES=(
   catch2
   libeigen3-dev
   libbenchmark-dev
+  libopenmpi-dev
+  openmpi-bin
+  pybind11-dev
+  python3-dev
+  python3-numpy
+  python3-pytest
+  python3-torch
 )
 
 is_installed() {

@@ -28,3 +28,4 @@
 #include "asyppo/core/kl.hpp"
 #include "asyppo/core/value_loss.hpp"
 #include "asyppo/core/actor_objective.hpp"
+#include "asyppo/core/global_counts.hpp"

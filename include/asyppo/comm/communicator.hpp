@@ -48,6 +48,7 @@ concept Communicator = requires(const C& c, std::uint64_t* u, double* d, index_t
   { c.allreduce_sum(d, n) };
   { c.exclusive_scan_sum(std::uint64_t{}) } -> std::same_as<std::uint64_t>;
   { c.allgather(d, n, d) };
+  { c.allgather(static_cast<const std::int64_t*>(nullptr), n, static_cast<std::int64_t*>(nullptr)) };
 };
 
 static_assert(Communicator<single_process>);

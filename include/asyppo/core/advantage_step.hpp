@@ -269,11 +269,11 @@ advantage_summary advantage_step(const Backend& be, const advantage_inputs<T>& i
     be.for_each(B, Tn, detail::apply_adv_mask<T>{out.advantages, in.mask, view<const std::uint8_t, 2>(out.adv_mask)});
 
   // Shards.
-  if (detail::present(out.shard_weights)) {
-    auto L = make_group_layout(be, in.group_ids);
-    be.for_each(B, detail::shard_kernel<T>{L.offsets.data(), L.group_of.data(), L.position.data(), K, cfg.shards,
-                                           out.shard_weights, {}});
-  }
+  // Shards are requested by a [K,B] view; with B = 0 on some rank its data may be null, and every
+  // rank must still take part in the collective group placement.
+  if (detail::present(out.shard_weights) || out.shard_weights.extent[0] == K)
+    detail::shard_weights_unchecked(be, in.group_ids, make_group_layout(be, in.group_ids), K, out.shard_weights,
+                                    cfg.shards, {}, comm);
   return s;
 }
 

@@ -7,9 +7,13 @@
 // exact and deterministic; outcome baselines and shard assignment reduce over it.
 #pragma once
 
+#include <algorithm>
+#include <cstdint>
 #include <utility>
+#include <vector>
 
 #include "asyppo/backend/patterns.hpp"
+#include "asyppo/comm/communicator.hpp"
 #include "asyppo/views.hpp"
 
 namespace asyppo {
@@ -72,6 +76,15 @@ struct count_heads {
   ASYPPO_HD index_t combine(index_t a, index_t b) const { return a + b; }
 };
 
+/// Label (id) of each dense group: ids of its first member.
+struct group_label {
+  seq_view<const std::int64_t> ids;
+  const index_t* perm;
+  const index_t* offsets;
+  std::int64_t* out;
+  ASYPPO_HD void operator()(index_t g) const { out[g] = ids(perm[offsets[g]]); }
+};
+
 }  // namespace detail
 
 /// Builds the group layout of ids [B]. Callers validate the view; B = 0 gives G = 0.
@@ -95,6 +108,67 @@ group_layout<Backend> make_group_layout(const Backend& be, seq_view<const std::i
   L.count = be.reduce(B, detail::count_heads{ids, L.perm.data()});
   be.copy_from_host(&B, 1, L.offsets.data() + L.count);
   return L;
+}
+
+/// Where each local group sits among the groups of every rank (groups may span ranks): its dense
+/// number among all ranks' distinct ids (ascending), its size over all ranks, and how many of its
+/// members are on lower ranks, so that position-in-group counts members in (rank, batch index)
+/// order: exactly the layout of the concatenated batch. Host vectors of G entries. Collective.
+struct global_group_place {
+  std::vector<index_t> number, size, before;
+};
+
+template <class Backend, class Comm>
+global_group_place global_group_places(const Backend& be, seq_view<const std::int64_t> ids,
+                                       const group_layout<Backend>& L, const Comm& comm) {
+  const index_t G = L.count;
+  global_group_place out;
+  std::vector<std::int64_t> label(static_cast<std::size_t>(G)), offsets(static_cast<std::size_t>(G + 1));
+  if (G > 0) {
+    auto d_label = be.template allocate<std::int64_t>(G);
+    be.for_each(G, detail::group_label{ids, L.perm.data(), L.offsets.data(), d_label.data()});
+    be.copy_to_host(d_label.data(), G, label.data());
+  }
+  be.copy_to_host(L.offsets.data(), G + 1, offsets.data());
+  const int R = comm.size();
+  std::vector<std::int64_t> count(static_cast<std::size_t>(R));
+  const std::int64_t g64 = G;
+  comm.allgather(&g64, 1, count.data());
+  const index_t Gmax = static_cast<index_t>(*std::max_element(count.begin(), count.end()));
+  std::vector<std::int64_t> send(static_cast<std::size_t>(2 * Gmax), 0), all(static_cast<std::size_t>(2 * Gmax * R));
+  for (index_t g = 0; g < G; ++g) {
+    send[static_cast<std::size_t>(2 * g)] = label[static_cast<std::size_t>(g)];
+    send[static_cast<std::size_t>(2 * g + 1)] = offsets[static_cast<std::size_t>(g + 1)] - offsets[static_cast<std::size_t>(g)];
+  }
+  if (Gmax > 0) comm.allgather(send.data(), 2 * Gmax, all.data());
+  std::vector<std::int64_t> distinct;
+  for (int q = 0; q < R; ++q)
+    for (std::int64_t g = 0; g < count[static_cast<std::size_t>(q)]; ++g)
+      distinct.push_back(all[static_cast<std::size_t>(2 * (q * Gmax + g))]);
+  std::sort(distinct.begin(), distinct.end());
+  distinct.erase(std::unique(distinct.begin(), distinct.end()), distinct.end());
+  out.number.assign(static_cast<std::size_t>(G), 0);
+  out.size.assign(static_cast<std::size_t>(G), 0);
+  out.before.assign(static_cast<std::size_t>(G), 0);
+  const int me = comm.rank();
+  for (index_t g = 0; g < G; ++g) {
+    const std::int64_t id = label[static_cast<std::size_t>(g)];
+    out.number[static_cast<std::size_t>(g)] =
+        static_cast<index_t>(std::lower_bound(distinct.begin(), distinct.end(), id) - distinct.begin());
+    for (int q = 0; q < R; ++q) {  // each rank's ids are ascending: binary search
+      const std::int64_t* first = all.data() + 2 * static_cast<std::size_t>(q) * static_cast<std::size_t>(Gmax);
+      std::int64_t lo = 0, hi = count[static_cast<std::size_t>(q)];
+      while (lo < hi) {
+        const std::int64_t mid = (lo + hi) / 2;
+        if (first[2 * mid] < id) lo = mid + 1;
+        else hi = mid;
+      }
+      if (lo == count[static_cast<std::size_t>(q)] || first[2 * lo] != id) continue;
+      out.size[static_cast<std::size_t>(g)] += first[2 * lo + 1];
+      if (q < me) out.before[static_cast<std::size_t>(g)] += first[2 * lo + 1];
+    }
+  }
+  return out;
 }
 
 }  // namespace asyppo

@@ -192,14 +192,6 @@ void check_outcome_args(const Backend& be, const char* where, seq_view<const T> 
   }
 }
 
-/// Label (id) of each dense group: ids of its first member.
-struct group_label {
-  seq_view<const std::int64_t> ids;
-  const index_t* perm;
-  const index_t* offsets;
-  std::int64_t* out;
-  ASYPPO_HD void operator()(index_t g) const { out[g] = ids(perm[offsets[g]]); }
-};
 
 /// Distributed path of the group statistics (comm.size() > 1, collective): replaces the statistics
 /// of each local group (stats, backend memory, [L.count]) by those of every member with the same id

@@ -36,37 +36,57 @@ ASYPPO_INLINE index_t shard_critic(index_t j, index_t n, index_t g, index_t K, s
 
 template <class T>
 struct shard_kernel {
-  const index_t* offsets;
-  const index_t* group_of;
-  const index_t* position;
+  const index_t* group_of;  // local dense group of b
+  const index_t* position;  // local position of b in its group
+  const index_t* number;    // [G] group number among all ranks' groups
+  const index_t* size;      // [G] group size over all ranks
+  const index_t* before;    // [G] members of the group on lower ranks
   index_t K;
   shard_mode mode;
   view<T, 2> weights;
   seq_view<std::int64_t> critic_of;
   ASYPPO_HD void operator()(index_t b) const {
     const index_t g = group_of[b];
-    const index_t c = shard_critic(position[b], offsets[g + 1] - offsets[g], g, K, mode);
+    const index_t c = shard_critic(before[g] + position[b], size[g], number[g], K, mode);
     if (weights.data)
       for (index_t k = 0; k < K; ++k) weights(k, b) = k == c ? T(1) : T(0);
     if (critic_of.data) critic_of(b) = c;
   }
 };
 
+/// Writes the shard weights of a batch whose group layout is L (arguments validated). Groups may
+/// span the ranks of comm (collective): positions count members in (rank, batch index) order, so
+/// the shards are those of the concatenated batch.
+template <class Backend, class T, class Comm>
+void shard_weights_unchecked(const Backend& be, seq_view<const std::int64_t> group_ids, const group_layout<Backend>& L,
+                             index_t K, view<T, 2> weights, shard_mode mode, seq_view<std::int64_t> critic_of,
+                             const Comm& comm) {
+  const global_group_place place = global_group_places(be, group_ids, L, comm);
+  const index_t G = L.count;
+  auto d = be.template allocate<index_t>(3 * G);
+  be.copy_from_host(place.number.data(), G, d.data());
+  be.copy_from_host(place.size.data(), G, d.data() + G);
+  be.copy_from_host(place.before.data(), G, d.data() + 2 * G);
+  be.for_each(L.sequences, shard_kernel<T>{L.group_of.data(), L.position.data(), d.data(), d.data() + G,
+                                           d.data() + 2 * G, K, mode, weights, critic_of});
+}
+
 }  // namespace detail
 
-/// Shard weights [K,B] (and optionally critic_of [B]) for group ids [B]. Throws on K < 1 or bad views.
-template <class Backend, class T>
+/// Shard weights [K,B] (and optionally critic_of [B]) for group ids [B]; groups may span the ranks
+/// of comm (collective). Throws on K < 1 or bad views.
+template <class Backend, class T, class Comm = single_process>
 void shard_weights(const Backend& be, seq_view<const std::int64_t> group_ids, index_t K, view<T, 2> weights,
-                   shard_mode mode = shard_mode::contiguous, seq_view<std::int64_t> critic_of = {}) {
+                   shard_mode mode = shard_mode::contiguous, seq_view<std::int64_t> critic_of = {},
+                   const Comm& comm = {}) {
   constexpr const char* where = "asyppo::shard_weights";
   if (K < 1) detail::fail(where, "K", "needs at least one critic (K >= 1), got ", K);
   detail::check_view(where, "group_ids", group_ids);
   const index_t B = group_ids.extent[0];
   detail::check_optional_output(where, "weights", weights, {K, B});
   detail::check_optional_output(where, "critic_of", critic_of, {B});
-  auto L = make_group_layout(be, group_ids);
-  be.for_each(B, detail::shard_kernel<T>{L.offsets.data(), L.group_of.data(), L.position.data(), K, mode,
-                                         weights, critic_of});
+  const auto L = make_group_layout(be, group_ids);
+  detail::shard_weights_unchecked(be, group_ids, L, K, weights, mode, critic_of, comm);
 }
 
 }  // namespace asyppo

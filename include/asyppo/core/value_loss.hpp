@@ -167,8 +167,8 @@ std::vector<loss_counts> count_critic_loss_tokens(const Backend& be, mask_view m
   detail::check_view(where, "mask", mask);
   const index_t B = mask.extent[0], Tn = mask.extent[1];
   if (!detail::present(mask) && B * Tn > 0) detail::fail(where, "mask", "is required");
-  index_t K = 1;
-  if (detail::present(shard_weights)) {
+  index_t K = 1;  // no shard view: one "critic" over every row; a [K,0] view (empty micro-batch) gives K
+  if (detail::present(shard_weights) || shard_weights.extent[0] > 0) {
     detail::check_view(where, "shard_weights", shard_weights);
     K = shard_weights.extent[0];
     if (shard_weights.extent[1] != B)

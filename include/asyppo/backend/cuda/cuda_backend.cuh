@@ -1,0 +1,298 @@
+// asyppo/backend/cuda/cuda_backend.cuh: the CUDA backend (device memory, one stream).
+//
+// cuda_backend implements every pattern of backend/patterns.hpp with small kernels
+// (kernels.cuh) and CUB, so the algorithms of asyppo/core run unchanged on a GPU with their
+// views pointing at device memory. It is a small value object: a stream (not owned; default the
+// legacy default stream), a device id and an optional caller workspace (cuda_workspace) for
+// temporaries; everything else is stream-ordered cudaMallocAsync / cudaFreeAsync.
+//
+// Synchronisation: work is queued on the stream. Only calls that return a host value wait for
+// the stream: reduce (returns the value), collect (returns a host vector) and copy_to_host.
+// copy_from_host returns once the source may be reused (pageable memory is staged by the
+// runtime; from pinned memory the copy is waited for).
+//
+// Determinism: every pattern is bit-identical run to run and independent of the device, because
+// work is split by problem size only and partial results are combined in a fixed order (see
+// kernels.cuh). Against the CPU backend, reductions and scans associate differently: integer
+// results (counts, masks, histograms, sorts, selections) are identical, floating-point sums
+// differ by rounding only (a few ulps of the accumulation type, relative to the sum of
+// magnitudes), and the GAE scan composes affine maps in a tree instead of folding the state, so
+// advantages differ by rounding of the composed products (relative 1e-12 in double
+// accumulation for gamma, lambda <= 1).
+//
+// Errors: every CUDA / CUB status becomes asyppo::error naming the call (error.cuh).
+// Only valid under nvcc; link asyppo::cuda.
+#pragma once
+
+#include "asyppo/backend/cuda/device_buffer.cuh"
+#include "asyppo/backend/cuda/error.cuh"
+#include "asyppo/backend/cuda/kernels.cuh"
+
+#include <cub/device/device_radix_sort.cuh>
+#include <cub/device/device_scan.cuh>
+
+#include <cstdint>
+#include <type_traits>
+#include <vector>
+
+#include "asyppo/backend/patterns.hpp"
+#include "asyppo/config.hpp"
+
+namespace asyppo {
+
+class cuda_backend {
+ public:
+  /// stream: where every kernel and copy is queued (not owned). device < 0: the current device.
+  /// ws: optional caller-provided scratch arena (see device_buffer.cuh), used before cudaMallocAsync.
+  explicit cuda_backend(cudaStream_t stream = nullptr, int device = -1, cuda_workspace* ws = nullptr)
+      : stream_(stream), device_(device), ws_(ws) {
+    if (device_ < 0) ASYPPO_CUDA_CHECK(cudaGetDevice(&device_));
+  }
+
+  cudaStream_t stream() const { return stream_; }
+  int device() const { return device_; }
+  cuda_workspace* workspace() const { return ws_; }
+
+  // ---- memory ------------------------------------------------------------------------------
+  template <class T>
+  device_buffer<T> allocate(index_t n) const {
+    device_guard g(device_);
+    return device_buffer<T>(n, stream_, ws_);
+  }
+
+  /// Device -> host; waits for the stream (the host value is ready on return).
+  template <class T>
+  void copy_to_host(const T* src, index_t n, T* dst) const {
+    if (n <= 0) return;
+    device_guard g(device_);
+    ASYPPO_CUDA_CHECK(cudaMemcpyAsync(dst, src, bytes<T>(n), cudaMemcpyDeviceToHost, stream_));
+    ASYPPO_CUDA_CHECK(cudaStreamSynchronize(stream_));
+  }
+
+  /// Host -> device, stream-ordered; the source may be reused on return.
+  template <class T>
+  void copy_from_host(const T* src, index_t n, T* dst) const {
+    if (n <= 0) return;
+    device_guard g(device_);
+    ASYPPO_CUDA_CHECK(cudaMemcpyAsync(dst, src, bytes<T>(n), cudaMemcpyHostToDevice, stream_));
+    // Pageable sources are staged before cudaMemcpyAsync returns; a pinned source is read by the
+    // DMA engine later, so wait for it (callers pass short-lived host vectors).
+    cudaPointerAttributes attr{};
+    if (cudaPointerGetAttributes(&attr, src) != cudaSuccess) (void)cudaGetLastError();
+    else if (attr.type == cudaMemoryTypeHost) ASYPPO_CUDA_CHECK(cudaStreamSynchronize(stream_));
+  }
+
+  /// Device -> device, stream-ordered.
+  template <class T>
+  void copy(const T* src, index_t n, T* dst) const {
+    if (n <= 0) return;
+    device_guard g(device_);
+    ASYPPO_CUDA_CHECK(cudaMemcpyAsync(dst, src, bytes<T>(n), cudaMemcpyDeviceToDevice, stream_));
+  }
+
+  template <class T>
+  void fill(T* p, index_t n, T value) const {
+    static_assert(std::is_trivially_copyable_v<T>, "fill needs a trivially copyable T");
+    for_each(n, cuda_detail::fill_fn<T>{p, value});
+  }
+
+  void synchronize() const {
+    device_guard g(device_);
+    ASYPPO_CUDA_CHECK(cudaStreamSynchronize(stream_));
+  }
+
+  // ---- flat patterns -------------------------------------------------------------------------
+  template <class F>
+  void for_each(index_t n, F f) const {
+    if (n <= 0) return;
+    device_guard g(device_);
+    cuda_detail::for_each_1d_kernel<<<cuda_detail::grid_for(n, cuda_detail::kBlock), cuda_detail::kBlock, 0, stream_>>>(n, f);
+    cuda_detail::check_launch("for_each_1d_kernel");
+  }
+
+  /// Waits for the stream (returns a host value).
+  template <class R>
+  typename R::value_type reduce(index_t n, R r) const {
+    if (n <= 0) return r.identity();
+    return flat_reduce(cuda_detail::space1d{n}, r);
+  }
+
+  template <class Begin, class R, class Sink>
+  void segmented_reduce(index_t nseg, Begin begin, R r, Sink sink) const {
+    if (nseg <= 0) return;
+    device_guard g(device_);
+    cuda_detail::segment_reduce_kernel<<<cuda_detail::grid_for(nseg, 1), cuda_detail::kBlock, 0, stream_>>>(
+        nseg, r, cuda_detail::segment_bounds<Begin>{begin}, cuda_detail::segment_add<R>{r}, sink);
+    cuda_detail::check_launch("segment_reduce_kernel");
+  }
+
+  template <class Begin, class Elem, class Op, class Sink>
+  void segmented_scan(scan_direction dir, index_t nseg, Begin begin, Elem elem, Op op, Sink sink) const {
+    if (nseg <= 0) return;
+    device_guard g(device_);
+    using A = cuda_detail::segment_scan_adapter<Begin, Elem, Op, Sink>;
+    cuda_detail::segment_scan_kernel<<<cuda_detail::grid_for(nseg, 1), cuda_detail::kBlock, 0, stream_>>>(
+        nseg, A{begin, dir == scan_direction::reverse, elem, op, sink});
+    cuda_detail::check_launch("segment_scan_kernel");
+  }
+
+  /// counts: nbins device counters (std::uint64_t), incremented (not cleared).
+  template <class Bin>
+  void histogram(index_t n, Bin bin, index_t nbins, std::uint64_t* counts) const {
+    (void)nbins;
+    for_each(n, cuda_detail::histogram_1d_fn<Bin>{bin, as_ull(counts)});
+  }
+
+  /// perm (device, n entries) = 0..n-1 stably sorted by key(i) (LSD radix sort: stable).
+  template <class Key>
+  void sort_indices(index_t n, Key key, index_t* perm) const {
+    if (n <= 0) return;
+    auto keys = allocate<std::int64_t>(2 * n);
+    auto idx = allocate<index_t>(n);
+    for_each(n, cuda_detail::sort_key_fn<Key>{key, keys.data(), idx.data()});
+    device_guard g(device_);
+    std::size_t temp_bytes = 0;
+    ASYPPO_CUDA_CHECK(cub::DeviceRadixSort::SortPairs(nullptr, temp_bytes, keys.data(), keys.data() + n, idx.data(),
+                                                      perm, n, 0, 64, stream_));
+    auto temp = allocate<unsigned char>(static_cast<index_t>(temp_bytes));
+    ASYPPO_CUDA_CHECK(cub::DeviceRadixSort::SortPairs(temp.data(), temp_bytes, keys.data(), keys.data() + n,
+                                                      idx.data(), perm, n, 0, 64, stream_));
+  }
+
+  // ---- 2-D patterns over a row-major [rows, cols] index space ------------------------------------
+  template <class F>
+  void for_each(index_t rows, index_t cols, F f) const {
+    if (rows <= 0 || cols <= 0) return;
+    device_guard g(device_);
+    // Threads along columns: as many as a row needs, up to the whole block; the rest along rows.
+    unsigned bx = 32;
+    while (bx < static_cast<unsigned>(cuda_detail::kBlock) && static_cast<index_t>(bx) < cols) bx *= 2;
+    const unsigned by = static_cast<unsigned>(cuda_detail::kBlock) / bx;
+    const index_t gx = (cols + bx - 1) / bx, gy = (rows + by - 1) / by;
+    const dim3 grid(static_cast<unsigned>(gx < 65535 ? gx : 65535), static_cast<unsigned>(gy < 65535 ? gy : 65535));
+    cuda_detail::for_each_2d_kernel<<<grid, dim3(bx, by), 0, stream_>>>(rows, cols, f);
+    cuda_detail::check_launch("for_each_2d_kernel");
+  }
+
+  /// Waits for the stream (returns a host value).
+  template <class R>
+  typename R::value_type reduce(index_t rows, index_t cols, R r) const {
+    if (rows <= 0 || cols <= 0) return r.identity();
+    return flat_reduce(cuda_detail::space2d{rows, cols}, r);
+  }
+
+  template <class R, class Sink>
+  void row_reduce(index_t rows, index_t cols, R r, Sink sink) const {
+    if (rows <= 0) return;
+    device_guard g(device_);
+    cuda_detail::segment_reduce_kernel<<<cuda_detail::grid_for(rows, 1), cuda_detail::kBlock, 0, stream_>>>(
+        rows, r, cuda_detail::row_bounds{cols > 0 ? cols : 0}, cuda_detail::row_add<R>{r}, sink);
+    cuda_detail::check_launch("segment_reduce_kernel (row_reduce)");
+  }
+
+  template <class Elem, class Op, class Sink>
+  void row_scan(scan_direction dir, index_t rows, index_t cols, Elem elem, Op op, Sink sink) const {
+    if (rows <= 0 || cols <= 0) return;
+    device_guard g(device_);
+    using A = cuda_detail::row_scan_adapter<Elem, Op, Sink>;
+    cuda_detail::segment_scan_kernel<<<cuda_detail::grid_for(rows, 1), cuda_detail::kBlock, 0, stream_>>>(
+        rows, A{cols, dir == scan_direction::reverse, elem, op, sink});
+    cuda_detail::check_launch("segment_scan_kernel (row_scan)");
+  }
+
+  template <class Bin>
+  void histogram(index_t rows, index_t cols, Bin bin, index_t nbins, std::uint64_t* counts) const {
+    (void)nbins;
+    for_each(rows, cols, cuda_detail::histogram_2d_fn<Bin>{bin, as_ull(counts)});
+  }
+
+  /// The v with pick(b, t, v) true, in row-major order, on the host. Waits for the stream.
+  template <class V, class Pick>
+  std::vector<V> collect(index_t rows, index_t cols, Pick pick) const {
+    std::vector<V> host;
+    if (rows <= 0 || cols <= 0) return host;
+    const cuda_detail::space2d sp{rows, cols};
+    const index_t n = rows * cols, blocks = cuda_detail::flat_blocks(n), threads = blocks * cuda_detail::kBlock;
+    const index_t per_thread = (n + threads - 1) / threads;
+    auto counts = allocate<unsigned long long>(threads + 1);
+    auto offsets = allocate<unsigned long long>(threads + 1);
+    device_guard g(device_);
+    cuda_detail::collect_count_kernel<V><<<static_cast<unsigned>(blocks), cuda_detail::kBlock, 0, stream_>>>(
+        sp, pick, per_thread, counts.data());
+    cuda_detail::check_launch("collect_count_kernel");
+    fill(counts.data() + threads, 1, 0ull);
+    std::size_t temp_bytes = 0;
+    ASYPPO_CUDA_CHECK(cub::DeviceScan::ExclusiveSum(nullptr, temp_bytes, counts.data(), offsets.data(), threads + 1, stream_));
+    auto temp = allocate<unsigned char>(static_cast<index_t>(temp_bytes));
+    ASYPPO_CUDA_CHECK(cub::DeviceScan::ExclusiveSum(temp.data(), temp_bytes, counts.data(), offsets.data(), threads + 1, stream_));
+    unsigned long long total = 0;
+    copy_to_host(offsets.data() + threads, 1, &total);
+    if (total == 0) return host;
+    auto out = allocate<V>(static_cast<index_t>(total));
+    cuda_detail::collect_write_kernel<V><<<static_cast<unsigned>(blocks), cuda_detail::kBlock, 0, stream_>>>(
+        sp, pick, per_thread, offsets.data(), out.data());
+    cuda_detail::check_launch("collect_write_kernel");
+    host.resize(static_cast<std::size_t>(total));
+    copy_to_host(out.data(), static_cast<index_t>(total), host.data());
+    return host;
+  }
+
+ private:
+  /// Makes `device` current for the scope (restores the previous one).
+  class device_guard {
+   public:
+    explicit device_guard(int device) {
+      ASYPPO_CUDA_CHECK(cudaGetDevice(&prev_));
+      if (prev_ != device) ASYPPO_CUDA_CHECK(cudaSetDevice(device));
+      else prev_ = -1;
+    }
+    ~device_guard() {
+      if (prev_ >= 0) (void)cudaSetDevice(prev_);
+    }
+    device_guard(const device_guard&) = delete;
+    device_guard& operator=(const device_guard&) = delete;
+
+   private:
+    int prev_ = -1;
+  };
+
+  template <class T>
+  static std::size_t bytes(index_t n) {
+    return static_cast<std::size_t>(n) * sizeof(T);
+  }
+  static unsigned long long* as_ull(std::uint64_t* p) {
+    static_assert(sizeof(std::uint64_t) == sizeof(unsigned long long));
+    return reinterpret_cast<unsigned long long*>(p);
+  }
+
+  /// Two passes (blocks, then the block partials in order); one value copied to the host.
+  template <class Space, class R>
+  typename R::value_type flat_reduce(Space sp, R r) const {
+    using V = typename R::value_type;
+    static_assert(std::is_trivially_copyable_v<V>, "reducer value_type must be trivially copyable");
+    const index_t n = sp.size(), blocks = cuda_detail::flat_blocks(n);
+    const index_t threads = blocks * cuda_detail::kBlock, per_thread = (n + threads - 1) / threads;
+    auto partial = allocate<V>(blocks + 1);
+    device_guard g(device_);
+    cuda_detail::reduce_blocks_kernel<<<static_cast<unsigned>(blocks), cuda_detail::kBlock, 0, stream_>>>(
+        sp, r, per_thread, partial.data());
+    cuda_detail::check_launch("reduce_blocks_kernel");
+    V* result = partial.data();
+    if (blocks > 1) {
+      result = partial.data() + blocks;
+      cuda_detail::reduce_partials_kernel<<<1, cuda_detail::kBlock, 0, stream_>>>(r, partial.data(), blocks, result);
+      cuda_detail::check_launch("reduce_partials_kernel");
+    }
+    V host;
+    copy_to_host(result, 1, &host);
+    return host;
+  }
+
+  cudaStream_t stream_ = nullptr;
+  int device_ = 0;
+  cuda_workspace* ws_ = nullptr;
+};
+
+static_assert(Backend<cuda_backend>);
+
+}  // namespace asyppo

@@ -1,0 +1,75 @@
+// asyppo/backend/cuda/error.cuh: CUDA/CUB statuses as asyppo::error, and device-pointer checks.
+//
+// Every runtime or CUB call of the CUDA backend goes through ASYPPO_CUDA_CHECK, which turns a
+// status other than cudaSuccess into asyppo::error("asyppo::cuda_backend", "<the call>", ...),
+// so the message names the failing call, e.g.
+//   asyppo::cuda_backend: cudaMallocAsync(&p, bytes, stream): cudaErrorMemoryAllocation (2): out of memory
+// Kernel launches are checked with check_launch("<kernel>") (cudaGetLastError right after the launch).
+// Only valid under nvcc (the header is part of the CUDA component, asyppo::cuda).
+#pragma once
+
+#if !defined(__CUDACC__)
+#error "asyppo/backend/cuda/*.cuh must be compiled by nvcc (a .cu translation unit; link asyppo::cuda)"
+#endif
+
+#include <cuda_runtime.h>
+
+#include <string>
+
+#include "asyppo/error.hpp"
+
+namespace asyppo::cuda_detail {
+
+inline constexpr const char* backend_name = "asyppo::cuda_backend";
+
+/// Throws asyppo::error naming `call` when status is not cudaSuccess. Clears the sticky
+/// last-error state of non-sticky errors so later calls do not report it again.
+inline void check_status(cudaError_t status, const char* call) {
+  if (status == cudaSuccess) return;
+  (void)cudaGetLastError();
+  detail::fail(backend_name, call, cudaGetErrorName(status), " (", static_cast<int>(status),
+               "): ", cudaGetErrorString(status));
+}
+
+/// After a <<<...>>> launch: launch-configuration errors (and earlier asynchronous errors).
+inline void check_launch(const char* kernel) {
+  const cudaError_t status = cudaGetLastError();
+  if (status == cudaSuccess) return;
+  detail::fail(backend_name, kernel, "kernel launch failed: ", cudaGetErrorName(status), " (",
+               static_cast<int>(status), "): ", cudaGetErrorString(status));
+}
+
+}  // namespace asyppo::cuda_detail
+
+/// Checks a CUDA runtime / CUB status; the error names the call as written.
+#define ASYPPO_CUDA_CHECK(call) ::asyppo::cuda_detail::check_status((call), #call)
+
+namespace asyppo {
+
+/// Throws asyppo::error(where, name, ...) unless p (when non-null) is device-accessible memory of
+/// `device` (device or managed memory; plain or pinned host memory is rejected). Costs one
+/// cudaPointerGetAttributes call (no synchronisation). Not yet called by the algorithms: entry
+/// points that want the check call it on their views' data pointers.
+inline void check_device_pointer(const void* p, int device, const char* where, const char* name) {
+  if (p == nullptr) return;
+  cudaPointerAttributes attr{};
+  const cudaError_t status = cudaPointerGetAttributes(&attr, p);
+  if (status != cudaSuccess) {
+    (void)cudaGetLastError();
+    detail::fail(where, name, "cudaPointerGetAttributes failed: ", cudaGetErrorName(status));
+  }
+  switch (attr.type) {
+    case cudaMemoryTypeDevice:
+      if (attr.device != device)
+        detail::fail(where, name, "device pointer of device ", attr.device, ", but the backend uses device ", device);
+      return;
+    case cudaMemoryTypeManaged: return;
+    case cudaMemoryTypeHost:
+      detail::fail(where, name, "is a pinned host pointer; the CUDA backend needs device memory");
+    case cudaMemoryTypeUnregistered:
+    default:
+      detail::fail(where, name, "is a host pointer; the CUDA backend needs device memory");
+  }
+}
+
+}  // namespace asyppo

@@ -1,0 +1,370 @@
+// asyppo/backend/cuda/kernels.cuh: the kernels behind cuda_backend's patterns.
+//
+// Thin launchers around the algorithms' ASYPPO_HD functors. Work is cut into pieces that depend
+// only on the problem size (never on the device or the launch history), and block-level results
+// are combined by CUB block primitives in thread order and then in block order, so every pattern
+// is bit-identical run to run (and device to device for the same block size):
+//   * flat reduce: thread j of the grid folds a contiguous range of per_thread indices in order,
+//     cub::BlockReduce (warp reductions: non-commutative operators allowed) combines the threads
+//     of a block in thread order, a second one-block pass combines the block partials in block
+//     order;
+//   * row / segment reduce: one block per row (segment), the same thread-contiguous split;
+//   * row / segment scan: one block per row (segment), tiles of kBlock * items positions in scan
+//     order, each thread a contiguous run of `items` positions; cub::BlockScan of the threads'
+//     aggregates, plus the running prefix of the earlier tiles. Scan values are wrapped in
+//     maybe<V> (an explicit "empty" element), because the scan operators have no identity;
+//   * histogram: atomicAdd on 64-bit bins (integers: exact whatever the order);
+//   * collect: per-thread counts, an exclusive scan of the counts, then each thread writes its
+//     picks at its offset: row-major order, as the CPU backend.
+// Only valid under nvcc.
+#pragma once
+
+#include "asyppo/backend/cuda/error.cuh"
+
+#include <cub/block/block_reduce.cuh>
+#include <cub/block/block_scan.cuh>
+
+#include <cstdint>
+
+#include "asyppo/config.hpp"
+
+namespace asyppo::cuda_detail {
+
+inline constexpr int kBlock = 256;
+
+/// Grid size of the flat reduce and collect passes: a function of n only (deterministic split).
+inline index_t flat_blocks(index_t n) {
+  constexpr index_t min_per_block = index_t(kBlock) * 4;
+  constexpr index_t max_blocks = 1024;
+  const index_t want = (n + min_per_block - 1) / min_per_block;
+  return want < 1 ? 1 : (want > max_blocks ? max_blocks : want);
+}
+
+/// Grid size of grid-stride loops (any value is correct; results do not depend on it).
+inline unsigned grid_for(index_t n, index_t per_block) {
+  const index_t b = (n + per_block - 1) / per_block;
+  constexpr index_t cap = index_t(1) << 20;
+  return static_cast<unsigned>(b < 1 ? 1 : (b > cap ? cap : b));
+}
+
+// ---- index spaces: visit a contiguous flat range [lo, hi) in order -----------------------------
+struct space1d {
+  index_t n;
+  ASYPPO_HD index_t size() const { return n; }
+  template <class F>
+  __device__ void visit(index_t lo, index_t hi, F& f) const {
+    for (index_t i = lo; i < hi; ++i) f(i);
+  }
+};
+
+struct space2d {
+  index_t rows, cols;
+  ASYPPO_HD index_t size() const { return rows * cols; }
+  // One division per range, then (b, t) advance together: functors get (b, t), never a flat index.
+  template <class F>
+  __device__ void visit(index_t lo, index_t hi, F& f) const {
+    if (lo >= hi) return;
+    index_t b = lo / cols, t = lo - b * cols;
+    for (index_t i = lo; i < hi; ++i) {
+      f(b, t);
+      if (++t == cols) t = 0, ++b;
+    }
+  }
+};
+
+template <class R>
+struct reducer_combine {
+  R r;
+  using V = typename R::value_type;
+  __device__ V operator()(const V& a, const V& b) const { return r.combine(a, b); }
+};
+
+template <class R>
+struct reducer_adder {
+  const R& r;
+  typename R::value_type& acc;
+  template <class... I>
+  __device__ void operator()(I... idx) const {
+    r.add(acc, idx...);
+  }
+};
+
+// ---- for_each ------------------------------------------------------------------------------------
+template <class F>
+__global__ void __launch_bounds__(kBlock) for_each_1d_kernel(index_t n, F f) {
+  const index_t stride = index_t(gridDim.x) * blockDim.x;
+  for (index_t i = index_t(blockIdx.x) * blockDim.x + threadIdx.x; i < n; i += stride) f(i);
+}
+
+/// 2-D grid-stride: threadIdx.x / blockIdx.x over columns, threadIdx.y / blockIdx.y over rows.
+template <class F>
+__global__ void __launch_bounds__(kBlock) for_each_2d_kernel(index_t rows, index_t cols, F f) {
+  const index_t sx = index_t(gridDim.x) * blockDim.x, sy = index_t(gridDim.y) * blockDim.y;
+  for (index_t b = index_t(blockIdx.y) * blockDim.y + threadIdx.y; b < rows; b += sy)
+    for (index_t t = index_t(blockIdx.x) * blockDim.x + threadIdx.x; t < cols; t += sx) f(b, t);
+}
+
+// ---- flat reduce ---------------------------------------------------------------------------------
+/// Pass 1: block k reduces [k * kBlock * per_thread, ...) into partial[k].
+template <class Space, class R>
+__global__ void __launch_bounds__(kBlock) reduce_blocks_kernel(Space sp, R r, index_t per_thread,
+                                                               typename R::value_type* partial) {
+  using V = typename R::value_type;
+  using block_reduce = cub::BlockReduce<V, kBlock>;
+  __shared__ typename block_reduce::TempStorage tmp;
+  const index_t n = sp.size();
+  const index_t lo = (index_t(blockIdx.x) * kBlock + threadIdx.x) * per_thread;
+  const index_t hi = lo + per_thread < n ? lo + per_thread : n;
+  V acc = r.identity();
+  reducer_adder<R> add{r, acc};
+  sp.visit(lo, hi, add);
+  const V total = block_reduce(tmp).Reduce(acc, reducer_combine<R>{r});
+  if (threadIdx.x == 0) partial[blockIdx.x] = total;
+}
+
+/// Pass 2 (one block): combines partial[0..nparts) in order into *out.
+template <class R>
+__global__ void __launch_bounds__(kBlock) reduce_partials_kernel(R r, const typename R::value_type* partial,
+                                                                 index_t nparts, typename R::value_type* out) {
+  using V = typename R::value_type;
+  using block_reduce = cub::BlockReduce<V, kBlock>;
+  __shared__ typename block_reduce::TempStorage tmp;
+  const index_t per = (nparts + kBlock - 1) / kBlock;
+  const index_t lo = index_t(threadIdx.x) * per;
+  const index_t hi = lo + per < nparts ? lo + per : nparts;
+  V acc = r.identity();
+  for (index_t j = lo; j < hi; ++j) acc = r.combine(acc, partial[j]);
+  const V total = block_reduce(tmp).Reduce(acc, reducer_combine<R>{r});
+  if (threadIdx.x == 0) *out = total;
+}
+
+// ---- per-segment reduce (rows or CSR segments): one block per segment ---------------------------
+struct row_bounds {
+  index_t cols;
+  __device__ void operator()(index_t, index_t& lo, index_t& hi) const { lo = 0, hi = cols; }
+};
+template <class Begin>
+struct segment_bounds {
+  Begin begin;
+  __device__ void operator()(index_t g, index_t& lo, index_t& hi) const { lo = begin(g), hi = begin(g + 1); }
+};
+
+/// add_row: add(acc, g, i) with i in [lo, hi): r.add(acc, g, i) for rows, r.add(acc, i) for segments.
+template <class R>
+struct row_add {
+  R r;
+  __device__ void operator()(typename R::value_type& acc, index_t b, index_t t) const { r.add(acc, b, t); }
+};
+template <class R>
+struct segment_add {
+  R r;
+  __device__ void operator()(typename R::value_type& acc, index_t, index_t i) const { r.add(acc, i); }
+};
+
+template <class R, class Bounds, class Add, class Sink>
+__global__ void __launch_bounds__(kBlock) segment_reduce_kernel(index_t nseg, R r, Bounds bounds, Add add, Sink sink) {
+  using V = typename R::value_type;
+  using block_reduce = cub::BlockReduce<V, kBlock>;
+  __shared__ typename block_reduce::TempStorage tmp;
+  for (index_t g = blockIdx.x; g < nseg; g += gridDim.x) {
+    index_t lo, hi;
+    bounds(g, lo, hi);
+    const index_t len = hi > lo ? hi - lo : 0;
+    const index_t per = (len + kBlock - 1) / kBlock;
+    const index_t a = lo + index_t(threadIdx.x) * per;
+    const index_t e = a + per < hi ? a + per : hi;
+    V acc = r.identity();
+    for (index_t i = a; i < e; ++i) add(acc, g, i);
+    const V total = block_reduce(tmp).Reduce(acc, reducer_combine<R>{r});
+    if (threadIdx.x == 0) sink(g, total);
+    __syncthreads();  // tmp is reused by the next segment
+  }
+}
+
+// ---- per-segment scan: one block per segment, tiles in scan order ---------------------------------
+/// A scan value or "nothing yet" (the scan operators have no identity element).
+template <class V>
+struct maybe {
+  V v;
+  bool has;
+};
+
+template <class Op, class V>
+struct maybe_combine {
+  Op op;
+  __device__ maybe<V> operator()(const maybe<V>& a, const maybe<V>& b) const {
+    if (!a.has) return b;
+    if (!b.has) return a;
+    return {op.combine(a.v, b.v), true};
+  }
+};
+
+/// Elements per thread per tile: fewer for large scan values (registers).
+template <class V>
+constexpr int scan_items() {
+  return sizeof(V) <= 16 ? 8 : (sizeof(V) <= 64 ? 4 : 2);
+}
+
+/// row_scan: position p of row b is column t = p (forward) or cols-1-p (reverse); the scanned value
+/// is op.lift(elem(b, t)); the sink receives the state op.apply(prefix, op.initial()).
+template <class Elem, class Op, class Sink>
+struct row_scan_adapter {
+  index_t cols;
+  bool reverse;
+  Elem elem;
+  Op op;
+  Sink sink;
+  using value_type = typename Op::value_type;
+  __device__ void bounds(index_t, index_t& lo, index_t& len) const { lo = 0, len = cols; }
+  __device__ value_type load(index_t b, index_t lo, index_t len, index_t p) const {
+    return op.lift(elem(b, reverse ? lo + len - 1 - p : lo + p));
+  }
+  __device__ void store(index_t b, index_t lo, index_t len, index_t p, const value_type& x) const {
+    sink(b, reverse ? lo + len - 1 - p : lo + p, op.apply(x, op.initial()));
+  }
+};
+
+/// segmented_scan: position p of segment g is index begin(g) + p (forward) or begin(g+1)-1-p
+/// (reverse); the scanned value is elem(i); the sink receives the inclusive prefix.
+template <class Begin, class Elem, class Op, class Sink>
+struct segment_scan_adapter {
+  Begin begin;
+  bool reverse;
+  Elem elem;
+  Op op;
+  Sink sink;
+  using value_type = typename Op::value_type;
+  __device__ void bounds(index_t g, index_t& lo, index_t& len) const {
+    lo = begin(g);
+    const index_t hi = begin(g + 1);
+    len = hi > lo ? hi - lo : 0;
+  }
+  __device__ value_type load(index_t, index_t lo, index_t len, index_t p) const {
+    return elem(reverse ? lo + len - 1 - p : lo + p);
+  }
+  __device__ void store(index_t, index_t lo, index_t len, index_t p, const value_type& x) const {
+    sink(reverse ? lo + len - 1 - p : lo + p, x);
+  }
+};
+
+template <class Adapter>
+__global__ void __launch_bounds__(kBlock) segment_scan_kernel(index_t nseg, Adapter ad) {
+  using V = typename Adapter::value_type;
+  using M = maybe<V>;
+  constexpr int items = scan_items<V>();
+  constexpr index_t tile = index_t(kBlock) * items;
+  using block_scan = cub::BlockScan<M, kBlock>;
+  __shared__ typename block_scan::TempStorage tmp;
+  const maybe_combine<decltype(ad.op), V> mop{ad.op};
+  for (index_t g = blockIdx.x; g < nseg; g += gridDim.x) {
+    index_t lo, len;
+    ad.bounds(g, lo, len);
+    M carry{V{}, false};
+    for (index_t start = 0; start < len; start += tile) {
+      const index_t p0 = start + index_t(threadIdx.x) * items;
+      V local[items];
+      M agg{V{}, false};
+#pragma unroll
+      for (int j = 0; j < items; ++j) {
+        if (p0 + j < len) {
+          local[j] = ad.load(g, lo, len, p0 + j);
+          agg = mop(agg, M{local[j], true});
+        }
+      }
+      M excl, tile_total;
+      block_scan(tmp).ExclusiveScan(agg, excl, M{V{}, false}, mop, tile_total);
+      M run = mop(carry, excl);
+#pragma unroll
+      for (int j = 0; j < items; ++j) {
+        if (p0 + j < len) {
+          run = mop(run, M{local[j], true});
+          ad.store(g, lo, len, p0 + j, run.v);
+        }
+      }
+      carry = mop(carry, tile_total);
+      __syncthreads();  // tmp is reused by the next tile
+    }
+  }
+}
+
+// ---- histogram, fill, sort keys ------------------------------------------------------------------
+template <class Bin>
+struct histogram_1d_fn {
+  Bin bin;
+  unsigned long long* counts;
+  __device__ void operator()(index_t i) const {
+    const index_t k = bin(i);
+    if (k >= 0) atomicAdd(counts + k, 1ull);
+  }
+};
+template <class Bin>
+struct histogram_2d_fn {
+  Bin bin;
+  unsigned long long* counts;
+  __device__ void operator()(index_t b, index_t t) const {
+    const index_t k = bin(b, t);
+    if (k >= 0) atomicAdd(counts + k, 1ull);
+  }
+};
+
+template <class T>
+struct fill_fn {
+  T* p;
+  T value;
+  __device__ void operator()(index_t i) const { p[i] = value; }
+};
+
+template <class Key>
+struct sort_key_fn {
+  Key key;
+  std::int64_t* keys;
+  index_t* idx;
+  __device__ void operator()(index_t i) const {
+    keys[i] = key(i);
+    idx[i] = i;
+  }
+};
+
+// ---- collect ---------------------------------------------------------------------------------------
+template <class V, class Pick>
+struct pick_counter {
+  const Pick& pick;
+  unsigned long long& count;
+  __device__ void operator()(index_t b, index_t t) const {
+    V v;
+    count += pick(b, t, v) ? 1 : 0;
+  }
+};
+template <class V, class Pick>
+struct pick_writer {
+  const Pick& pick;
+  V* out;  // advances past each written pick
+  __device__ void operator()(index_t b, index_t t) {
+    V v;
+    if (pick(b, t, v)) *out++ = v;
+  }
+};
+
+/// Pass 1: thread j counts the picks of its contiguous range.
+template <class V, class Pick>
+__global__ void __launch_bounds__(kBlock) collect_count_kernel(space2d sp, Pick pick, index_t per_thread,
+                                                               unsigned long long* counts) {
+  const index_t j = index_t(blockIdx.x) * kBlock + threadIdx.x, n = sp.size();
+  const index_t lo = j * per_thread, hi = lo + per_thread < n ? lo + per_thread : n;
+  unsigned long long c = 0;
+  pick_counter<V, Pick> f{pick, c};
+  sp.visit(lo, hi, f);
+  counts[j] = c;
+}
+
+/// Pass 2: thread j writes its picks from offsets[j] on (offsets: exclusive scan of the counts).
+template <class V, class Pick>
+__global__ void __launch_bounds__(kBlock) collect_write_kernel(space2d sp, Pick pick, index_t per_thread,
+                                                               const unsigned long long* offsets, V* out) {
+  const index_t j = index_t(blockIdx.x) * kBlock + threadIdx.x, n = sp.size();
+  const index_t lo = j * per_thread, hi = lo + per_thread < n ? lo + per_thread : n;
+  pick_writer<V, Pick> f{pick, out + offsets[j]};
+  sp.visit(lo, hi, f);
+}
+
+}  // namespace asyppo::cuda_detail

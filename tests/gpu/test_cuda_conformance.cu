@@ -1,0 +1,756 @@
+// Conformance of asyppo::cuda_backend against the CPU backend (run only where a CUDA device is
+// present; the runner, gpu_main.cpp, exits 77 = skipped otherwise).
+//
+// Part 1: every pattern of backend/patterns.hpp on random data, with functors written for the
+// test (exact integer results must be identical; order-sensitive reducers and scans check that
+// the backend combines in index order; floating-point sums within rounding).
+// Part 2: the main algorithms on device copies of random inputs against the CPU backend on the
+// host copies. Tolerances (the CUDA backend associates sums and scans differently, and nvcc
+// contracts a*b+c into FMA on the device):
+//   masks, counts, histograms, sorts, selections: exact (identical);
+//   double accumulations (losses, moments): 1e-12 relative to max(1, |x|);
+//   per-token outputs: 1e-10 (double) and 2e-6 (float) relative to max(1, |x|).
+// K = 2 everywhere masks are compared: the critic std is then |v0 - v1| * c, one multiplication,
+// identical on host and device, so the selected thresholds and ties are identical too.
+#include <catch2/catch.hpp>
+
+#include <algorithm>
+#include <cmath>
+#include <cstdint>
+#include <random>
+#include <vector>
+
+// The CPU backend (the reference here) uses Eigen's thread pool: compile Eigen as plain host code
+// (otherwise nvcc marks its members __host__ __device__ and flags their std:: calls).
+#define EIGEN_NO_CUDA
+#include "asyppo/asyppo.hpp"
+#include "asyppo/backend/cuda/cuda_backend.cuh"
+
+using namespace asyppo;
+using i64 = std::int64_t;
+using u8 = std::uint8_t;
+
+namespace {
+
+// ---- host <-> device helpers ----------------------------------------------------------------------
+template <class T>
+device_buffer<T> upload(const cuda_backend& be, const std::vector<T>& h) {
+  auto d = be.allocate<T>(static_cast<index_t>(h.size()));
+  be.copy_from_host(h.data(), static_cast<index_t>(h.size()), d.data());
+  return d;
+}
+template <class T>
+std::vector<T> download(const cuda_backend& be, const T* d, std::size_t n) {
+  std::vector<T> h(n);
+  be.copy_to_host(d, static_cast<index_t>(n), h.data());
+  return h;
+}
+template <class T>
+std::vector<T> download(const cuda_backend& be, const device_buffer<T>& d) {
+  return download(be, d.data(), static_cast<std::size_t>(d.size()));
+}
+
+std::vector<double> random_values(std::mt19937_64& rng, std::size_t n, double lo = -1, double hi = 1) {
+  std::uniform_real_distribution<double> u(lo, hi);
+  std::vector<double> v(n);
+  for (auto& x : v) x = u(rng);
+  return v;
+}
+template <class T>
+std::vector<T> as(const std::vector<double>& v) {
+  return std::vector<T>(v.begin(), v.end());
+}
+
+/// Response masks: valid prefix of random length with ~10% interior holes; some empty rows.
+std::vector<u8> random_mask(std::mt19937_64& rng, int B, int Tn) {
+  std::vector<u8> m(static_cast<std::size_t>(B) * Tn, 0);
+  std::uniform_int_distribution<int> len(0, Tn), hole(0, 9);
+  for (int b = 0; b < B; ++b) {
+    const int L = b % 7 == 3 ? 0 : len(rng);
+    for (int t = 0; t < L; ++t) m[static_cast<std::size_t>(b) * Tn + t] = hole(rng) == 0 ? 0 : 1;
+  }
+  return m;
+}
+
+double rel_err(double a, double b) { return std::abs(a - b) / std::max(1.0, std::abs(b)); }
+
+template <class T>
+void require_close(const std::vector<T>& got, const std::vector<T>& want, double tol) {
+  REQUIRE(got.size() == want.size());
+  double worst = 0;
+  std::size_t at = 0;
+  for (std::size_t i = 0; i < got.size(); ++i) {
+    const double e = rel_err(static_cast<double>(got[i]), static_cast<double>(want[i]));
+    if (!(e <= worst)) worst = e, at = i;  // NaN counts as worst
+  }
+  INFO("worst relative error " << worst << " at " << at);
+  REQUIRE(worst <= tol);
+}
+
+// ---- test functors (ASYPPO_HD structs, as the algorithms' own) ------------------------------------
+struct scale_write {
+  const double* x;
+  double* y;
+  ASYPPO_HD void operator()(index_t i) const { y[i] = 2.0 * x[i] + static_cast<double>(i); }
+};
+struct scale_write2 {
+  const double* x;
+  double* y;
+  index_t cols;
+  ASYPPO_HD void operator()(index_t b, index_t t) const { y[b * cols + t] = 3.0 * x[b * cols + t] - static_cast<double>(b); }
+};
+
+/// Sum (double) and count (exact) of x over a flat index space.
+struct sum_count {
+  const double* x;
+  struct value_type {
+    double s;
+    i64 n;
+  };
+  ASYPPO_HD value_type identity() const { return {0, 0}; }
+  ASYPPO_HD void add(value_type& a, index_t i) const { a.s += x[i], a.n += x[i] > 0 ? 1 : 0; }
+  ASYPPO_HD value_type combine(const value_type& a, const value_type& b) const { return {a.s + b.s, a.n + b.n}; }
+};
+
+/// Order witness: folds indices and checks they arrive as one increasing run (non-commutative).
+struct order_witness {
+  index_t cols;  // 2-D: flat index b * cols + t
+  struct value_type {
+    i64 first, last, n;
+    bool ordered;
+  };
+  ASYPPO_HD value_type identity() const { return {0, -1, 0, true}; }
+  ASYPPO_HD void add(value_type& a, index_t i) const {
+    if (a.n == 0) a.first = i;
+    else a.ordered = a.ordered && i == a.last + 1;
+    a.last = i;
+    a.n += 1;
+  }
+  ASYPPO_HD void add(value_type& a, index_t b, index_t t) const { add(a, b * cols + t); }
+  ASYPPO_HD value_type combine(const value_type& a, const value_type& b) const {
+    if (a.n == 0) return b;
+    if (b.n == 0) return a;
+    return {a.first, b.last, a.n + b.n, a.ordered && b.ordered && b.first == a.last + 1};
+  }
+};
+
+/// Masked row sums (2-D reducer) of a [B,T] double tensor.
+struct masked_sum2 {
+  const double* x;
+  const u8* m;
+  index_t cols;
+  using value_type = double;
+  ASYPPO_HD double identity() const { return 0; }
+  ASYPPO_HD void add(double& a, index_t b, index_t t) const { a += m[b * cols + t] ? x[b * cols + t] : 0.0; }
+  ASYPPO_HD double combine(double a, double b) const { return a + b; }
+};
+struct store_double {
+  double* out;
+  ASYPPO_HD void operator()(index_t g, double v) const { out[g] = v; }
+};
+struct sum_1d {
+  const double* x;
+  using value_type = double;
+  ASYPPO_HD double identity() const { return 0; }
+  ASYPPO_HD void add(double& a, index_t i) const { a += x[i]; }
+  ASYPPO_HD double combine(double a, double b) const { return a + b; }
+};
+
+/// Affine maps x -> u x + o, composed in scan order (non-commutative), as the GAE scan.
+struct affine {
+  double u, o;
+};
+struct affine_op {
+  using value_type = affine;
+  ASYPPO_HD double initial() const { return 0.0; }
+  ASYPPO_HD affine lift(const affine& e) const { return e; }
+  ASYPPO_HD double apply(const affine& e, double x) const { return e.u * x + e.o; }
+  ASYPPO_HD affine combine(const affine& f, const affine& e) const { return {e.u * f.u, e.u * f.o + e.o}; }
+};
+struct affine_elem2 {
+  const double* x;
+  index_t cols;
+  ASYPPO_HD affine operator()(index_t b, index_t t) const { return {0.97, x[b * cols + t]}; }
+};
+struct affine_elem1 {
+  const double* x;
+  ASYPPO_HD affine operator()(index_t i) const { return {0.9, x[i]}; }
+};
+struct state_sink2 {
+  double* out;
+  index_t cols;
+  ASYPPO_HD void operator()(index_t b, index_t t, double v) const { out[b * cols + t] = v; }
+};
+struct affine_sink1 {
+  double* out;
+  ASYPPO_HD void operator()(index_t i, const affine& a) const { out[i] = a.o; }
+};
+
+/// Exact integer scan: running count of positive entries and last position seen (non-commutative).
+struct count_last {
+  i64 n, last;
+};
+struct count_last_op {
+  using value_type = count_last;
+  ASYPPO_HD count_last initial() const { return {0, -1}; }
+  ASYPPO_HD count_last lift(const count_last& e) const { return e; }
+  ASYPPO_HD count_last apply(const count_last& e, const count_last& x) const { return combine(x, e); }
+  ASYPPO_HD count_last combine(const count_last& a, const count_last& b) const { return {a.n + b.n, b.last}; }
+};
+struct count_last_elem2 {
+  const double* x;
+  index_t cols;
+  ASYPPO_HD count_last operator()(index_t b, index_t t) const { return {x[b * cols + t] > 0 ? 1 : 0, t}; }
+};
+struct count_last_sink2 {
+  i64* out;
+  index_t cols;
+  ASYPPO_HD void operator()(index_t b, index_t t, const count_last& v) const { out[b * cols + t] = v.n * 100000 + v.last; }
+};
+struct count_last_elem1 {
+  const double* x;
+  ASYPPO_HD count_last operator()(index_t i) const { return {x[i] > 0 ? 1 : 0, i}; }
+};
+struct count_last_sink1 {
+  i64* out;
+  ASYPPO_HD void operator()(index_t i, const count_last& v) const { out[i] = v.n * 100000000 + v.last; }
+};
+
+struct bin_1d {
+  const double* x;
+  index_t nbins;
+  ASYPPO_HD index_t operator()(index_t i) const {
+    return x[i] < -0.9 ? -1 : static_cast<index_t>((x[i] + 1.0) * 0.5 * static_cast<double>(nbins - 1));
+  }
+};
+struct bin_2d {
+  const double* x;
+  const u8* m;
+  index_t cols, nbins;
+  ASYPPO_HD index_t operator()(index_t b, index_t t) const {
+    if (!m[b * cols + t]) return -1;
+    return static_cast<index_t>((x[b * cols + t] + 1.0) * 0.5 * static_cast<double>(nbins - 1));
+  }
+};
+struct pick_positive {
+  const double* x;
+  index_t cols;
+  struct value_type {
+    i64 b, t;
+    double v;
+  };
+  ASYPPO_HD bool operator()(index_t b, index_t t, value_type& out) const {
+    const double v = x[b * cols + t];
+    if (v < 0.8) return false;
+    out = {b, t, v};
+    return true;
+  }
+};
+struct coarse_key {
+  const double* x;
+  ASYPPO_HD std::int64_t operator()(index_t i) const { return static_cast<std::int64_t>(std::floor(x[i] * 5.0)); }
+};
+
+constexpr double kSumTol = 1e-12;
+
+}  // namespace
+
+// =====================================================================================================
+// Part 1: patterns
+// =====================================================================================================
+
+TEST_CASE("cuda patterns: for_each, fill, copies", "[cuda][patterns]") {
+  cuda_backend gpu;
+  cpu_backend cpu;
+  std::mt19937_64 rng(1);
+  const index_t B = 37, Tn = 1531, n = B * Tn;
+  const auto x = random_values(rng, static_cast<std::size_t>(n));
+  auto dx = upload(gpu, x);
+  std::vector<double> want(x.size()), want2(x.size());
+  cpu.for_each(n, scale_write{x.data(), want.data()});
+  cpu.for_each(B, Tn, scale_write2{x.data(), want2.data(), Tn});
+  auto dy = gpu.allocate<double>(n);
+  gpu.for_each(n, scale_write{dx.data(), dy.data()});
+  REQUIRE(download(gpu, dy) == want);
+  gpu.for_each(B, Tn, scale_write2{dx.data(), dy.data(), Tn});
+  REQUIRE(download(gpu, dy) == want2);
+  for (index_t cols : {index_t(1), index_t(3), index_t(70)}) {  // narrow rows: threads along rows
+    std::vector<double> w(static_cast<std::size_t>(5 * cols));
+    cpu.for_each(5, cols, scale_write2{x.data(), w.data(), cols});
+    auto d = gpu.allocate<double>(5 * cols);
+    gpu.for_each(5, cols, scale_write2{dx.data(), d.data(), cols});
+    REQUIRE(download(gpu, d) == w);
+  }
+  gpu.fill(dy.data(), n, 0.5);
+  REQUIRE(download(gpu, dy) == std::vector<double>(x.size(), 0.5));
+  gpu.copy(dx.data(), n, dy.data());
+  REQUIRE(download(gpu, dy) == x);
+}
+
+TEST_CASE("cuda patterns: reduce (flat and 2-D), order and determinism", "[cuda][patterns]") {
+  cuda_backend gpu;
+  cpu_backend cpu;
+  std::mt19937_64 rng(2);
+  for (index_t n : {index_t(1), index_t(255), index_t(4097), index_t(1000003)}) {
+    const auto x = random_values(rng, static_cast<std::size_t>(n));
+    auto dx = upload(gpu, x);
+    const auto want = cpu.reduce(n, sum_count{x.data()});
+    const auto got = gpu.reduce(n, sum_count{dx.data()});
+    REQUIRE(got.n == want.n);
+    double mag = 0;
+    for (double v : x) mag += std::abs(v);
+    REQUIRE(std::abs(got.s - want.s) <= kSumTol * std::max(1.0, mag));
+    const auto again = gpu.reduce(n, sum_count{dx.data()});
+    REQUIRE(again.s == got.s);  // bit-identical run to run
+    const auto w = gpu.reduce(n, order_witness{0});
+    REQUIRE(w.ordered);
+    REQUIRE(w.first == 0);
+    REQUIRE(w.last == n - 1);
+    REQUIRE(w.n == n);
+  }
+  for (auto [B, Tn] : {std::pair<index_t, index_t>{1, 1}, {3, 5000}, {1000, 1001}, {4099, 3}}) {
+    const auto w = gpu.reduce(B, Tn, order_witness{Tn});
+    REQUIRE(w.ordered);
+    REQUIRE(w.n == B * Tn);
+    REQUIRE(w.last == B * Tn - 1);
+  }
+  REQUIRE(gpu.reduce(0, sum_1d{nullptr}) == 0.0);
+  REQUIRE(gpu.reduce(0, 7, order_witness{7}).n == 0);
+}
+
+TEST_CASE("cuda patterns: row_reduce and segmented_reduce", "[cuda][patterns]") {
+  cuda_backend gpu;
+  cpu_backend cpu;
+  std::mt19937_64 rng(3);
+  const index_t B = 301, Tn = 2100;
+  const auto x = random_values(rng, static_cast<std::size_t>(B * Tn));
+  const auto m = random_mask(rng, static_cast<int>(B), static_cast<int>(Tn));
+  auto dx = upload(gpu, x);
+  auto dm = upload(gpu, m);
+  std::vector<double> want(static_cast<std::size_t>(B));
+  cpu.row_reduce(B, Tn, masked_sum2{x.data(), m.data(), Tn}, store_double{want.data()});
+  auto d = gpu.allocate<double>(B);
+  gpu.row_reduce(B, Tn, masked_sum2{dx.data(), dm.data(), Tn}, store_double{d.data()});
+  require_close(download(gpu, d), want, 1e-12 * 2100);
+  // CSR segments with empty ones.
+  std::vector<index_t> off{0};
+  std::uniform_int_distribution<int> len(0, 3000);
+  for (int g = 0; g < 50; ++g) off.push_back(off.back() + (g % 5 == 0 ? 0 : len(rng)));
+  const index_t nseg = 50, total = off.back();
+  const auto y = random_values(rng, static_cast<std::size_t>(total));
+  auto dy = upload(gpu, y);
+  auto doff = upload(gpu, off);
+  std::vector<double> wseg(static_cast<std::size_t>(nseg));
+  cpu.segmented_reduce(nseg, offset_segments{off.data()}, sum_1d{y.data()}, store_double{wseg.data()});
+  auto dseg = gpu.allocate<double>(nseg);
+  gpu.segmented_reduce(nseg, offset_segments{doff.data()}, sum_1d{dy.data()}, store_double{dseg.data()});
+  require_close(download(gpu, dseg), wseg, 1e-12 * 3000);
+}
+
+TEST_CASE("cuda patterns: row_scan and segmented_scan, forward and reverse", "[cuda][patterns]") {
+  cuda_backend gpu;
+  cpu_backend cpu;
+  std::mt19937_64 rng(4);
+  const index_t B = 23, Tn = 5000;  // several tiles per row
+  const auto x = random_values(rng, static_cast<std::size_t>(B * Tn));
+  auto dx = upload(gpu, x);
+  for (auto dir : {scan_direction::forward, scan_direction::reverse}) {
+    std::vector<double> want(x.size());
+    cpu.row_scan(dir, B, Tn, affine_elem2{x.data(), Tn}, affine_op{}, state_sink2{want.data(), Tn});
+    auto d = gpu.allocate<double>(B * Tn);
+    gpu.row_scan(dir, B, Tn, affine_elem2{dx.data(), Tn}, affine_op{}, state_sink2{d.data(), Tn});
+    require_close(download(gpu, d), want, 1e-12);
+    std::vector<i64> wi(x.size());
+    cpu.row_scan(dir, B, Tn, count_last_elem2{x.data(), Tn}, count_last_op{}, count_last_sink2{wi.data(), Tn});
+    auto di = gpu.allocate<i64>(B * Tn);
+    gpu.row_scan(dir, B, Tn, count_last_elem2{dx.data(), Tn}, count_last_op{}, count_last_sink2{di.data(), Tn});
+    REQUIRE(download(gpu, di) == wi);  // exact, and order-sensitive (last position)
+
+    std::vector<index_t> off{0, 0, 1, 7, 1030, 1030, 6000, static_cast<index_t>(x.size())};
+    const index_t nseg = static_cast<index_t>(off.size()) - 1;
+    auto doff = upload(gpu, off);
+    std::vector<double> ws(x.size(), 0.0);
+    cpu.segmented_scan(dir, nseg, offset_segments{off.data()}, affine_elem1{x.data()}, affine_op{},
+                       affine_sink1{ws.data()});
+    auto ds = gpu.allocate<double>(B * Tn);
+    gpu.fill(ds.data(), B * Tn, 0.0);
+    gpu.segmented_scan(dir, nseg, offset_segments{doff.data()}, affine_elem1{dx.data()}, affine_op{},
+                       affine_sink1{ds.data()});
+    require_close(download(gpu, ds), ws, 1e-12);
+    std::vector<i64> wsi(x.size(), 0);
+    cpu.segmented_scan(dir, nseg, offset_segments{off.data()}, count_last_elem1{x.data()}, count_last_op{},
+                       count_last_sink1{wsi.data()});
+    auto dsi = gpu.allocate<i64>(B * Tn);
+    gpu.fill(dsi.data(), B * Tn, i64(0));
+    gpu.segmented_scan(dir, nseg, offset_segments{doff.data()}, count_last_elem1{dx.data()}, count_last_op{},
+                       count_last_sink1{dsi.data()});
+    REQUIRE(download(gpu, dsi) == wsi);
+  }
+}
+
+TEST_CASE("cuda patterns: histogram, collect, sort_indices", "[cuda][patterns]") {
+  cuda_backend gpu;
+  cpu_backend cpu;
+  std::mt19937_64 rng(5);
+  const index_t B = 211, Tn = 999, n = B * Tn, nbins = 1000;
+  const auto x = random_values(rng, static_cast<std::size_t>(n));
+  const auto m = random_mask(rng, static_cast<int>(B), static_cast<int>(Tn));
+  auto dx = upload(gpu, x);
+  auto dm = upload(gpu, m);
+  std::vector<std::uint64_t> h1(static_cast<std::size_t>(nbins), 0), h2(h1);
+  cpu.histogram(n, bin_1d{x.data(), nbins}, nbins, h1.data());
+  cpu.histogram(B, Tn, bin_2d{x.data(), m.data(), Tn, nbins}, nbins, h2.data());
+  auto dh = gpu.allocate<std::uint64_t>(nbins);
+  gpu.fill(dh.data(), nbins, std::uint64_t(0));
+  gpu.histogram(n, bin_1d{dx.data(), nbins}, nbins, dh.data());
+  REQUIRE(download(gpu, dh) == h1);
+  gpu.fill(dh.data(), nbins, std::uint64_t(0));
+  gpu.histogram(B, Tn, bin_2d{dx.data(), dm.data(), Tn, nbins}, nbins, dh.data());
+  REQUIRE(download(gpu, dh) == h2);
+
+  using V = pick_positive::value_type;
+  const auto want = cpu.collect<V>(B, Tn, pick_positive{x.data(), Tn});
+  const auto got = gpu.collect<V>(B, Tn, pick_positive{dx.data(), Tn});
+  REQUIRE(got.size() == want.size());
+  for (std::size_t i = 0; i < got.size(); ++i) {
+    REQUIRE(got[i].b == want[i].b);
+    REQUIRE(got[i].t == want[i].t);
+    REQUIRE(got[i].v == want[i].v);
+  }
+  REQUIRE(gpu.collect<V>(B, Tn, pick_positive{dx.data(), Tn}).size() == want.size());
+
+  std::vector<index_t> perm(static_cast<std::size_t>(n));
+  cpu.sort_indices(n, coarse_key{x.data()}, perm.data());  // ~10 keys: heavy ties, stability matters
+  auto dp = gpu.allocate<index_t>(n);
+  gpu.sort_indices(n, coarse_key{dx.data()}, dp.data());
+  REQUIRE(download(gpu, dp) == perm);
+}
+
+// =====================================================================================================
+// Part 2: algorithms on device copies against the CPU backend
+// =====================================================================================================
+
+namespace {
+
+template <class T>
+double out_tol() {
+  return sizeof(T) == 4 ? 2e-6 : 1e-10;
+}
+
+template <class T>
+struct batch {
+  int K, B, Tn;
+  std::vector<T> V, V2, r, logp, old_logp, ref_logp, adv, ent;
+  std::vector<u8> m, adv_mask, ent_mask;
+  std::vector<i64> ids;
+  std::vector<T> scores;
+};
+
+template <class T>
+batch<T> make_batch(std::uint64_t seed, int K, int B, int Tn) {
+  std::mt19937_64 rng(seed);
+  batch<T> d;
+  d.K = K, d.B = B, d.Tn = Tn;
+  const std::size_t n = static_cast<std::size_t>(B) * Tn;
+  d.V = as<T>(random_values(rng, K * n));
+  d.V2 = as<T>(random_values(rng, K * n));
+  d.r = as<T>(random_values(rng, n, -0.05, 0.05));
+  d.logp = as<T>(random_values(rng, n, -3, 0));
+  d.old_logp = d.logp;
+  const auto jitter = random_values(rng, n, -0.4, 0.4);
+  for (std::size_t i = 0; i < n; ++i) d.old_logp[i] = static_cast<T>(d.logp[i] + jitter[i]);
+  d.ref_logp = as<T>(random_values(rng, n, -3, 0));
+  d.adv = as<T>(random_values(rng, n, -2, 2));
+  d.ent = as<T>(random_values(rng, n, 0, 3));
+  d.m = random_mask(rng, B, Tn);
+  std::uniform_int_distribution<int> coin(0, 4);
+  d.adv_mask.resize(n), d.ent_mask.resize(n);
+  for (std::size_t i = 0; i < n; ++i) d.adv_mask[i] = coin(rng) != 0, d.ent_mask[i] = coin(rng) != 0;
+  std::uniform_int_distribution<int> gid(0, B / 4);
+  for (int b = 0; b < B; ++b) d.ids.push_back(1000 + 7 * gid(rng));
+  d.scores = as<T>(random_values(rng, static_cast<std::size_t>(B), 0, 1));
+  return d;
+}
+
+/// The same batch in device memory, with views of both copies.
+template <class T>
+struct device_batch {
+  device_buffer<T> V, V2, r, logp, old_logp, ref_logp, adv, ent, scores;
+  device_buffer<u8> m, adv_mask, ent_mask;
+  device_buffer<i64> ids;
+  device_batch(const cuda_backend& be, const batch<T>& h)
+      : V(upload(be, h.V)), V2(upload(be, h.V2)), r(upload(be, h.r)), logp(upload(be, h.logp)),
+        old_logp(upload(be, h.old_logp)), ref_logp(upload(be, h.ref_logp)), adv(upload(be, h.adv)),
+        ent(upload(be, h.ent)), scores(upload(be, h.scores)), m(upload(be, h.m)), adv_mask(upload(be, h.adv_mask)),
+        ent_mask(upload(be, h.ent_mask)), ids(upload(be, h.ids)) {}
+};
+
+}  // namespace
+
+TEMPLATE_TEST_CASE("cuda algorithms: ensemble_stats, gae, masked_whiten", "[cuda][algorithms]", float, double) {
+  using T = TestType;
+  cuda_backend gpu;
+  cpu_backend cpu;
+  const int K = 3, B = 29, Tn = 2300;
+  const auto h = make_batch<T>(11, K, B, Tn);
+  const device_batch<T> d(gpu, h);
+  const std::size_t n = static_cast<std::size_t>(B) * Tn;
+  const critic_view<const T> hv(h.V.data(), K, B, Tn), dv(d.V.data(), K, B, Tn);
+  const mask_view hm(h.m.data(), B, Tn), dm(d.m.data(), B, Tn);
+
+  SECTION("ensemble_stats") {
+    std::vector<T> mean(n), sd(n), lo(n), hi(n);
+    ensemble_stats(cpu, hv, hm, ensemble_outputs<T>{{mean.data(), B, Tn}, {sd.data(), B, Tn}, {lo.data(), B, Tn}, {hi.data(), B, Tn}},
+                   std_kind::unbiased);
+    auto o = gpu.allocate<T>(4 * static_cast<index_t>(n));
+    T* p = o.data();
+    ensemble_stats(gpu, dv, dm,
+                   ensemble_outputs<T>{{p, B, Tn}, {p + n, B, Tn}, {p + 2 * n, B, Tn}, {p + 3 * n, B, Tn}},
+                   std_kind::unbiased);
+    const auto all = download(gpu, o);
+    require_close(std::vector<T>(all.begin(), all.begin() + n), mean, out_tol<T>());
+    require_close(std::vector<T>(all.begin() + n, all.begin() + 2 * n), sd, out_tol<T>());
+    REQUIRE(std::vector<T>(all.begin() + 2 * n, all.begin() + 3 * n) == lo);  // min/max: exact
+    REQUIRE(std::vector<T>(all.begin() + 3 * n, all.end()) == hi);
+  }
+  SECTION("gae (skip and step semantics, adaptive lambda)") {
+    for (auto sem : {gae_mask_semantics::skip, gae_mask_semantics::step}) {
+      gae_options opt;
+      opt.gamma = 0.999;
+      opt.lambda_actor = 0.95;
+      opt.lambda_critic = 1.0;
+      opt.semantics = sem;
+      opt.adaptive_lambda_alpha = sem == gae_mask_semantics::skip ? 0.05 : 0.0;
+      std::vector<T> adv(n), ret(n), sd(n);
+      gae(cpu, hv, token_view<const T>(h.r.data(), B, Tn), hm, opt,
+          gae_outputs<T>{{adv.data(), B, Tn}, {ret.data(), B, Tn}, {sd.data(), B, Tn}});
+      auto o = gpu.allocate<T>(3 * static_cast<index_t>(n));
+      T* p = o.data();
+      gae(gpu, dv, token_view<const T>(d.r.data(), B, Tn), dm, opt,
+          gae_outputs<T>{{p, B, Tn}, {p + n, B, Tn}, {p + 2 * n, B, Tn}});
+      const auto all = download(gpu, o);
+      require_close(std::vector<T>(all.begin(), all.begin() + n), adv, out_tol<T>());
+      require_close(std::vector<T>(all.begin() + n, all.begin() + 2 * n), ret, out_tol<T>());
+      require_close(std::vector<T>(all.begin() + 2 * n, all.end()), sd, out_tol<T>());
+    }
+  }
+  SECTION("masked_whiten") {
+    std::vector<T> want(n);
+    const auto mc = masked_whiten(cpu, token_view<const T>(h.adv.data(), B, Tn), hm, token_view<T>(want.data(), B, Tn));
+    auto o = gpu.allocate<T>(static_cast<index_t>(n));
+    const auto mg = masked_whiten(gpu, token_view<const T>(d.adv.data(), B, Tn), dm, token_view<T>(o.data(), B, Tn));
+    REQUIRE(mg.count == mc.count);
+    REQUIRE(rel_err(mg.mean, mc.mean) <= kSumTol);
+    REQUIRE(rel_err(mg.var, mc.var) <= kSumTol);
+    require_close(download(gpu, o), want, out_tol<T>());
+  }
+}
+
+TEMPLATE_TEST_CASE("cuda algorithms: uncertainty_masks, grpo_advantages, advantage_step", "[cuda][algorithms]", float,
+                   double) {
+  using T = TestType;
+  cuda_backend gpu;
+  cpu_backend cpu;
+  const int K = 2, B = 64, Tn = 1500;
+  const auto h = make_batch<T>(12, K, B, Tn);
+  const device_batch<T> d(gpu, h);
+  const std::size_t n = static_cast<std::size_t>(B) * Tn;
+  const mask_view hm(h.m.data(), B, Tn), dm(d.m.data(), B, Tn);
+
+  SECTION("uncertainty_masks (batch and sequence scope, tied sigmas)") {
+    // sigma on a coarse grid: many ties at the thresholds, so tie ranking is exercised.
+    std::vector<T> sigma(n);
+    for (std::size_t i = 0; i < n; ++i) sigma[i] = static_cast<T>(std::floor((h.V[i] + 1) * 8) / 16);
+    auto ds = upload(gpu, sigma);
+    for (auto scope : {mask_scope::batch, mask_scope::sequence}) {
+      mask_options opt;
+      opt.scope = scope;
+      std::vector<u8> am(n), em(n);
+      const auto c = uncertainty_masks(cpu, token_view<const T>(sigma.data(), B, Tn), hm, mask_out(am.data(), B, Tn),
+                                       mask_out(em.data(), B, Tn), opt);
+      auto dmasks = gpu.allocate<u8>(2 * static_cast<index_t>(n));
+      const auto g = uncertainty_masks(gpu, token_view<const T>(ds.data(), B, Tn), dm, mask_out(dmasks.data(), B, Tn),
+                                       mask_out(dmasks.data() + n, B, Tn), opt);
+      const auto all = download(gpu, dmasks);
+      REQUIRE(std::vector<u8>(all.begin(), all.begin() + n) == am);
+      REQUIRE(std::vector<u8>(all.begin() + n, all.end()) == em);
+      REQUIRE(g.valid == c.valid);
+      REQUIRE(g.adv_masked == c.adv_masked);
+      REQUIRE(g.entropy_masked == c.entropy_masked);
+      if (scope == mask_scope::batch) {
+        REQUIRE(g.adv_threshold == c.adv_threshold);
+        REQUIRE(g.entropy_threshold == c.entropy_threshold);
+      }
+    }
+  }
+  SECTION("grpo_advantages") {
+    std::vector<T> adv(n), seq(static_cast<std::size_t>(B));
+    grpo_advantages(cpu, seq_view<const T>(h.scores.data(), B), seq_view<const i64>(h.ids.data(), B), hm,
+                    outcome_outputs<T>{{adv.data(), B, Tn}, {seq.data(), B}});
+    auto da = gpu.allocate<T>(static_cast<index_t>(n));
+    auto dq = gpu.allocate<T>(B);
+    grpo_advantages(gpu, seq_view<const T>(d.scores.data(), B), seq_view<const i64>(d.ids.data(), B), dm,
+                    outcome_outputs<T>{{da.data(), B, Tn}, {dq.data(), B}});
+    require_close(download(gpu, dq), seq, out_tol<T>());
+    require_close(download(gpu, da), adv, out_tol<T>());
+  }
+  SECTION("advantage_step (batch scope, with shards)") {
+    advantage_config cfg;
+    cfg.gamma = 0.99;
+    cfg.lambda_actor = 0.95;
+    const advantage_inputs<T> hin{critic_view<const T>(h.V.data(), K, B, Tn), token_view<const T>(h.r.data(), B, Tn), hm,
+                                  seq_view<const i64>(h.ids.data(), B)};
+    std::vector<T> adv(n), ret(n), sd(n), shard(static_cast<std::size_t>(K) * B);
+    std::vector<u8> am(n), em(n);
+    const auto sc = advantage_step(cpu, hin,
+                                   advantage_outputs<T>{{adv.data(), B, Tn}, {ret.data(), B, Tn}, {am.data(), B, Tn},
+                                                        {em.data(), B, Tn}, {shard.data(), K, B}, {sd.data(), B, Tn}},
+                                   cfg);
+    const advantage_inputs<T> din{critic_view<const T>(d.V.data(), K, B, Tn), token_view<const T>(d.r.data(), B, Tn), dm,
+                                  seq_view<const i64>(d.ids.data(), B)};
+    auto o = gpu.allocate<T>(3 * static_cast<index_t>(n) + K * B);
+    auto om = gpu.allocate<u8>(2 * static_cast<index_t>(n));
+    T* p = o.data();
+    const auto sg = advantage_step(gpu, din,
+                                   advantage_outputs<T>{{p, B, Tn}, {p + n, B, Tn}, {om.data(), B, Tn},
+                                                        {om.data() + n, B, Tn}, {p + 3 * n, K, B}, {p + 2 * n, B, Tn}},
+                                   cfg);
+    const auto all = download(gpu, o);
+    const auto masks = download(gpu, om);
+    REQUIRE(std::vector<u8>(masks.begin(), masks.begin() + n) == am);
+    REQUIRE(std::vector<u8>(masks.begin() + n, masks.end()) == em);
+    REQUIRE(std::vector<T>(all.begin() + 2 * n, all.begin() + 3 * n) == sd);  // sigma: K = 2, exact
+    REQUIRE(std::vector<T>(all.begin() + 3 * n, all.end()) == shard);
+    require_close(std::vector<T>(all.begin(), all.begin() + n), adv, out_tol<T>());
+    require_close(std::vector<T>(all.begin() + n, all.begin() + 2 * n), ret, out_tol<T>());
+    REQUIRE(sg.valid_tokens == sc.valid_tokens);
+    REQUIRE(sg.adv_masked == sc.adv_masked);
+    REQUIRE(sg.entropy_masked == sc.entropy_masked);
+    REQUIRE(sg.adv_threshold == sc.adv_threshold);
+    REQUIRE(sg.entropy_threshold == sc.entropy_threshold);
+    for (int q = 0; q < 5; ++q) REQUIRE(sg.std_quantiles[q] == sc.std_quantiles[q]);
+    REQUIRE(rel_err(sg.advantage_mean, sc.advantage_mean) <= 1e-9);
+    REQUIRE(rel_err(sg.return_std, sc.return_std) <= 1e-9);
+    REQUIRE(sg.explained_variance.size() == sc.explained_variance.size());
+    for (std::size_t k = 0; k < sc.explained_variance.size(); ++k)
+      REQUIRE(rel_err(sg.explained_variance[k], sc.explained_variance[k]) <= 1e-9);
+  }
+}
+
+TEMPLATE_TEST_CASE("cuda algorithms: policy_loss, value_loss, actor_objective", "[cuda][algorithms]", float, double) {
+  using T = TestType;
+  cuda_backend gpu;
+  cpu_backend cpu;
+  const int K = 2, B = 48, Tn = 1700;
+  const auto h = make_batch<T>(13, K, B, Tn);
+  const device_batch<T> d(gpu, h);
+  const std::size_t n = static_cast<std::size_t>(B) * Tn;
+  const mask_view hm(h.m.data(), B, Tn), dm(d.m.data(), B, Tn);
+  auto tv = [&](const std::vector<T>& v) { return token_view<const T>(v.data(), B, Tn); };
+  auto dtv = [&](const device_buffer<T>& v) { return token_view<const T>(v.data(), B, Tn); };
+
+  SECTION("policy_loss") {
+    policy_loss_options opt;
+    opt.dual_clip = 3.0;
+    opt.clip_high = 0.28;
+    std::vector<T> g(n);
+    const auto c = policy_loss(cpu, policy_loss_inputs<T>{tv(h.logp), tv(h.old_logp), tv(h.adv), hm,
+                                                         mask_view(h.adv_mask.data(), B, Tn)},
+                               token_view<T>(g.data(), B, Tn), opt);
+    auto dg = gpu.allocate<T>(static_cast<index_t>(n));
+    const auto r = policy_loss(gpu, policy_loss_inputs<T>{dtv(d.logp), dtv(d.old_logp), dtv(d.adv), dm,
+                                                         mask_view(d.adv_mask.data(), B, Tn)},
+                               token_view<T>(dg.data(), B, Tn), opt);
+    REQUIRE(rel_err(r.loss, c.loss) <= kSumTol);
+    REQUIRE(r.metrics.valid_tokens == c.metrics.valid_tokens);
+    REQUIRE(r.metrics.adv_masked_tokens == c.metrics.adv_masked_tokens);
+    REQUIRE(r.metrics.clipped_high_tokens == c.metrics.clipped_high_tokens);
+    REQUIRE(r.metrics.clipped_low_tokens == c.metrics.clipped_low_tokens);
+    REQUIRE(r.metrics.dual_clipped_tokens == c.metrics.dual_clipped_tokens);
+    REQUIRE(rel_err(r.metrics.approx_kl_sum, c.metrics.approx_kl_sum) <= kSumTol * static_cast<double>(n));
+    require_close(download(gpu, dg), g, out_tol<T>());
+  }
+  SECTION("value_loss (shared returns, shards)") {
+    std::vector<T> shard(static_cast<std::size_t>(K) * B);
+    for (int k = 0; k < K; ++k)
+      for (int b = 0; b < B; ++b) shard[static_cast<std::size_t>(k) * B + b] = T((b + k) % 2 == 0 ? 1 : 0);
+    auto dshard = upload(gpu, shard);
+    value_loss_options opt;
+    std::vector<T> g(static_cast<std::size_t>(K) * n);
+    const auto c = value_loss(cpu,
+                              value_loss_inputs<T>{critic_view<const T>(h.V.data(), K, B, Tn),
+                                                   critic_view<const T>(h.V2.data(), K, B, Tn), tv(h.r), {}, hm,
+                                                   view<const T, 2>(shard.data(), K, B)},
+                              critic_view<T>(g.data(), K, B, Tn), opt);
+    auto dg = gpu.allocate<T>(K * static_cast<index_t>(n));
+    const auto r = value_loss(gpu,
+                              value_loss_inputs<T>{critic_view<const T>(d.V.data(), K, B, Tn),
+                                                   critic_view<const T>(d.V2.data(), K, B, Tn), dtv(d.r), {}, dm,
+                                                   view<const T, 2>(dshard.data(), K, B)},
+                              critic_view<T>(dg.data(), K, B, Tn), opt);
+    REQUIRE(rel_err(r.loss, c.loss) <= kSumTol);
+    REQUIRE(r.critics.size() == c.critics.size());
+    for (std::size_t k = 0; k < c.critics.size(); ++k) {
+      REQUIRE(r.critics[k].tokens == c.critics[k].tokens);
+      REQUIRE(r.critics[k].sequences == c.critics[k].sequences);
+      REQUIRE(r.critics[k].clipped_tokens == c.critics[k].clipped_tokens);
+      REQUIRE(rel_err(r.critics[k].loss, c.critics[k].loss) <= kSumTol);
+      REQUIRE(rel_err(r.critics[k].explained_variance, c.critics[k].explained_variance) <= 1e-9);
+    }
+    require_close(download(gpu, dg), g, out_tol<T>());
+  }
+  SECTION("actor_objective (surrogate + entropy bonus + KL)") {
+    actor_objective_options opt;
+    opt.entropy_coef = 0.01;
+    opt.kl_coef = 0.001;
+    opt.dual_clip = 3.0;
+    std::vector<T> gl(n), ge(n);
+    const auto c = actor_objective(cpu,
+                                   actor_objective_inputs<T>{tv(h.logp), tv(h.old_logp), tv(h.adv), hm,
+                                                             mask_view(h.adv_mask.data(), B, Tn), tv(h.ent),
+                                                             mask_view(h.ent_mask.data(), B, Tn), tv(h.ref_logp)},
+                                   actor_objective_outputs<T>{{gl.data(), B, Tn}, {ge.data(), B, Tn}}, opt);
+    auto dgl = gpu.allocate<T>(static_cast<index_t>(n));
+    auto dge = gpu.allocate<T>(static_cast<index_t>(n));
+    const auto r = actor_objective(gpu,
+                                   actor_objective_inputs<T>{dtv(d.logp), dtv(d.old_logp), dtv(d.adv), dm,
+                                                             mask_view(d.adv_mask.data(), B, Tn), dtv(d.ent),
+                                                             mask_view(d.ent_mask.data(), B, Tn), dtv(d.ref_logp)},
+                                   actor_objective_outputs<T>{{dgl.data(), B, Tn}, {dge.data(), B, Tn}}, opt);
+    REQUIRE(rel_err(r.total, c.total) <= kSumTol);
+    REQUIRE(rel_err(r.policy.loss, c.policy.loss) <= kSumTol);
+    REQUIRE(rel_err(r.entropy.loss, c.entropy.loss) <= kSumTol);
+    REQUIRE(rel_err(r.kl.loss, c.kl.loss) <= kSumTol);
+    REQUIRE(r.policy.metrics.clipped_tokens() == c.policy.metrics.clipped_tokens());
+    REQUIRE(r.entropy.metrics.filtered_tokens == c.entropy.metrics.filtered_tokens);
+    require_close(download(gpu, dgl), gl, out_tol<T>());
+    require_close(download(gpu, dge), ge, out_tol<T>());
+  }
+}
+
+TEST_CASE("cuda backend: errors name the failing call; host pointers are rejected", "[cuda][errors]") {
+  cuda_backend gpu;
+  std::vector<double> host(4);
+  REQUIRE_THROWS_AS(check_device_pointer(host.data(), gpu.device(), "test", "x"), asyppo::error);
+  auto d = gpu.allocate<double>(4);
+  REQUIRE_NOTHROW(check_device_pointer(d.data(), gpu.device(), "test", "x"));
+  try {
+    (void)gpu.allocate<double>(index_t(1) << 50);  // 8 PiB: cudaMallocAsync fails
+    FAIL("expected asyppo::error");
+  } catch (const asyppo::error& e) {
+    REQUIRE(std::string(e.what()).find("cudaMallocAsync") != std::string::npos);
+  }
+  // A workspace serves allocations in LIFO order and falls back when full.
+  auto ws_mem = gpu.allocate<unsigned char>(1 << 20);
+  cuda_workspace ws{ws_mem.data(), 1 << 20};
+  const cuda_backend wsb(gpu.stream(), gpu.device(), &ws);
+  {
+    auto a = wsb.allocate<double>(1000);
+    auto b = wsb.allocate<double>(1000);
+    REQUIRE(ws.used >= 16000);
+    auto c = wsb.allocate<double>(1 << 20);  // does not fit: cudaMallocAsync
+    REQUIRE(ws.fallbacks == 1);
+  }
+  REQUIRE(ws.used == 0);
+  gpu.synchronize();
+}
