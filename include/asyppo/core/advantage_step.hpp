@@ -90,8 +90,9 @@ struct advantage_summary {
 
 namespace detail {
 
-/// Pass A: sigma of every token into a temporary (0 at invalid tokens), counting valid and
-/// non-finite tokens per row. Writes only the temporary, so a failed check changes no output.
+/// Pass A: sigma of every valid token into a temporary (left unset at invalid tokens, where
+/// nothing reads it), counting valid and non-finite tokens per row. Writes only the temporary,
+/// so a failed check changes no output.
 template <class T>
 struct sigma_pass {
   ensemble_point<T> point;
@@ -103,17 +104,14 @@ struct sigma_pass {
   using value_type = token_tally;
   ASYPPO_HD value_type identity() const { return {0, 0}; }
   ASYPPO_HD void add(value_type& acc, index_t b, index_t t) const {
-    T s = T(0);
-    if (mask(b, t)) {
-      acc.valid += 1;
-      if (check) {
-        bool ok = is_finite_value(rewards(b, t));
-        for (index_t k = 0; k < point.values.extent[0]; ++k) ok = ok && is_finite_value(point.values(k, b, t));
-        acc.nonfinite += ok ? 0 : 1;
-      }
-      s = static_cast<T>(point.std_about(b, t, point.mean(b, t)));
+    if (!mask(b, t)) return;  // sigma is never read at invalid tokens
+    acc.valid += 1;
+    if (check) {
+      bool ok = is_finite_value(rewards(b, t));
+      for (index_t k = 0; k < point.values.extent[0]; ++k) ok = ok && is_finite_value(point.values(k, b, t));
+      acc.nonfinite += ok ? 0 : 1;
     }
-    sigma[b * cols + t] = s;
+    sigma[b * cols + t] = static_cast<T>(point.std(b, t));
   }
   ASYPPO_HD value_type combine(const value_type& a, const value_type& b) const {
     return {a.valid + b.valid, a.nonfinite + b.nonfinite};
@@ -133,7 +131,7 @@ struct mask_hook {
   bool masks_written;  // ranked ties: masks come from write_masks
   bool apply;          // advantage *= I^A
   ASYPPO_HD void operator()(index_t b, index_t t, bool valid, double& a) const {
-    const T s = sigma[b * cols + t];
+    const T s = valid ? sigma[b * cols + t] : T(0);
     if (std_out.data) std_out(b, t) = s;
     std::uint8_t am = 0, em = 0;
     if (masks_written) {

@@ -51,6 +51,10 @@ struct ensemble_point {
     for (index_t k = 0; k < K; ++k) s += static_cast<double>(values(k, b, t));
     return s * inv_k;
   }
+  /// The std at (b,t) (K = 2 needs no mean).
+  ASYPPO_HD double std(index_t b, index_t t) const {
+    return values.extent[0] == 2 ? std_about(b, t, 0.0) : std_about(b, t, mean(b, t));
+  }
   ASYPPO_HD double std_about(index_t b, index_t t, double mu) const {
     const index_t K = values.extent[0];
     if (K == 2) {  // sqrt(sum (v_k - mu)^2 / D) = |v0 - v1| sqrt(1 / (2 D)), without a square root
