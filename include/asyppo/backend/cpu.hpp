@@ -19,6 +19,9 @@
 #include <vector>
 
 #define EIGEN_USE_THREADS
+#if defined(__CUDACC__) && !defined(EIGEN_NO_CUDA)
+#define EIGEN_NO_CUDA  // the CPU backend is host code, also inside a .cu file
+#endif
 #include <unsupported/Eigen/CXX11/ThreadPool>
 
 #include "asyppo/backend/patterns.hpp"
