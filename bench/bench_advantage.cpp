@@ -18,6 +18,9 @@
 // A correctness cross-check of library vs naive runs once at start-up and prints to stderr.
 #include <benchmark/benchmark.h>
 
+#include "membw.hpp"
+#include "synthetic_rollout.hpp"
+
 #include <algorithm>
 #include <cmath>
 #include <cstdint>
@@ -33,6 +36,8 @@
 
 namespace {
 
+using asyppo_bench::set_counters;
+
 using asyppo::index_t;
 using F = float;
 
@@ -41,15 +46,9 @@ constexpr int kGroup = 8;  // responses per prompt
 
 // ---------------------------------------------------------------------------------------------
 // Synthetic batch (same recipe as examples/advantage_step_example.cpp, fixed seed).
-struct batch {
-  index_t K = 0, B = 0, T = 0;
-  std::vector<F> values;           // [K,B,T]
-  std::vector<F> rewards;          // [B,T]
-  std::vector<std::uint8_t> mask;  // [B,T]
-  std::vector<std::int64_t> ids;   // [B]
-  std::vector<F> scores;           // [B]
-  std::vector<F> sigma;            // [B,T] critic std (input of the mask benchmarks)
-  std::vector<F> adv;              // [B,T] GAE advantages (input of the whitening benchmarks)
+struct batch : asyppo_bench::rollout {
+  std::vector<F> sigma;  // [B,T] critic std (input of the mask benchmarks)
+  std::vector<F> adv;    // [B,T] GAE advantages (input of the whitening benchmarks)
 };
 
 void naive_ensemble(const batch& d, F* mean, F* sd);
@@ -57,48 +56,8 @@ void naive_gae(const batch& d, F* adv, F* ret, F* sd, std::vector<F>& mean_tmp);
 
 batch make_batch(index_t B, index_t T, std::uint64_t seed = 1) {
   batch d;
-  d.K = kK;
-  d.B = B;
-  d.T = T;
+  static_cast<asyppo_bench::rollout&>(d) = asyppo_bench::make_rollout(B, T, kK, kGroup, seed);
   const index_t BT = B * T;
-  d.values.assign(static_cast<std::size_t>(kK * BT), F(0));
-  d.rewards.assign(static_cast<std::size_t>(BT), F(0));
-  d.mask.assign(static_cast<std::size_t>(BT), 0);
-  d.ids.resize(static_cast<std::size_t>(B));
-  d.scores.resize(static_cast<std::size_t>(B));
-  std::mt19937_64 rng(seed);
-  std::uniform_real_distribution<double> unif(0.0, 1.0);
-  std::normal_distribution<double> normal(0.0, 1.0);
-  std::lognormal_distribution<double> len_dist(std::log(0.2 * static_cast<double>(T)), 0.9);
-  double success = 0.5;
-  for (index_t b = 0; b < B; ++b) {
-    if (b % kGroup == 0) success = 0.05 + 0.9 * unif(rng);
-    d.ids[static_cast<std::size_t>(b)] = 1000 + b / kGroup;
-    const index_t L = std::clamp<index_t>(static_cast<index_t>(std::ceil(len_dist(rng))), 8, T);
-    std::uint8_t* m = d.mask.data() + b * T;
-    std::fill(m, m + L, std::uint8_t(1));
-    if (L >= 128 && unif(rng) < 0.25) {
-      const int holes = 1 + static_cast<int>(unif(rng) * 3);
-      for (int h = 0; h < holes; ++h) {
-        const index_t len = 8 + static_cast<index_t>(unif(rng) * static_cast<double>(std::min<index_t>(248, L / 8)));
-        const index_t lo = L / 8, hi = L - 16 - len;
-        if (hi <= lo) continue;
-        const index_t at = lo + static_cast<index_t>(unif(rng) * static_cast<double>(hi - lo));
-        std::fill(m + at, m + at + len, std::uint8_t(0));
-      }
-    }
-    const double R = (L < T && unif(rng) < success) ? 1.0 : 0.0;
-    d.scores[static_cast<std::size_t>(b)] = static_cast<F>(R);
-    d.rewards[static_cast<std::size_t>(b * T + L - 1)] = static_cast<F>(R);
-    for (index_t t = 0; t < L; ++t) {
-      if (!m[t]) continue;
-      const double frac = static_cast<double>(t + 1) / static_cast<double>(L);
-      const double vstar = success + (R - success) * frac * frac;
-      for (index_t k = 0; k < kK; ++k)
-        d.values[static_cast<std::size_t>(k * BT + b * T + t)] =
-            static_cast<F>(vstar + (0.06 + 0.03 * static_cast<double>(k)) * normal(rng));
-    }
-  }
   d.sigma.resize(static_cast<std::size_t>(BT));
   d.adv.resize(static_cast<std::size_t>(BT));
   std::vector<F> mean(static_cast<std::size_t>(BT)), ret(static_cast<std::size_t>(BT));
@@ -317,10 +276,6 @@ naive_summary naive_step(const batch& d, naive_step_buffers& o) {
 
 // ---------------------------------------------------------------------------------------------
 // Counters.
-void set_counters(benchmark::State& st, double bytes, double items) {
-  st.counters["bytes_per_second"] = benchmark::Counter(bytes, benchmark::Counter::kIsIterationInvariantRate);
-  st.counters["items_per_second"] = benchmark::Counter(items, benchmark::Counter::kIsIterationInvariantRate);
-}
 
 constexpr double s = sizeof(F);
 
@@ -579,63 +534,6 @@ void BM_part(benchmark::State& st, index_t B, index_t T, int threads, part p) {
   set_counters(st, bytes, BT);
 }
 
-// ---------------------------------------------------------------------------------------------
-// Memory bandwidth: streaming kernels over 64 MiB float arrays, split into contiguous halves per
-// std::thread. Bytes: copy 2 x 64 MiB (read a, write b), read 64 MiB (sum of a), add 3 x 64 MiB
-// (c = a + b). Write-allocate traffic is not counted (as STREAM).
-constexpr std::size_t kBwElems = std::size_t(64) << 18;  // 16 Mi floats = 64 MiB
-
-struct bw_arrays {
-  std::vector<float> a, b, c;
-  bw_arrays() : a(kBwElems, 1.0f), b(kBwElems, 2.0f), c(kBwElems, 0.0f) {}
-};
-bw_arrays& bw() {
-  static bw_arrays arr;
-  return arr;
-}
-
-enum class bw_kind { copy, read, add };
-
-template <class Body>
-void run_threads(int threads, Body body) {
-  std::vector<std::thread> pool;
-  for (int p = 1; p < threads; ++p) pool.emplace_back([&, p] { body(p, threads); });
-  body(0, threads);
-  for (auto& t : pool) t.join();
-}
-
-void BM_membw(benchmark::State& st, bw_kind kind, int threads) {
-  bw_arrays& m = bw();
-  float* a = m.a.data();
-  float* b = m.b.data();
-  float* c = m.c.data();
-  std::vector<double> sums(static_cast<std::size_t>(threads));
-  for (auto _ : st) {
-    run_threads(threads, [&](int p, int parts) {
-      const std::size_t lo = kBwElems * p / parts, hi = kBwElems * (p + 1) / parts;
-      if (kind == bw_kind::copy) {
-        for (std::size_t i = lo; i < hi; ++i) b[i] = a[i];
-      } else if (kind == bw_kind::add) {
-        for (std::size_t i = lo; i < hi; ++i) c[i] = a[i] + b[i];
-      } else {
-        // 32 independent lanes: vectorises without -ffast-math and hides the add latency.
-        float acc[32] = {};
-        std::size_t i = lo;
-        for (; i + 32 <= hi; i += 32)
-          for (int j = 0; j < 32; ++j) acc[j] += a[i + j];
-        for (; i < hi; ++i) acc[0] += a[i];
-        double total = 0;
-        for (float x : acc) total += x;
-        sums[static_cast<std::size_t>(p)] = total;
-      }
-    });
-    benchmark::DoNotOptimize(sums.data());
-    benchmark::ClobberMemory();
-  }
-  const double arr = double(kBwElems * sizeof(float));
-  const double bytes = kind == bw_kind::copy ? 2 * arr : kind == bw_kind::add ? 3 * arr : arr;
-  set_counters(st, bytes, double(kBwElems));
-}
 
 // ---------------------------------------------------------------------------------------------
 // One-time cross-check: library vs naive (masks exact, advantages/returns to float rounding).
@@ -707,14 +605,7 @@ void register_all() {
           ->UseRealTime()
           ->MinTime(0.25)
           ->Unit(benchmark::kMicrosecond);
-  const std::pair<const char*, bw_kind> kinds[] = {{"copy", bw_kind::copy}, {"read", bw_kind::read}, {"add", bw_kind::add}};
-  for (const auto& [name, k] : kinds)
-    for (int th : {1, 2})
-      benchmark::RegisterBenchmark((std::string("membw/") + name + "/64MiB/threads:" + std::to_string(th)).c_str(),
-                                   BM_membw, k, th)
-          ->UseRealTime()
-          ->MinTime(0.3)
-          ->Unit(benchmark::kMicrosecond);
+  asyppo_bench::register_membw();
 }
 
 }  // namespace

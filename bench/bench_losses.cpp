@@ -53,6 +53,8 @@
 // exactly for float inputs. Losses and gradients agree (the gradient through v_clip is 1 there).
 #include <benchmark/benchmark.h>
 
+#include "membw.hpp"
+
 #include <algorithm>
 #include <cmath>
 #include <cstdint>
@@ -68,6 +70,8 @@
 #include "asyppo/asyppo.hpp"
 
 namespace {
+
+using asyppo_bench::set_counters;
 
 using asyppo::index_t;
 using F = float;
@@ -616,10 +620,6 @@ fused_out fused_policy_vec(const batch& d, naive_tmp& tmp, F* grad) {
 
 // ---------------------------------------------------------------------------------------------
 // Counters.
-void set_counters(benchmark::State& st, double bytes, double items) {
-  st.counters["bytes_per_second"] = benchmark::Counter(bytes, benchmark::Counter::kIsIterationInvariantRate);
-  st.counters["items_per_second"] = benchmark::Counter(items, benchmark::Counter::kIsIterationInvariantRate);
-}
 
 constexpr double s = sizeof(F);
 double BTof(const batch& d) { return double(d.B * d.T); }
@@ -720,63 +720,6 @@ void BM_part(benchmark::State& st, index_t B, index_t T, int threads, part p) {
   set_counters(st, p == part::row_weights ? BTof(d) : bytes_policy(d), BTof(d));
 }
 
-// ---------------------------------------------------------------------------------------------
-// Memory bandwidth: streaming kernels over 64 MiB float arrays, split into contiguous halves per
-// std::thread (same kernels as bench_advantage). Bytes: copy 2 x 64 MiB (read a, write b), read
-// 64 MiB (sum of a), add 3 x 64 MiB (c = a + b). Write-allocate traffic is not counted (as STREAM).
-constexpr std::size_t kBwElems = std::size_t(64) << 18;  // 16 Mi floats = 64 MiB
-
-struct bw_arrays {
-  std::vector<float> a, b, c;
-  bw_arrays() : a(kBwElems, 1.0f), b(kBwElems, 2.0f), c(kBwElems, 0.0f) {}
-};
-bw_arrays& bw() {
-  static bw_arrays arr;
-  return arr;
-}
-
-enum class bw_kind { copy, read, add };
-
-template <class Body>
-void run_threads(int threads, Body body) {
-  std::vector<std::thread> pool;
-  for (int p = 1; p < threads; ++p) pool.emplace_back([&, p] { body(p, threads); });
-  body(0, threads);
-  for (auto& t : pool) t.join();
-}
-
-void BM_membw(benchmark::State& st, bw_kind kind, int threads) {
-  bw_arrays& m = bw();
-  float* a = m.a.data();
-  float* b = m.b.data();
-  float* c = m.c.data();
-  std::vector<double> sums(static_cast<std::size_t>(threads));
-  for (auto _ : st) {
-    run_threads(threads, [&](int p, int parts) {
-      const std::size_t lo = kBwElems * p / parts, hi = kBwElems * (p + 1) / parts;
-      if (kind == bw_kind::copy) {
-        for (std::size_t i = lo; i < hi; ++i) b[i] = a[i];
-      } else if (kind == bw_kind::add) {
-        for (std::size_t i = lo; i < hi; ++i) c[i] = a[i] + b[i];
-      } else {
-        // 32 independent lanes: vectorises without -ffast-math and hides the add latency.
-        float acc[32] = {};
-        std::size_t i = lo;
-        for (; i + 32 <= hi; i += 32)
-          for (int j = 0; j < 32; ++j) acc[j] += a[i + j];
-        for (; i < hi; ++i) acc[0] += a[i];
-        double total = 0;
-        for (float x : acc) total += x;
-        sums[static_cast<std::size_t>(p)] = total;
-      }
-    });
-    benchmark::DoNotOptimize(sums.data());
-    benchmark::ClobberMemory();
-  }
-  const double arr = double(kBwElems * sizeof(float));
-  const double bytes = kind == bw_kind::copy ? 2 * arr : kind == bw_kind::add ? 3 * arr : arr;
-  set_counters(st, bytes, double(kBwElems));
-}
 
 // ---------------------------------------------------------------------------------------------
 // One-time cross-check: library vs naive (loss values relative difference, max |grad| difference).
@@ -909,14 +852,7 @@ void register_all() {
           ->MinTime(0.25)
           ->Unit(benchmark::kMicrosecond);
     }
-  const std::pair<const char*, bw_kind> kinds[] = {{"copy", bw_kind::copy}, {"read", bw_kind::read}, {"add", bw_kind::add}};
-  for (const auto& [name, k] : kinds)
-    for (int th : {1, 2})
-      benchmark::RegisterBenchmark((std::string("membw/") + name + "/64MiB/threads:" + std::to_string(th)).c_str(),
-                                   BM_membw, k, th)
-          ->UseRealTime()
-          ->MinTime(0.3)
-          ->Unit(benchmark::kMicrosecond);
+  asyppo_bench::register_membw();
 }
 
 }  // namespace

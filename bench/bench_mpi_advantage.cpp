@@ -23,6 +23,7 @@
 // payload; the payload is the machine-independent number.) Shown for the mask selection alone
 // (uncertainty_masks on the same sigma) and for the whole step, at two sizes, to show that the
 // selection's volume does not depend on the number of tokens.
+#include "synthetic_rollout.hpp"
 #include <mpi.h>
 
 #include <algorithm>
@@ -93,61 +94,15 @@ struct counting_comm {
   }
 };
 
-// ---- synthetic batch (bench_advantage.cpp's recipe) -------------------------------------------
-struct batch {
-  index_t B = 0, T = 0;
-  std::vector<F> values, rewards;
-  std::vector<std::uint8_t> mask;
-  std::vector<std::int64_t> ids;
-};
+// ---- synthetic batch (the benchmarks' shared recipe) -----------------------------------------
+using batch = asyppo_bench::rollout;
 
-batch make_batch(index_t B, index_t T, std::uint64_t seed = 1) {
-  batch d;
-  d.B = B;
-  d.T = T;
-  const index_t BT = B * T;
-  d.values.assign(static_cast<std::size_t>(kK * BT), F(0));
-  d.rewards.assign(static_cast<std::size_t>(BT), F(0));
-  d.mask.assign(static_cast<std::size_t>(BT), 0);
-  d.ids.resize(static_cast<std::size_t>(B));
-  std::mt19937_64 rng(seed);
-  std::uniform_real_distribution<double> unif(0.0, 1.0);
-  std::normal_distribution<double> normal(0.0, 1.0);
-  std::lognormal_distribution<double> len_dist(std::log(0.2 * static_cast<double>(T)), 0.9);
-  double success = 0.5;
-  for (index_t b = 0; b < B; ++b) {
-    if (b % kGroup == 0) success = 0.05 + 0.9 * unif(rng);
-    d.ids[static_cast<std::size_t>(b)] = 1000 + b / kGroup;
-    const index_t L = std::clamp<index_t>(static_cast<index_t>(std::ceil(len_dist(rng))), 8, T);
-    std::uint8_t* m = d.mask.data() + b * T;
-    std::fill(m, m + L, std::uint8_t(1));
-    if (L >= 128 && unif(rng) < 0.25) {
-      const int holes = 1 + static_cast<int>(unif(rng) * 3);
-      for (int h = 0; h < holes; ++h) {
-        const index_t len = 8 + static_cast<index_t>(unif(rng) * static_cast<double>(std::min<index_t>(248, L / 8)));
-        const index_t lo = L / 8, hi = L - 16 - len;
-        if (hi <= lo) continue;
-        const index_t at = lo + static_cast<index_t>(unif(rng) * static_cast<double>(hi - lo));
-        std::fill(m + at, m + at + len, std::uint8_t(0));
-      }
-    }
-    const double R = (L < T && unif(rng) < success) ? 1.0 : 0.0;
-    d.rewards[static_cast<std::size_t>(b * T + L - 1)] = static_cast<F>(R);
-    for (index_t t = 0; t < L; ++t) {
-      if (!m[t]) continue;
-      const double frac = static_cast<double>(t + 1) / static_cast<double>(L);
-      const double vstar = success + (R - success) * frac * frac;
-      for (index_t k = 0; k < kK; ++k)
-        d.values[static_cast<std::size_t>(k * BT + b * T + t)] =
-            static_cast<F>(vstar + (0.06 + 0.03 * static_cast<double>(k)) * normal(rng));
-    }
-  }
-  return d;
-}
+batch make_batch(index_t B, index_t T, std::uint64_t seed = 1) { return asyppo_bench::make_rollout(B, T, kK, kGroup, seed); }
 
 /// Rows [b0, b1) of d.
 batch rows_of(const batch& d, index_t b0, index_t b1) {
   batch o;
+  o.K = d.K;
   o.B = b1 - b0;
   o.T = d.T;
   const index_t BT = d.B * d.T;
@@ -156,6 +111,7 @@ batch rows_of(const batch& d, index_t b0, index_t b1) {
   o.rewards.assign(d.rewards.begin() + b0 * d.T, d.rewards.begin() + b1 * d.T);
   o.mask.assign(d.mask.begin() + b0 * d.T, d.mask.begin() + b1 * d.T);
   o.ids.assign(d.ids.begin() + b0, d.ids.begin() + b1);
+  o.scores.assign(d.scores.begin() + b0, d.scores.begin() + b1);
   return o;
 }
 
