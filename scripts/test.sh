@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# The full test run: installs missing dependencies, then the `release`, `asan` and `cuda` workflows
+# The full test run: installs missing dependencies, then the `cuda` (compile gate), `release` and `asan` workflows
 # (configure, build, test). Stops at the first failure and prints a summary either way.
 set -euo pipefail
 cd "$(dirname "${BASH_SOURCE[0]}")/.."
@@ -38,14 +38,6 @@ start_step "install dependencies"
 bash scripts/install-deps.sh
 end_step
 
-start_step "workflow release (configure, build, test)"
-cmake --workflow --preset release
-end_step
-
-start_step "workflow asan (configure, build, test)"
-cmake --workflow --preset asan
-end_step
-
 # The CUDA backend's compile gate: nvcc 13 (sm_80, sm_90, --Werror=cross-execution-space-call)
 # builds the .cuh header checks and the GPU tests; without a GPU the tests report "skipped".
 # Measured on the 2-core build machine (under load): about 2.5-3.5 min. Skipped where there is no nvcc.
@@ -56,3 +48,13 @@ if [ -x /usr/local/cuda/bin/nvcc ] || command -v nvcc > /dev/null 2>&1; then
 else
   summary+=("SKIP  workflow cuda (no nvcc)")
 fi
+# (First, so that the run ends with the CPU suites: the GPU tests only report "skipped" here.)
+
+start_step "workflow release (configure, build, test)"
+cmake --workflow --preset release
+end_step
+
+start_step "workflow asan (configure, build, test)"
+cmake --workflow --preset asan
+end_step
+
