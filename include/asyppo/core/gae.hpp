@@ -13,7 +13,9 @@
 // of one reverse scan. Optional length-adaptive actor lambda (VAPO):
 //   lambda_actor(b) = clamp(1 - 1/(alpha L_b), lo, hi), L_b = valid tokens of row b.
 // Outputs at masked tokens are 0; padding = raw writes what verl/OpenRLHF write there
-// (the carried advantage, and that plus V for returns) for parity tests.
+// (the carried advantage, and that plus V for returns) for parity tests. In raw skip mode the
+// returns at masked tokens read the values there, which the finiteness check (valid tokens only)
+// does not cover: a NaN value on a masked token then shows up in that token's raw return only.
 //
 // The recursion is an associative scan: each token is an affine map on the state
 // (next valid value s, actor advantage a, critic advantage c); composing maps is

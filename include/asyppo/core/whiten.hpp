@@ -5,7 +5,9 @@
 // with mu, var the masked moments of core/moments.hpp (unbiased by default, as verl), and
 // mu added back when shift_mean is false. Masked-out positions get 0 (padding_mode::zero,
 // default) or the same formula as valid ones (padding_mode::raw, what verl returns).
-// in == out is allowed (in place). An empty mask (N = 0) writes zeros (raw: x unchanged).
+// in == out is allowed (in place). An empty mask (N = 0) writes zeros (raw: x unchanged). With
+// eps = 0 and zero variance (all valid values equal) the scale is taken as 0: outputs are 0
+// (plus mu when shift_mean is false), never Inf or NaN.
 #pragma once
 
 #include <cmath>
