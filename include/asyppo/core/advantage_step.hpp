@@ -3,20 +3,21 @@
 //
 // From critic values V [K,B,T] (old critics), token rewards r [B,T], the response mask m [B,T]
 // and prompt group ids [B]:
-//   1. sigma, V-bar and GAE in one fused reverse scan (core/gae.hpp): advantages with
-//      lambda_actor, returns R = V-bar + A(lambda_critic), and the critic std sigma;
-//   2. optional masked whitening of the advantages (off by default, as in the paper);
-//   3. the advantage mask I^A and entropy mask I^H from sigma (core/uncertainty_masks.hpp), and the
-//      std quantiles, from one radix selection;
-//   4. advantages *= I^A when mask_advantages (default), so any PPO loss can consume them;
+//   1. the critic std sigma per valid token (pass A, fused with the finiteness check and the
+//      valid-token counts; into a temporary, so a failed check writes nothing);
+//   2. the thresholds of the advantage mask I^A and entropy mask I^H and the sigma quantiles from
+//      one radix selection (core/uncertainty_masks.hpp; passes B and C over sigma);
+//   3. GAE on the ensemble mean V-bar (core/gae.hpp) in one reverse scan (pass D) that also writes
+//      both masks and, when mask_advantages (default), the advantages times I^A, so any PPO loss
+//      can consume them; returns R = V-bar + A(lambda_critic). When a threshold value is only partly
+//      taken (ties), one forward pass ranks the ties and writes the masks before D;
+//   4. optional masked whitening of the advantages (off by default, as in the paper), then I^A;
 //   5. shard weights [K,B] for the K critics' losses (core/shards.hpp);
-//   6. summary statistics: counts and fractions, sigma quantiles, advantage/return moments, and
-//      the explained variance of each critic, EV_k = 1 - Var(R - V_k) / Var(R) over valid tokens.
-// Passes over the batch (float, batch scope, no whitening): (A) sigma into a temporary, fused
-// with the finiteness check and the valid-token count; (B, C) the two radix-selection histograms
-// of sigma; (D) the GAE reverse scan, which also writes both masks and applies I^A; (E) the summary
-// moments (cfg.statistics). When a threshold value is only partly taken (ties), one more forward
-// pass ranks the ties before (D).
+//   6. summary statistics (pass E, cfg.statistics): counts and fractions, thresholds, sigma
+//      quantiles, advantage/return moments, and the explained variance of each critic,
+//      EV_k = 1 - Var(R - V_k) / Var(R) over valid tokens.
+// With a communicator every batch-level quantity (counts, thresholds, ties, quantiles, moments,
+// whitening, shard positions) is that of the concatenated batch of all ranks (collective).
 // Validation (shapes, K, fractions, gamma/lambda, finiteness of V and r on valid tokens) happens
 // before any output is written. Every output is deterministic and independent of thread count.
 #pragma once
