@@ -167,9 +167,7 @@ actor_objective_result actor_objective(const Backend& be, const actor_objective_
   detail::check_normalizer_fields(where, "normalizer", opt.normalizer);
   if (opt.check_finite)
     detail::check_finite_views<Backend, T>(be, where, "logp, old_logp, advantages, entropy or ref_logp", in.mask,
-                                           in.logp, in.old_logp, in.advantages, in.entropy);
-  if (opt.check_finite && detail::present(in.ref_logp))
-    detail::check_finite_views<Backend, T>(be, where, "ref_logp", in.mask, in.ref_logp);
+                                           in.logp, in.old_logp, in.advantages, in.entropy, in.ref_logp);
   auto tab = detail::make_row_weights<Backend, double>(be, where, "normalizer", in.mask, 1, {}, opt.aggregation,
                                                        &opt.normalizer, 1);
   actor_objective_result r;

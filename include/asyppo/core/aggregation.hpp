@@ -252,35 +252,6 @@ row_weight_table<Backend> make_row_weights(const Backend& be, const char* where,
   return tab;
 }
 
-/// Counts valid tokens where any of up to four [B,T] views holds NaN or Inf (null views skipped).
-template <class T>
-struct count_nonfinite_views {
-  token_view<const T> v0, v1, v2, v3;
-  mask_view mask;
-  using value_type = std::int64_t;
-  ASYPPO_HD value_type identity() const { return 0; }
-  ASYPPO_HD void add(value_type& acc, index_t b, index_t t) const {
-    if (!mask(b, t)) return;
-    bool ok = true;
-    if (v0.data) ok = ok && is_finite_value(v0(b, t));
-    if (v1.data) ok = ok && is_finite_value(v1(b, t));
-    if (v2.data) ok = ok && is_finite_value(v2(b, t));
-    if (v3.data) ok = ok && is_finite_value(v3(b, t));
-    acc += ok ? 0 : 1;
-  }
-  ASYPPO_HD value_type combine(value_type a, value_type b) const { return a + b; }
-};
-
-template <class Backend, class T>
-void check_finite_views(const Backend& be, const char* where, const char* names, mask_view mask,
-                        token_view<const T> v0, token_view<const T> v1 = {}, token_view<const T> v2 = {},
-                        token_view<const T> v3 = {}) {
-  const index_t B = mask.extent[0], Tn = mask.extent[1];
-  if (B * Tn == 0) return;
-  const auto bad = be.reduce(B, Tn, count_nonfinite_views<T>{v0, v1, v2, v3, mask});
-  if (bad > 0) fail(where, names, bad, " valid token(s) hold NaN or Inf");
-}
-
 /// Optional input: absent (null data) is fine, present ones are checked like inputs.
 template <class T, int R>
 void check_optional_input(const char* where, const char* name, const view<T, R>& v, const index_t (&want)[R]) {

@@ -121,20 +121,25 @@ struct token_tally {
   std::int64_t valid, nonfinite;
 };
 
-/// Counts valid tokens (mask != 0), and those whose [B,T] value or any of K [K,B,T] values is
-/// not finite.
+/// Counts valid tokens (mask != 0; a null mask means every token), and those where any of the
+/// given [B,T] views or [K,B,T] views holds NaN or Inf. Null views are skipped. One pass checks
+/// every input of an entry point.
 template <class T>
 struct count_nonfinite_tokens {
-  critic_view<const T> values;  // may have K = 0 (unused)
-  token_view<const T> tokens;   // may be empty (unused)
-  mask_view mask;               // data may be null: every token valid
+  static constexpr int max_critic_views = 3, max_token_views = 5;
+  critic_view<const T> critics[max_critic_views];
+  token_view<const T> tokens[max_token_views];
+  mask_view mask;
   using value_type = token_tally;
   ASYPPO_HD value_type identity() const { return {0, 0}; }
   ASYPPO_HD void add(value_type& acc, index_t b, index_t t) const {
     if (mask.data && !mask(b, t)) return;
     bool ok = true;
-    for (index_t k = 0; k < values.extent[0]; ++k) ok = ok && is_finite_value(values(k, b, t));
-    if (tokens.data) ok = ok && is_finite_value(tokens(b, t));
+    for (int j = 0; j < max_critic_views; ++j)
+      if (critics[j].data)
+        for (index_t k = 0; k < critics[j].extent[0]; ++k) ok = ok && is_finite_value(critics[j](k, b, t));
+    for (int j = 0; j < max_token_views; ++j)
+      if (tokens[j].data) ok = ok && is_finite_value(tokens[j](b, t));
     acc.valid += 1;
     acc.nonfinite += ok ? 0 : 1;
   }
@@ -143,13 +148,40 @@ struct count_nonfinite_tokens {
   }
 };
 
-/// Throws if any valid token holds NaN/Inf; returns the number of valid tokens.
+/// Throws if any valid token holds NaN/Inf in one of the views; returns the number of valid tokens.
+template <class T, class Backend>
+std::int64_t check_finite(const Backend& be, const char* where, const char* names, mask_view mask, index_t B, index_t Tn,
+                          const count_nonfinite_tokens<T>& views) {
+  if (B * Tn == 0) return 0;
+  count_nonfinite_tokens<T> r = views;
+  r.mask = mask;
+  const auto n = be.reduce(B, Tn, r);
+  if (n.nonfinite > 0) fail(where, names, n.nonfinite, " valid token(s) hold NaN or Inf");
+  return n.valid;
+}
+
+/// The common case: the K values of a critic tensor and/or one [B,T] tensor.
 template <class Backend, class T>
 std::int64_t check_finite_tokens(const Backend& be, const char* where, const char* name, index_t B, index_t Tn,
                                  critic_view<const T> values, token_view<const T> tokens, mask_view mask) {
-  const auto n = be.reduce(B, Tn, count_nonfinite_tokens<T>{values, tokens, mask});
-  if (n.nonfinite > 0) fail(where, name, n.nonfinite, " valid token(s) hold NaN or Inf");
-  return n.valid;
+  count_nonfinite_tokens<T> v{};
+  v.critics[0] = values;
+  v.tokens[0] = tokens;
+  return check_finite<T>(be, where, name, mask, B, Tn, v);
+}
+
+/// Up to five [B,T] tensors in one pass (null ones skipped).
+template <class Backend, class T>
+void check_finite_views(const Backend& be, const char* where, const char* names, mask_view mask,
+                        token_view<const T> v0, token_view<const T> v1 = {}, token_view<const T> v2 = {},
+                        token_view<const T> v3 = {}, token_view<const T> v4 = {}) {
+  count_nonfinite_tokens<T> v{};
+  v.tokens[0] = v0;
+  v.tokens[1] = v1;
+  v.tokens[2] = v2;
+  v.tokens[3] = v3;
+  v.tokens[4] = v4;
+  check_finite<T>(be, where, names, mask, mask.extent[0], mask.extent[1], v);
 }
 
 }  // namespace asyppo::detail

@@ -212,10 +212,12 @@ value_loss_result value_loss(const Backend& be, const value_loss_inputs<T>& in, 
     detail::fail(where, "normalizers", "has ", nn, " entries, expected 0 (local counts) or K = ", K);
   for (const auto& n : opt.normalizers) detail::check_normalizer_fields(where, "normalizers", n);
   if (opt.check_finite) {
-    detail::check_finite_tokens<Backend, T>(be, where, "values or returns", B, Tn, in.values, in.returns, in.mask);
-    if (clip_on) detail::check_finite_tokens<Backend, T>(be, where, "old_values", B, Tn, in.old_values, {}, in.mask);
-    if (per_critic)
-      detail::check_finite_tokens<Backend, T>(be, where, "critic_returns", B, Tn, in.critic_returns, {}, in.mask);
+    detail::count_nonfinite_tokens<T> v{};
+    v.critics[0] = in.values;
+    v.critics[1] = clip_on ? in.old_values : critic_view<const T>{};
+    v.critics[2] = per_critic ? in.critic_returns : critic_view<const T>{};
+    v.tokens[0] = in.returns;
+    detail::check_finite<T>(be, where, "values, old_values or targets", in.mask, B, Tn, v);
   }
   const loss_normalizer local{};
   auto tab = detail::make_row_weights<Backend, T>(be, where, "normalizers", in.mask, K, in.shard_weights,
