@@ -1,5 +1,5 @@
-// asyppo/core/actor_objective.hpp: the whole AsyPPO actor loss in one call (docs/method-spec.md
-// E12-E15; peer-semantics.md 2.4, 2.7, 2.8, 2.9).
+// asyppo/core/actor_objective.hpp: the whole AsyPPO actor loss in one call (docs/algorithm.md,
+// Eq. L5, built from L1-L4).
 //
 //   L = Agg(I^A l_clip)  -  beta Agg(I^H H)  +  kappa Agg(kl(logp - ref_logp))
 // with the clipped surrogate of core/policy_loss.hpp (I^A = adv_mask), the entropy bonus of

@@ -1,5 +1,5 @@
 // asyppo/core/aggregation.hpp: loss aggregation with an explicit, batch-global normaliser
-// (docs/method-spec.md E15 and section f; docs/peer-semantics.md 2.9).
+// (docs/algorithm.md, Eq. L1).
 //
 // A per-token loss l[b,t] with response mask m[b,t] aggregates as
 //     Agg(l) = sum_{b,t} m[b,t] * w_b * l[b,t]

@@ -1,12 +1,12 @@
 // asyppo/core/entropy.hpp: the entropy bonus with the AsyPPO entropy filter I^H, and a small-
-// vocabulary helper from logits (docs/method-spec.md E11, E14, E15, D6; peer-semantics.md 2.8).
+// vocabulary helper from logits (docs/algorithm.md, Eq. L3).
 //
 // Bonus (a loss to minimise), with H[b,t] the token entropy and I^H the entropy mask:
 //   L_H = -beta * Agg(I^H * H) = -beta * sum_{b,t} m w_b I^H[b,t] H[b,t]     (core/aggregation.hpp)
 //   dL_H/dH[b,t] = -beta * w_b * I^H[b,t] on valid tokens, exactly 0 on masked/padded tokens and on
 //   I^H = 0 tokens, which keep their place in the normaliser (E15: 1/L_b counts them).
 // The filter is applied before the reduction (the public AsyPPO code reduces first and never uses
-// the filtered tensor, D6: not copied). Metrics: entropy = Agg(H) unfiltered (verl actor/entropy),
+// the filtered tensor: not copied). Metrics: entropy = Agg(H) unfiltered (verl actor/entropy),
 // filtered_entropy = Agg(I^H H), and raw sums/counts that merge across micro-batches.
 // One fused reduce; add() writes grad_entropy at position i only (each i is visited once).
 //

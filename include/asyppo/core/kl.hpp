@@ -1,5 +1,5 @@
 // asyppo/core/kl.hpp: KL-penalty estimators to a reference policy, per token and as an aggregated
-// loss with its gradient wrt logp (docs/peer-semantics.md 2.7, 2.12; method-spec.md section f).
+// loss with its gradient wrt logp (docs/algorithm.md, Eq. L4).
 //
 // With delta = logp - ref_logp on a valid token:
 //   k1  (verl "kl")          delta                       d/ddelta = 1

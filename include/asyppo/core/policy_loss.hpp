@@ -1,6 +1,5 @@
 // asyppo/core/policy_loss.hpp: the PPO clipped surrogate on log-probs, with the AsyPPO advantage
-// mask, dual clip, aggregation and the exact gradient wrt logp (docs/method-spec.md E12, E13, E15,
-// section f item 6; docs/peer-semantics.md 2.4).
+// mask, dual clip, aggregation and the exact gradient wrt logp (docs/algorithm.md, Eq. L2).
 //
 // Per valid token (m = 1), with delta = logp - old_logp and A the advantage:
 //   rho = exp(clamp(delta, -C, C))            C = log_ratio_clamp (verl/OpenRLHF: 20; 0 = no clamp)
@@ -9,7 +8,7 @@
 //   l   = max(l1, l2)
 //   dual clip (c > 0, only where A < 0, as verl/OpenRLHF/slime): l = min(l, -c A)
 // Tokens with I^A = 0 (adv_mask) and tokens with A = 0 have l = 0 and gradient 0 exactly; they keep
-// their place in the normaliser (AsyPPO D5: identical to feeding A * I^A). The loss is
+// their place in the normaliser (identical to feeding A * I^A, docs/algorithm.md A2). The loss is
 //   L = Agg(l) = sum_{b,t} m w_b l[b,t]           (core/aggregation.hpp)
 // and grad_logp[b,t] = dL/dlogp[b,t] = w_b * dl/dlogp:
 //   -A rho on the unclipped branch (l1 >= l2, i.e. rho inside the clip range or clipping on the

@@ -1,5 +1,5 @@
 // asyppo/core/value_loss.hpp: the K mini-critics' value losses, each on its own shard and
-// normalised by its own shard (docs/method-spec.md E8, E9, D8, D9, D10; peer-semantics.md 2.5).
+// normalised by its own shard (docs/algorithm.md, Eq. E9; options vs verl/OpenRLHF there).
 //
 // For critic k, on the valid tokens (m = 1) of the rows in its shard (shard_weights[k,b] != 0;
 // shard_weights absent: every row), with v = V_new[k,b,t], v_old = V_old[k,b,t] (critic k's OWN old
@@ -11,7 +11,7 @@
 // The normaliser of critic k is ITS OWN: normalizers[k] (count them over micro-batches/ranks with
 // count_critic_loss_tokens), or, when normalizers is empty, the local counts of critic k's shard in
 // this call. The AsyPPO code keeps the other shard in the denominator, halving each critic's
-// learning rate for K = 2 (D9); the paper's E_{D_k} normalises within the shard, as here.
+// learning rate for K = 2; the paper's E_{D_k} normalises within the shard, as here.
 // Returned loss = sum_k L_k (the critics are separate networks: each L_k only moves critic k).
 // grad_values[k,b,t] = dL_k/dv = s w^k_b * 2 (v - R) on the unclipped branch, 0 where the clipped
 // branch is active (clipped > unclipped: then |v - v_old| > c, so the clipped value does not move
