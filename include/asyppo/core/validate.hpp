@@ -121,24 +121,23 @@ struct token_tally {
   std::int64_t valid, nonfinite;
 };
 
-/// Counts valid tokens (mask != 0; a null mask means every token), and those where any of the
-/// given [B,T] views or [K,B,T] views holds NaN or Inf. Null views are skipped. One pass checks
-/// every input of an entry point.
-template <class T>
+/// Counts valid tokens (mask != 0; a null mask means every token), and those where any of NC
+/// [K,B,T] views or NV [B,T] views holds NaN or Inf. Null views are skipped. One pass checks every
+/// input of an entry point; the counts of views are template arguments so the loops unroll.
+template <class T, int NC, int NV>
 struct count_nonfinite_tokens {
-  static constexpr int max_critic_views = 3, max_token_views = 5;
-  critic_view<const T> critics[max_critic_views];
-  token_view<const T> tokens[max_token_views];
+  critic_view<const T> critics[NC];
+  token_view<const T> tokens[NV];
   mask_view mask;
   using value_type = token_tally;
   ASYPPO_HD value_type identity() const { return {0, 0}; }
   ASYPPO_HD void add(value_type& acc, index_t b, index_t t) const {
     if (mask.data && !mask(b, t)) return;
     bool ok = true;
-    for (int j = 0; j < max_critic_views; ++j)
+    for (int j = 0; j < NC; ++j)
       if (critics[j].data)
         for (index_t k = 0; k < critics[j].extent[0]; ++k) ok = ok && is_finite_value(critics[j](k, b, t));
-    for (int j = 0; j < max_token_views; ++j)
+    for (int j = 0; j < NV; ++j)
       if (tokens[j].data) ok = ok && is_finite_value(tokens[j](b, t));
     acc.valid += 1;
     acc.nonfinite += ok ? 0 : 1;
@@ -149,13 +148,11 @@ struct count_nonfinite_tokens {
 };
 
 /// Throws if any valid token holds NaN/Inf in one of the views; returns the number of valid tokens.
-template <class T, class Backend>
-std::int64_t check_finite(const Backend& be, const char* where, const char* names, mask_view mask, index_t B, index_t Tn,
-                          const count_nonfinite_tokens<T>& views) {
+template <class Backend, class T, int NC, int NV>
+std::int64_t check_finite(const Backend& be, const char* where, const char* names, index_t B, index_t Tn,
+                          count_nonfinite_tokens<T, NC, NV> views) {
   if (B * Tn == 0) return 0;
-  count_nonfinite_tokens<T> r = views;
-  r.mask = mask;
-  const auto n = be.reduce(B, Tn, r);
+  const auto n = be.reduce(B, Tn, views);
   if (n.nonfinite > 0) fail(where, names, n.nonfinite, " valid token(s) hold NaN or Inf");
   return n.valid;
 }
@@ -164,24 +161,15 @@ std::int64_t check_finite(const Backend& be, const char* where, const char* name
 template <class Backend, class T>
 std::int64_t check_finite_tokens(const Backend& be, const char* where, const char* name, index_t B, index_t Tn,
                                  critic_view<const T> values, token_view<const T> tokens, mask_view mask) {
-  count_nonfinite_tokens<T> v{};
-  v.critics[0] = values;
-  v.tokens[0] = tokens;
-  return check_finite<T>(be, where, name, mask, B, Tn, v);
+  return check_finite(be, where, name, B, Tn, count_nonfinite_tokens<T, 1, 1>{{values}, {tokens}, mask});
 }
 
-/// Up to five [B,T] tensors in one pass (null ones skipped).
-template <class Backend, class T>
-void check_finite_views(const Backend& be, const char* where, const char* names, mask_view mask,
-                        token_view<const T> v0, token_view<const T> v1 = {}, token_view<const T> v2 = {},
-                        token_view<const T> v3 = {}, token_view<const T> v4 = {}) {
-  count_nonfinite_tokens<T> v{};
-  v.tokens[0] = v0;
-  v.tokens[1] = v1;
-  v.tokens[2] = v2;
-  v.tokens[3] = v3;
-  v.tokens[4] = v4;
-  check_finite<T>(be, where, names, mask, mask.extent[0], mask.extent[1], v);
+/// Any number of [B,T] tensors in one pass (null ones skipped).
+template <class Backend, class T, class... More>
+void check_finite_views(const Backend& be, const char* where, const char* names, mask_view mask, token_view<const T> v0,
+                        More... more) {
+  check_finite(be, where, names, mask.extent[0], mask.extent[1],
+               count_nonfinite_tokens<T, 1, 1 + sizeof...(More)>{{critic_view<const T>{}}, {v0, token_view<const T>(more)...}, mask});
 }
 
 }  // namespace asyppo::detail

@@ -212,12 +212,10 @@ value_loss_result value_loss(const Backend& be, const value_loss_inputs<T>& in, 
     detail::fail(where, "normalizers", "has ", nn, " entries, expected 0 (local counts) or K = ", K);
   for (const auto& n : opt.normalizers) detail::check_normalizer_fields(where, "normalizers", n);
   if (opt.check_finite) {
-    detail::count_nonfinite_tokens<T> v{};
-    v.critics[0] = in.values;
-    v.critics[1] = clip_on ? in.old_values : critic_view<const T>{};
-    v.critics[2] = per_critic ? in.critic_returns : critic_view<const T>{};
-    v.tokens[0] = in.returns;
-    detail::check_finite<T>(be, where, "values, old_values or targets", in.mask, B, Tn, v);
+    detail::check_finite(be, where, "values, old_values or targets", B, Tn,
+                         detail::count_nonfinite_tokens<T, 3, 1>{{in.values, clip_on ? in.old_values : critic_view<const T>{},
+                                                                  per_critic ? in.critic_returns : critic_view<const T>{}},
+                                                                 {in.returns}, in.mask});
   }
   const loss_normalizer local{};
   auto tab = detail::make_row_weights<Backend, T>(be, where, "normalizers", in.mask, K, in.shard_weights,
