@@ -18,7 +18,7 @@
 // A correctness cross-check of library vs naive runs once at start-up and prints to stderr.
 #include <benchmark/benchmark.h>
 
-#include "membw.hpp"
+#include "common.hpp"
 #include "synthetic_rollout.hpp"
 
 #include <algorithm>
@@ -578,21 +578,8 @@ void register_all() {
                         {"grpo_advantages", BM_grpo, BM_grpo_naive},
                         {"shard_weights", BM_shards, BM_shards_naive},
                         {"advantage_step", BM_step, BM_step_naive}};
-  for (const auto& sh : shapes) {
-    const std::string dims = std::to_string(sh.B) + "x" + std::to_string(sh.T);
-    for (const auto& a : algos) {
-      for (int th : {1, 2})
-        benchmark::RegisterBenchmark((std::string(a.name) + "/" + dims + "/asyppo/threads:" + std::to_string(th)).c_str(),
-                                     a.lib, sh.B, sh.T, th)
-            ->UseRealTime()
-            ->MinTime(sh.min_time)
-            ->Unit(benchmark::kMicrosecond);
-      benchmark::RegisterBenchmark((std::string(a.name) + "/" + dims + "/naive").c_str(), a.naive, sh.B, sh.T)
-          ->UseRealTime()
-          ->MinTime(sh.min_time)
-          ->Unit(benchmark::kMicrosecond);
-    }
-  }
+  for (const auto& sh : shapes)
+    for (const auto& a : algos) asyppo_bench::register_lib_and_naive(a.name, sh.B, sh.T, sh.min_time, a.lib, a.naive);
   const std::pair<const char*, part> parts[] = {{"full", part::full},
                                                 {"no_finite_check", part::no_finite_check},
                                                 {"no_shards", part::no_shards},

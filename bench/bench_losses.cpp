@@ -53,7 +53,8 @@
 // exactly for float inputs. Losses and gradients agree (the gradient through v_clip is 1 there).
 #include <benchmark/benchmark.h>
 
-#include "membw.hpp"
+#include "common.hpp"
+#include "synthetic_rollout.hpp"
 
 #include <algorithm>
 #include <cmath>
@@ -110,23 +111,12 @@ batch make_batch(index_t B, index_t T, std::uint64_t seed = 7) {
   std::mt19937_64 rng(seed);
   std::uniform_real_distribution<double> unif(0.0, 1.0);
   std::normal_distribution<double> normal(0.0, 1.0);
-  std::lognormal_distribution<double> len_dist(std::log(0.2 * static_cast<double>(T)), 0.9);
+  auto len_dist = asyppo_bench::response_lengths(T);
   for (index_t b = 0; b < B; ++b) {
     // Shards: the first half of each group of 8 to critic 0, the second half to critic 1.
     d.shard[static_cast<std::size_t>(((b % kGroup) < kGroup / 2 ? 0 : 1) * B + b)] = F(1);
-    const index_t L = std::clamp<index_t>(static_cast<index_t>(std::ceil(len_dist(rng))), 8, T);
     std::uint8_t* m = d.mask.data() + b * T;
-    std::fill(m, m + L, std::uint8_t(1));
-    if (L >= 128 && unif(rng) < 0.25) {
-      const int holes = 1 + static_cast<int>(unif(rng) * 3);
-      for (int h = 0; h < holes; ++h) {
-        const index_t len = 8 + static_cast<index_t>(unif(rng) * static_cast<double>(std::min<index_t>(248, L / 8)));
-        const index_t lo = L / 8, hi = L - 16 - len;
-        if (hi <= lo) continue;
-        const index_t at = lo + static_cast<index_t>(unif(rng) * static_cast<double>(hi - lo));
-        std::fill(m + at, m + at + len, std::uint8_t(0));
-      }
-    }
+    const index_t L = asyppo_bench::draw_response_mask(rng, len_dist, m, T);
     const double row_adv = normal(rng);  // sequence-level advantage, plus token noise below
     for (index_t t = 0; t < L; ++t) {
       const std::size_t i = static_cast<std::size_t>(b * T + t);
@@ -823,21 +813,8 @@ void register_all() {
   const algo algos[] = {{"policy_loss", BM_policy, BM_policy_naive},       {"actor_objective", BM_actor, BM_actor_naive},
                         {"value_loss", BM_value, BM_value_naive},          {"aggregate_loss", BM_aggregate, BM_aggregate_naive},
                         {"kl_loss", BM_kl, BM_kl_naive},                   {"entropy_bonus", BM_entropy, BM_entropy_naive}};
-  for (const auto& sh : shapes) {
-    const std::string dims = std::to_string(sh.B) + "x" + std::to_string(sh.T);
-    for (const auto& a : algos) {
-      for (int th : {1, 2})
-        benchmark::RegisterBenchmark((std::string(a.name) + "/" + dims + "/asyppo/threads:" + std::to_string(th)).c_str(),
-                                     a.lib, sh.B, sh.T, th)
-            ->UseRealTime()
-            ->MinTime(sh.min_time)
-            ->Unit(benchmark::kMicrosecond);
-      benchmark::RegisterBenchmark((std::string(a.name) + "/" + dims + "/naive").c_str(), a.naive, sh.B, sh.T)
-          ->UseRealTime()
-          ->MinTime(sh.min_time)
-          ->Unit(benchmark::kMicrosecond);
-    }
-  }
+  for (const auto& sh : shapes)
+    for (const auto& a : algos) asyppo_bench::register_lib_and_naive(a.name, sh.B, sh.T, sh.min_time, a.lib, a.naive);
   const std::pair<const char*, part> parts[] = {{"policy_loss/full", part::full},
                                                 {"policy_loss/no_finite_check", part::no_finite_check},
                                                 {"row_weights", part::row_weights},

@@ -28,6 +28,31 @@ struct rollout {
   std::vector<float> scores;       // [B]
 };
 
+/// The response-length distribution: log-normal with median 0.2 T.
+inline std::lognormal_distribution<double> response_lengths(index_t T) {
+  return std::lognormal_distribution<double>(std::log(0.2 * static_cast<double>(T)), 0.9);
+}
+
+/// One response's mask row m[0..T): a length L from len_dist (clamped to [8, T]), and in a
+/// quarter of the responses of 128 tokens or more one to three observation holes. Returns L.
+inline index_t draw_response_mask(std::mt19937_64& rng, std::lognormal_distribution<double>& len_dist, std::uint8_t* m,
+                                  index_t T) {
+  std::uniform_real_distribution<double> unif(0.0, 1.0);
+  const index_t L = std::clamp<index_t>(static_cast<index_t>(std::ceil(len_dist(rng))), 8, T);
+  std::fill(m, m + L, std::uint8_t(1));
+  if (L >= 128 && unif(rng) < 0.25) {
+    const int holes = 1 + static_cast<int>(unif(rng) * 3);
+    for (int h = 0; h < holes; ++h) {
+      const index_t len = 8 + static_cast<index_t>(unif(rng) * static_cast<double>(std::min<index_t>(248, L / 8)));
+      const index_t lo = L / 8, hi = L - 16 - len;
+      if (hi <= lo) continue;
+      const index_t at = lo + static_cast<index_t>(unif(rng) * static_cast<double>(hi - lo));
+      std::fill(m + at, m + at + len, std::uint8_t(0));
+    }
+  }
+  return L;
+}
+
 inline rollout make_rollout(index_t B, index_t T, index_t K = 2, int group = 8, std::uint64_t seed = 1) {
   rollout d;
   d.K = K;
@@ -42,24 +67,13 @@ inline rollout make_rollout(index_t B, index_t T, index_t K = 2, int group = 8, 
   std::mt19937_64 rng(seed);
   std::uniform_real_distribution<double> unif(0.0, 1.0);
   std::normal_distribution<double> normal(0.0, 1.0);
-  std::lognormal_distribution<double> len_dist(std::log(0.2 * static_cast<double>(T)), 0.9);
+  auto len_dist = response_lengths(T);
   double success = 0.5;
   for (index_t b = 0; b < B; ++b) {
     if (b % group == 0) success = 0.05 + 0.9 * unif(rng);
     d.ids[static_cast<std::size_t>(b)] = 1000 + b / group;
-    const index_t L = std::clamp<index_t>(static_cast<index_t>(std::ceil(len_dist(rng))), 8, T);
     std::uint8_t* m = d.mask.data() + b * T;
-    std::fill(m, m + L, std::uint8_t(1));
-    if (L >= 128 && unif(rng) < 0.25) {
-      const int holes = 1 + static_cast<int>(unif(rng) * 3);
-      for (int h = 0; h < holes; ++h) {
-        const index_t len = 8 + static_cast<index_t>(unif(rng) * static_cast<double>(std::min<index_t>(248, L / 8)));
-        const index_t lo = L / 8, hi = L - 16 - len;
-        if (hi <= lo) continue;
-        const index_t at = lo + static_cast<index_t>(unif(rng) * static_cast<double>(hi - lo));
-        std::fill(m + at, m + at + len, std::uint8_t(0));
-      }
-    }
+    const index_t L = draw_response_mask(rng, len_dist, m, T);
     const double R = (L < T && unif(rng) < success) ? 1.0 : 0.0;
     d.scores[static_cast<std::size_t>(b)] = static_cast<float>(R);
     d.rewards[static_cast<std::size_t>(b * T + L - 1)] = static_cast<float>(R);

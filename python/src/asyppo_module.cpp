@@ -20,6 +20,8 @@
 #include <cstdint>
 #include <memory>
 #include <optional>
+#include <initializer_list>
+#include <utility>
 #include <string>
 #include <vector>
 
@@ -168,35 +170,36 @@ py::object dispatch(const py::handle& primary, F&& f) {
 }
 
 // ---- option parsing -------------------------------------------------------------------------
+/// One of a few named choices; ValueError "must be 'a' or 'b', got 'x'" otherwise.
+template <class E>
+E parse_choice(const std::string& s, const std::string& fn, const char* arg,
+               std::initializer_list<std::pair<const char*, E>> choices) {
+  std::string names;
+  for (const auto& [name, value] : choices) {
+    if (s == name) return value;
+    names += (names.empty() ? "'" : " or '") + std::string(name) + "'";
+  }
+  bad(fn, arg, "must be " + names + ", got '" + s + "'");
+}
 asyppo::padding_mode parse_padding(const std::string& s, const std::string& fn) {
-  if (s == "zero") return asyppo::padding_mode::zero;
-  if (s == "raw") return asyppo::padding_mode::raw;
-  bad(fn, "padding", "must be 'zero' or 'raw', got '" + s + "'");
+  return parse_choice<asyppo::padding_mode>(s, fn, "padding", {{"zero", asyppo::padding_mode::zero}, {"raw", asyppo::padding_mode::raw}});
 }
 asyppo::gae_mask_semantics parse_semantics(const std::string& s, const std::string& fn) {
-  if (s == "skip") return asyppo::gae_mask_semantics::skip;
-  if (s == "step") return asyppo::gae_mask_semantics::step;
-  bad(fn, "semantics", "must be 'skip' or 'step', got '" + s + "'");
+  return parse_choice<asyppo::gae_mask_semantics>(s, fn, "semantics",
+                      {{"skip", asyppo::gae_mask_semantics::skip}, {"step", asyppo::gae_mask_semantics::step}});
 }
 asyppo::singleton_rule parse_singleton(const std::string& s, const std::string& fn) {
-  if (s == "verl") return asyppo::singleton_rule::verl;
-  if (s == "zero") return asyppo::singleton_rule::zero;
-  bad(fn, "singleton", "must be 'verl' or 'zero', got '" + s + "'");
+  return parse_choice<asyppo::singleton_rule>(s, fn, "singleton", {{"verl", asyppo::singleton_rule::verl}, {"zero", asyppo::singleton_rule::zero}});
 }
 asyppo::mask_scope parse_scope(const std::string& s, const std::string& fn) {
-  if (s == "batch") return asyppo::mask_scope::batch;
-  if (s == "sequence") return asyppo::mask_scope::sequence;
-  bad(fn, "scope", "must be 'batch' or 'sequence', got '" + s + "'");
+  return parse_choice<asyppo::mask_scope>(s, fn, "scope", {{"batch", asyppo::mask_scope::batch}, {"sequence", asyppo::mask_scope::sequence}});
 }
 asyppo::shard_mode parse_shard(const std::string& s, const std::string& fn) {
-  if (s == "contiguous") return asyppo::shard_mode::contiguous;
-  if (s == "strided") return asyppo::shard_mode::strided;
-  bad(fn, "shards", "must be 'contiguous' or 'strided', got '" + s + "'");
+  return parse_choice<asyppo::shard_mode>(s, fn, "shards",
+                      {{"contiguous", asyppo::shard_mode::contiguous}, {"strided", asyppo::shard_mode::strided}});
 }
 asyppo::eps_mode parse_eps_mode(const std::string& s, const std::string& fn) {
-  if (s == "add") return asyppo::eps_mode::add;
-  if (s == "floor") return asyppo::eps_mode::floor;
-  bad(fn, "eps_mode", "must be 'add' or 'floor', got '" + s + "'");
+  return parse_choice<asyppo::eps_mode>(s, fn, "eps_mode", {{"add", asyppo::eps_mode::add}, {"floor", asyppo::eps_mode::floor}});
 }
 
 /// None, a dict {tokens, sequences, norm_length} (missing = local), or a 3-sequence.

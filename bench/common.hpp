@@ -1,5 +1,6 @@
-// bench/membw.hpp: what every benchmark executable of asyppo reports beside its own numbers: the
-// machine's streaming bandwidth measured in the same run, and the byte/item counters.
+// bench/common.hpp: what the benchmark executables of asyppo share: the byte/item counters, the
+// registration of "library at 1 and 2 threads + naive baseline" benchmark families, and the
+// machine's streaming bandwidth measured in the same run.
 //
 // Streaming kernels over 64 MiB float arrays, split into contiguous parts per std::thread. Bytes:
 // copy 2 x 64 MiB (read a, write b), read 64 MiB (sum of a), add 3 x 64 MiB (c = a + b).
@@ -14,6 +15,8 @@
 #include <thread>
 #include <utility>
 #include <vector>
+
+#include "asyppo/config.hpp"
 
 namespace asyppo_bench {
 
@@ -75,6 +78,24 @@ inline void BM_membw(benchmark::State& st, bw_kind kind, int threads) {
   const double arr = double(kBwElems * sizeof(float));
   const double bytes = kind == bw_kind::copy ? 2 * arr : kind == bw_kind::add ? 3 * arr : arr;
   set_counters(st, bytes, double(kBwElems));
+}
+
+/// Registers name/BxT/asyppo/threads:{1,2} (lib(state, B, T, threads)) and name/BxT/naive
+/// (naive(state, B, T)), both in real time.
+template <class Lib, class Naive>
+void register_lib_and_naive(const char* name, asyppo::index_t B, asyppo::index_t T, double min_time, Lib lib,
+                            Naive naive) {
+  const std::string dims = std::to_string(B) + "x" + std::to_string(T);
+  for (int th : {1, 2})
+    benchmark::RegisterBenchmark((std::string(name) + "/" + dims + "/asyppo/threads:" + std::to_string(th)).c_str(), lib,
+                                 B, T, th)
+        ->UseRealTime()
+        ->MinTime(min_time)
+        ->Unit(benchmark::kMicrosecond);
+  benchmark::RegisterBenchmark((std::string(name) + "/" + dims + "/naive").c_str(), naive, B, T)
+      ->UseRealTime()
+      ->MinTime(min_time)
+      ->Unit(benchmark::kMicrosecond);
 }
 
 inline void register_membw() {
