@@ -37,12 +37,24 @@ class tiled_backend : public asyppo::cpu_backend {
   }
   template <class R>
   typename R::value_type reduce(index_t rows, index_t cols, R r) const {
-    return tree_reduce(rows * cols, r, [&](typename R::value_type& acc, index_t i) { r.add(acc, i / cols, i % cols); });
+    return reduce(rows, cols, r, asyppo::full_rows{cols});
+  }
+  template <class R, class Range>
+  typename R::value_type reduce(index_t rows, index_t cols, R r, Range range) const {
+    const asyppo::detail::ragged_reducer<R, Range> rr{r, range};  // the GPU's way: a skipping functor
+    return tree_reduce(rows * cols, r, [&](typename R::value_type& acc, index_t i) { rr.add(acc, i / cols, i % cols); });
   }
   template <class R, class Sink>
   void row_reduce(index_t rows, index_t cols, R r, Sink sink) const {
-    for (index_t b = 0; b < rows; ++b)
-      sink(b, tree_reduce(cols, r, [&](typename R::value_type& acc, index_t t) { r.add(acc, b, t); }));
+    row_reduce(rows, cols, r, sink, asyppo::full_rows{cols});
+  }
+  template <class R, class Sink, class Range>
+  void row_reduce(index_t rows, index_t, R r, Sink sink, Range range) const {
+    for (index_t b = 0; b < rows; ++b) {
+      index_t lo, hi;
+      range(b, lo, hi);
+      sink(b, tree_reduce(hi - lo, r, [&](typename R::value_type& acc, index_t t) { r.add(acc, b, lo + t); }));
+    }
   }
   template <class Begin, class R, class Sink>
   void segmented_reduce(index_t nseg, Begin begin, R r, Sink sink) const {
@@ -54,10 +66,16 @@ class tiled_backend : public asyppo::cpu_backend {
 
   template <class Elem, class Op, class Sink>
   void row_scan(scan_direction dir, index_t rows, index_t cols, Elem elem, Op op, Sink sink) const {
+    row_scan(dir, rows, cols, elem, op, sink, asyppo::full_rows{cols});
+  }
+  template <class Elem, class Op, class Sink, class Range>
+  void row_scan(scan_direction dir, index_t rows, index_t, Elem elem, Op op, Sink sink, Range range) const {
     using V = typename Op::value_type;
     for (index_t b = 0; b < rows; ++b) {
-      auto at = [&](index_t p) { return dir == scan_direction::forward ? p : cols - 1 - p; };
-      tiled_scan<V>(cols, [&](index_t p) { return op.lift(elem(b, at(p))); },
+      index_t lo, hi;
+      range(b, lo, hi);
+      auto at = [&](index_t p) { return dir == scan_direction::forward ? lo + p : hi - 1 - p; };
+      tiled_scan<V>(hi - lo, [&](index_t p) { return op.lift(elem(b, at(p))); },
                     [&](const V& x, const V& y) { return op.combine(x, y); },
                     [&](index_t p, const V& y) { sink(b, at(p), op.apply(y, op.initial())); });
     }

@@ -148,19 +148,32 @@ class cpu_backend {
 
   // ---- 2-D patterns over a row-major [rows, cols] index space ---------------------------
   // Functors receive (b, t). Rows run in parallel; reduce tiles are (row, column chunk) pairs of
-  // at most reduce_tile columns, merged in row-major order (thread-count independent).
+  // at most reduce_tile columns, merged in row-major order (thread-count independent). The
+  // ragged overloads (last argument: a column range per row) loop over [lo, hi) only; the tiles
+  // stay those of the full space, so a range changes no result bits.
 
   template <class F>
   void for_each(index_t rows, index_t cols, F f) const {
+    for_each(rows, cols, f, full_rows{cols});
+  }
+  template <class F, class Range>
+  void for_each(index_t rows, index_t cols, F f, Range range) const {
     parallel_blocks(rows, std::max<index_t>(1, 4096 / std::max<index_t>(cols, 1)), [&](index_t lo, index_t hi) {
       const F fn = f;  // a local copy: stores through uint8 outputs cannot alias its fields
-      for (index_t b = lo; b < hi; ++b)
-        for (index_t t = 0; t < cols; ++t) fn(b, t);
+      for (index_t b = lo; b < hi; ++b) {
+        index_t t0, t1;
+        range(b, t0, t1);
+        for (index_t t = t0; t < t1; ++t) fn(b, t);
+      }
     });
   }
 
   template <class R>
   typename R::value_type reduce(index_t rows, index_t cols, R r) const {
+    return reduce(rows, cols, r, full_rows{cols});
+  }
+  template <class R, class Range>
+  typename R::value_type reduce(index_t rows, index_t cols, R r, Range range) const {
     using V = typename R::value_type;
     const index_t chunks = cols > 0 ? (cols + reduce_tile - 1) / reduce_tile : 0;
     const index_t tiles = rows * chunks;
@@ -169,9 +182,12 @@ class cpu_backend {
     parallel_blocks(tiles, std::max<index_t>(1, 4096 / std::min(cols, reduce_tile)), [&](index_t lo, index_t hi) {
       const R rl = r;
       for (index_t k = lo; k < hi; ++k) {
-        const index_t b = k / chunks, c0 = (k - b * chunks) * reduce_tile, c1 = std::min(cols, c0 + reduce_tile);
+        const index_t b = k / chunks, c = (k - b * chunks) * reduce_tile;
+        index_t t0, t1;
+        range(b, t0, t1);
+        t0 = std::max(t0, c), t1 = std::min(t1, std::min(cols, c + reduce_tile));
         V acc = rl.identity();
-        for (index_t t = c0; t < c1; ++t) rl.add(acc, b, t);
+        detail::fold_span(rl, acc, b, t0, t1);
         part[static_cast<std::size_t>(k)] = acc;
       }
     });
@@ -182,12 +198,18 @@ class cpu_backend {
 
   template <class R, class Sink>
   void row_reduce(index_t rows, index_t cols, R r, Sink sink) const {
+    row_reduce(rows, cols, r, sink, full_rows{cols});
+  }
+  template <class R, class Sink, class Range>
+  void row_reduce(index_t rows, index_t cols, R r, Sink sink, Range range) const {
     parallel_blocks(rows, std::max<index_t>(1, 4096 / std::max<index_t>(cols, 1)), [&](index_t lo, index_t hi) {
       const R rl = r;
       const Sink sk = sink;
       for (index_t b = lo; b < hi; ++b) {
+        index_t t0, t1;
+        range(b, t0, t1);
         typename R::value_type acc = rl.identity();
-        for (index_t t = 0; t < cols; ++t) rl.add(acc, b, t);
+        detail::fold_span(rl, acc, b, t0, t1);
         sk(b, acc);
       }
     });
@@ -195,22 +217,28 @@ class cpu_backend {
 
   template <class Elem, class Op, class Sink>
   void row_scan(scan_direction dir, index_t rows, index_t cols, Elem elem, Op op, Sink sink) const {
+    row_scan(dir, rows, cols, elem, op, sink, full_rows{cols});
+  }
+  template <class Elem, class Op, class Sink, class Range>
+  void row_scan(scan_direction dir, index_t rows, index_t cols, Elem elem, Op op, Sink sink, Range range) const {
     if (cols <= 0) return;
     parallel_blocks(rows, std::max<index_t>(1, 4096 / cols), [&](index_t lo, index_t hi) {
       const Elem el = elem;
       const Op o = op;
       const Sink sk = sink;
       for (index_t b = lo; b < hi; ++b) {
+        index_t t0, t1;
+        range(b, t0, t1);
         // Sequential fold of the state: x_t = apply(elem(b,t), x_prev), equal to applying the
         // combined prefix to op.initial() (what a parallel backend computes).
         auto x = o.initial();
         if (dir == scan_direction::forward) {
-          for (index_t t = 0; t < cols; ++t) {
+          for (index_t t = t0; t < t1; ++t) {
             x = o.apply(el(b, t), x);
             sk(b, t, x);
           }
         } else {
-          for (index_t t = cols - 1; t >= 0; --t) {
+          for (index_t t = t1 - 1; t >= t0; --t) {
             x = o.apply(el(b, t), x);
             sk(b, t, x);
           }
@@ -221,13 +249,20 @@ class cpu_backend {
 
   template <class Bin>
   void histogram(index_t rows, index_t cols, Bin bin, index_t nbins, std::uint64_t* counts) const {
+    histogram(rows, cols, bin, nbins, counts, full_rows{cols});
+  }
+  template <class Bin, class Range>
+  void histogram(index_t rows, index_t cols, Bin bin, index_t nbins, std::uint64_t* counts, Range range) const {
     const int parts = static_cast<int>(std::min<index_t>(threads_, std::max<index_t>(1, rows * cols / 65536)));
     auto count_rows = [&](index_t lo, index_t hi, auto* h) {
-      for (index_t b = lo; b < hi; ++b)
-        for (index_t t = 0; t < cols; ++t) {
+      for (index_t b = lo; b < hi; ++b) {
+        index_t t0, t1;
+        range(b, t0, t1);
+        for (index_t t = t0; t < t1; ++t) {
           const index_t k = bin(b, t);
           if (k >= 0) ++h[k];
         }
+      }
     };
     if (parts <= 1 || rows < 2) {
       count_rows(0, rows, counts);
@@ -271,15 +306,22 @@ class cpu_backend {
   /// Stream compaction to the host: the values v with pick(b, t, v) true, in row-major order.
   template <class V, class Pick>
   std::vector<V> collect(index_t rows, index_t cols, Pick pick) const {
+    return collect<V>(rows, cols, pick, full_rows{cols});
+  }
+  template <class V, class Pick, class Range>
+  std::vector<V> collect(index_t rows, index_t cols, Pick pick, Range range) const {
     const int parts = static_cast<int>(std::min<index_t>(threads_, std::max<index_t>(1, rows * cols / 65536)));
     std::vector<std::vector<V>> local(static_cast<std::size_t>(std::max(parts, 1)));
     run_parts(std::max(parts, 1), [&](int p) {
       const int np = std::max(parts, 1);
       auto& out = local[static_cast<std::size_t>(p)];
       V v;
-      for (index_t b = rows * p / np; b < rows * (p + 1) / np; ++b)
-        for (index_t t = 0; t < cols; ++t)
+      for (index_t b = rows * p / np; b < rows * (p + 1) / np; ++b) {
+        index_t t0, t1;
+        range(b, t0, t1);
+        for (index_t t = t0; t < t1; ++t)
           if (pick(b, t, v)) out.push_back(v);
+      }
     });
     std::vector<V> all = std::move(local[0]);
     for (std::size_t p = 1; p < local.size(); ++p) all.insert(all.end(), local[p].begin(), local[p].end());

@@ -34,11 +34,22 @@
 //   collect<V>(rows, cols, pick) -> host std::vector<V>
 //                                        the v with pick(b, t, v) true, in row-major order
 //                                        (stream compaction; used for small candidate sets).
+// Ragged rows: every 2-D pattern also takes a column range as its last argument, range(b, lo&, hi&)
+// (0 <= lo <= hi <= cols), and then visits only t in [lo, hi) of row b; a row scan starts at hi - 1
+// (reverse) or lo (forward) from op.initial(), and a reduce keeps the tile structure of the full
+// space (same results as a functor that skips the unvisited columns). LLM batches are right-padded,
+// so an algorithm that knows where each row's valid tokens end (row_span) visits only those columns
+// and writes the padding once (or leaves it to a separate pass). The (rows, cols) overloads are
+// the range full_rows{cols}. detail::ragged_* wrap a functor so that a backend may implement a
+// ragged pattern through its full-row one.
 // Memory: allocate<T>(n) (an owning buffer with data()), copy_to_host, copy_from_host, fill.
 //
 // Reducer r: value_type; identity(); add(acc&, index...); combine(a, b). add() may also write
 // to the output locations of its own index (each index is visited exactly once), which is how
-// an algorithm fuses "compute a value, store it, and sum it" into one pass. Scan op: value_type;
+// an algorithm fuses "compute a value, store it, and sum it" into one pass. A 2-D reducer may also
+// offer add_span(acc&, b, t0, t1): the same as add(acc, b, t) for t = t0, ..., t1 - 1 in that order
+// (same result), written so that the compiler can vectorise it (contiguous rows); a CPU backend
+// calls it for each piece of a row it folds, a GPU backend ignores it (detail::fold_span). Scan op: value_type;
 // initial(); lift(e); apply(e, x) (and apply(value, x)); combine(a, b). All functors are
 // ASYPPO_HD, trivially copyable, hold views/pointers/scalars only, and never throw.
 //
@@ -69,7 +80,83 @@ struct offset_segments {
   ASYPPO_HD index_t operator()(index_t g) const { return offsets[g]; }
 };
 
+/// Every column of every row: [0, cols).
+struct full_rows {
+  index_t cols;
+  ASYPPO_HD void operator()(index_t, index_t& lo, index_t& hi) const { lo = 0, hi = cols; }
+};
+
+/// The columns [0, end[b]) of row b (end: a backend array of rows entries).
+struct row_heads {
+  const index_t* end;
+  ASYPPO_HD void operator()(index_t b, index_t& lo, index_t& hi) const { lo = 0, hi = end[b]; }
+};
+
+/// The columns [end[b], cols) of row b: what row_heads leaves out.
+struct row_tails {
+  const index_t* end;
+  index_t cols;
+  ASYPPO_HD void operator()(index_t b, index_t& lo, index_t& hi) const { lo = end[b], hi = cols; }
+};
+
 namespace detail {
+
+/// add_span when the reducer offers it, else add() over [t0, t1).
+template <class R>
+ASYPPO_HD void fold_span(const R& r, typename R::value_type& acc, index_t b, index_t t0, index_t t1) {
+  if constexpr (requires { r.add_span(acc, b, t0, t1); }) {
+    if (t1 > t0) r.add_span(acc, b, t0, t1);
+  } else {
+    for (index_t t = t0; t < t1; ++t) r.add(acc, b, t);
+  }
+}
+
+/// Whether column t lies in the range of row b.
+template <class Range>
+ASYPPO_HD bool in_range(const Range& range, index_t b, index_t t) {
+  index_t lo, hi;
+  range(b, lo, hi);
+  return t >= lo && t < hi;
+}
+
+/// Full-row functors restricted to a range (for backends that implement ragged patterns by
+/// wrapping): outside the range a for-each does nothing, a reducer adds nothing, a bin is -1 and a
+/// pick is false.
+template <class F, class Range>
+struct ragged_index {
+  F f;
+  Range range;
+  ASYPPO_HD void operator()(index_t b, index_t t) const {
+    if (in_range(range, b, t)) f(b, t);
+  }
+};
+template <class R, class Range>
+struct ragged_reducer {
+  R r;
+  Range range;
+  using value_type = typename R::value_type;
+  ASYPPO_HD value_type identity() const { return r.identity(); }
+  ASYPPO_HD void add(value_type& acc, index_t b, index_t t) const {
+    if (in_range(range, b, t)) r.add(acc, b, t);
+  }
+  ASYPPO_HD value_type combine(const value_type& a, const value_type& c) const { return r.combine(a, c); }
+};
+template <class Bin, class Range>
+struct ragged_bin {
+  Bin bin;
+  Range range;
+  ASYPPO_HD index_t operator()(index_t b, index_t t) const { return in_range(range, b, t) ? bin(b, t) : -1; }
+};
+template <class Pick, class Range>
+struct ragged_pick {
+  Pick pick;
+  Range range;
+  template <class V>
+  ASYPPO_HD bool operator()(index_t b, index_t t, V& v) const {
+    return in_range(range, b, t) && pick(b, t, v);
+  }
+};
+
 struct probe_reducer {
   using value_type = double;
   ASYPPO_HD double identity() const { return 0; }
@@ -95,6 +182,7 @@ struct probe_elem2 {
 struct probe_sink2 {
   ASYPPO_HD void operator()(index_t, index_t, double) const {}
 };
+
 struct probe_index2 {
   ASYPPO_HD void operator()(index_t, index_t) const {}
 };
@@ -139,6 +227,15 @@ concept Backend = std::copy_constructible<B> && requires(const B& b, index_t n, 
   { b.row_scan(scan_direction::reverse, n, n, detail::probe_elem2{}, detail::probe_scan{}, detail::probe_sink2{}) };
   { b.histogram(n, n, detail::probe_bin2{}, n, counts) };
   { b.template collect<double>(n, n, detail::probe_pick{}) };
+  { b.for_each(n, n, detail::probe_index2{}, full_rows{n}) };
+  { b.reduce(n, n, detail::probe_reducer2{}, full_rows{n}) } -> std::same_as<double>;
+  { b.row_reduce(n, n, detail::probe_reducer2{}, detail::probe_sink{}, full_rows{n}) };
+  {
+    b.row_scan(scan_direction::reverse, n, n, detail::probe_elem2{}, detail::probe_scan{}, detail::probe_sink2{},
+               full_rows{n})
+  };
+  { b.histogram(n, n, detail::probe_bin2{}, n, counts, full_rows{n}) };
+  { b.template collect<double>(n, n, detail::probe_pick{}, full_rows{n}) };
   { b.sort_indices(n, detail::probe_key{}, perm) };
   { b.template allocate<double>(n) };
   { b.copy_to_host(p, n, p) };

@@ -111,10 +111,10 @@ struct actor_reducer {
         const double h = static_cast<double>(entropy(b, t));
         acc.ent.sum += h;
         acc.ent.agg += wb * h;
-        if (keep_h) acc.ent.filtered_agg += wb * h;
+        acc.ent.filtered_agg += keep_h ? wb * h : 0.0;  // selects: I^H zeros are scattered
       }
-      if (!keep_h) acc.ent.filtered += 1;
-      if (keep_h) gh = -beta * wb;
+      acc.ent.filtered += keep_h ? 0 : 1;
+      gh = keep_h ? -beta * wb : 0.0;
       // KL penalty.
       if (ref.data) {
         const kl_value k = kl_token(lp - static_cast<double>(ref(b, t)), kp);
@@ -165,11 +165,12 @@ actor_objective_result actor_objective(const Backend& be, const actor_objective_
     detail::fail(where, "ref_logp", "is required when kl_coef != 0 (kl_coef = ", opt.kl_coef, ")");
   detail::check_aggregation(where, opt.aggregation);
   detail::check_normalizer_fields(where, "normalizer", opt.normalizer);
+  const auto span = detail::make_row_span(be, in.mask);
   if (opt.check_finite)
     detail::check_finite_views<Backend, T>(be, where, "logp, old_logp, advantages, entropy or ref_logp", in.mask,
-                                           in.logp, in.old_logp, in.advantages, in.entropy, in.ref_logp);
+                                           span.heads(), in.logp, in.old_logp, in.advantages, in.entropy, in.ref_logp);
   auto tab = detail::make_row_weights<Backend, double>(be, where, "normalizer", in.mask, 1, {}, opt.aggregation,
-                                                       &opt.normalizer, 1);
+                                                       &opt.normalizer, 1, span.heads());
   actor_objective_result r;
   r.normalizer = r.policy.normalizer = r.entropy.normalizer = r.kl.normalizer = tab.resolved[0];
   if (B * Tn == 0) return r;
@@ -188,7 +189,8 @@ actor_objective_result actor_objective(const Backend& be, const actor_objective_
                                      detail::kl_params_of(opt.kl),
                                      opt.entropy_coef,
                                      opt.kl_coef};
-  const detail::actor_acc a = be.reduce(B, Tn, red);
+  const detail::actor_acc a = be.reduce(B, Tn, red, span.heads());
+  detail::write_zero(be, B, Tn, span.tails(), out.grad_logp, out.grad_entropy);
   r.policy.loss = a.pg.loss;
   r.policy.metrics = detail::policy_metrics_of(a.pg);
   r.entropy.entropy = a.ent.agg;

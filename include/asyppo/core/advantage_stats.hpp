@@ -20,9 +20,11 @@ namespace asyppo::detail {
 
 inline constexpr int stats_critics_per_pass = 8;
 
-template <class T>
+/// NC: critics per pass known at compile time (1 or 2, the common cases: the accumulators then
+/// live in registers), or 0: ncritics at run time, up to stats_critics_per_pass.
+template <class T, int NC = 0>
 struct summary_reducer {
-  static constexpr int cap = 2 + stats_critics_per_pass;  // advantages, returns, R - V_k
+  static constexpr int cap = 2 + (NC > 0 ? NC : stats_critics_per_pass);  // advantages, returns, R - V_k
   critic_view<const T> values;
   token_view<T> adv;
   token_view<const T> ret;
@@ -35,6 +37,7 @@ struct summary_reducer {
     double n;
     double shift[cap], s1[cap], s2[cap];
   };
+  ASYPPO_HD int series() const { return NC > 0 ? cap : 2 + static_cast<int>(ncritics); }
   ASYPPO_HD value_type identity() const {
     value_type v;
     v.n = 0;
@@ -43,16 +46,20 @@ struct summary_reducer {
   }
   ASYPPO_HD void add(value_type& a, index_t b, index_t t) const {
     if (!mask(b, t)) return;
-    double x[cap];
     double A = static_cast<double>(adv(b, t));
     if (apply_mask && !adv_mask(b, t)) {
       adv(b, t) = T(0);
       A = 0;
     }
+    accumulate(a, b, t, A, static_cast<double>(ret(b, t)));
+  }
+  /// Adds the token (b, t) with advantage A and return R (as stored) to a.
+  ASYPPO_HD void accumulate(value_type& a, index_t b, index_t t, double A, double R) const {
+    double x[cap];
     x[0] = A;
-    x[1] = static_cast<double>(ret(b, t));
-    for (index_t k = 0; k < ncritics; ++k) x[2 + k] = x[1] - static_cast<double>(values(first_critic + k, b, t));
-    const int m = 2 + static_cast<int>(ncritics);
+    x[1] = R;
+    const int m = series();
+    for (int j = 2; j < m; ++j) x[j] = R - static_cast<double>(values(first_critic + j - 2, b, t));
     if (a.n == 0)
       for (int j = 0; j < m; ++j) a.shift[j] = x[j];
     a.n += 1;
@@ -79,6 +86,26 @@ struct summary_reducer {
   }
 };
 
+/// {n, mean_0, M2_0, mean_1, M2_1, ...} of an accumulator.
+template <class T, int NC>
+std::vector<double> moments_of(const summary_reducer<T, NC>& red, const typename summary_reducer<T, NC>::value_type& acc) {
+  const int series = red.series();
+  std::vector<double> local(static_cast<std::size_t>(1 + 2 * series), 0.0);
+  local[0] = acc.n;
+  for (int j = 0; j < series && acc.n > 0; ++j) {
+    local[static_cast<std::size_t>(1 + 2 * j)] = acc.shift[j] + acc.s1[j] / acc.n;
+    local[static_cast<std::size_t>(2 + 2 * j)] = acc.s2[j] - acc.s1[j] * acc.s1[j] / acc.n;
+  }
+  return local;
+}
+
+/// Count, mean and M2 of each series over the valid tokens of this rank: {n, mean_0, M2_0, ...}.
+template <int NC, class Backend, class T, class Range>
+std::vector<double> summary_moments(const Backend& be, const summary_reducer<T, NC>& red, index_t B, index_t Tn,
+                                    Range range) {
+  return moments_of(red, be.reduce(B, Tn, red, range));
+}
+
 /// Mean and M2 per series after merging every rank's (n, mean, M2) in rank order.
 template <class Comm>
 std::vector<double> merge_over_ranks(const std::vector<double>& local, int series, const Comm& comm) {
@@ -102,38 +129,43 @@ std::vector<double> merge_over_ranks(const std::vector<double>& local, int serie
   return out;
 }
 
-template <class Backend, class T, class Summary, class Comm>
+/// The summary from this rank's moments (moments_of layout, `critics` R - V_k series): merged over
+/// ranks, then mean/std of the advantages and returns and the explained variance of each critic.
+template <class Summary, class Comm>
+void summary_from_moments(const std::vector<double>& local, index_t first_critic, index_t critics, Summary& s,
+                          double& var_ret, const Comm& comm) {
+  const int series = 2 + static_cast<int>(critics);
+  const auto g = merge_over_ranks(local, series, comm);
+  const double n = g[0];
+  if (n <= 0) return;
+  auto var = [&](int j) { return g[static_cast<std::size_t>(2 + 2 * j)] / n; };
+  if (first_critic == 0) {
+    s.advantage_mean = g[1];
+    s.advantage_std = std::sqrt(var(0));
+    s.return_mean = g[3];
+    s.return_std = std::sqrt(var(1));
+    var_ret = var(1);
+  }
+  for (index_t k = 0; k < critics; ++k)
+    s.explained_variance[static_cast<std::size_t>(first_critic + k)] =
+        var_ret > 0 ? 1.0 - var(2 + static_cast<int>(k)) / var_ret : NAN;
+}
+
+/// range: columns holding every valid token of each row (backend/patterns.hpp, ragged rows).
+template <class Backend, class T, class Summary, class Comm, class Range>
 void advantage_moments(const Backend& be, critic_view<const T> values, token_view<T> adv, token_view<const T> ret,
                        mask_view mask, view<const std::uint8_t, 2> adv_mask, bool apply_mask, Summary& s,
-                       const Comm& comm) {
+                       const Comm& comm, Range range) {
   const index_t K = values.extent[0], B = adv.extent[0], Tn = adv.extent[1];
-  using R = summary_reducer<T>;
   s.explained_variance.assign(static_cast<std::size_t>(K), NAN);
   double var_ret = 0;
   for (index_t k0 = 0; k0 < K || k0 == 0; k0 += stats_critics_per_pass) {
     const index_t nk = std::min<index_t>(stats_critics_per_pass, K - k0);
-    const R red{values, adv, ret, mask, adv_mask, k0, nk, apply_mask && k0 == 0};
-    const auto acc = be.reduce(B, Tn, red);
-    const int series = 2 + static_cast<int>(nk);
-    std::vector<double> local(static_cast<std::size_t>(1 + 2 * series), 0.0);
-    local[0] = acc.n;
-    for (int j = 0; j < series && acc.n > 0; ++j) {
-      local[static_cast<std::size_t>(1 + 2 * j)] = acc.shift[j] + acc.s1[j] / acc.n;
-      local[static_cast<std::size_t>(2 + 2 * j)] = acc.s2[j] - acc.s1[j] * acc.s1[j] / acc.n;
-    }
-    const auto g = merge_over_ranks(local, series, comm);
-    const double n = g[0];
-    if (n <= 0) break;
-    auto var = [&](int j) { return g[static_cast<std::size_t>(2 + 2 * j)] / n; };
-    if (k0 == 0) {
-      s.advantage_mean = g[1];
-      s.advantage_std = std::sqrt(var(0));
-      s.return_mean = g[3];
-      s.return_std = std::sqrt(var(1));
-      var_ret = var(1);
-    }
-    for (index_t k = 0; k < nk; ++k)
-      s.explained_variance[static_cast<std::size_t>(k0 + k)] = var_ret > 0 ? 1.0 - var(2 + static_cast<int>(k)) / var_ret : NAN;
+    const bool apply = apply_mask && k0 == 0;
+    const auto local = nk == 2   ? summary_moments(be, summary_reducer<T, 2>{values, adv, ret, mask, adv_mask, k0, 2, apply}, B, Tn, range)
+                       : nk == 1 ? summary_moments(be, summary_reducer<T, 1>{values, adv, ret, mask, adv_mask, k0, 1, apply}, B, Tn, range)
+                                 : summary_moments(be, summary_reducer<T>{values, adv, ret, mask, adv_mask, k0, nk, apply}, B, Tn, range);
+    summary_from_moments(local, k0, nk, s, var_ret, comm);
     if (K == 0) break;
   }
 }

@@ -27,6 +27,7 @@
 
 #include "asyppo/core/advantage_stats.hpp"
 #include "asyppo/core/gae.hpp"
+#include "asyppo/core/row_span.hpp"
 #include "asyppo/core/shards.hpp"
 #include "asyppo/core/uncertainty_masks.hpp"
 #include "asyppo/core/whiten.hpp"
@@ -114,6 +115,29 @@ struct sigma_pass {
     }
     sigma[b * cols + t] = static_cast<T>(point.std(b, t));
   }
+  /// add() over [t0, t1). K = 2 with contiguous rows: one vectorisable loop (sigma is also written
+  /// at the invalid tokens of the span, which nothing reads).
+  ASYPPO_HD void add_span(value_type& acc, index_t b, index_t t0, index_t t1) const {
+    const critic_view<const T>& v = point.values;
+    if (v.extent[0] != 2 || !unit_inner_stride(v) || !unit_inner_stride(rewards) || !unit_inner_stride(mask)) {
+      for (index_t t = t0; t < t1; ++t) add(acc, b, t);
+      return;
+    }
+    const T *v0 = &v(0, b, 0), *v1 = &v(1, b, 0), *r = &rewards(b, 0);
+    const std::uint8_t* m = &mask(b, 0);
+    T* s = sigma + b * cols;
+    const double half = point.half_span;
+    std::int64_t valid = 0, bad = 0;
+    for (index_t t = t0; t < t1; ++t) {
+      s[t] = static_cast<T>(fabs(static_cast<double>(v0[t]) - static_cast<double>(v1[t])) * half);  // Eq. E4, K = 2
+      valid += m[t] != 0;
+    }
+    if (check)
+      for (index_t t = t0; t < t1; ++t)
+        bad += (m[t] != 0) & (nonfinite_bits(v0[t]) | nonfinite_bits(v1[t]) | nonfinite_bits(r[t]));
+    acc.valid += valid;
+    acc.nonfinite += bad;
+  }
   ASYPPO_HD value_type combine(const value_type& a, const value_type& b) const {
     return {a.valid + b.valid, a.nonfinite + b.nonfinite};
   }
@@ -142,7 +166,7 @@ struct mask_hook {
       adv_mask(b, t) = am;
       entropy_mask(b, t) = em;
     }
-    if (apply && valid && !am) a = 0.0;
+    a = (apply & valid & !am) ? 0.0 : a;  // a select, not a branch on the (random) mask
   }
 };
 
@@ -194,12 +218,17 @@ advantage_summary advantage_step(const Backend& be, const advantage_inputs<T>& i
   detail::check_fraction(where, "entropy_filter_fraction", cfg.entropy_filter_fraction);
   if (cfg.whiten_advantages) detail::check_whiten_options(where, cfg.whiten);
 
+  // Every pass visits only the columns up to each row's last valid token (core/row_span.hpp); the
+  // padding after it is written once, after the checks.
+  const auto span = detail::make_row_span(be, in.mask);
+  const row_heads heads = span.heads();
+
   // A. sigma (temporary), finiteness, valid tokens per row.
   const detail::ensemble_point<T> point{in.values, cfg.std == std_kind::unbiased};
   auto sigma = be.template allocate<T>(B * Tn);
   auto tallies = be.template allocate<detail::token_tally>(B);
   be.row_reduce(B, Tn, detail::sigma_pass<T>{point, in.rewards, in.mask, sigma.data(), Tn, cfg.check_finite},
-                detail::store_row<detail::token_tally>{tallies.data()});
+                detail::store_row<detail::token_tally>{tallies.data()}, heads);
   std::vector<detail::token_tally> tally(static_cast<std::size_t>(B));
   be.copy_to_host(tallies.data(), B, tally.data());
   std::vector<index_t> row_valid(static_cast<std::size_t>(B));
@@ -222,24 +251,28 @@ advantage_summary advantage_step(const Backend& be, const advantage_inputs<T>& i
   if (n_valid > 0)
     for (double q : qs) qranks.push_back(static_cast<std::uint64_t>(std::floor(q * static_cast<double>(n_valid - 1))));
   const bool batch_scope = cfg.scope == mask_scope::batch;
-  auto plan = batch_scope ? detail::plan_masks(be, csigma, in.mask, mo, comm, row_valid, qranks)
-                          : detail::plan_masks(be, csigma, in.mask, mo, comm, row_valid);  // comm: global counts
+  auto plan = detail::plan_masks(be, csigma, in.mask, mo, comm, row_valid,  // sequence scope: comm for counts only
+                                 batch_scope ? qranks : std::vector<std::uint64_t>{}, heads);
   if (!batch_scope && !qranks.empty()) {
     std::vector<select_request> req;
     for (auto r : qranks) req.push_back({0, r});
     std::vector<select_result> res(req.size());
     radix_select(be, B, Tn, detail::std_key_of<T>{csigma, in.mask, false}, 8 * int(sizeof(T)),
                  detail::selection_digit_bits(comm), 1, req.data(),
-                 static_cast<index_t>(req.size()), res.data(), comm);
+                 static_cast<index_t>(req.size()), res.data(), comm, heads);
     for (auto& r : res) plan.quantiles.push_back(static_cast<double>(detail::key_value<T>(r.key)));
   }
-  if (plan.ranked) detail::write_masks(be, csigma, in.mask, out.adv_mask, out.entropy_mask, plan.rows.data(), true);
+  if (plan.ranked)
+    detail::write_masks(be, csigma, in.mask, out.adv_mask, out.entropy_mask, plan.rows.data(), true, heads);
 
-  // D. GAE, with the masks, sigma and I^A fused into its sink.
+  // D. GAE, with the masks, sigma and I^A fused into its sink; then the padding of every output.
   const bool apply_in_gae = cfg.mask_advantages && !cfg.whiten_advantages;
-  detail::gae_unchecked(be, in.values, in.rewards, in.mask, g, gae_outputs<T>{out.advantages, out.returns, {}}, cfg.std,
-                        detail::mask_hook<T>{sigma.data(), Tn, plan.rows.data(), out.adv_mask, out.entropy_mask, out.std,
-                                             plan.ranked, apply_in_gae});
+  const detail::mask_hook<T> hook{sigma.data(), Tn, plan.rows.data(), out.adv_mask, out.entropy_mask, out.std,
+                                  plan.ranked, apply_in_gae};
+  const gae_outputs<T> gout{out.advantages, out.returns, {}};
+  detail::gae_unchecked(be, in.values, in.rewards, in.mask, g, gout, cfg.std, hook, heads);
+  detail::write_zero(be, B, Tn, span.tails(), out.advantages, out.returns, out.std, out.adv_mask,
+                     out.entropy_mask);
 
   // Optional whitening (in place); I^A is applied after it.
   if (cfg.whiten_advantages)
@@ -263,9 +296,10 @@ advantage_summary advantage_step(const Backend& be, const advantage_inputs<T>& i
   // E. Summary moments (and I^A after whitening).
   if (cfg.statistics)
     detail::advantage_moments(be, in.values, out.advantages, token_view<const T>(out.returns), in.mask,
-                              view<const std::uint8_t, 2>(out.adv_mask), apply_later, s, comm);
+                              view<const std::uint8_t, 2>(out.adv_mask), apply_later, s, comm, heads);
   else if (apply_later)
-    be.for_each(B, Tn, detail::apply_adv_mask<T>{out.advantages, in.mask, view<const std::uint8_t, 2>(out.adv_mask)});
+    be.for_each(B, Tn, detail::apply_adv_mask<T>{out.advantages, in.mask, view<const std::uint8_t, 2>(out.adv_mask)},
+                heads);
 
   // Shards.
   // Shards are requested by a [K,B] view; with B = 0 on some rank its data may be null, and every

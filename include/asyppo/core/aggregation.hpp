@@ -50,6 +50,7 @@
 #include <vector>
 
 #include "asyppo/backend/patterns.hpp"
+#include "asyppo/core/row_span.hpp"
 #include "asyppo/core/validate.hpp"
 
 namespace asyppo {
@@ -133,13 +134,13 @@ struct shard_row_length {
 
 /// Row lengths L_b (valid tokens per row) into host memory, for K row selections (K*B entries;
 /// selection k marks rows with shard(k, b) == 0 as -1, not selected; shard absent: every row).
-template <class Backend, class S>
-std::vector<index_t> row_lengths_host(const Backend& be, mask_view mask, index_t K, view<const S, 2> shard) {
+template <class Backend, class S, class Range>
+std::vector<index_t> row_lengths_host(const Backend& be, mask_view mask, index_t K, view<const S, 2> shard, Range range) {
   const index_t B = mask.extent[0], Tn = mask.extent[1];
   std::vector<index_t> host(static_cast<std::size_t>(K * B), 0);
   if (B == 0) return host;
   auto len = be.template allocate<index_t>(B);
-  if (Tn > 0) be.row_reduce(B, Tn, count_valid{mask}, store_row<index_t>{len.data()});
+  if (Tn > 0) be.row_reduce(B, Tn, count_valid{mask}, store_row<index_t>{len.data()}, range);
   else be.fill(len.data(), B, index_t(0));
   if (shard.data == nullptr && K == 1) {
     be.copy_to_host(len.data(), B, host.data());
@@ -232,12 +233,12 @@ struct row_weight_table {
   std::vector<loss_counts> counts;
 };
 
-template <class Backend, class S>
+template <class Backend, class S, class Range>
 row_weight_table<Backend> make_row_weights(const Backend& be, const char* where, const char* name, mask_view mask,
                                            index_t K, view<const S, 2> shard, loss_aggregation mode,
-                                           const loss_normalizer* norms, index_t nnorms) {
+                                           const loss_normalizer* norms, index_t nnorms, Range range) {
   const index_t B = mask.extent[0], Tn = mask.extent[1];
-  const std::vector<index_t> len = row_lengths_host<Backend, S>(be, mask, K, shard);
+  const std::vector<index_t> len = row_lengths_host<Backend, S>(be, mask, K, shard, range);
   row_weight_table<Backend> tab{be.template allocate<double>(K * B), {}, {}};
   std::vector<double> w(static_cast<std::size_t>(K * B), 0.0);
   for (index_t k = 0; k < K; ++k) {
@@ -293,7 +294,8 @@ loss_counts count_loss_tokens(const Backend& be, mask_view mask) {
   detail::check_view(where, "mask", mask);
   const index_t B = mask.extent[0], Tn = mask.extent[1];
   if (!detail::present(mask) && B * Tn > 0) detail::fail(where, "mask", "is required");
-  const std::vector<index_t> len = detail::row_lengths_host<Backend, double>(be, mask, 1, {});
+  const auto span = detail::make_row_span(be, mask);
+  const std::vector<index_t> len = detail::row_lengths_host<Backend, double>(be, mask, 1, {}, span.heads());
   return detail::counts_of_rows(len.data(), B, Tn);
 }
 
@@ -322,11 +324,14 @@ aggregation_result aggregate_loss(const Backend& be, token_view<const T> loss, m
   detail::check_optional_output(where, "weights", weights, {B, Tn});
   detail::check_aggregation(where, mode);
   detail::check_normalizer_fields(where, "normalizer", norm);
-  if (check_finite) detail::check_finite_views<Backend, T>(be, where, "loss", mask, loss);
-  auto tab = detail::make_row_weights<Backend, double>(be, where, "normalizer", mask, 1, {}, mode, &norm, 1);
+  const auto span = detail::make_row_span(be, mask);
+  if (check_finite) detail::check_finite_views<Backend, T>(be, where, "loss", mask, span.heads(), loss);
+  auto tab = detail::make_row_weights<Backend, double>(be, where, "normalizer", mask, 1, {}, mode, &norm, 1, span.heads());
   aggregation_result r;
   r.normalizer = tab.resolved[0];
-  if (B * Tn > 0) r.loss = be.reduce(B, Tn, detail::aggregate_reducer<T>{loss, mask, tab.weights.data(), weights});
+  if (B * Tn == 0) return r;
+  r.loss = be.reduce(B, Tn, detail::aggregate_reducer<T>{loss, mask, tab.weights.data(), weights}, span.heads());
+  detail::write_zero(be, B, Tn, span.tails(), weights);
   return r;
 }
 

@@ -16,6 +16,7 @@
 
 #include "asyppo/backend/patterns.hpp"
 #include "asyppo/core/modes.hpp"
+#include "asyppo/core/row_span.hpp"
 #include "asyppo/core/validate.hpp"
 #include "asyppo/views.hpp"
 
@@ -47,6 +48,7 @@ struct ensemble_point {
   }
   ASYPPO_HD double mean(index_t b, index_t t) const {
     const index_t K = values.extent[0];
+    if (K == 2) return 0.5 * (static_cast<double>(values(0, b, t)) + static_cast<double>(values(1, b, t)));
     double s = 0;
     for (index_t k = 0; k < K; ++k) s += static_cast<double>(values(k, b, t));
     return s * inv_k;
@@ -59,7 +61,7 @@ struct ensemble_point {
     const index_t K = values.extent[0];
     if (K == 2) {  // sqrt(sum (v_k - mu)^2 / D) = |v0 - v1| sqrt(1 / (2 D)), without a square root
       const double d = static_cast<double>(values(0, b, t)) - static_cast<double>(values(1, b, t));
-      return (d < 0 ? -d : d) * half_span;
+      return fabs(d) * half_span;  // fabs, not a branch on the sign (random: mispredicted)
     }
     double s = 0;
     for (index_t k = 0; k < K; ++k) {
@@ -112,8 +114,17 @@ void ensemble_stats(const Backend& be, critic_view<const T> values, mask_view ma
   detail::check_optional_output(where, "out.std", out.std, {B, Tn});
   detail::check_optional_output(where, "out.min", out.min, {B, Tn});
   detail::check_optional_output(where, "out.max", out.max, {B, Tn});
-  if (check_finite) detail::check_finite_tokens<Backend, T>(be, where, "values", B, Tn, values, {}, mask);
-  be.for_each(B, Tn, detail::ensemble_kernel<T>{{values, kind == std_kind::unbiased}, mask, out});
+  const detail::ensemble_kernel<T> kernel{{values, kind == std_kind::unbiased}, mask, out};
+  if (!detail::present(mask)) {  // every token valid
+    if (check_finite) detail::check_finite_tokens<Backend, T>(be, where, "values", B, Tn, values, {}, mask);
+    be.for_each(B, Tn, kernel);
+    return;
+  }
+  const auto span = detail::make_row_span(be, mask);  // up to each row's last valid token, then zeros
+  if (check_finite)
+    detail::check_finite(be, where, "values", B, Tn, detail::count_nonfinite_tokens<T, 1, 1>{{values}, {}, mask}, span.heads());
+  be.for_each(B, Tn, kernel, span.heads());
+  detail::write_zero(be, B, Tn, span.tails(), out.mean, out.std, out.min, out.max);
 }
 
 }  // namespace asyppo

@@ -98,12 +98,10 @@ struct entropy_reducer {
       acc.valid += 1;
       acc.sum += h;
       acc.agg += w[b] * h;
-      if (entropy_mask.data && !entropy_mask(b, t)) {
-        acc.filtered += 1;
-      } else {
-        acc.filtered_agg += w[b] * h;
-        g = -beta * w[b];
-      }
+      const bool keep = !entropy_mask.data || entropy_mask(b, t);  // selects: I^H zeros are scattered
+      acc.filtered += keep ? 0 : 1;
+      acc.filtered_agg += keep ? w[b] * h : 0.0;
+      g = keep ? -beta * w[b] : 0.0;
     }
     if (grad.data) grad(b, t) = static_cast<T>(g);
   }
@@ -243,13 +241,16 @@ entropy_bonus_result entropy_bonus(const Backend& be, token_view<const T> entrop
   detail::check_finite_scalar(where, "beta", opt.beta);
   detail::check_aggregation(where, opt.aggregation);
   detail::check_normalizer_fields(where, "normalizer", opt.normalizer);
-  if (opt.check_finite) detail::check_finite_views<Backend, T>(be, where, "entropy", mask, entropy);
+  const auto span = detail::make_row_span(be, mask);
+  if (opt.check_finite) detail::check_finite_views<Backend, T>(be, where, "entropy", mask, span.heads(), entropy);
   auto tab = detail::make_row_weights<Backend, double>(be, where, "normalizer", mask, 1, {}, opt.aggregation,
-                                                       &opt.normalizer, 1);
+                                                       &opt.normalizer, 1, span.heads());
   entropy_bonus_result r;
   r.normalizer = tab.resolved[0];
   if (B * Tn == 0) return r;
-  const detail::entropy_acc a = be.reduce(B, Tn, detail::entropy_reducer<T>{entropy, mask, entropy_mask, tab.weights.data(), grad_entropy, opt.beta});
+  const detail::entropy_acc a = be.reduce(
+      B, Tn, detail::entropy_reducer<T>{entropy, mask, entropy_mask, tab.weights.data(), grad_entropy, opt.beta}, span.heads());
+  detail::write_zero(be, B, Tn, span.tails(), grad_entropy);
   r.entropy = a.agg;
   r.filtered_entropy = a.filtered_agg;
   r.loss = -opt.beta * a.filtered_agg;

@@ -27,6 +27,7 @@
 
 #include "asyppo/backend/patterns.hpp"
 #include "asyppo/core/ensemble.hpp"
+#include "asyppo/core/row_span.hpp"
 #include "asyppo/core/validate.hpp"
 
 namespace asyppo {
@@ -147,6 +148,13 @@ struct gae_sink {
   }
 };
 
+/// The sink's outputs at the initial scan state (the padding after a row's last valid token).
+template <class T>
+struct gae_initial_state {
+  gae_sink<T> sink;
+  ASYPPO_HD void operator()(index_t b, index_t t) const { sink(b, t, gae_state{0.0, 0.0, 0.0}); }
+};
+
 struct adaptive_lambda_sink {
   double* out;
   double alpha, lo, hi;
@@ -170,23 +178,25 @@ inline void check_gae_options(const char* where, const gae_options& o) {
   }
 }
 
-/// The scan itself; arguments already validated.
-template <class Backend, class T, class Hook = no_gae_hook>
+/// The scan itself, over the columns of range (each row's from its last visited column backwards:
+/// the caller guarantees the columns after it are padding; they are not written); arguments
+/// already validated.
+template <class Backend, class T, class Hook, class Range>
 void gae_unchecked(const Backend& be, critic_view<const T> values, token_view<const T> rewards, mask_view mask,
-                   const gae_options& opt, const gae_outputs<T>& out, std_kind kind, Hook hook = {}) {
+                   const gae_options& opt, const gae_outputs<T>& out, std_kind kind, Hook hook, Range range) {
   const index_t B = rewards.extent[0], Tn = rewards.extent[1];
   if (B * Tn == 0) return;
   ensemble_point<T> point{values, kind == std_kind::unbiased};
   auto row_lambda = be.template allocate<double>(opt.adaptive_lambda_alpha > 0 ? B : 0);
   if (opt.adaptive_lambda_alpha > 0)
     be.row_reduce(B, Tn, count_valid{mask},
-                        adaptive_lambda_sink{row_lambda.data(), opt.adaptive_lambda_alpha,
-                                             opt.adaptive_lambda_min, opt.adaptive_lambda_max});
+                  adaptive_lambda_sink{row_lambda.data(), opt.adaptive_lambda_alpha, opt.adaptive_lambda_min,
+                                       opt.adaptive_lambda_max},
+                  range);
   const bool skip = opt.semantics == gae_mask_semantics::skip;
   gae_element<T> elem{point, rewards, mask, opt.lambda_actor, opt.adaptive_lambda_alpha > 0 ? row_lambda.data() : nullptr};
   be.row_scan(scan_direction::reverse, B, Tn, elem, gae_compose{opt.gamma, opt.lambda_critic, skip},
-              gae_sink<T, Hook>{point, mask, out, opt.padding == padding_mode::raw,
-                                opt.semantics == gae_mask_semantics::skip, hook});
+              gae_sink<T, Hook>{point, mask, out, opt.padding == padding_mode::raw, skip, hook}, range);
 }
 
 }  // namespace detail
@@ -209,8 +219,20 @@ void gae(const Backend& be, critic_view<const T> values, token_view<const T> rew
   detail::check_optional_output(where, "out.returns", out.returns, {B, Tn});
   detail::check_optional_output(where, "out.std", out.std, {B, Tn});
   detail::check_gae_options(where, opt);
-  if (opt.check_finite) detail::check_finite_tokens<Backend, T>(be, where, "values or rewards", B, Tn, values, rewards, mask);
-  detail::gae_unchecked(be, values, rewards, mask, opt, out, kind);
+  const auto span = detail::make_row_span(be, mask);
+  if (opt.check_finite)
+    detail::check_finite(be, where, "values or rewards", B, Tn,
+                         detail::count_nonfinite_tokens<T, 1, 1>{{values}, {rewards}, mask}, span.heads());
+  detail::gae_unchecked(be, values, rewards, mask, opt, out, kind, detail::no_gae_hook{}, span.heads());
+  // The padding after each row's last valid token: the scan state there is still the initial one
+  // (both semantics), so raw padding is what the sink writes at that state, and zero padding is 0.
+  if (opt.padding == padding_mode::raw)
+    be.for_each(B, Tn,
+                detail::gae_initial_state<T>{{{values, kind == std_kind::unbiased}, mask, out, true,
+                                              opt.semantics == gae_mask_semantics::skip}},
+                span.tails());
+  else
+    detail::write_zero(be, B, Tn, span.tails(), out.advantages, out.returns, out.std);
 }
 
 }  // namespace asyppo

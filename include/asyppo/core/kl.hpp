@@ -99,22 +99,19 @@ ASYPPO_INLINE kl_value kl_token(double delta, const kl_params& p) {
   kl_value r{0.0, 0.0};
   switch (p.estimator) {
     case kl_estimator::k1: r = {delta, 1.0}; break;
-    case kl_estimator::abs: r = {delta < 0 ? -delta : delta, delta > 0 ? 1.0 : (delta < 0 ? -1.0 : 0.0)}; break;
+    case kl_estimator::abs:  // fabs and selects: the sign of delta is random, a branch would mispredict
+      r = {fabs(delta), static_cast<double>(delta > 0) - static_cast<double>(delta < 0)};
+      break;
     case kl_estimator::k2: r = {0.5 * delta * delta, delta}; break;
-    case kl_estimator::k3: {
-      double x = -delta;
-      bool inside = true;
-      if (p.clamp) {
-        if (x > 20.0) x = 20.0, inside = false;
-        else if (x < -20.0) x = -20.0, inside = false;
-      }
+    case kl_estimator::k3: {  // selects, not branches
+      const double x0 = -delta;
+      const bool inside = (!p.clamp) | ((x0 >= -20.0) & (x0 <= 20.0));
+      const double x = p.clamp ? (x0 > 20.0 ? 20.0 : (x0 < -20.0 ? -20.0 : x0)) : x0;
       const double e = std::exp(x);
-      r.value = e - x - 1.0;
-      r.ddelta = inside ? 1.0 - e : 0.0;
-      if (p.clamp) {
-        if (r.value > 10.0) r.value = 10.0, r.ddelta = 0.0;
-        else if (r.value < -10.0) r.value = -10.0, r.ddelta = 0.0;
-      }
+      const double v = e - x - 1.0;
+      const bool capped = p.clamp & ((v > 10.0) | (v < -10.0));
+      r.value = capped ? (v > 10.0 ? 10.0 : -10.0) : v;
+      r.ddelta = (capped | !inside) ? 0.0 : 1.0 - e;
       break;
     }
   }
@@ -210,14 +207,18 @@ kl_loss_result kl_loss(const Backend& be, token_view<const T> logp, token_view<c
   detail::check_finite_scalar(where, "coef", opt.coef);
   detail::check_aggregation(where, opt.aggregation);
   detail::check_normalizer_fields(where, "normalizer", opt.normalizer);
-  if (opt.check_finite) detail::check_finite_views<Backend, T>(be, where, "logp or ref_logp", mask, logp, ref_logp);
+  const auto span = detail::make_row_span(be, mask);
+  if (opt.check_finite)
+    detail::check_finite_views<Backend, T>(be, where, "logp or ref_logp", mask, span.heads(), logp, ref_logp);
   auto tab = detail::make_row_weights<Backend, double>(be, where, "normalizer", mask, 1, {}, opt.aggregation,
-                                                       &opt.normalizer, 1);
+                                                       &opt.normalizer, 1, span.heads());
   kl_loss_result r;
   r.normalizer = tab.resolved[0];
   if (B * Tn == 0) return r;
   const detail::kl_acc a = be.reduce(B, Tn, detail::kl_reducer<T>{logp, ref_logp, mask, tab.weights.data(), grad_logp,
-                                                                   detail::kl_params_of(opt.kl), opt.coef});
+                                                                   detail::kl_params_of(opt.kl), opt.coef},
+                                     span.heads());
+  detail::write_zero(be, B, Tn, span.tails(), grad_logp);
   r.kl = a.agg;
   r.loss = opt.coef * a.agg;
   r.metrics.valid_tokens = a.valid;

@@ -12,6 +12,7 @@
 
 #include "asyppo/backend/patterns.hpp"
 #include "asyppo/comm/communicator.hpp"
+#include "asyppo/core/row_span.hpp"
 #include "asyppo/views.hpp"
 
 namespace asyppo {
@@ -53,7 +54,8 @@ template <class Backend, class T, class Comm = single_process>
 masked_moments compute_masked_moments(const Backend& be, token_view<const T> x, mask_view mask, bool unbiased,
                                       const Comm& comm = {}) {
   const index_t B = x.extent[0], Tn = x.extent[1];
-  auto first = be.reduce(B, Tn, detail::masked_sum_reducer<T>{x, mask, 0.0, false});
+  const auto span = detail::make_row_span(be, mask);  // both passes visit each row up to its last valid token
+  auto first = be.reduce(B, Tn, detail::masked_sum_reducer<T>{x, mask, 0.0, false}, span.heads());
   double ns[2] = {first.n, first.s};
   comm.allreduce_sum(ns, 2);
   masked_moments m;
@@ -64,7 +66,7 @@ masked_moments compute_masked_moments(const Backend& be, token_view<const T> x, 
   // mean (N copies of 0.35 sum to a value whose quotient misses 0.35 by an ulp), so the mean is
   // shifted by the mean deviation and Q = sum d^2 - (sum d)^2 / N. Identical values give d all
   // equal to one small exact number, hence mean exactly x and Q exactly 0.
-  const auto second = be.reduce(B, Tn, detail::masked_sum_reducer<T>{x, mask, m.mean, true});
+  const auto second = be.reduce(B, Tn, detail::masked_sum_reducer<T>{x, mask, m.mean, true}, span.heads());
   double sq[2] = {second.s, second.s2};
   comm.allreduce_sum(sq, 2);
   const double shift = sq[0] / m.count;

@@ -157,19 +157,41 @@ struct broadcast_kernel {
   ASYPPO_HD void operator()(index_t b, index_t t) const { out(b, t) = mask(b, t) ? static_cast<T>(seq[b]) : T(0); }
 };
 
+/// Eight interleaved partial sums of a row (column t goes to lane t mod 8), added in a fixed tree
+/// at the end (Eq. O1): the per-element fold and the span fold are the same operations, and the span
+/// (contiguous rows) vectorises instead of waiting on one chain of dependent adds.
+struct lane_sums {
+  double v[8];
+  ASYPPO_HD double total() const { return ((v[0] + v[1]) + (v[2] + v[3])) + ((v[4] + v[5]) + (v[6] + v[7])); }
+};
+
 template <class T>
 struct row_sum_reducer {
   token_view<const T> r;
-  using value_type = double;
-  ASYPPO_HD double identity() const { return 0; }
-  ASYPPO_HD void add(double& a, index_t b, index_t t) const { a += static_cast<double>(r(b, t)); }
-  ASYPPO_HD double combine(double a, double b) const { return a + b; }
+  using value_type = lane_sums;
+  ASYPPO_HD lane_sums identity() const { return {{0, 0, 0, 0, 0, 0, 0, 0}}; }
+  ASYPPO_HD void add(lane_sums& a, index_t b, index_t t) const { a.v[t & 7] += static_cast<double>(r(b, t)); }
+  ASYPPO_HD void add_span(lane_sums& a, index_t b, index_t t0, index_t t1) const {
+    index_t t = t0;
+    if (unit_inner_stride(r)) {
+      for (; t < t1 && (t & 7) != 0; ++t) add(a, b, t);
+      const T* p = &r(b, 0);
+      for (; t + 8 <= t1; t += 8)
+        for (int j = 0; j < 8; ++j) a.v[j] += static_cast<double>(p[t + j]);
+    }
+    for (; t < t1; ++t) add(a, b, t);
+  }
+  ASYPPO_HD lane_sums combine(const lane_sums& x, const lane_sums& y) const {
+    lane_sums s;
+    for (int j = 0; j < 8; ++j) s.v[j] = x.v[j] + y.v[j];
+    return s;
+  }
 };
 
 template <class T>
 struct store_seq {
   seq_view<T> s;
-  ASYPPO_HD void operator()(index_t b, double v) const { s(b) = static_cast<T>(v); }
+  ASYPPO_HD void operator()(index_t b, const lane_sums& v) const { s(b) = static_cast<T>(v.total()); }
 };
 
 template <class Backend, class T>

@@ -81,13 +81,14 @@ struct radix_bin {
   }
 };
 
-/// Collects (slot, key) of the elements whose leading bits match a slot's prefix.
+/// Collects (slot, key) of the elements whose leading bits (key >> shift, which has digit_bits
+/// bits: right after the first pass) are a slot's prefix: slot_of[seg * 2^digit_bits + prefix] is
+/// that slot, or -1 (one table lookup per element, not a search over the slots).
 template <class KeyOf>
 struct radix_pick {
   KeyOf key_of;
-  const index_t* slot_begin;
-  const std::uint64_t* slot_prefix;
-  int shift;  // the prefix is key >> shift
+  const std::int32_t* slot_of;
+  int shift, digit_bits;
   struct value_type {
     index_t slot;
     std::uint64_t key;
@@ -96,13 +97,9 @@ struct radix_pick {
     index_t seg;
     std::uint64_t key;
     if (!key_of(b, t, seg, key)) return false;
-    const std::uint64_t above = shift >= 64 ? 0 : key >> shift;
-    for (index_t j = slot_begin[seg]; j < slot_begin[seg + 1]; ++j)
-      if (slot_prefix[j] == above) {
-        v = {j, key};
-        return true;
-      }
-    return false;
+    const std::int32_t j = slot_of[(seg << digit_bits) + static_cast<index_t>(key >> shift)];
+    v = {j, key};
+    return j >= 0;
   }
 };
 
@@ -121,39 +118,28 @@ struct select_result {
 
 namespace detail {
 
-/// Single process: every request's key starts with its known prefix (key >> shift); gather the
-/// keys under those prefixes and select among them exactly on the host.
-template <class Backend, class KeyOf>
-void finish_by_collection(const Backend& be, index_t rows, index_t cols, KeyOf key_of, int shift, index_t nseg,
-                          const select_request* req, index_t nreq, const std::vector<std::uint64_t>& prefix,
-                          const std::vector<std::uint64_t>& below, select_result* res) {
-  // Distinct (segment, prefix) slots, grouped by segment.
-  std::vector<index_t> order(static_cast<std::size_t>(nreq));
-  for (index_t r = 0; r < nreq; ++r) order[static_cast<std::size_t>(r)] = r;
-  std::sort(order.begin(), order.end(), [&](index_t a, index_t b) {
-    return req[a].segment != req[b].segment ? req[a].segment < req[b].segment
-                                            : prefix[static_cast<std::size_t>(a)] < prefix[static_cast<std::size_t>(b)];
-  });
-  std::vector<index_t> slot_begin(static_cast<std::size_t>(nseg + 1), 0), slot_of(static_cast<std::size_t>(nreq));
-  std::vector<std::uint64_t> slot_prefix;
-  for (std::size_t o = 0; o < order.size(); ++o) {
-    const index_t r = order[o];
-    if (o == 0 || req[order[o - 1]].segment != req[r].segment ||
-        prefix[static_cast<std::size_t>(order[o - 1])] != prefix[static_cast<std::size_t>(r)]) {
-      slot_prefix.push_back(prefix[static_cast<std::size_t>(r)]);
-      ++slot_begin[static_cast<std::size_t>(req[r].segment + 1)];
-    }
-    slot_of[static_cast<std::size_t>(r)] = static_cast<index_t>(slot_prefix.size()) - 1;
+/// Single process, after the first pass (shift = key_bits - digit_bits): every request's key starts
+/// with its known prefix (key >> shift); gather the keys under those prefixes and select among them
+/// exactly on the host.
+template <class Backend, class KeyOf, class Range>
+void finish_by_collection(const Backend& be, index_t rows, index_t cols, KeyOf key_of, int shift, int digit_bits,
+                          index_t nseg, const select_request* req, index_t nreq, const std::vector<std::uint64_t>& prefix,
+                          const std::vector<std::uint64_t>& below, select_result* res, Range range) {
+  // Distinct (segment, prefix) slots and the table from (segment, prefix) to slot.
+  const index_t radix = index_t(1) << digit_bits;
+  std::vector<std::int32_t> slot_table(static_cast<std::size_t>(nseg * radix), -1);
+  std::vector<index_t> slot_of(static_cast<std::size_t>(nreq));
+  std::int32_t nslots = 0;
+  for (index_t r = 0; r < nreq; ++r) {
+    auto& entry = slot_table[static_cast<std::size_t>((req[r].segment << digit_bits) + static_cast<index_t>(prefix[static_cast<std::size_t>(r)]))];
+    if (entry < 0) entry = nslots++;
+    slot_of[static_cast<std::size_t>(r)] = entry;
   }
-  for (index_t g = 0; g < nseg; ++g) slot_begin[static_cast<std::size_t>(g + 1)] += slot_begin[static_cast<std::size_t>(g)];
-  const index_t nslots = static_cast<index_t>(slot_prefix.size());
-  auto d_begin = be.template allocate<index_t>(nseg + 1);
-  auto d_prefix = be.template allocate<std::uint64_t>(nslots);
-  be.copy_from_host(slot_begin.data(), nseg + 1, d_begin.data());
-  be.copy_from_host(slot_prefix.data(), nslots, d_prefix.data());
+  auto d_table = be.template allocate<std::int32_t>(nseg * radix);
+  be.copy_from_host(slot_table.data(), nseg * radix, d_table.data());
   using pick_t = radix_pick<KeyOf>;
   const auto found = be.template collect<typename pick_t::value_type>(
-      rows, cols, pick_t{key_of, d_begin.data(), d_prefix.data(), shift});
+      rows, cols, pick_t{key_of, d_table.data(), shift, digit_bits}, range);
   std::vector<std::vector<std::uint64_t>> keys(static_cast<std::size_t>(nslots));
   for (const auto& v : found) keys[static_cast<std::size_t>(v.slot)].push_back(v.key);
   for (index_t r = 0; r < nreq; ++r) {
@@ -172,12 +158,14 @@ void finish_by_collection(const Backend& be, index_t rows, index_t cols, KeyOf k
 
 }  // namespace detail
 
-/// Radix selection over a [rows, cols] index space. key_of(b, t, seg, key) returns whether element
-/// (b,t) is valid and, if so, its segment (in [0, nseg)) and ordered key (key_bits wide). Requests
-/// and results are host arrays. Collective over comm: every rank passes the same requests.
-template <class Backend, class KeyOf, class Comm = single_process>
+/// Radix selection over a [rows, cols] index space, or the columns of each row that range
+/// (backend/patterns.hpp, ragged rows) selects: elements outside it are not valid. key_of(b, t, seg,
+/// key) returns whether element (b,t) is valid and, if so, its segment (in [0, nseg)) and ordered
+/// key (key_bits wide). Requests and results are host arrays. Collective over comm: every rank
+/// passes the same requests.
+template <class Backend, class KeyOf, class Comm, class Range>
 void radix_select(const Backend& be, index_t rows, index_t cols, KeyOf key_of, int key_bits, int digit_bits, index_t nseg,
-                  const select_request* req, index_t nreq, select_result* res, const Comm& comm = {}) {
+                  const select_request* req, index_t nreq, select_result* res, const Comm& comm, Range range) {
   if (nreq == 0) return;
   std::vector<std::uint64_t> prefix(static_cast<std::size_t>(nreq), 0), below(static_cast<std::size_t>(nreq), 0);
   std::vector<index_t> slot_of(static_cast<std::size_t>(nreq));
@@ -212,7 +200,7 @@ void radix_select(const Backend& be, index_t rows, index_t cols, KeyOf key_of, i
     auto d_hist = be.template allocate<std::uint64_t>(nslots * radix);
     be.fill(d_hist.data(), nslots * radix, std::uint64_t(0));
     be.histogram(rows, cols, detail::radix_bin<KeyOf>{key_of, d_begin.data(), d_prefix.data(), shift, digit_bits},
-                 nslots * radix, d_hist.data());
+                 nslots * radix, d_hist.data(), range);
     std::vector<std::uint64_t> hist(static_cast<std::size_t>(nslots * radix));
     be.copy_to_host(d_hist.data(), nslots * radix, hist.data());
     comm.allreduce_sum(hist.data(), nslots * radix);
@@ -227,10 +215,16 @@ void radix_select(const Backend& be, index_t rows, index_t cols, KeyOf key_of, i
       if (shift == 0) res[r] = {prefix[static_cast<std::size_t>(r)], acc, h[d]};
     }
     if (shift > 0 && comm.size() == 1) {
-      detail::finish_by_collection(be, rows, cols, key_of, shift, nseg, req, nreq, prefix, below, res);
+      detail::finish_by_collection(be, rows, cols, key_of, shift, digit_bits, nseg, req, nreq, prefix, below, res, range);
       return;
     }
   }
+}
+
+template <class Backend, class KeyOf, class Comm = single_process>
+void radix_select(const Backend& be, index_t rows, index_t cols, KeyOf key_of, int key_bits, int digit_bits, index_t nseg,
+                  const select_request* req, index_t nreq, select_result* res, const Comm& comm = {}) {
+  radix_select(be, rows, cols, key_of, key_bits, digit_bits, nseg, req, nreq, res, comm, full_rows{cols});
 }
 
 }  // namespace asyppo

@@ -27,6 +27,7 @@
 
 #include "asyppo/backend/patterns.hpp"
 #include "asyppo/comm/communicator.hpp"
+#include "asyppo/core/row_span.hpp"
 #include "asyppo/core/select.hpp"
 #include "asyppo/core/validate.hpp"
 
@@ -82,10 +83,11 @@ struct tie_counts {
 /// is only partly taken (plan.ranked false), any ties >= 1 gives the same answer: pass 1.
 ASYPPO_INLINE void mask_decision(const mask_row_params& p, std::uint64_t key, std::uint64_t ties_k,
                                  std::uint64_t ties_h, std::uint8_t& adv, std::uint8_t& ent) {
-  const bool low = p.has_k && (key < p.key_k || (key == p.key_k && p.off_k + ties_k <= p.need_k));
-  const bool high = p.has_h && (key > p.key_h || (key == p.key_h && p.off_h + ties_h > p.skip_h));
-  adv = low ? 0 : 1;
-  ent = high ? 0 : 1;
+  // Non-short-circuit & and |: the comparisons on sigma are random, so branches would mispredict.
+  const bool low = (p.has_k != 0) & ((key < p.key_k) | ((key == p.key_k) & (p.off_k + ties_k <= p.need_k)));
+  const bool high = (p.has_h != 0) & ((key > p.key_h) | ((key == p.key_h) & (p.off_h + ties_h > p.skip_h)));
+  adv = static_cast<std::uint8_t>(!low);
+  ent = static_cast<std::uint8_t>(!high);
 }
 
 struct tie_sum {
@@ -162,10 +164,11 @@ struct mask_plan {
 
 /// Selection for the masks (and optional extra ascending ranks of sigma over all valid tokens).
 /// Arguments validated; row_valid: valid tokens per row, on the host.
-template <class Backend, class T, class Comm>
+/// range: the columns of each row that hold every valid token (backend/patterns.hpp, ragged rows).
+template <class Backend, class T, class Comm, class Range>
 mask_plan<Backend> plan_masks(const Backend& be, token_view<const T> sigma, mask_view mask, const mask_options& opt,
                               const Comm& comm, const std::vector<index_t>& row_valid,
-                              const std::vector<std::uint64_t>& extra_ranks = {}) {
+                              const std::vector<std::uint64_t>& extra_ranks, Range range) {
   const index_t B = sigma.extent[0], Tn = sigma.extent[1];
   const bool per_row = opt.scope == mask_scope::sequence;
   constexpr int key_bits = 8 * sizeof(T);
@@ -210,10 +213,11 @@ mask_plan<Backend> plan_masks(const Backend& be, token_view<const T> sigma, mask
   std::vector<select_result> res(req.size());
   const std_key_of<T> key_of{sigma, mask, per_row};
   if (per_row)  // each row is local: no communication; 8-bit digits keep the B histograms small
-    radix_select(be, B, Tn, key_of, key_bits, 8, B, req.data(), static_cast<index_t>(req.size()), res.data());
+    radix_select(be, B, Tn, key_of, key_bits, 8, B, req.data(), static_cast<index_t>(req.size()), res.data(),
+                 single_process{}, range);
   else
     radix_select(be, B, Tn, key_of, key_bits, selection_digit_bits(comm), 1, req.data(), static_cast<index_t>(req.size()),
-                 res.data(), comm);
+                 res.data(), comm, range);
 
   mask_row_params global{};
   for (std::size_t r = 0; r < req.size(); ++r) {
@@ -247,7 +251,7 @@ mask_plan<Backend> plan_masks(const Backend& be, token_view<const T> sigma, mask
   if (!per_row && (plan.ranked || comm.size() > 1)) {
     // Ties are ranked by global flat index: offsets = ties in earlier rows, and on earlier ranks.
     auto d_ties = be.template allocate<tie_counts>(B);
-    be.row_reduce(B, Tn, tie_row_reducer<T>{{sigma, mask, plan.rows.data()}}, store_row<tie_counts>{d_ties.data()});
+    be.row_reduce(B, Tn, tie_row_reducer<T>{{sigma, mask, plan.rows.data()}}, store_row<tie_counts>{d_ties.data()}, range);
     std::vector<tie_counts> row_ties(static_cast<std::size_t>(B));
     be.copy_to_host(d_ties.data(), B, row_ties.data());
     std::uint64_t local_k = 0, local_h = 0;
@@ -271,24 +275,25 @@ struct unranked_mask_writer {
   ASYPPO_HD void operator()(index_t b, index_t t) const { w(b, t, tie_counts{1, 1}); }
 };
 
-/// Writes both masks: per token when no tie needs ranking, else by a forward row scan of tie
-/// counts (exact flat-order ranks among ties).
-template <class Backend, class T>
+/// Writes both masks in the columns of range: per token when no tie needs ranking, else by a
+/// forward row scan of tie counts (exact flat-order ranks among ties).
+template <class Backend, class T, class Range>
 void write_masks(const Backend& be, token_view<const T> sigma, mask_view mask, mask_out adv_mask, mask_out entropy_mask,
-                 const mask_row_params* rows, bool ranked) {
+                 const mask_row_params* rows, bool ranked, Range range) {
   const mask_writer<T> w{sigma, mask, adv_mask, entropy_mask, rows};
   if (ranked)
-    be.row_scan(scan_direction::forward, sigma.extent[0], sigma.extent[1], tie_element<T>{sigma, mask, rows}, tie_sum{}, w);
+    be.row_scan(scan_direction::forward, sigma.extent[0], sigma.extent[1], tie_element<T>{sigma, mask, rows}, tie_sum{}, w,
+                range);
   else
-    be.for_each(sigma.extent[0], sigma.extent[1], unranked_mask_writer<T>{w});
+    be.for_each(sigma.extent[0], sigma.extent[1], unranked_mask_writer<T>{w}, range);
 }
 
-template <class Backend>
-std::vector<index_t> valid_per_row(const Backend& be, mask_view mask) {
+template <class Backend, class Range>
+std::vector<index_t> valid_per_row(const Backend& be, mask_view mask, Range range) {
   const index_t B = mask.extent[0], Tn = mask.extent[1];
   std::vector<index_t> host(static_cast<std::size_t>(B));
   auto d = be.template allocate<index_t>(B);
-  be.row_reduce(B, Tn, count_valid{mask}, store_row<index_t>{d.data()});
+  be.row_reduce(B, Tn, count_valid{mask}, store_row<index_t>{d.data()}, range);
   be.copy_to_host(d.data(), B, host.data());
   return host;
 }
@@ -316,9 +321,13 @@ mask_counts uncertainty_masks(const Backend& be, token_view<const T> sigma, mask
   detail::check_optional_output(where, "adv_mask", adv_mask, {B, Tn});
   detail::check_optional_output(where, "entropy_mask", entropy_mask, {B, Tn});
   detail::check_mask_options(where, opt);
-  if (opt.check_finite) detail::check_finite_tokens<Backend, T>(be, where, "sigma", B, Tn, {}, sigma, mask);
-  const auto plan = detail::plan_masks(be, sigma, mask, opt, comm, detail::valid_per_row(be, mask));
-  detail::write_masks(be, sigma, mask, adv_mask, entropy_mask, plan.rows.data(), plan.ranked);
+  const auto span = detail::make_row_span(be, mask);  // every pass stops at each row's last valid token
+  if (opt.check_finite)
+    detail::check_finite(be, where, "sigma", B, Tn, detail::count_nonfinite_tokens<T, 1, 1>{{}, {sigma}, mask}, span.heads());
+  const auto plan = detail::plan_masks(be, sigma, mask, opt, comm, detail::valid_per_row(be, mask, span.heads()), {},
+                                       span.heads());
+  detail::write_masks(be, sigma, mask, adv_mask, entropy_mask, plan.rows.data(), plan.ranked, span.heads());
+  detail::write_zero(be, B, Tn, span.tails(), adv_mask, entropy_mask);
   return plan.counts;
 }
 

@@ -8,6 +8,7 @@
 #include <algorithm>
 #include <cmath>
 #include <cstdint>
+#include <cstring>
 #include <type_traits>
 
 #include "asyppo/backend/patterns.hpp"
@@ -101,6 +102,24 @@ ASYPPO_INLINE bool is_finite_value(T x) {
   return z == z;
 }
 
+/// Inf or NaN: the exponent bits are all ones (the same test as is_finite_value, in integer
+/// operations a compiler vectorises).
+template <class T>
+ASYPPO_INLINE bool nonfinite_bits(T x) {
+  using U = std::conditional_t<sizeof(T) == 4, std::uint32_t, std::uint64_t>;
+  static_assert(sizeof(T) == sizeof(U), "nonfinite_bits needs float or double");
+  constexpr U exponent = sizeof(T) == 4 ? U(0x7f800000u) : U(0x7ff0000000000000ull);
+  U u;
+  memcpy(&u, &x, sizeof(U));
+  return (u & exponent) == exponent;
+}
+
+/// Whether element (b, t + i) of a 2-D view (or of slice k of a 3-D one) is &v(...)[i].
+template <class V>
+ASYPPO_HD bool unit_inner_stride(const V& v) {
+  return v.data == nullptr || v.stride[V::rank - 1] == 1 || v.extent[V::rank - 1] <= 1;
+}
+
 /// Valid tokens (mask != 0) of a [B,T] mask; with row_reduce, per row.
 struct count_valid {
   mask_view mask;
@@ -142,17 +161,60 @@ struct count_nonfinite_tokens {
     acc.valid += 1;
     acc.nonfinite += ok ? 0 : 1;
   }
+  /// add() over [t0, t1); contiguous rows in chunks: a flag per token ORed over the views, then
+  /// counted under the mask (every loop vectorises).
+  ASYPPO_HD void add_span(value_type& acc, index_t b, index_t t0, index_t t1) const {
+    bool unit = unit_inner_stride(mask);
+    for (int j = 0; j < NC; ++j) unit = unit && unit_inner_stride(critics[j]);
+    for (int j = 0; j < NV; ++j) unit = unit && unit_inner_stride(tokens[j]);
+    if (!unit) {
+      for (index_t t = t0; t < t1; ++t) add(acc, b, t);
+      return;
+    }
+    constexpr index_t chunk = 512;
+    std::uint8_t bad[chunk];
+    for (index_t c0 = t0; c0 < t1; c0 += chunk) {
+      const index_t n = t1 - c0 < chunk ? t1 - c0 : chunk;
+      for (index_t i = 0; i < n; ++i) bad[i] = 0;
+      for (int j = 0; j < NC; ++j)
+        if (critics[j].data)
+          for (index_t k = 0; k < critics[j].extent[0]; ++k) {
+            const T* p = &critics[j](k, b, c0);
+            for (index_t i = 0; i < n; ++i) bad[i] |= static_cast<std::uint8_t>(nonfinite_bits(p[i]));
+          }
+      for (int j = 0; j < NV; ++j)
+        if (tokens[j].data) {
+          const T* p = &tokens[j](b, c0);
+          for (index_t i = 0; i < n; ++i) bad[i] |= static_cast<std::uint8_t>(nonfinite_bits(p[i]));
+        }
+      std::int64_t valid = n, nonfinite = 0;
+      if (mask.data) {
+        const std::uint8_t* m = &mask(b, c0);
+        valid = 0;
+        for (index_t i = 0; i < n; ++i) {
+          const std::uint8_t v = m[i] != 0;
+          valid += v;
+          nonfinite += v & bad[i];
+        }
+      } else {
+        for (index_t i = 0; i < n; ++i) nonfinite += bad[i];
+      }
+      acc.valid += valid;
+      acc.nonfinite += nonfinite;
+    }
+  }
   ASYPPO_HD value_type combine(const value_type& a, const value_type& b) const {
     return {a.valid + b.valid, a.nonfinite + b.nonfinite};
   }
 };
 
 /// Throws if any valid token holds NaN/Inf in one of the views; returns the number of valid tokens.
-template <class Backend, class T, int NC, int NV>
+/// range: the columns of each row that hold every valid token (full_rows{Tn}, or row_heads).
+template <class Backend, class T, int NC, int NV, class Range>
 std::int64_t check_finite(const Backend& be, const char* where, const char* names, index_t B, index_t Tn,
-                          count_nonfinite_tokens<T, NC, NV> views) {
+                          count_nonfinite_tokens<T, NC, NV> views, Range range) {
   if (B * Tn == 0) return 0;
-  const auto n = be.reduce(B, Tn, views);
+  const auto n = be.reduce(B, Tn, views, range);
   if (n.nonfinite > 0) fail(where, names, n.nonfinite, " valid token(s) hold NaN or Inf");
   return n.valid;
 }
@@ -161,15 +223,16 @@ std::int64_t check_finite(const Backend& be, const char* where, const char* name
 template <class Backend, class T>
 std::int64_t check_finite_tokens(const Backend& be, const char* where, const char* name, index_t B, index_t Tn,
                                  critic_view<const T> values, token_view<const T> tokens, mask_view mask) {
-  return check_finite(be, where, name, B, Tn, count_nonfinite_tokens<T, 1, 1>{{values}, {tokens}, mask});
+  return check_finite(be, where, name, B, Tn, count_nonfinite_tokens<T, 1, 1>{{values}, {tokens}, mask}, full_rows{Tn});
 }
 
-/// Any number of [B,T] tensors in one pass (null ones skipped).
-template <class Backend, class T, class... More>
-void check_finite_views(const Backend& be, const char* where, const char* names, mask_view mask, token_view<const T> v0,
-                        More... more) {
+/// Any number of [B,T] tensors in one pass (null ones skipped), over the columns of range.
+template <class Backend, class T, class Range, class... More>
+void check_finite_views(const Backend& be, const char* where, const char* names, mask_view mask, Range range,
+                        token_view<const T> v0, More... more) {
   check_finite(be, where, names, mask.extent[0], mask.extent[1],
-               count_nonfinite_tokens<T, 1, 1 + sizeof...(More)>{{critic_view<const T>{}}, {v0, token_view<const T>(more)...}, mask});
+               count_nonfinite_tokens<T, 1, 1 + sizeof...(More)>{{critic_view<const T>{}}, {v0, token_view<const T>(more)...}, mask},
+               range);
 }
 
 }  // namespace asyppo::detail

@@ -174,7 +174,8 @@ std::vector<loss_counts> count_critic_loss_tokens(const Backend& be, mask_view m
     if (shard_weights.extent[1] != B)
       detail::fail(where, "shard_weights", "extent 1 is ", shard_weights.extent[1], ", expected ", B);
   }
-  const std::vector<index_t> len = detail::row_lengths_host<Backend, T>(be, mask, K, shard_weights);
+  const auto span = detail::make_row_span(be, mask);
+  const std::vector<index_t> len = detail::row_lengths_host<Backend, T>(be, mask, K, shard_weights, span.heads());
   std::vector<loss_counts> out;
   for (index_t k = 0; k < K; ++k) out.push_back(detail::counts_of_rows(len.data() + k * B, B, Tn));
   return out;
@@ -211,15 +212,18 @@ value_loss_result value_loss(const Backend& be, const value_loss_inputs<T>& in, 
   if (nn != 0 && nn != K)
     detail::fail(where, "normalizers", "has ", nn, " entries, expected 0 (local counts) or K = ", K);
   for (const auto& n : opt.normalizers) detail::check_normalizer_fields(where, "normalizers", n);
+  const auto span = detail::make_row_span(be, in.mask);
   if (opt.check_finite) {
     detail::check_finite(be, where, "values, old_values or targets", B, Tn,
                          detail::count_nonfinite_tokens<T, 3, 1>{{in.values, clip_on ? in.old_values : critic_view<const T>{},
                                                                   per_critic ? in.critic_returns : critic_view<const T>{}},
-                                                                 {in.returns}, in.mask});
+                                                                 {in.returns}, in.mask},
+                         span.heads());
   }
   const loss_normalizer local{};
   auto tab = detail::make_row_weights<Backend, T>(be, where, "normalizers", in.mask, K, in.shard_weights,
-                                                  opt.aggregation, nn ? opt.normalizers.data() : &local, nn ? nn : 1);
+                                                  opt.aggregation, nn ? opt.normalizers.data() : &local, nn ? nn : 1,
+                                                  span.heads());
 
   value_loss_result r;
   r.critics.resize(static_cast<std::size_t>(K));
@@ -239,7 +243,8 @@ value_loss_result value_loss(const Backend& be, const value_loss_inputs<T>& in, 
                                        detail::present(grad_values) ? grad_values[k] : token_view<T>{},
                                        clip_on ? opt.clip : 0.0,
                                        scale};
-    const detail::value_acc a = be.reduce(B, Tn, red);
+    const detail::value_acc a = be.reduce(B, Tn, red, span.heads());
+    if (detail::present(grad_values)) detail::write_zero(be, B, Tn, span.tails(), grad_values[k]);
     m.loss = a.loss;
     m.clipped_tokens = a.clipped;
     m.squared_error_sum = a.sq;

@@ -183,20 +183,29 @@ class cuda_backend {
 
   template <class R, class Sink>
   void row_reduce(index_t rows, index_t cols, R r, Sink sink) const {
+    row_reduce(rows, cols, r, sink, full_rows{cols > 0 ? cols : 0});
+  }
+  template <class R, class Sink, class Range>
+  void row_reduce(index_t rows, index_t cols, R r, Sink sink, Range range) const {
+    (void)cols;
     if (rows <= 0) return;
     device_guard g(device_);
     cuda_detail::segment_reduce_kernel<<<cuda_detail::grid_for(rows, 1), cuda_detail::kBlock, 0, stream_>>>(
-        rows, r, cuda_detail::row_bounds{cols > 0 ? cols : 0}, cuda_detail::row_add<R>{r}, sink);
+        rows, r, cuda_detail::row_bounds<Range>{range}, cuda_detail::row_add<R>{r}, sink);
     cuda_detail::check_launch("segment_reduce_kernel (row_reduce)");
   }
 
   template <class Elem, class Op, class Sink>
   void row_scan(scan_direction dir, index_t rows, index_t cols, Elem elem, Op op, Sink sink) const {
+    row_scan(dir, rows, cols, elem, op, sink, full_rows{cols});
+  }
+  template <class Elem, class Op, class Sink, class Range>
+  void row_scan(scan_direction dir, index_t rows, index_t cols, Elem elem, Op op, Sink sink, Range range) const {
     if (rows <= 0 || cols <= 0) return;
     device_guard g(device_);
-    using A = cuda_detail::row_scan_adapter<Elem, Op, Sink>;
+    using A = cuda_detail::row_scan_adapter<Elem, Op, Sink, Range>;
     cuda_detail::segment_scan_kernel<<<cuda_detail::grid_for(rows, 1), cuda_detail::kBlock, 0, stream_>>>(
-        rows, A{cols, dir == scan_direction::reverse, elem, op, sink});
+        rows, A{range, dir == scan_direction::reverse, elem, op, sink});
     cuda_detail::check_launch("segment_scan_kernel (row_scan)");
   }
 
@@ -204,6 +213,24 @@ class cuda_backend {
   void histogram(index_t rows, index_t cols, Bin bin, index_t nbins, std::uint64_t* counts) const {
     (void)nbins;
     for_each(rows, cols, cuda_detail::histogram_2d_fn<Bin>{bin, as_ull(counts)});
+  }
+
+  // Ragged overloads: the full-row kernels on functors that skip the columns outside the range.
+  template <class F, class Range>
+  void for_each(index_t rows, index_t cols, F f, Range range) const {
+    for_each(rows, cols, detail::ragged_index<F, Range>{f, range});
+  }
+  template <class R, class Range>
+  typename R::value_type reduce(index_t rows, index_t cols, R r, Range range) const {
+    return reduce(rows, cols, detail::ragged_reducer<R, Range>{r, range});
+  }
+  template <class Bin, class Range>
+  void histogram(index_t rows, index_t cols, Bin bin, index_t nbins, std::uint64_t* counts, Range range) const {
+    histogram(rows, cols, detail::ragged_bin<Bin, Range>{bin, range}, nbins, counts);
+  }
+  template <class V, class Pick, class Range>
+  std::vector<V> collect(index_t rows, index_t cols, Pick pick, Range range) const {
+    return collect<V>(rows, cols, detail::ragged_pick<Pick, Range>{pick, range});
   }
 
   /// The v with pick(b, t, v) true, in row-major order, on the host. Waits for the stream.

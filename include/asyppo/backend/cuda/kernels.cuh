@@ -139,9 +139,10 @@ __global__ void __launch_bounds__(kBlock) reduce_partials_kernel(R r, const type
 }
 
 // ---- per-segment reduce (rows or CSR segments): one block per segment ---------------------------
+template <class Range>
 struct row_bounds {
-  index_t cols;
-  __device__ void operator()(index_t, index_t& lo, index_t& hi) const { lo = 0, hi = cols; }
+  Range range;
+  __device__ void operator()(index_t b, index_t& lo, index_t& hi) const { range(b, lo, hi); }
 };
 template <class Begin>
 struct segment_bounds {
@@ -205,17 +206,22 @@ constexpr int scan_items() {
   return sizeof(V) <= 16 ? 8 : (sizeof(V) <= 64 ? 4 : 2);
 }
 
-/// row_scan: position p of row b is column t = p (forward) or cols-1-p (reverse); the scanned value
-/// is op.lift(elem(b, t)); the sink receives the state op.apply(prefix, op.initial()).
-template <class Elem, class Op, class Sink>
+/// row_scan: position p of row b is column t = lo + p (forward) or hi-1-p (reverse), [lo, hi) the
+/// row's range; the scanned value is op.lift(elem(b, t)); the sink receives the state
+/// op.apply(prefix, op.initial()).
+template <class Elem, class Op, class Sink, class Range>
 struct row_scan_adapter {
-  index_t cols;
+  Range range;
   bool reverse;
   Elem elem;
   Op op;
   Sink sink;
   using value_type = typename Op::value_type;
-  __device__ void bounds(index_t, index_t& lo, index_t& len) const { lo = 0, len = cols; }
+  __device__ void bounds(index_t b, index_t& lo, index_t& len) const {
+    index_t hi;
+    range(b, lo, hi);
+    len = hi > lo ? hi - lo : 0;
+  }
   __device__ value_type load(index_t b, index_t lo, index_t len, index_t p) const {
     return op.lift(elem(b, reverse ? lo + len - 1 - p : lo + p));
   }

@@ -1,0 +1,85 @@
+// asyppo/core/row_span.hpp: where the valid tokens of each row end (right padding).
+//
+//   end[b] = 1 + the largest t with mask[b,t] != 0, or 0 when row b has no valid token.
+//
+// Every valid token of row b lies in [0, end[b]). LLM batches are right-padded (most of a
+// [B,T] batch is often padding), so the token algorithms visit only those columns through the
+// ragged overloads of the 2-D patterns (row_heads{end}, backend/patterns.hpp) and write the
+// padding [end[b], T) of their outputs in plain store loops (row_tails{end, T}, write_zero).
+// Cost: each row's mask is read backwards from T until its last valid token, a word at a time
+// when the row is contiguous, so only the padding is read. Exact (integers).
+#pragma once
+
+#include <cstring>
+#include <utility>
+
+#include "asyppo/backend/patterns.hpp"
+#include "asyppo/views.hpp"
+
+namespace asyppo::detail {
+
+struct last_valid_end {
+  mask_view mask;
+  index_t* end;
+  ASYPPO_HD void operator()(index_t b) const {
+    index_t t = mask.extent[1];
+    if (mask.stride[1] == 1 && t > 0) {  // eight mask bytes at a time
+      const std::uint8_t* row = &mask(b, 0);
+      while (t >= 8) {
+        std::uint64_t w;
+        memcpy(&w, row + t - 8, 8);
+        if (w != 0) break;
+        t -= 8;
+      }
+    }
+    while (t > 0 && mask(b, t - 1) == 0) --t;
+    end[b] = t;
+  }
+};
+
+/// end[b] for every row, in backend memory (host-visible through copy_to_host).
+template <class Backend>
+auto valid_row_ends(const Backend& be, mask_view mask) {
+  auto ends = be.template allocate<index_t>(mask.extent[0]);
+  be.for_each(mask.extent[0], last_valid_end{mask, ends.data()});
+  return ends;
+}
+
+/// The ends of a batch's rows and the two column ranges they give: heads (what the algorithms
+/// visit) and tails (the padding, written once).
+template <class Backend>
+struct row_span {
+  decltype(valid_row_ends(std::declval<const Backend&>(), mask_view{})) ends;
+  index_t cols;
+  row_heads heads() const {
+    row_heads h;  // members set one by one: nvcc's host pass rejects the braced return here
+    h.end = ends.data();
+    return h;
+  }
+  row_tails tails() const {
+    row_tails r;
+    r.end = ends.data();
+    r.cols = cols;
+    return r;
+  }
+};
+
+template <class Backend>
+row_span<Backend> make_row_span(const Backend& be, mask_view mask) {
+  return {valid_row_ends(be, mask), mask.extent[1]};
+}
+
+template <class E>
+struct zero_fill {
+  view<E, 2> out;
+  ASYPPO_HD void operator()(index_t b, index_t t) const { out(b, t) = E(0); }
+};
+
+/// Writes 0 in the columns of range (typically row_tails: the padding) of every present output,
+/// one loop per output (a plain store loop, which the compiler vectorises).
+template <class Backend, class Range, class... E>
+void write_zero(const Backend& be, index_t B, index_t Tn, Range range, view<E, 2>... outs) {
+  (..., (outs.data ? be.for_each(B, Tn, zero_fill<E>{outs}, range) : void()));
+}
+
+}  // namespace asyppo::detail

@@ -1,0 +1,457 @@
+// Ragged rows and span folds (backend/patterns.hpp, core/row_span.hpp).
+//
+// Patterns: every ragged overload (a column range per row) of the CPU backend (1..4 threads) and of
+// the re-associating test backend against sequential loops written here: exactly the positions in
+// range are visited, non-commutative exact reductions and scans give the sequential result, and
+// scans start from initial() at the range's first column (forward) or last (reverse).
+// Spans: a reducer's add_span is what the CPU backend folds; the finiteness counter's vectorised
+// span equals its per-element add on random NaN/Inf placements.
+// Algorithms: row ends are exact (holes, empty rows, a valid last column); the padding after the
+// last valid token of every output is written (outputs start as garbage) with exactly what the
+// full-row computation writes there (0, or verl's raw values); contiguous and strided inputs (the
+// span path and the per-element path) give bit-identical outputs.
+#include <catch2/catch.hpp>
+
+#include <algorithm>
+#include <cmath>
+#include <cstdint>
+#include <limits>
+#include <random>
+#include <type_traits>
+#include <vector>
+
+#include "asyppo/asyppo.hpp"
+#include "tiled_backend.hpp"
+
+using namespace asyppo;
+using u64 = std::uint64_t;
+
+namespace {
+
+// 2x2 matrices over Z / 2^64: associative, not commutative, exact.
+struct mat {
+  u64 a, b, c, d;
+  bool operator==(const mat&) const = default;
+};
+mat mul(const mat& x, const mat& y) {
+  return {x.a * y.a + x.b * y.c, x.a * y.b + x.b * y.d, x.c * y.a + x.d * y.c, x.c * y.b + x.d * y.d};
+}
+constexpr mat eye{1, 0, 0, 1};
+mat elem_mat(index_t b, index_t t) {
+  const u64 v = static_cast<u64>(b * 100003 + t) * 0x9E3779B97F4A7C15ull + 12345;
+  return {v | 1, v >> 7, (v >> 13) ^ 0x5555, (v * 3) | 1};
+}
+struct mat_reducer {
+  using value_type = mat;
+  mat identity() const { return eye; }
+  void add(mat& acc, index_t b, index_t t) const { acc = mul(acc, elem_mat(b, t)); }
+  mat combine(const mat& x, const mat& y) const { return mul(x, y); }
+};
+// The same product through add_span (counts the span calls: the CPU backend must use it).
+struct mat_span_reducer : mat_reducer {
+  std::int64_t* spans;
+  void add_span(mat& acc, index_t b, index_t t0, index_t t1) const {
+    ++*spans;
+    for (index_t t = t0; t < t1; ++t) acc = mul(acc, elem_mat(b, t));
+  }
+};
+
+struct affine {
+  u64 u, o;
+};
+struct affine_op {
+  using value_type = affine;
+  u64 initial() const { return 7; }
+  affine lift(const affine& e) const { return e; }
+  u64 apply(const affine& e, u64 x) const { return e.u * x + e.o; }
+  affine combine(const affine& a, const affine& b) const { return {b.u * a.u, b.u * a.o + b.o}; }
+};
+struct affine_elem {
+  affine operator()(index_t b, index_t t) const {
+    const u64 v = static_cast<u64>(b * 100003 + t) * 0xD1B54A32D192ED03ull + 99;
+    return {v | 1, v >> 9};
+  }
+};
+
+struct ranges {
+  std::vector<index_t> lo, hi;
+  void operator()(index_t b, index_t& l, index_t& h) const {
+    l = lo[static_cast<std::size_t>(b)];
+    h = hi[static_cast<std::size_t>(b)];
+  }
+};
+
+ranges random_ranges(std::mt19937_64& rng, index_t rows, index_t cols) {
+  ranges r;
+  for (index_t b = 0; b < rows; ++b) {
+    index_t l = 0, h = cols;
+    switch (rng() % 5) {
+      case 0: l = h = static_cast<index_t>(rng() % static_cast<u64>(cols + 1)); break;  // empty
+      case 1: break;                                                                     // full row
+      default:
+        l = static_cast<index_t>(rng() % static_cast<u64>(cols + 1));
+        h = l + static_cast<index_t>(rng() % static_cast<u64>(cols - l + 1));
+    }
+    r.lo.push_back(l);
+    r.hi.push_back(h);
+  }
+  return r;
+}
+
+template <class Be>
+void check_ragged_patterns(const Be& be, index_t rows, index_t cols, std::uint64_t seed) {
+  std::mt19937_64 rng(seed);
+  const ranges rg = random_ranges(rng, rows, cols);
+  auto in = [&](index_t b, index_t t) { return t >= rg.lo[static_cast<std::size_t>(b)] && t < rg.hi[static_cast<std::size_t>(b)]; };
+
+  // for_each: exactly the positions in range, once.
+  std::vector<int> inside(static_cast<std::size_t>(rows * cols), 0), hits(inside.size(), 0);
+  for (index_t b = 0; b < rows; ++b)
+    for (index_t t = 0; t < cols; ++t) inside[static_cast<std::size_t>(b * cols + t)] = in(b, t) ? 1 : 0;
+  be.for_each(rows, cols, [&](index_t b, index_t t) { ++hits[static_cast<std::size_t>(b * cols + t)]; }, rg);
+  REQUIRE(hits == inside);
+
+  // reduce and row_reduce: the sequential row-major product over the positions in range.
+  mat all = eye;
+  std::vector<mat> per_row(static_cast<std::size_t>(rows), eye);
+  for (index_t b = 0; b < rows; ++b)
+    for (index_t t = 0; t < cols; ++t)
+      if (in(b, t)) {
+        all = mul(all, elem_mat(b, t));
+        per_row[static_cast<std::size_t>(b)] = mul(per_row[static_cast<std::size_t>(b)], elem_mat(b, t));
+      }
+  REQUIRE(be.reduce(rows, cols, mat_reducer{}, rg) == all);
+  std::vector<mat> got_rows(static_cast<std::size_t>(rows), mat{0, 0, 0, 0});
+  be.row_reduce(rows, cols, mat_reducer{}, [&](index_t b, const mat& m) { got_rows[static_cast<std::size_t>(b)] = m; }, rg);
+  REQUIRE(got_rows == per_row);
+
+  // row_scan: the fold starts from initial() at the range's first column in scan order.
+  for (auto dir : {scan_direction::forward, scan_direction::reverse}) {
+    std::vector<u64> want(static_cast<std::size_t>(rows * cols), 0), got(want.size(), 0);
+    for (index_t b = 0; b < rows; ++b) {
+      u64 x = affine_op{}.initial();
+      const index_t l = rg.lo[static_cast<std::size_t>(b)], h = rg.hi[static_cast<std::size_t>(b)];
+      for (index_t k = 0; k < h - l; ++k) {
+        const index_t t = dir == scan_direction::forward ? l + k : h - 1 - k;
+        x = affine_op{}.apply(affine_elem{}(b, t), x);
+        want[static_cast<std::size_t>(b * cols + t)] = x;
+      }
+    }
+    std::vector<int> seen(want.size(), 0);
+    be.row_scan(dir, rows, cols, affine_elem{}, affine_op{}, [&](index_t b, index_t t, u64 x) {
+      got[static_cast<std::size_t>(b * cols + t)] = x;
+      ++seen[static_cast<std::size_t>(b * cols + t)];
+    }, rg);
+    REQUIRE(got == want);
+    REQUIRE(seen == inside);
+  }
+
+  // histogram and collect: only positions in range, collect in row-major order.
+  const index_t nbins = 11;
+  auto bin = [&](index_t b, index_t t) -> index_t { return (b * 7 + t * 3) % 13 - 2; };  // some negative
+  std::vector<u64> want_h(static_cast<std::size_t>(nbins), 3), got_h(want_h);
+  std::vector<index_t> want_c;
+  for (index_t b = 0; b < rows; ++b)
+    for (index_t t = 0; t < cols; ++t)
+      if (in(b, t)) {
+        if (bin(b, t) >= 0) ++want_h[static_cast<std::size_t>(bin(b, t))];
+        if ((b + t) % 3 == 0) want_c.push_back(b * cols + t);
+      }
+  be.histogram(rows, cols, bin, nbins, got_h.data(), rg);
+  REQUIRE(got_h == want_h);
+  const auto got_c = be.template collect<index_t>(rows, cols, [&](index_t b, index_t t, index_t& v) {
+    v = b * cols + t;
+    return (b + t) % 3 == 0;
+  }, rg);
+  REQUIRE(got_c == want_c);
+}
+
+}  // namespace
+
+TEST_CASE("ragged patterns visit exactly each row's range (cpu_backend, 1..4 threads)", "[ragged]") {
+  for (auto shape : {std::pair<index_t, index_t>{37, 300}, {1, 1}, {200, 40000}, {3, 5}})
+    for (int threads = 1; threads <= 4; ++threads)
+      check_ragged_patterns(cpu_backend(threads), shape.first, shape.second, 17 + static_cast<std::uint64_t>(threads));
+}
+
+TEST_CASE("ragged patterns on the re-associating backend (random tiles, random merge trees)", "[ragged]") {
+  for (std::uint64_t seed = 1; seed <= 3; ++seed) {
+    check_ragged_patterns(asyppo_test::tiled_backend(seed), 23, 90, seed);
+    check_ragged_patterns(asyppo_test::tiled_backend(seed, 3), 5, 1000, seed + 10);
+  }
+}
+
+TEST_CASE("the CPU backend folds a reducer through its add_span, with the same result", "[ragged]") {
+  std::mt19937_64 rng(5);
+  const index_t rows = 40, cols = 70000;  // rows longer than a reduce tile: several spans per row
+  const ranges rg = random_ranges(rng, rows, cols);
+  for (int threads = 1; threads <= 3; ++threads) {
+    const cpu_backend be(threads);
+    std::int64_t spans = 0;
+    const mat want = be.reduce(rows, cols, mat_reducer{}, rg);
+    REQUIRE(be.reduce(rows, cols, mat_span_reducer{{}, &spans}, rg) == want);
+    REQUIRE(spans > 0);
+    std::vector<mat> a(static_cast<std::size_t>(rows)), c(static_cast<std::size_t>(rows));
+    be.row_reduce(rows, cols, mat_reducer{}, [&](index_t b, const mat& m) { a[static_cast<std::size_t>(b)] = m; }, rg);
+    be.row_reduce(rows, cols, mat_span_reducer{{}, &spans}, [&](index_t b, const mat& m) { c[static_cast<std::size_t>(b)] = m; }, rg);
+    REQUIRE(a == c);
+  }
+}
+
+TEMPLATE_TEST_CASE("finiteness count: the vectorised span equals the per-element count", "[ragged]", float, double) {
+  using T = TestType;
+  std::mt19937_64 rng(11);
+  const index_t K = 2, B = 9, Tn = 1500;
+  std::vector<T> v(static_cast<std::size_t>(K * B * Tn)), r(static_cast<std::size_t>(B * Tn));
+  std::vector<std::uint8_t> m(r.size());
+  const T specials[] = {std::numeric_limits<T>::quiet_NaN(), std::numeric_limits<T>::infinity(),
+                        -std::numeric_limits<T>::infinity(), std::numeric_limits<T>::max(),
+                        std::numeric_limits<T>::denorm_min(), T(-0.0)};
+  for (auto& x : v) x = rng() % 50 == 0 ? specials[rng() % 6] : T(0.5);
+  for (auto& x : r) x = rng() % 70 == 0 ? specials[rng() % 6] : T(-1);
+  for (auto& x : m) x = static_cast<std::uint8_t>(rng() % 3 == 0 ? 0 : 1 + rng() % 200);
+  const detail::count_nonfinite_tokens<T, 1, 1> counter{{critic_view<const T>(v.data(), K, B, Tn)},
+                                                        {token_view<const T>(r.data(), B, Tn)},
+                                                        mask_view(m.data(), B, Tn)};
+  std::int64_t valid = 0, bad = 0;
+  for (index_t b = 0; b < B; ++b)
+    for (index_t t = 0; t < Tn; ++t) {
+      if (!m[static_cast<std::size_t>(b * Tn + t)]) continue;
+      ++valid;
+      bool ok = std::isfinite(static_cast<double>(r[static_cast<std::size_t>(b * Tn + t)]));
+      for (index_t k = 0; k < K; ++k) ok = ok && std::isfinite(static_cast<double>(v[static_cast<std::size_t>((k * B + b) * Tn + t)]));
+      bad += ok ? 0 : 1;
+    }
+  REQUIRE(bad > 0);
+  for (index_t t0 : {index_t(0), index_t(1), index_t(513)})
+    for (index_t t1 : {Tn, Tn - 1, index_t(1024)}) {
+      detail::token_tally a{0, 0}, c{0, 0};
+      for (index_t b = 0; b < B; ++b) {
+        for (index_t t = t0; t < t1; ++t) counter.add(a, b, t);
+        counter.add_span(c, b, t0, t1);
+      }
+      REQUIRE(a.valid == c.valid);
+      REQUIRE(a.nonfinite == c.nonfinite);
+    }
+  const auto all = cpu_backend(2).reduce(B, Tn, counter);
+  REQUIRE(all.valid == valid);
+  REQUIRE(all.nonfinite == bad);
+}
+
+TEST_CASE("row ends: last valid token + 1, 0 for empty rows, any stride", "[ragged]") {
+  std::mt19937_64 rng(3);
+  const index_t B = 50, Tn = 77;
+  std::vector<std::uint8_t> m(static_cast<std::size_t>(B * Tn * 2), 0);  // every other column: stride 2
+  std::vector<index_t> want(static_cast<std::size_t>(B), 0);
+  for (index_t b = 0; b < B; ++b) {
+    const index_t len = b == 0 ? 0 : (b == 1 ? Tn : static_cast<index_t>(rng() % static_cast<u64>(Tn + 1)));
+    for (index_t t = 0; t < len; ++t) m[static_cast<std::size_t>(b * Tn * 2 + 2 * t)] = rng() % 4 ? 1 : 0;
+    for (index_t t = 0; t < Tn; ++t)
+      if (m[static_cast<std::size_t>(b * Tn * 2 + 2 * t)]) want[static_cast<std::size_t>(b)] = t + 1;
+  }
+  const cpu_backend be(2);
+  const auto strided = detail::valid_row_ends(be, mask_view::strided(m.data(), {B, Tn}, {2 * Tn, 2}));
+  std::vector<std::uint8_t> packed(static_cast<std::size_t>(B * Tn));
+  for (std::size_t i = 0; i < packed.size(); ++i) packed[i] = m[2 * i];
+  const auto contiguous = detail::valid_row_ends(be, mask_view(packed.data(), B, Tn));
+  for (index_t b = 0; b < B; ++b) {
+    REQUIRE(strided[b] == want[static_cast<std::size_t>(b)]);
+    REQUIRE(contiguous[b] == want[static_cast<std::size_t>(b)]);
+  }
+}
+
+namespace {
+
+// Copies [rows, cols] row-major data into every other element of a buffer (inner stride 2).
+template <class T>
+std::vector<T> spread(const std::vector<T>& x) {
+  std::vector<T> y(2 * x.size(), T(77));
+  for (std::size_t i = 0; i < x.size(); ++i) y[2 * i] = x[i];
+  return y;
+}
+template <class T>
+std::vector<T> gather(const std::vector<T>& y) {
+  std::vector<T> x(y.size() / 2);
+  for (std::size_t i = 0; i < x.size(); ++i) x[i] = y[2 * i];
+  return x;
+}
+
+struct rollout {
+  index_t K, B, Tn;
+  std::vector<double> V, r, lp, olp, A;
+  std::vector<std::uint8_t> m;
+  std::vector<std::int64_t> ids;
+};
+
+// Right-padded rows of random length (some empty, some full), observation holes.
+rollout make_rollout(std::uint64_t seed, index_t K, index_t B, index_t Tn) {
+  std::mt19937_64 rng(seed);
+  std::uniform_real_distribution<double> u(-1, 1);
+  rollout d{K, B, Tn, {}, {}, {}, {}, {}, {}, {}};
+  d.m.assign(static_cast<std::size_t>(B * Tn), 0);
+  for (index_t b = 0; b < B; ++b) {
+    const index_t len = b % 7 == 3 ? 0 : (b % 7 == 5 ? Tn : static_cast<index_t>(rng() % static_cast<u64>(Tn + 1)));
+    for (index_t t = 0; t < len; ++t) d.m[static_cast<std::size_t>(b * Tn + t)] = rng() % 6 ? 1 : 0;
+    d.ids.push_back(b / 4);
+  }
+  for (index_t i = 0; i < K * B * Tn; ++i) d.V.push_back(u(rng));
+  for (index_t i = 0; i < B * Tn; ++i) {
+    d.r.push_back(rng() % 9 == 0 ? u(rng) : 0.0);
+    d.olp.push_back(-1.5 + u(rng));
+    d.lp.push_back(d.olp.back() + 0.4 * u(rng));
+    d.A.push_back(u(rng));
+  }
+  return d;
+}
+
+template <class T>
+std::vector<T> as(const std::vector<double>& x) {
+  return std::vector<T>(x.begin(), x.end());
+}
+
+}  // namespace
+
+TEMPLATE_TEST_CASE("advantage step and GAE: padding written, contiguous == strided bit for bit", "[ragged]", float, double) {
+  using T = TestType;
+  const index_t K = 2, B = 23, Tn = 131;
+  const rollout d = make_rollout(7, K, B, Tn);
+  const std::vector<T> V = as<T>(d.V), r = as<T>(d.r);
+  const std::vector<T> V2 = spread(V), r2 = spread(r);
+  const std::vector<std::uint8_t> m2 = spread(d.m);
+  const cpu_backend be(2);
+  const index_t BT = B * Tn;
+
+  for (int whiten = 0; whiten < 2; ++whiten) {
+    advantage_config cfg;
+    cfg.whiten_advantages = whiten == 1;
+    // Contiguous inputs and outputs (the span paths) into garbage-filled outputs.
+    std::vector<T> A(static_cast<std::size_t>(BT), T(9)), R(A), S(A);
+    std::vector<std::uint8_t> am(static_cast<std::size_t>(BT), 5), em(am);
+    const auto s1 = advantage_step(be, advantage_inputs<T>{{V.data(), K, B, Tn}, {r.data(), B, Tn}, {d.m.data(), B, Tn}, {d.ids.data(), B}},
+                                   advantage_outputs<T>{{A.data(), B, Tn}, {R.data(), B, Tn}, {am.data(), B, Tn}, {em.data(), B, Tn}, {}, {S.data(), B, Tn}},
+                                   cfg);
+    // Strided (inner stride 2) inputs and outputs: the per-element paths.
+    std::vector<T> A2(static_cast<std::size_t>(2 * BT), T(9)), R2(A2), S2(A2);
+    std::vector<std::uint8_t> am2(static_cast<std::size_t>(2 * BT), 5), em2(am2);
+    auto tv = [&](auto* p) { return view<std::remove_pointer_t<decltype(p)>, 2>::strided(p, {B, Tn}, {2 * Tn, 2}); };
+    const auto s2 = advantage_step(
+        be,
+        advantage_inputs<T>{critic_view<const T>::strided(V2.data(), {K, B, Tn}, {2 * B * Tn, 2 * Tn, 2}), tv(r2.data()),
+                            tv(m2.data()), {d.ids.data(), B}},
+        advantage_outputs<T>{tv(A2.data()), tv(R2.data()), tv(am2.data()), tv(em2.data()), {}, tv(S2.data())}, cfg);
+    REQUIRE(gather(A2) == A);
+    REQUIRE(gather(R2) == R);
+    REQUIRE(gather(S2) == S);
+    REQUIRE(gather(am2) == am);
+    REQUIRE(gather(em2) == em);
+    REQUIRE(s1.adv_masked == s2.adv_masked);
+    REQUIRE(s1.advantage_mean == s2.advantage_mean);
+    REQUIRE(s1.explained_variance == s2.explained_variance);
+    // Every invalid token (padding included) holds 0 in every output.
+    for (index_t i = 0; i < BT; ++i)
+      if (!d.m[static_cast<std::size_t>(i)]) {
+        REQUIRE(A[static_cast<std::size_t>(i)] == T(0));
+        REQUIRE(R[static_cast<std::size_t>(i)] == T(0));
+        REQUIRE(S[static_cast<std::size_t>(i)] == T(0));
+        REQUIRE(am[static_cast<std::size_t>(i)] == 0);
+        REQUIRE(em[static_cast<std::size_t>(i)] == 0);
+      }
+  }
+
+  // gae(): zero and raw padding. Raw padding after a row's last valid token is what the full scan
+  // writes there: advantage 0 (nothing carried back yet), return = the value mean (skip) or 0 (step).
+  for (auto sem : {gae_mask_semantics::skip, gae_mask_semantics::step})
+    for (auto pad : {padding_mode::zero, padding_mode::raw}) {
+      gae_options o;
+      o.semantics = sem;
+      o.padding = pad;
+      o.gamma = 0.97;
+      o.lambda_actor = 0.9;
+      std::vector<T> A(static_cast<std::size_t>(BT), T(9)), R(A);
+      gae(be, critic_view<const T>(V.data(), K, B, Tn), token_view<const T>(r.data(), B, Tn), mask_view(d.m.data(), B, Tn), o,
+          gae_outputs<T>{{A.data(), B, Tn}, {R.data(), B, Tn}, {}});
+      std::vector<T> A2(static_cast<std::size_t>(2 * BT), T(9)), R2(A2);
+      gae(be, critic_view<const T>::strided(V2.data(), {K, B, Tn}, {2 * B * Tn, 2 * Tn, 2}),
+          token_view<const T>::strided(r2.data(), {B, Tn}, {2 * Tn, 2}), mask_view::strided(m2.data(), {B, Tn}, {2 * Tn, 2}), o,
+          gae_outputs<T>{token_view<T>::strided(A2.data(), {B, Tn}, {2 * Tn, 2}), token_view<T>::strided(R2.data(), {B, Tn}, {2 * Tn, 2}), {}});
+      REQUIRE(gather(A2) == A);
+      REQUIRE(gather(R2) == R);
+      for (index_t b = 0; b < B; ++b) {
+        index_t end = 0;
+        for (index_t t = 0; t < Tn; ++t)
+          if (d.m[static_cast<std::size_t>(b * Tn + t)]) end = t + 1;
+        for (index_t t = end; t < Tn; ++t) {
+          const std::size_t i = static_cast<std::size_t>(b * Tn + t);
+          const double mean = (static_cast<double>(V[i]) + static_cast<double>(V[static_cast<std::size_t>(BT) + i])) / 2;
+          const bool raw_value = pad == padding_mode::raw && sem == gae_mask_semantics::skip;
+          REQUIRE(A[i] == T(0));
+          REQUIRE(R[i] == (raw_value ? static_cast<T>(mean) : T(0)));
+        }
+      }
+    }
+}
+
+TEMPLATE_TEST_CASE("losses: padding gradients written, contiguous == strided bit for bit", "[ragged]", float, double) {
+  using T = TestType;
+  const index_t B = 19, Tn = 157;
+  const rollout d = make_rollout(9, 1, B, Tn);
+  const std::vector<T> lp = as<T>(d.lp), olp = as<T>(d.olp), A = as<T>(d.A);
+  const std::vector<T> lp2 = spread(lp), olp2 = spread(olp), A2 = spread(A);
+  const std::vector<std::uint8_t> m2 = spread(d.m);
+  const index_t BT = B * Tn;
+  auto st = [&](const T* p) { return token_view<const T>::strided(p, {B, Tn}, {2 * Tn, 2}); };
+  for (int threads = 1; threads <= 2; ++threads) {
+    const cpu_backend be(threads);
+    std::vector<T> g(static_cast<std::size_t>(BT), T(9)), g2(static_cast<std::size_t>(2 * BT), T(9));
+    const auto a = policy_loss(be, policy_loss_inputs<T>{{lp.data(), B, Tn}, {olp.data(), B, Tn}, {A.data(), B, Tn}, {d.m.data(), B, Tn}},
+                               token_view<T>(g.data(), B, Tn));
+    const auto c = policy_loss(be, policy_loss_inputs<T>{st(lp2.data()), st(olp2.data()), st(A2.data()), mask_view::strided(m2.data(), {B, Tn}, {2 * Tn, 2})},
+                               token_view<T>::strided(g2.data(), {B, Tn}, {2 * Tn, 2}));
+    REQUIRE(a.loss == c.loss);
+    REQUIRE(gather(g2) == g);
+    for (index_t i = 0; i < BT; ++i)
+      if (!d.m[static_cast<std::size_t>(i)]) REQUIRE(g[static_cast<std::size_t>(i)] == T(0));
+    std::vector<T> gk(static_cast<std::size_t>(BT), T(9));
+    const auto k = kl_loss(be, token_view<const T>(lp.data(), B, Tn), token_view<const T>(olp.data(), B, Tn), mask_view(d.m.data(), B, Tn),
+                           token_view<T>(gk.data(), B, Tn));
+    REQUIRE(std::isfinite(k.loss));
+    for (index_t i = 0; i < BT; ++i)
+      if (!d.m[static_cast<std::size_t>(i)]) REQUIRE(gk[static_cast<std::size_t>(i)] == T(0));
+  }
+}
+
+TEMPLATE_TEST_CASE("ensemble stats and uncertainty masks: padding written, contiguous == strided", "[ragged]", float, double) {
+  using T = TestType;
+  const index_t K = 3, B = 21, Tn = 97;
+  const rollout d = make_rollout(13, K, B, Tn);
+  const std::vector<T> V = as<T>(d.V), V2 = spread(V);
+  const std::vector<std::uint8_t> m2 = spread(d.m);
+  const index_t BT = B * Tn;
+  const cpu_backend be(3);
+  auto st = [&](auto* p) { return view<std::remove_pointer_t<decltype(p)>, 2>::strided(p, {B, Tn}, {2 * Tn, 2}); };
+  std::vector<T> mean(static_cast<std::size_t>(BT), T(9)), sd(mean), lo(mean), hi(mean);
+  std::vector<T> mean2(static_cast<std::size_t>(2 * BT), T(9)), sd2(mean2), lo2(mean2), hi2(mean2);
+  ensemble_stats(be, critic_view<const T>(V.data(), K, B, Tn), mask_view(d.m.data(), B, Tn),
+                 ensemble_outputs<T>{{mean.data(), B, Tn}, {sd.data(), B, Tn}, {lo.data(), B, Tn}, {hi.data(), B, Tn}});
+  ensemble_stats(be, critic_view<const T>::strided(V2.data(), {K, B, Tn}, {2 * B * Tn, 2 * Tn, 2}), st(m2.data()),
+                 ensemble_outputs<T>{st(mean2.data()), st(sd2.data()), st(lo2.data()), st(hi2.data())});
+  REQUIRE(gather(mean2) == mean);
+  REQUIRE(gather(sd2) == sd);
+  REQUIRE(gather(lo2) == lo);
+  REQUIRE(gather(hi2) == hi);
+  std::vector<std::uint8_t> am(static_cast<std::size_t>(BT), 5), em(am), am2(static_cast<std::size_t>(2 * BT), 5), em2(am2);
+  const auto c1 = uncertainty_masks(be, token_view<const T>(sd.data(), B, Tn), mask_view(d.m.data(), B, Tn),
+                                    mask_out(am.data(), B, Tn), mask_out(em.data(), B, Tn));
+  const std::vector<T> sdw = spread(sd);
+  const auto c2 = uncertainty_masks(be, st(sdw.data()), st(m2.data()), st(am2.data()), st(em2.data()));
+  REQUIRE(gather(am2) == am);
+  REQUIRE(gather(em2) == em);
+  REQUIRE(c1.adv_masked == c2.adv_masked);
+  REQUIRE(c1.adv_masked > 0);
+  for (index_t i = 0; i < BT; ++i)
+    if (!d.m[static_cast<std::size_t>(i)]) {
+      const std::size_t j = static_cast<std::size_t>(i);
+      REQUIRE((mean[j] == T(0) && sd[j] == T(0) && lo[j] == T(0) && hi[j] == T(0)));
+      REQUIRE((am[j] == 0 && em[j] == 0));
+    }
+}
