@@ -67,6 +67,16 @@ def _np(x):
     return np.asarray(x)
 
 
+def _mask8(x):
+    """A mask as uint8 0/1 for the native layer: zero-copy for bool/uint8/int8 inputs, else one
+    `!= 0` pass (float and int64 masks), done once per call and shared by every native call and the
+    count check (each native call would otherwise convert a float mask again)."""
+    a = _np(x)
+    if a.dtype.itemsize == 1 and a.dtype.kind in "bui":
+        return a.view(np.uint8) if a.dtype != np.uint8 else a
+    return np.not_equal(a, 0).view(np.uint8)
+
+
 def _like(arr, ref):
     """arr (NumPy) as the kind of ref: a tensor of ref's dtype when ref is a tensor."""
     if _is_t(ref):
@@ -279,7 +289,7 @@ def masked_whiten(values, mask, shift_mean=True):
         w = (values - mean) * torch.rsqrt(var + 1e-8)
         return w if shift_mean else w + mean
     x = _np(values)
-    m = _np(mask)
+    m = _mask8(mask)
     _verl_mask_count_check(m)
     if x.ndim == 2:
         x2, m2 = x, m
@@ -323,7 +333,7 @@ def compute_gae_advantage_return(token_level_rewards, values, response_mask, gam
     ValueError when the mask has fewer than 2 valid tokens (verl's masked_var raises)."""
     r = _np(token_level_rewards)
     v = _np(values)
-    m = _np(response_mask)
+    m = _mask8(response_mask)
     _verl_mask_count_check(m)
     adv, ret = _native.gae(v, r, m, gamma=float(gamma), lambda_actor=float(lam), lambda_critic=float(lam),
                            semantics="skip", padding="raw", check_finite=False)
@@ -342,7 +352,7 @@ def compute_grpo_outcome_advantage(token_level_rewards, response_mask, index, ep
     A_b = s_b / (1 + epsilon), not 0. Output A_b * response_mask[b, t].
     `config` is accepted for signature compatibility (verl reads nothing else from it here)."""
     r = _np(token_level_rewards)
-    m = _np(response_mask)
+    m = _mask8(response_mask)
     scores = _native.sequence_scores(r)
     adv, _ = _native.grpo(scores, _group_ids(index), m, norm_by_std=bool(norm_adv_by_std_in_grpo),
                           eps=float(epsilon), unbiased=True, singleton="verl", check_finite=False)
@@ -356,7 +366,7 @@ def compute_rloo_outcome_advantage(token_level_rewards, response_mask, index, ep
     A_b = s_b * n/(n-1) - mean_g * n/(n-1) for groups of n > 1; a singleton keeps A_b = s_b (verl's loop;
     verl's rloo_vectorized gives 0 there: use asyppo.rloo(..., singleton="zero") for that)."""
     r = _np(token_level_rewards)
-    m = _np(response_mask)
+    m = _mask8(response_mask)
     scores = _native.sequence_scores(r)
     adv, _ = _native.rloo(scores, _group_ids(index), m, singleton="verl", check_finite=False)
     out = _like(adv, token_level_rewards)
@@ -370,7 +380,7 @@ def compute_reinforce_plus_plus_baseline_outcome_advantage(token_level_rewards, 
     A_b = s_b - mean_g (singleton: mean 0), tiled over tokens, * mask, verl masked_whiten over the
     batch, * mask. ValueError for fewer than 2 valid tokens (verl's masked_var)."""
     r = _np(token_level_rewards)
-    m = _np(response_mask)
+    m = _mask8(response_mask)
     _verl_mask_count_check(m)
     scores = _native.sequence_scores(r)
     adv, _ = _native.reinforce_pp_baseline(scores, _group_ids(index), m, singleton="verl", shift_mean=True,
@@ -390,7 +400,7 @@ def compute_reinforce_plus_plus_outcome_advantage(token_level_rewards, response_
     if gamma is None:
         gamma = _get(config, "gamma", 1.0)
     r = _np(token_level_rewards)
-    m = _np(response_mask)
+    m = _mask8(response_mask)
     _verl_mask_count_check(m)
     zeros = np.broadcast_to(np.zeros((), dtype=r.dtype if r.dtype.kind == "f" else np.float64), r.shape)
     ret, _ = _native.gae(zeros, r, m, gamma=float(gamma), lambda_actor=1.0, lambda_critic=1.0,
@@ -466,7 +476,7 @@ def compute_policy_loss_vanilla(old_log_prob, log_prob, advantages, response_mas
     lp = _np(log_prob)
     olp = _np(old_log_prob)
     adv = _np(advantages)
-    m = _np(response_mask)
+    m = _mask8(response_mask)
     need = _needs_grad(log_prob)
     kw = dict(clip_low=float(clip_low), clip_high=float(clip_high), dual_clip=clip_c, log_ratio_clamp=20.0,
               aggregation=loss_agg_mode, normalizer=norm, check_finite=False)
@@ -521,7 +531,7 @@ def compute_value_loss(vpreds, returns, values, response_mask, cliprange_value, 
     norm, dp = _normalizer(loss_agg_mode, info["dp_size"], info["batch_num_tokens"], info["global_batch_size"],
                            info["loss_scale_factor"])
     need = _needs_grad(vpreds)
-    loss, grad, crit = _native.value_loss(_np(vpreds), _np(returns), _np(response_mask), _np(values), clip=c,
+    loss, grad, crit = _native.value_loss(_np(vpreds), _np(returns), _mask8(response_mask), _np(values), clip=c,
                                           half=True, aggregation=loss_agg_mode, normalizers=[norm],
                                           check_finite=False, compute_grad=need)
     cf = crit[0]["clip_fraction"]

@@ -163,7 +163,7 @@ class cpu_backend {
       for (index_t b = lo; b < hi; ++b) {
         index_t t0, t1;
         range(b, t0, t1);
-        for (index_t t = t0; t < t1; ++t) fn(b, t);
+        detail::visit_span(fn, b, t0, t1);
       }
     });
   }

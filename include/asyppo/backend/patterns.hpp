@@ -49,7 +49,9 @@
 // an algorithm fuses "compute a value, store it, and sum it" into one pass. A 2-D reducer may also
 // offer add_span(acc&, b, t0, t1): the same as add(acc, b, t) for t = t0, ..., t1 - 1 in that order
 // (same result), written so that the compiler can vectorise it (contiguous rows); a CPU backend
-// calls it for each piece of a row it folds, a GPU backend ignores it (detail::fold_span). Scan op: value_type;
+// calls it for each piece of a row it folds, a GPU backend ignores it (detail::fold_span). Likewise
+// a 2-D for_each functor may offer span(b, t0, t1), the same as f(b, t) for t in [t0, t1)
+// (detail::visit_span). Scan op: value_type;
 // initial(); lift(e); apply(e, x) (and apply(value, x)); combine(a, b). All functors are
 // ASYPPO_HD, trivially copyable, hold views/pointers/scalars only, and never throw.
 //
@@ -108,6 +110,16 @@ ASYPPO_HD void fold_span(const R& r, typename R::value_type& acc, index_t b, ind
     if (t1 > t0) r.add_span(acc, b, t0, t1);
   } else {
     for (index_t t = t0; t < t1; ++t) r.add(acc, b, t);
+  }
+}
+
+/// f.span(b, t0, t1) when the functor offers it, else f(b, t) over [t0, t1).
+template <class F>
+ASYPPO_HD void visit_span(const F& f, index_t b, index_t t0, index_t t1) {
+  if constexpr (requires { f.span(b, t0, t1); }) {
+    if (t1 > t0) f.span(b, t0, t1);
+  } else {
+    for (index_t t = t0; t < t1; ++t) f(b, t);
   }
 }
 

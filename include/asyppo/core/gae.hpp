@@ -148,11 +148,42 @@ struct gae_sink {
   }
 };
 
-/// The sink's outputs at the initial scan state (the padding after a row's last valid token).
+/// The sink's outputs at the initial scan state (the padding after a row's last valid token):
+/// advantage 0, return 0 + V-bar (raw skip) or 0, std 0.
 template <class T>
 struct gae_initial_state {
   gae_sink<T> sink;
   ASYPPO_HD void operator()(index_t b, index_t t) const { sink(b, t, gae_state{0.0, 0.0, 0.0}); }
+  ASYPPO_HD static void zero(const token_view<T>& o, index_t b, index_t t0, index_t t1) {
+    if (!o.data) return;
+    T* p = &o(b, 0);
+    for (index_t t = t0; t < t1; ++t) p[t] = T(0);
+  }
+  /// The same over [t0, t1) for contiguous rows and K <= 2, in plain loops the compiler vectorises.
+  ASYPPO_HD void span(index_t b, index_t t0, index_t t1) const {
+    const gae_outputs<T>& out = sink.out;
+    const critic_view<const T>& v = sink.point.values;
+    const index_t K = v.extent[0];
+    const bool mean_needed = sink.raw && sink.skip && out.returns.data;
+    if (!unit_inner_stride(out.advantages) || !unit_inner_stride(out.returns) || !unit_inner_stride(out.std) ||
+        (mean_needed && (K > 2 || !unit_inner_stride(v)))) {
+      for (index_t t = t0; t < t1; ++t) (*this)(b, t);
+      return;
+    }
+    zero(out.advantages, b, t0, t1);
+    zero(out.std, b, t0, t1);
+    if (!out.returns.data) return;
+    T* r = &out.returns(b, 0);
+    if (!mean_needed) {
+      for (index_t t = t0; t < t1; ++t) r[t] = T(0);
+    } else if (K == 1) {  // 0.0 + V, as the sink computes it (so -0 becomes +0 there too)
+      const T* v0 = &v(0, b, 0);
+      for (index_t t = t0; t < t1; ++t) r[t] = static_cast<T>(0.0 + static_cast<double>(v0[t]) * sink.point.inv_k);
+    } else {
+      const T *v0 = &v(0, b, 0), *v1 = &v(1, b, 0);
+      for (index_t t = t0; t < t1; ++t) r[t] = static_cast<T>(0.0 + 0.5 * (static_cast<double>(v0[t]) + static_cast<double>(v1[t])));
+    }
+  }
 };
 
 struct adaptive_lambda_sink {
