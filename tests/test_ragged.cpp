@@ -376,6 +376,14 @@ TEMPLATE_TEST_CASE("advantage step and GAE: padding written, contiguous == strid
           gae_outputs<T>{token_view<T>::strided(A2.data(), {B, Tn}, {2 * Tn, 2}), token_view<T>::strided(R2.data(), {B, Tn}, {2 * Tn, 2}), {}});
       REQUIRE(gather(A2) == A);
       REQUIRE(gather(R2) == R);
+      // Whitening in place with the same padding (the vectorised span vs the per-element kernel).
+      whiten_options wo;
+      wo.padding = pad;
+      std::vector<T> W = A, W2 = A2;
+      masked_whiten(be, token_view<const T>(W.data(), B, Tn), mask_view(d.m.data(), B, Tn), token_view<T>(W.data(), B, Tn), wo);
+      masked_whiten(be, token_view<const T>::strided(W2.data(), {B, Tn}, {2 * Tn, 2}), mask_view::strided(m2.data(), {B, Tn}, {2 * Tn, 2}),
+                    token_view<T>::strided(W2.data(), {B, Tn}, {2 * Tn, 2}), wo);
+      REQUIRE(gather(W2) == W);
       for (index_t b = 0; b < B; ++b) {
         index_t end = 0;
         for (index_t t = 0; t < Tn; ++t)

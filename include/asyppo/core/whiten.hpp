@@ -43,6 +43,20 @@ struct whiten_kernel {
     if (valid || raw) out(b, t) = static_cast<T>((static_cast<double>(x(b, t)) - mean) * scale + add_back);
     else out(b, t) = T(0);
   }
+  /// The same over [t0, t1) of a contiguous row, as one select per token (vectorises; out may be x).
+  ASYPPO_HD void span(index_t b, index_t t0, index_t t1) const {
+    if (!unit_inner_stride(x) || !unit_inner_stride(mask) || !unit_inner_stride(out)) {
+      for (index_t t = t0; t < t1; ++t) (*this)(b, t);
+      return;
+    }
+    const T* xp = &x(b, 0);
+    const std::uint8_t* m = &mask(b, 0);
+    T* o = &out(b, 0);
+    for (index_t t = t0; t < t1; ++t) {
+      const T y = static_cast<T>((static_cast<double>(xp[t]) - mean) * scale + add_back);
+      o[t] = (raw || m[t] != 0) ? y : T(0);
+    }
+  }
 };
 
 inline void check_whiten_options(const char* where, const whiten_options& o) {
