@@ -463,3 +463,26 @@ TEMPLATE_TEST_CASE("ensemble stats and uncertainty masks: padding written, conti
       REQUIRE((am[j] == 0 && em[j] == 0));
     }
 }
+
+TEMPLATE_TEST_CASE("GRPO broadcast: contiguous == strided, zeros at masked tokens", "[ragged]", float, double) {
+  using T = TestType;
+  const index_t B = 24, Tn = 75;
+  const rollout d = make_rollout(17, 1, B, Tn);
+  std::vector<T> scores;
+  for (index_t b = 0; b < B; ++b) scores.push_back(static_cast<T>(d.A[static_cast<std::size_t>(b)]));
+  const std::vector<std::uint8_t> m2 = spread(d.m);
+  std::vector<T> A(static_cast<std::size_t>(B * Tn), T(9)), A2(static_cast<std::size_t>(2 * B * Tn), T(9));
+  const cpu_backend be(2);
+  grpo_advantages(be, seq_view<const T>(scores.data(), B), seq_view<const std::int64_t>(d.ids.data(), B),
+                  mask_view(d.m.data(), B, Tn), outcome_outputs<T>{{A.data(), B, Tn}});
+  grpo_advantages(be, seq_view<const T>(scores.data(), B), seq_view<const std::int64_t>(d.ids.data(), B),
+                  mask_view::strided(m2.data(), {B, Tn}, {2 * Tn, 2}),
+                  outcome_outputs<T>{token_view<T>::strided(A2.data(), {B, Tn}, {2 * Tn, 2})});
+  REQUIRE(gather(A2) == A);
+  std::size_t nonzero = 0;
+  for (std::size_t i = 0; i < A.size(); ++i) {
+    if (!d.m[i]) REQUIRE(A[i] == T(0));
+    nonzero += A[i] != T(0) ? 1 : 0;
+  }
+  REQUIRE(nonzero > 0);
+}

@@ -155,6 +155,17 @@ struct broadcast_kernel {
   mask_view mask;
   token_view<T> out;
   ASYPPO_HD void operator()(index_t b, index_t t) const { out(b, t) = mask(b, t) ? static_cast<T>(seq[b]) : T(0); }
+  /// The same over [t0, t1) of a contiguous row: one select per token (vectorises).
+  ASYPPO_HD void span(index_t b, index_t t0, index_t t1) const {
+    if (!unit_inner_stride(mask) || !unit_inner_stride(out)) {
+      for (index_t t = t0; t < t1; ++t) (*this)(b, t);
+      return;
+    }
+    const std::uint8_t* m = &mask(b, 0);
+    T* o = &out(b, 0);
+    const T a = static_cast<T>(seq[b]);
+    for (index_t t = t0; t < t1; ++t) o[t] = m[t] ? a : T(0);
+  }
 };
 
 /// Eight interleaved partial sums of a row (column t goes to lane t mod 8), added in a fixed tree
