@@ -21,55 +21,21 @@
 #include <vector>
 
 #include "asyppo/asyppo.hpp"
+#include "exact_ops.hpp"
 #include "tiled_backend.hpp"
 
 using namespace asyppo;
-using u64 = std::uint64_t;
 
 namespace {
 
-// 2x2 matrices over Z / 2^64: associative, not commutative, exact.
-struct mat {
-  u64 a, b, c, d;
-  bool operator==(const mat&) const = default;
-};
-mat mul(const mat& x, const mat& y) {
-  return {x.a * y.a + x.b * y.c, x.a * y.b + x.b * y.d, x.c * y.a + x.d * y.c, x.c * y.b + x.d * y.d};
-}
-constexpr mat eye{1, 0, 0, 1};
-mat elem_mat(index_t b, index_t t) {
-  const u64 v = static_cast<u64>(b * 100003 + t) * 0x9E3779B97F4A7C15ull + 12345;
-  return {v | 1, v >> 7, (v >> 13) ^ 0x5555, (v * 3) | 1};
-}
-struct mat_reducer {
-  using value_type = mat;
-  mat identity() const { return eye; }
-  void add(mat& acc, index_t b, index_t t) const { acc = mul(acc, elem_mat(b, t)); }
-  mat combine(const mat& x, const mat& y) const { return mul(x, y); }
-};
-// The same product through add_span (counts the span calls: the CPU backend must use it).
-struct mat_span_reducer : mat_reducer {
+using namespace asyppo_test;
+
+// The product of mat_reducer2 through add_span (counts the span calls: the CPU backend must use it).
+struct mat_span_reducer : mat_reducer2 {
   std::int64_t* spans;
   void add_span(mat& acc, index_t b, index_t t0, index_t t1) const {
     ++*spans;
-    for (index_t t = t0; t < t1; ++t) acc = mul(acc, elem_mat(b, t));
-  }
-};
-
-struct affine {
-  u64 u, o;
-};
-struct affine_op {
-  using value_type = affine;
-  u64 initial() const { return 7; }
-  affine lift(const affine& e) const { return e; }
-  u64 apply(const affine& e, u64 x) const { return e.u * x + e.o; }
-  affine combine(const affine& a, const affine& b) const { return {b.u * a.u, b.u * a.o + b.o}; }
-};
-struct affine_elem {
-  affine operator()(index_t b, index_t t) const {
-    const u64 v = static_cast<u64>(b * 100003 + t) * 0xD1B54A32D192ED03ull + 99;
-    return {v | 1, v >> 9};
+    for (index_t t = t0; t < t1; ++t) add(acc, b, t);
   }
 };
 
@@ -117,12 +83,12 @@ void check_ragged_patterns(const Be& be, index_t rows, index_t cols, std::uint64
   for (index_t b = 0; b < rows; ++b)
     for (index_t t = 0; t < cols; ++t)
       if (in(b, t)) {
-        all = mul(all, elem_mat(b, t));
-        per_row[static_cast<std::size_t>(b)] = mul(per_row[static_cast<std::size_t>(b)], elem_mat(b, t));
+        all = mul(all, elem_mat(b * cols + t));
+        per_row[static_cast<std::size_t>(b)] = mul(per_row[static_cast<std::size_t>(b)], elem_mat(b * cols + t));
       }
-  REQUIRE(be.reduce(rows, cols, mat_reducer{}, rg) == all);
+  REQUIRE(be.reduce(rows, cols, mat_reducer2{cols}, rg) == all);
   std::vector<mat> got_rows(static_cast<std::size_t>(rows), mat{0, 0, 0, 0});
-  be.row_reduce(rows, cols, mat_reducer{}, [&](index_t b, const mat& m) { got_rows[static_cast<std::size_t>(b)] = m; }, rg);
+  be.row_reduce(rows, cols, mat_reducer2{cols}, [&](index_t b, const mat& m) { got_rows[static_cast<std::size_t>(b)] = m; }, rg);
   REQUIRE(got_rows == per_row);
 
   // row_scan: the fold starts from initial() at the range's first column in scan order.
@@ -133,12 +99,12 @@ void check_ragged_patterns(const Be& be, index_t rows, index_t cols, std::uint64
       const index_t l = rg.lo[static_cast<std::size_t>(b)], h = rg.hi[static_cast<std::size_t>(b)];
       for (index_t k = 0; k < h - l; ++k) {
         const index_t t = dir == scan_direction::forward ? l + k : h - 1 - k;
-        x = affine_op{}.apply(affine_elem{}(b, t), x);
+        x = affine_op{}.apply(affine_elem{cols}(b, t), x);
         want[static_cast<std::size_t>(b * cols + t)] = x;
       }
     }
     std::vector<int> seen(want.size(), 0);
-    be.row_scan(dir, rows, cols, affine_elem{}, affine_op{}, [&](index_t b, index_t t, u64 x) {
+    be.row_scan(dir, rows, cols, affine_elem{cols}, affine_op{}, [&](index_t b, index_t t, u64 x) {
       got[static_cast<std::size_t>(b * cols + t)] = x;
       ++seen[static_cast<std::size_t>(b * cols + t)];
     }, rg);
@@ -188,12 +154,12 @@ TEST_CASE("the CPU backend folds a reducer through its add_span, with the same r
   for (int threads = 1; threads <= 3; ++threads) {
     const cpu_backend be(threads);
     std::int64_t spans = 0;
-    const mat want = be.reduce(rows, cols, mat_reducer{}, rg);
-    REQUIRE(be.reduce(rows, cols, mat_span_reducer{{}, &spans}, rg) == want);
+    const mat want = be.reduce(rows, cols, mat_reducer2{cols}, rg);
+    REQUIRE(be.reduce(rows, cols, mat_span_reducer{{cols}, &spans}, rg) == want);
     REQUIRE(spans > 0);
     std::vector<mat> a(static_cast<std::size_t>(rows)), c(static_cast<std::size_t>(rows));
-    be.row_reduce(rows, cols, mat_reducer{}, [&](index_t b, const mat& m) { a[static_cast<std::size_t>(b)] = m; }, rg);
-    be.row_reduce(rows, cols, mat_span_reducer{{}, &spans}, [&](index_t b, const mat& m) { c[static_cast<std::size_t>(b)] = m; }, rg);
+    be.row_reduce(rows, cols, mat_reducer2{cols}, [&](index_t b, const mat& m) { a[static_cast<std::size_t>(b)] = m; }, rg);
+    be.row_reduce(rows, cols, mat_span_reducer{{cols}, &spans}, [&](index_t b, const mat& m) { c[static_cast<std::size_t>(b)] = m; }, rg);
     REQUIRE(a == c);
   }
 }

@@ -194,7 +194,6 @@ struct probe_elem2 {
 struct probe_sink2 {
   ASYPPO_HD void operator()(index_t, index_t, double) const {}
 };
-
 struct probe_index2 {
   ASYPPO_HD void operator()(index_t, index_t) const {}
 };

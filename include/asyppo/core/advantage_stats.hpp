@@ -46,20 +46,16 @@ struct summary_reducer {
   }
   ASYPPO_HD void add(value_type& a, index_t b, index_t t) const {
     if (!mask(b, t)) return;
+    double x[cap];
     double A = static_cast<double>(adv(b, t));
     if (apply_mask && !adv_mask(b, t)) {
       adv(b, t) = T(0);
       A = 0;
     }
-    accumulate(a, b, t, A, static_cast<double>(ret(b, t)));
-  }
-  /// Adds the token (b, t) with advantage A and return R (as stored) to a.
-  ASYPPO_HD void accumulate(value_type& a, index_t b, index_t t, double A, double R) const {
-    double x[cap];
     x[0] = A;
-    x[1] = R;
+    x[1] = static_cast<double>(ret(b, t));
     const int m = series();
-    for (int j = 2; j < m; ++j) x[j] = R - static_cast<double>(values(first_critic + j - 2, b, t));
+    for (int j = 2; j < m; ++j) x[j] = x[1] - static_cast<double>(values(first_critic + j - 2, b, t));
     if (a.n == 0)
       for (int j = 0; j < m; ++j) a.shift[j] = x[j];
     a.n += 1;
@@ -86,9 +82,11 @@ struct summary_reducer {
   }
 };
 
-/// {n, mean_0, M2_0, mean_1, M2_1, ...} of an accumulator.
-template <class T, int NC>
-std::vector<double> moments_of(const summary_reducer<T, NC>& red, const typename summary_reducer<T, NC>::value_type& acc) {
+/// Count, mean and M2 of each series over the valid tokens of this rank: {n, mean_0, M2_0, ...}.
+template <int NC, class Backend, class T, class Range>
+std::vector<double> summary_moments(const Backend& be, const summary_reducer<T, NC>& red, index_t B, index_t Tn,
+                                    Range range) {
+  const auto acc = be.reduce(B, Tn, red, range);
   const int series = red.series();
   std::vector<double> local(static_cast<std::size_t>(1 + 2 * series), 0.0);
   local[0] = acc.n;
@@ -97,13 +95,6 @@ std::vector<double> moments_of(const summary_reducer<T, NC>& red, const typename
     local[static_cast<std::size_t>(2 + 2 * j)] = acc.s2[j] - acc.s1[j] * acc.s1[j] / acc.n;
   }
   return local;
-}
-
-/// Count, mean and M2 of each series over the valid tokens of this rank: {n, mean_0, M2_0, ...}.
-template <int NC, class Backend, class T, class Range>
-std::vector<double> summary_moments(const Backend& be, const summary_reducer<T, NC>& red, index_t B, index_t Tn,
-                                    Range range) {
-  return moments_of(red, be.reduce(B, Tn, red, range));
 }
 
 /// Mean and M2 per series after merging every rank's (n, mean, M2) in rank order.
@@ -129,28 +120,6 @@ std::vector<double> merge_over_ranks(const std::vector<double>& local, int serie
   return out;
 }
 
-/// The summary from this rank's moments (moments_of layout, `critics` R - V_k series): merged over
-/// ranks, then mean/std of the advantages and returns and the explained variance of each critic.
-template <class Summary, class Comm>
-void summary_from_moments(const std::vector<double>& local, index_t first_critic, index_t critics, Summary& s,
-                          double& var_ret, const Comm& comm) {
-  const int series = 2 + static_cast<int>(critics);
-  const auto g = merge_over_ranks(local, series, comm);
-  const double n = g[0];
-  if (n <= 0) return;
-  auto var = [&](int j) { return g[static_cast<std::size_t>(2 + 2 * j)] / n; };
-  if (first_critic == 0) {
-    s.advantage_mean = g[1];
-    s.advantage_std = std::sqrt(var(0));
-    s.return_mean = g[3];
-    s.return_std = std::sqrt(var(1));
-    var_ret = var(1);
-  }
-  for (index_t k = 0; k < critics; ++k)
-    s.explained_variance[static_cast<std::size_t>(first_critic + k)] =
-        var_ret > 0 ? 1.0 - var(2 + static_cast<int>(k)) / var_ret : NAN;
-}
-
 /// range: columns holding every valid token of each row (backend/patterns.hpp, ragged rows).
 template <class Backend, class T, class Summary, class Comm, class Range>
 void advantage_moments(const Backend& be, critic_view<const T> values, token_view<T> adv, token_view<const T> ret,
@@ -165,7 +134,19 @@ void advantage_moments(const Backend& be, critic_view<const T> values, token_vie
     const auto local = nk == 2   ? summary_moments(be, summary_reducer<T, 2>{values, adv, ret, mask, adv_mask, k0, 2, apply}, B, Tn, range)
                        : nk == 1 ? summary_moments(be, summary_reducer<T, 1>{values, adv, ret, mask, adv_mask, k0, 1, apply}, B, Tn, range)
                                  : summary_moments(be, summary_reducer<T>{values, adv, ret, mask, adv_mask, k0, nk, apply}, B, Tn, range);
-    summary_from_moments(local, k0, nk, s, var_ret, comm);
+    const auto g = merge_over_ranks(local, 2 + static_cast<int>(nk), comm);
+    const double n = g[0];
+    if (n <= 0) break;
+    auto var = [&](int j) { return g[static_cast<std::size_t>(2 + 2 * j)] / n; };
+    if (k0 == 0) {
+      s.advantage_mean = g[1];
+      s.advantage_std = std::sqrt(var(0));
+      s.return_mean = g[3];
+      s.return_std = std::sqrt(var(1));
+      var_ret = var(1);
+    }
+    for (index_t k = 0; k < nk; ++k)
+      s.explained_variance[static_cast<std::size_t>(k0 + k)] = var_ret > 0 ? 1.0 - var(2 + static_cast<int>(k)) / var_ret : NAN;
     if (K == 0) break;
   }
 }
