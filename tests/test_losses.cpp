@@ -203,6 +203,39 @@ TEST_CASE("policy_loss: clip branches on both sides, dual clip, and the log-rati
   CHECK(g[5] == Approx(std::exp(50.0)));
 }
 
+TEST_CASE("zero_unless: a branch-free select that keeps any value or gives +0", "[policy_loss][select]") {
+  const double inf = std::numeric_limits<double>::infinity(), nan = std::numeric_limits<double>::quiet_NaN();
+  for (double x : {1.5, -2.0, -0.0, 0.0, inf, -inf, 1e-310}) {
+    CHECK(detail::zero_unless(true, x) == x);
+    CHECK(std::signbit(detail::zero_unless(true, x)) == std::signbit(x));
+    CHECK(detail::zero_unless(false, x) == 0.0);
+    CHECK_FALSE(std::signbit(detail::zero_unless(false, x)));
+  }
+  CHECK(std::isnan(detail::zero_unless(true, nan)));
+  CHECK(detail::zero_unless(false, nan) == 0.0);
+}
+
+TEST_CASE("policy_loss: an overflowing ratio on A = 0 or I^A = 0 tokens gives zero loss and gradient", "[policy_loss]") {
+  // Clamp off: exp(800) = +inf. A = 0 and I^A = 0 tokens must contribute exactly 0 (0 * inf is
+  // NaN, so the surrogate must select, not multiply); a live token beside them keeps its value.
+  cpu_backend be(1);
+  const std::vector<double> olp = {-1.0, -1.0, -1.0}, lp = {799.0, 799.0, -0.5}, A = {0.0, 1.0, -0.5};
+  const lref::bytes m(3, 1), am = {1, 0, 1};
+  policy_loss_inputs<double> in{cv(lp, 1, 3), cv(olp, 1, 3), cv(A, 1, 3), mk(m, 1, 3), mk(am, 1, 3)};
+  policy_loss_options o;
+  o.log_ratio_clamp = 0;
+  o.aggregation = loss_aggregation::token_sum;
+  std::vector<double> g(3, 7.0);
+  const auto r = policy_loss(be, in, mv(g, 1, 3), o);
+  const double rho = std::exp(0.5);  // 1.65 > 1 + eps_high, but with A < 0 the unclipped term binds
+  CHECK(g[0] == 0.0);
+  CHECK(g[1] == 0.0);
+  CHECK(g[2] == Approx(0.5 * rho));
+  CHECK(r.loss == Approx(0.5 * rho));
+  CHECK(r.metrics.adv_masked_tokens == 1);
+  CHECK(r.metrics.clipped_tokens() == 0);
+}
+
 TEST_CASE("policy_loss: masked, padded and I^A = 0 tokens get exactly zero gradient", "[policy_loss]") {
   cpu_backend be(1);
   pg_case c = make_case(5, 6, 9, 0.5);
@@ -211,7 +244,10 @@ TEST_CASE("policy_loss: masked, padded and I^A = 0 tokens get exactly zero gradi
     const auto r = run_pg<double>(be, c, c.lp, &g, pg_opts(mode, 3.0));
     long nonzero = 0;
     for (std::size_t i = 0; i < g.size(); ++i) {
-      if (!c.m[i] || !c.am[i]) CHECK(g[i] == 0.0);
+      if (!c.m[i] || !c.am[i]) {
+        CHECK(g[i] == 0.0);
+        CHECK_FALSE(std::signbit(g[i]));  // +0, not -0 (the selects mask bits)
+      }
       else nonzero += g[i] != 0.0;
     }
     CHECK(nonzero > 0);

@@ -90,20 +90,10 @@ struct actor_reducer {
     double gl = 0.0, gh = 0.0;
     if (mask(b, t)) {
       const double wb = w[b];
-      const double lp = static_cast<double>(logp(b, t)), olp = static_cast<double>(old_logp(b, t));
+      const double lp = static_cast<double>(logp(b, t));
       // Surrogate (I^A).
-      acc.pg.valid += 1;
-      acc.pg.kl += olp - lp;
-      if (adv_mask.data && !adv_mask(b, t)) {
-        acc.pg.adv_masked += 1;
-      } else {
-        const surrogate_value s = surrogate_token(lp, olp, static_cast<double>(adv(b, t)), sp);
-        acc.pg.loss += wb * s.loss;
-        gl = wb * s.dlogp;
-        acc.pg.high += s.high ? 1 : 0;
-        acc.pg.low += s.low ? 1 : 0;
-        acc.pg.dual += s.dual ? 1 : 0;
-      }
+      gl = policy_token(acc.pg, wb, lp, static_cast<double>(old_logp(b, t)), static_cast<double>(adv(b, t)),
+                        !adv_mask.data || adv_mask(b, t), sp);
       // Entropy bonus (I^H).
       const bool keep_h = !entropy_mask.data || entropy_mask(b, t);
       acc.ent.valid += 1;

@@ -33,9 +33,12 @@ struct ensemble_outputs {
 namespace detail {
 
 /// Mean and std of the K critic values at (b,t), in double. Holds 1/K and 1/D so the per-token
-/// work has no division (K = 2, the default, is exact either way).
-template <class T>
+/// work has no division (K = 2, the default, is exact either way). NK > 0 fixes K = NK at compile
+/// time (the per-token loops disappear; the caller dispatches on K), NK = 0 reads K from the view.
+/// Every NK computes the same values.
+template <class T, int NK = 0>
 struct ensemble_point {
+  static constexpr int critic_count = NK;
   critic_view<const T> values;
   double inv_k = 0, inv_d = 0;  // 1/K, and 1/D (0 when D = 0: K = 1 unbiased)
   double half_span = 0;         // K = 2: sqrt(1 / (2 D)) (0.5 population, 1/sqrt(2) unbiased)
@@ -46,8 +49,12 @@ struct ensemble_point {
     inv_d = D > 0 ? 1.0 / static_cast<double>(D) : 0.0;
     half_span = D > 0 ? std::sqrt(0.5 / static_cast<double>(D)) : 0.0;
   }
+  template <int N>
+  explicit ensemble_point(const ensemble_point<T, N>& o)
+      : values(o.values), inv_k(o.inv_k), inv_d(o.inv_d), half_span(o.half_span) {}
+  ASYPPO_HD index_t critics() const { return NK > 0 ? NK : values.extent[0]; }
   ASYPPO_HD double mean(index_t b, index_t t) const {
-    const index_t K = values.extent[0];
+    const index_t K = critics();
     if (K == 2) return 0.5 * (static_cast<double>(values(0, b, t)) + static_cast<double>(values(1, b, t)));
     double s = 0;
     for (index_t k = 0; k < K; ++k) s += static_cast<double>(values(k, b, t));
@@ -55,10 +62,10 @@ struct ensemble_point {
   }
   /// The std at (b,t) (K = 2 needs no mean).
   ASYPPO_HD double std(index_t b, index_t t) const {
-    return values.extent[0] == 2 ? std_about(b, t, 0.0) : std_about(b, t, mean(b, t));
+    return critics() == 2 ? std_about(b, t, 0.0) : std_about(b, t, mean(b, t));
   }
   ASYPPO_HD double std_about(index_t b, index_t t, double mu) const {
-    const index_t K = values.extent[0];
+    const index_t K = critics();
     if (K == 2) {  // sqrt(sum (v_k - mu)^2 / D) = |v0 - v1| sqrt(1 / (2 D)), without a square root
       const double d = static_cast<double>(values(0, b, t)) - static_cast<double>(values(1, b, t));
       return fabs(d) * half_span;  // fabs, not a branch on the sign (random: mispredicted)
@@ -71,6 +78,17 @@ struct ensemble_point {
     return sqrt(s * inv_d);
   }
 };
+
+/// Calls f(point) with point an ensemble_point<T, 1> or <T, 2> when K is 1 or 2 (the common
+/// cases: loops unrolled at compile time), else with the run-time ensemble_point<T>.
+template <class T, class F>
+decltype(auto) with_critic_count(const ensemble_point<T>& point, F&& f) {
+  switch (point.values.extent[0]) {
+    case 1: return f(ensemble_point<T, 1>(point));
+    case 2: return f(ensemble_point<T, 2>(point));
+    default: return f(point);
+  }
+}
 
 template <class T>
 struct ensemble_kernel {

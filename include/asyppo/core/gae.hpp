@@ -24,6 +24,7 @@
 #pragma once
 
 #include <cmath>
+#include <type_traits>
 
 #include "asyppo/backend/patterns.hpp"
 #include "asyppo/core/ensemble.hpp"
@@ -102,9 +103,9 @@ struct gae_compose {
   }
 };
 
-template <class T>
+template <class T, int NK = 0>
 struct gae_element {
-  ensemble_point<T> point;
+  ensemble_point<T, NK> point;
   token_view<const T> rewards;
   mask_view mask;
   double lambda_actor;
@@ -123,9 +124,9 @@ struct no_gae_hook {
   ASYPPO_HD void operator()(index_t, index_t, bool, double&) const {}
 };
 
-template <class T, class Hook = no_gae_hook>
+template <class T, class Hook = no_gae_hook, int NK = 0>
 struct gae_sink {
-  ensemble_point<T> point;
+  ensemble_point<T, NK> point;
   mask_view mask;
   gae_outputs<T> out;
   bool raw;
@@ -225,9 +226,13 @@ void gae_unchecked(const Backend& be, critic_view<const T> values, token_view<co
                                        opt.adaptive_lambda_max},
                   range);
   const bool skip = opt.semantics == gae_mask_semantics::skip;
-  gae_element<T> elem{point, rewards, mask, opt.lambda_actor, opt.adaptive_lambda_alpha > 0 ? row_lambda.data() : nullptr};
-  be.row_scan(scan_direction::reverse, B, Tn, elem, gae_compose{opt.gamma, opt.lambda_critic, skip},
-              gae_sink<T, Hook>{point, mask, out, opt.padding == padding_mode::raw, skip, hook}, range);
+  const double* row_la = opt.adaptive_lambda_alpha > 0 ? row_lambda.data() : nullptr;
+  with_critic_count(point, [&](const auto& pt) {
+    constexpr int NK = std::remove_cvref_t<decltype(pt)>::critic_count;
+    be.row_scan(scan_direction::reverse, B, Tn, gae_element<T, NK>{pt, rewards, mask, opt.lambda_actor, row_la},
+                gae_compose{opt.gamma, opt.lambda_critic, skip},
+                gae_sink<T, Hook, NK>{pt, mask, out, opt.padding == padding_mode::raw, skip, hook}, range);
+  });
 }
 
 }  // namespace detail

@@ -10,9 +10,14 @@
 // folds fixed tiles in order and ranks are summed in rank order.
 #pragma once
 
+#include <cstdint>
+
 #include "asyppo/backend/patterns.hpp"
 #include "asyppo/comm/communicator.hpp"
+#include "asyppo/core/bit_select.hpp"
+#include "asyppo/core/lane_sums.hpp"
 #include "asyppo/core/row_span.hpp"
+#include "asyppo/core/validate.hpp"
 #include "asyppo/views.hpp"
 
 namespace asyppo {
@@ -25,6 +30,9 @@ struct masked_moments {
 
 namespace detail {
 
+/// Count, sum and (pass 2) sum of squares of d = x - center over the valid tokens, the sums in
+/// eight lanes by column (core/lane_sums.hpp): the per-element and the contiguous span fold give
+/// the same bits, and the span fold runs eight independent chains instead of one.
 template <class T>
 struct masked_sum_reducer {
   token_view<const T> x;
@@ -32,15 +40,46 @@ struct masked_sum_reducer {
   double center;  // pass 1: 0 and power 1; pass 2: the mean and power 2
   bool square;
   struct value_type {
-    double n, s, s2;  // count, sum of d, sum of d^2 (pass 2 only), d = x - center
+    double n;          // count
+    lane_sums s, s2;   // sum of d, sum of d^2 (pass 2 only), d = x - center
   };
-  ASYPPO_HD value_type identity() const { return {0, 0, 0}; }
+  ASYPPO_HD value_type identity() const { return {0, lane_sums::zero(), lane_sums::zero()}; }
   ASYPPO_HD void add(value_type& acc, index_t b, index_t t) const {
     if (!mask(b, t)) return;
     const double d = static_cast<double>(x(b, t)) - center;
     acc.n += 1;
-    acc.s += d;
-    if (square) acc.s2 += d * d;
+    acc.s.v[t & 7] += d;
+    if (square) acc.s2.v[t & 7] += d * d;
+  }
+  /// add() over [t0, t1); contiguous rows in blocks of eight columns with selects (a masked
+  /// column adds +0 to its lanes, which changes no bits: see lane_sums).
+  ASYPPO_HD void add_span(value_type& acc, index_t b, index_t t0, index_t t1) const {
+    index_t t = t0;
+    if (unit_inner_stride(x) && unit_inner_stride(mask)) {
+      for (; t < t1 && (t & 7) != 0; ++t) add(acc, b, t);
+      t = square ? blocks<true>(acc, b, t, t1) : blocks<false>(acc, b, t, t1);
+    }
+    for (; t < t1; ++t) add(acc, b, t);
+  }
+  /// The whole blocks of eight from t (a multiple of 8) on; returns where they end.
+  template <bool Square>
+  ASYPPO_HD index_t blocks(value_type& acc, index_t b, index_t t, index_t t1) const {
+    const T* p = &x(b, 0);
+    const std::uint8_t* m = &mask(b, 0);
+    double s[8], s2[8];  // locals: registers, no aliasing with the views
+    for (int j = 0; j < 8; ++j) s[j] = acc.s.v[j], s2[j] = acc.s2.v[j];
+    std::int64_t n = 0;
+    for (; t + 8 <= t1; t += 8)
+      for (int j = 0; j < 8; ++j) {
+        const bool v = m[t + j] != 0;
+        const double d = zero_unless(v, static_cast<double>(p[t + j]) - center);
+        n += v;
+        s[j] += d;
+        if (Square) s2[j] += d * d;
+      }
+    for (int j = 0; j < 8; ++j) acc.s.v[j] = s[j], acc.s2.v[j] = s2[j];
+    acc.n += static_cast<double>(n);  // a count: exact in any order
+    return t;
   }
   ASYPPO_HD value_type combine(const value_type& a, const value_type& b) const {
     return {a.n + b.n, a.s + b.s, a.s2 + b.s2};
@@ -56,7 +95,7 @@ masked_moments compute_masked_moments(const Backend& be, token_view<const T> x, 
   const index_t B = x.extent[0], Tn = x.extent[1];
   const auto span = detail::make_row_span(be, mask);  // both passes visit each row up to its last valid token
   auto first = be.reduce(B, Tn, detail::masked_sum_reducer<T>{x, mask, 0.0, false}, span.heads());
-  double ns[2] = {first.n, first.s};
+  double ns[2] = {first.n, first.s.total()};
   comm.allreduce_sum(ns, 2);
   masked_moments m;
   m.count = ns[0];
@@ -67,7 +106,7 @@ masked_moments compute_masked_moments(const Backend& be, token_view<const T> x, 
   // shifted by the mean deviation and Q = sum d^2 - (sum d)^2 / N. Identical values give d all
   // equal to one small exact number, hence mean exactly x and Q exactly 0.
   const auto second = be.reduce(B, Tn, detail::masked_sum_reducer<T>{x, mask, m.mean, true}, span.heads());
-  double sq[2] = {second.s, second.s2};
+  double sq[2] = {second.s.total(), second.s2.total()};
   comm.allreduce_sum(sq, 2);
   const double shift = sq[0] / m.count;
   m.mean += shift;

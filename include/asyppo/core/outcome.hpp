@@ -31,6 +31,7 @@
 
 #include "asyppo/comm/communicator.hpp"
 #include "asyppo/core/groups.hpp"
+#include "asyppo/core/lane_sums.hpp"
 #include "asyppo/core/modes.hpp"
 #include "asyppo/core/validate.hpp"
 #include "asyppo/core/whiten.hpp"
@@ -168,19 +169,11 @@ struct broadcast_kernel {
   }
 };
 
-/// Eight interleaved partial sums of a row (column t goes to lane t mod 8), added in a fixed tree
-/// at the end (Eq. O1): the per-element fold and the span fold are the same operations, and the span
-/// (contiguous rows) vectorises instead of waiting on one chain of dependent adds.
-struct lane_sums {
-  double v[8];
-  ASYPPO_HD double total() const { return ((v[0] + v[1]) + (v[2] + v[3])) + ((v[4] + v[5]) + (v[6] + v[7])); }
-};
-
 template <class T>
 struct row_sum_reducer {
   token_view<const T> r;
   using value_type = lane_sums;
-  ASYPPO_HD lane_sums identity() const { return {{0, 0, 0, 0, 0, 0, 0, 0}}; }
+  ASYPPO_HD lane_sums identity() const { return lane_sums::zero(); }
   ASYPPO_HD void add(lane_sums& a, index_t b, index_t t) const { a.v[t & 7] += static_cast<double>(r(b, t)); }
   ASYPPO_HD void add_span(lane_sums& a, index_t b, index_t t0, index_t t1) const {
     index_t t = t0;
@@ -192,11 +185,7 @@ struct row_sum_reducer {
     }
     for (; t < t1; ++t) add(a, b, t);
   }
-  ASYPPO_HD lane_sums combine(const lane_sums& x, const lane_sums& y) const {
-    lane_sums s;
-    for (int j = 0; j < 8; ++j) s.v[j] = x.v[j] + y.v[j];
-    return s;
-  }
+  ASYPPO_HD lane_sums combine(const lane_sums& x, const lane_sums& y) const { return x + y; }
 };
 
 template <class T>

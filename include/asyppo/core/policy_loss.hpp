@@ -44,6 +44,7 @@
 #include <limits>
 
 #include "asyppo/core/aggregation.hpp"
+#include "asyppo/core/bit_select.hpp"
 
 namespace asyppo {
 
@@ -117,37 +118,41 @@ struct surrogate_value {
   bool high, low, dual;
 };
 
-/// l and dl/dlogp of one token (A != 0 handled by the caller's masks; A == 0 gives zeros).
-ASYPPO_INLINE surrogate_value surrogate_token(double logp, double old_logp, double A, const surrogate_params& p) {
-  surrogate_value r{0.0, 0.0, false, false, false};
-  if (A == 0.0) return r;
-  double d = logp - old_logp;
-  bool inside = true;
-  if (p.log_ratio_clamp > 0) {
-    if (d > p.log_ratio_clamp) d = p.log_ratio_clamp, inside = false;
-    else if (d < -p.log_ratio_clamp) d = -p.log_ratio_clamp, inside = false;
-  }
-  const double rho = std::exp(d);
-  const double lo = 1.0 - p.clip_low, hi = 1.0 + p.clip_high;
-  const double rc = rho < lo ? lo : (rho > hi ? hi : rho);
-  const double l1 = -A * rho, l2 = -A * rc;
-  if (l2 > l1) {
-    r.loss = l2;
-    r.high = rho > hi;
-    r.low = rho < lo;
-  } else {
-    r.loss = l1;
-    r.dlogp = inside ? -A * rho : 0.0;
-  }
-  if (p.dual_clip > 0 && A < 0) {
-    const double l3 = -p.dual_clip * A;
-    if (r.loss > l3) {
-      r.loss = l3;
-      r.dlogp = 0.0;
-      r.dual = true;
-    }
+/// delta = logp - old_logp clamped to [-C, C] (C > 0); inside = the clamp is not active.
+struct log_ratio {
+  double d;
+  bool inside;
+};
+
+ASYPPO_INLINE log_ratio clamp_log_ratio(double logp, double old_logp, double C) {
+  log_ratio r{logp - old_logp, true};
+  if (C > 0) {  // the clamp is rarely active: predictable branches
+    if (r.d > C) r.d = C, r.inside = false;
+    else if (r.d < -C) r.d = -C, r.inside = false;
   }
   return r;
+}
+
+/// l and dl/dlogp of one token from rho = exp(x.d) (Eq. L2). A == 0 gives l = 0 and a zero
+/// gradient (whatever rho is). No data-dependent jumps: which clip branch binds, the sign of A and
+/// A == 0 (I^A zeros fed as A * I^A) are coin flips on real data.
+ASYPPO_INLINE surrogate_value surrogate_of_ratio(double rho, log_ratio x, double A, const surrogate_params& p) {
+  const double lo = 1.0 - p.clip_low, hi = 1.0 + p.clip_high;
+  double rc = rho > lo ? rho : lo;
+  rc = rc < hi ? rc : hi;
+  const double l1 = -A * rho, l2 = -A * rc;
+  const bool clipped = l2 > l1;  // implies rho outside [lo, hi]
+  double loss = clipped ? l2 : l1;
+  bool keep = x.inside & !clipped & (A != 0.0);  // bool & bool: no short-circuit jumps
+  bool dual = false;
+  if (p.dual_clip > 0) {  // an option: the same for every token
+    const double l3 = -p.dual_clip * A;
+    dual = (A < 0.0) & (loss > l3);
+    loss = dual ? l3 : loss;
+    keep = keep & !dual;
+  }
+  const bool high = clipped & (rho > hi), low = clipped & (rho < lo);
+  return {zero_unless(A != 0.0, loss), zero_unless(keep, -A * rho), high, low, dual};
 }
 
 struct policy_acc {
@@ -158,6 +163,22 @@ struct policy_acc {
 ASYPPO_INLINE policy_acc policy_acc_combine(const policy_acc& a, const policy_acc& b) {
   return {a.loss + b.loss, a.kl + b.kl, a.valid + b.valid, a.adv_masked + b.adv_masked,
           a.high + b.high, a.low + b.low, a.dual + b.dual};
+}
+
+/// One valid token's surrogate into acc (weight wb = w_b; on = I^A); returns d(w_b l)/dlogp. An
+/// I^A = 0 token is a token with A = 0 (Eq. A2); its exp is skipped.
+ASYPPO_INLINE double policy_token(policy_acc& acc, double wb, double lp, double olp, double A, bool on,
+                                  const surrogate_params& p) {
+  acc.valid += 1;
+  acc.kl += olp - lp;
+  acc.adv_masked += static_cast<std::int64_t>(!on);
+  const log_ratio x = clamp_log_ratio(lp, olp, p.log_ratio_clamp);
+  const surrogate_value s = surrogate_of_ratio(on ? std::exp(x.d) : 0.0, x, on ? A : 0.0, p);
+  acc.loss += wb * s.loss;
+  acc.high += static_cast<std::int64_t>(s.high);
+  acc.low += static_cast<std::int64_t>(s.low);
+  acc.dual += static_cast<std::int64_t>(s.dual);
+  return wb * s.dlogp;
 }
 
 template <class T>
@@ -172,21 +193,9 @@ struct policy_reducer {
   // Writes grad at position i only; every i is visited exactly once.
   ASYPPO_HD void add(policy_acc& acc, index_t b, index_t t) const {
     double g = 0.0;
-    if (mask(b, t)) {
-      const double lp = static_cast<double>(logp(b, t)), olp = static_cast<double>(old_logp(b, t));
-      acc.valid += 1;
-      acc.kl += olp - lp;
-      if (adv_mask.data && !adv_mask(b, t)) {  // a branch: it saves the exp on a fifth of the tokens
-        acc.adv_masked += 1;
-      } else {
-        const surrogate_value s = surrogate_token(lp, olp, static_cast<double>(adv(b, t)), p);
-        acc.loss += w[b] * s.loss;
-        g = w[b] * s.dlogp;
-        acc.high += s.high ? 1 : 0;
-        acc.low += s.low ? 1 : 0;
-        acc.dual += s.dual ? 1 : 0;
-      }
-    }
+    if (mask(b, t))  // masks are runs: a predictable branch
+      g = policy_token(acc, w[b], static_cast<double>(logp(b, t)), static_cast<double>(old_logp(b, t)),
+                       static_cast<double>(adv(b, t)), !adv_mask.data || adv_mask(b, t), p);
     if (grad.data) grad(b, t) = static_cast<T>(g);
   }
   ASYPPO_HD policy_acc combine(const policy_acc& a, const policy_acc& b) const { return policy_acc_combine(a, b); }

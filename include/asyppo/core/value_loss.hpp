@@ -32,6 +32,7 @@
 #include <vector>
 
 #include "asyppo/core/aggregation.hpp"
+#include "asyppo/core/bit_select.hpp"
 
 namespace asyppo {
 
@@ -128,16 +129,18 @@ struct value_reducer {
       const double u = d1 * d1;
       double e = u, de = 2.0 * d1;
       if (clip > 0) {
+        // Branch-free: whether the clipped error wins is a coin flip on real data (selects, not
+        // jumps). c2 > u implies the clamp is active, so the clipped branch's gradient is 0.
         const double xo = static_cast<double>(vold(b, t));
         double dv = x - xo;
-        dv = dv < -clip ? -clip : (dv > clip ? clip : dv);
+        dv = dv > -clip ? dv : -clip;
+        dv = dv < clip ? dv : clip;
         const double d2 = xo + dv - R;
         const double c2 = d2 * d2;
-        if (c2 > u) {
-          e = c2;
-          de = 0.0;
-          acc.clipped += 1;
-        }
+        const bool wins = c2 > u;
+        e = wins ? c2 : u;
+        de = zero_unless(!wins, de);
+        acc.clipped += static_cast<std::int64_t>(wins);
       }
       acc.loss += w[b] * scale * e;
       g = w[b] * scale * de;
