@@ -394,6 +394,80 @@ TEMPLATE_TEST_CASE("losses: padding gradients written, contiguous == strided bit
   }
 }
 
+TEMPLATE_TEST_CASE("value loss: contiguous (span) == strided (per element) bit for bit, shards, EV on and off",
+                   "[ragged][value]", float, double) {
+  using T = TestType;
+  const index_t K = 2, B = 23, Tn = 131, BT = B * Tn;
+  const rollout d = make_rollout(17, K, B, Tn);
+  // New values near the old ones (V) so that both clip outcomes occur; targets r + A.
+  std::vector<T> V = as<T>(d.V), Vo(V.size()), R(static_cast<std::size_t>(BT));
+  for (std::size_t i = 0; i < V.size(); ++i) Vo[i] = static_cast<T>(d.V[i] + 0.3 * d.A[i % static_cast<std::size_t>(BT)]);
+  for (std::size_t i = 0; i < R.size(); ++i) R[i] = static_cast<T>(d.r[i] + d.A[i]);
+  std::vector<T> W(static_cast<std::size_t>(K * B));  // shards: critic k takes rows with b % 2 == k
+  for (index_t k = 0; k < K; ++k)
+    for (index_t b = 0; b < B; ++b) W[static_cast<std::size_t>(k * B + b)] = T(b % 2 == k ? 1 : 0);
+  const std::vector<T> V2 = spread(V), Vo2 = spread(Vo), R2 = spread(R);
+  const std::vector<std::uint8_t> m2 = spread(d.m);
+  auto cst = [&](const T* p) { return critic_view<const T>::strided(p, {K, B, Tn}, {2 * BT, 2 * Tn, 2}); };
+  for (bool ev : {true, false})
+    for (int threads = 1; threads <= 2; ++threads) {
+      const cpu_backend be(threads);
+      value_loss_options o;
+      o.clip = 0.2;
+      o.explained_variance = ev;
+      std::vector<T> g(static_cast<std::size_t>(K * BT), T(9)), g2(static_cast<std::size_t>(2 * K * BT), T(9));
+      value_loss_inputs<T> in{critic_view<const T>(V.data(), K, B, Tn), critic_view<const T>(Vo.data(), K, B, Tn),
+                              token_view<const T>(R.data(), B, Tn), {}, mask_view(d.m.data(), B, Tn),
+                              view<const T, 2>(W.data(), K, B)};
+      value_loss_inputs<T> in2{cst(V2.data()), cst(Vo2.data()), token_view<const T>::strided(R2.data(), {B, Tn}, {2 * Tn, 2}),
+                               {}, mask_view::strided(m2.data(), {B, Tn}, {2 * Tn, 2}), view<const T, 2>(W.data(), K, B)};
+      const auto a = value_loss(be, in, critic_view<T>(g.data(), K, B, Tn), o);
+      const auto c = value_loss(be, in2, critic_view<T>::strided(g2.data(), {K, B, Tn}, {2 * BT, 2 * Tn, 2}), o);
+      REQUIRE(a.loss == c.loss);
+      REQUIRE(gather(g2) == g);
+      std::int64_t clipped = 0;
+      for (index_t k = 0; k < K; ++k) {
+        const auto &x = a.critics[static_cast<std::size_t>(k)], &y = c.critics[static_cast<std::size_t>(k)];
+        REQUIRE(x.loss == y.loss);
+        REQUIRE(x.clipped_tokens == y.clipped_tokens);
+        REQUIRE(x.squared_error_sum == y.squared_error_sum);
+        REQUIRE(std::isnan(x.explained_variance) == !ev);
+        if (ev) REQUIRE(x.explained_variance == y.explained_variance);
+        clipped += x.clipped_tokens;
+      }
+      REQUIRE(clipped > 0);  // both clip outcomes exercised
+      for (index_t k = 0; k < K; ++k)
+        for (index_t b = 0; b < B; ++b)
+          for (index_t t = 0; t < Tn; ++t)
+            if (!d.m[static_cast<std::size_t>(b * Tn + t)] || b % 2 != k)
+              REQUIRE(g[static_cast<std::size_t>(k * BT + b * Tn + t)] == T(0));  // off-shard, masked, padding
+    }
+}
+
+TEST_CASE("value loss: explained_variance = false changes nothing but that metric", "[value]") {
+  const index_t K = 2, B = 9, Tn = 64;
+  const rollout d = make_rollout(21, K, B, Tn);
+  std::vector<double> Vo(d.V.size()), R(d.r.size());
+  for (std::size_t i = 0; i < Vo.size(); ++i) Vo[i] = d.V[i] + 0.5 * d.A[i % R.size()];
+  for (std::size_t i = 0; i < R.size(); ++i) R[i] = d.A[i];
+  value_loss_inputs<double> in{critic_view<const double>(d.V.data(), K, B, Tn), critic_view<const double>(Vo.data(), K, B, Tn),
+                               token_view<const double>(R.data(), B, Tn), {}, mask_view(d.m.data(), B, Tn)};
+  const cpu_backend be(1);
+  value_loss_options on, off;
+  off.explained_variance = false;
+  std::vector<double> g1(d.V.size()), g2(d.V.size());
+  const auto a = value_loss(be, in, critic_view<double>(g1.data(), K, B, Tn), on);
+  const auto c = value_loss(be, in, critic_view<double>(g2.data(), K, B, Tn), off);
+  REQUIRE(a.loss == c.loss);
+  REQUIRE(g1 == g2);
+  for (index_t k = 0; k < K; ++k) {
+    REQUIRE(std::isfinite(a.critics[static_cast<std::size_t>(k)].explained_variance));
+    REQUIRE(std::isnan(c.critics[static_cast<std::size_t>(k)].explained_variance));
+    REQUIRE(a.critics[static_cast<std::size_t>(k)].mse == c.critics[static_cast<std::size_t>(k)].mse);
+    REQUIRE(a.critics[static_cast<std::size_t>(k)].clip_fraction == c.critics[static_cast<std::size_t>(k)].clip_fraction);
+  }
+}
+
 TEMPLATE_TEST_CASE("ensemble stats and uncertainty masks: padding written, contiguous == strided", "[ragged]", float, double) {
   using T = TestType;
   const index_t K = 3, B = 21, Tn = 97;

@@ -458,7 +458,7 @@ class ValueLoss(_Module):
         loss, grad, _ = _native.value_loss(v, _np(returns), m, _np(old_values) if clip else None,
                                            clip=float(self.clip_eps) if clip else 0.0, half=True,
                                            aggregation=mode, normalizers=[norm], check_finite=False,
-                                           compute_grad=need)
+                                           compute_grad=need, explained_variance=False)
         if scale != 1.0:
             loss *= scale
             if need:

@@ -657,7 +657,7 @@ py::object policy_loss_py(py::object logp, py::object old_logp, py::object advan
 py::object value_loss_py(py::object values, py::object returns, py::object mask, py::object old_values,
                          py::object critic_returns, py::object shard_weights, double clip, bool half,
                          const std::string& aggregation, py::object normalizers, bool check_finite,
-                         bool compute_grad) {
+                         bool compute_grad, bool explained_variance) {
   const std::string fn = "value_loss";
   return dispatch(values, [&](auto tag) -> py::object {
     using T = decltype(tag);
@@ -678,6 +678,7 @@ py::object value_loss_py(py::object values, py::object returns, py::object mask,
     if (!normalizers.is_none())
       for (auto n : normalizers.cast<py::sequence>()) o.normalizers.push_back(parse_normalizer(py::reinterpret_borrow<py::object>(n), fn));
     o.check_finite = check_finite;
+    o.explained_variance = explained_variance;
     const py::ssize_t K = in_.values.extent[0], B = in_.values.extent[1], Tn = in_.values.extent[2];
     py::array g;
     asyppo::critic_view<T> gv{};
@@ -959,8 +960,9 @@ PYBIND11_MODULE(_native, m) {
   m.def("value_loss", &value_loss_py, arg("values"), arg("returns"), arg("mask"), arg("old_values") = none,
         py::kw_only(), arg("critic_returns") = none, arg("shard_weights") = none, arg("clip") = 0.2,
         arg("half") = true, arg("aggregation") = "seq-mean-token-mean", arg("normalizers") = none,
-        arg("check_finite") = true, arg("compute_grad") = true,
-        "Value losses of K critics -> (sum of losses, dloss/dvalues, per-critic metric dicts).");
+        arg("check_finite") = true, arg("compute_grad") = true, arg("explained_variance") = true,
+        "Value losses of K critics -> (sum of losses, dloss/dvalues, per-critic metric dicts; "
+        "explained_variance=False skips that metric, NaN).");
   m.def("kl_values", &kl_values_py, arg("logp"), arg("ref_logp"), arg("mask") = none,
         arg("estimator") = "low_var_kl", arg("clamp") = true, "Per-token KL estimator (0 on masked tokens).");
   m.def("kl_loss", &kl_loss_py, arg("logp"), arg("ref_logp"), arg("mask"), arg("estimator") = "low_var_kl",

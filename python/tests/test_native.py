@@ -363,6 +363,14 @@ def test_aggregate_value_kl_entropy(mode):
         np.testing.assert_allclose(g[k], Wk * 0.5 * np.where(c2 > u, 0, 2 * (values[k] - ret)), atol=1e-14)
         assert crit[k]["clip_fraction"] == pytest.approx((c2 > u)[mk].mean())
     assert loss == pytest.approx(total)
+    # explained_variance=False: the same loss and gradient, EV left NaN
+    loss2, g2, crit2 = asyppo.value_loss(values, ret, mask, old, shard_weights=shards, clip=0.2, aggregation=mode,
+                                         explained_variance=False)
+    assert loss2 == loss
+    np.testing.assert_array_equal(g2, g)
+    for k in range(2):
+        assert np.isfinite(crit[k]["explained_variance"]) and np.isnan(crit2[k]["explained_variance"])
+        assert crit2[k]["clip_fraction"] == crit[k]["clip_fraction"]
     # KL k3 with clamps
     lp = RNG.normal(size=mask.shape)
     rp = lp + RNG.normal(size=mask.shape)

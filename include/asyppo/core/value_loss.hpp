@@ -29,6 +29,7 @@
 #include <cmath>
 #include <cstdint>
 #include <limits>
+#include <type_traits>
 #include <vector>
 
 #include "asyppo/core/aggregation.hpp"
@@ -43,6 +44,9 @@ struct value_loss_options {
   /// One normaliser per critic (size K), each from that critic's own shard; empty = local counts.
   std::vector<loss_normalizer> normalizers{};
   bool check_finite = true;  ///< reject NaN/Inf values, old values or targets on valid tokens
+  /// Compute each critic's explained variance (two more running sums per token); false leaves it
+  /// NaN, for callers that do not log it (the verl layer).
+  bool explained_variance = true;
 };
 
 template <class T>
@@ -110,7 +114,7 @@ ASYPPO_INLINE value_acc value_acc_combine(const value_acc& a, const value_acc& b
   return r;
 }
 
-template <class T>
+template <class T, bool EV = true>
 struct value_reducer {
   token_view<const T> v, vold, ret;  // critic k's slices; vold may be absent when clip is off
   mask_view mask;
@@ -120,41 +124,72 @@ struct value_reducer {
   double clip, scale;  // clip > 0: clipping on; scale = 0.5 or 1
   using value_type = value_acc;
   ASYPPO_HD value_acc identity() const { return {0, 0, 0, 0, {0, 0}, {0, 0}, {0, 0}}; }
-  // Writes grad at position i only; every i is visited exactly once.
-  ASYPPO_HD void add(value_acc& acc, index_t b, index_t t) const {
-    double g = 0.0;
-    if (mask(b, t) && (shard.data == nullptr || shard(b) != T(0))) {
-      const double x = static_cast<double>(v(b, t)), R = static_cast<double>(ret(b, t));
-      const double d1 = x - R;
-      const double u = d1 * d1;
-      double e = u, de = 2.0 * d1;
-      if (clip > 0) {
-        // Branch-free: whether the clipped error wins is a coin flip on real data (selects, not
-        // jumps). c2 > u implies the clamp is active, so the clipped branch's gradient is 0.
-        const double xo = static_cast<double>(vold(b, t));
-        double dv = x - xo;
-        dv = dv > -clip ? dv : -clip;
-        dv = dv < clip ? dv : clip;
-        const double d2 = xo + dv - R;
-        const double c2 = d2 * d2;
-        const bool wins = c2 > u;
-        e = wins ? c2 : u;
-        de = zero_unless(!wins, de);
-        acc.clipped += static_cast<std::int64_t>(wins);
-      }
-      acc.loss += w[b] * scale * e;
-      g = w[b] * scale * de;
-      acc.sq += u;
+  /// One valid on-shard token (new value x, target R, old value xo) into acc; returns dL/dx
+  /// (wb = w_b * scale).
+  ASYPPO_HD double token(value_acc& acc, double x, double R, double xo, double wb) const {
+    const double d1 = x - R;
+    const double u = d1 * d1;
+    double e = u, de = 2.0 * d1;
+    if (clip > 0) {
+      // Branch-free: whether the clipped error wins is a coin flip on real data (selects, not
+      // jumps). c2 > u implies the clamp is active, so the clipped branch's gradient is 0.
+      double dv = x - xo;
+      dv = dv > -clip ? dv : -clip;
+      dv = dv < clip ? dv : clip;
+      const double d2 = xo + dv - R;
+      const double c2 = d2 * d2;
+      const bool wins = c2 > u;
+      e = wins ? c2 : u;
+      de = zero_unless(!wins, de);
+      acc.clipped += static_cast<std::int64_t>(wins);
+    }
+    acc.loss += wb * e;
+    acc.sq += u;
+    if constexpr (EV) {
       const double xs[2] = {R, R - x};
       if (acc.n == 0) acc.shift[0] = xs[0], acc.shift[1] = xs[1];
-      acc.n += 1;
       for (int j = 0; j < 2; ++j) {
         const double d = xs[j] - acc.shift[j];
         acc.s1[j] += d;
         acc.s2[j] += d * d;
       }
     }
+    acc.n += 1;
+    return wb * de;
+  }
+  ASYPPO_HD bool on_shard(index_t b) const { return shard.data == nullptr || shard(b) != T(0); }
+  // Writes grad at position i only; every i is visited exactly once.
+  ASYPPO_HD void add(value_acc& acc, index_t b, index_t t) const {
+    double g = 0.0;
+    if (mask(b, t) && on_shard(b))
+      g = token(acc, static_cast<double>(v(b, t)), static_cast<double>(ret(b, t)),
+                clip > 0 ? static_cast<double>(vold(b, t)) : 0.0, w[b] * scale);
     if (grad.data) grad(b, t) = static_cast<T>(g);
+  }
+  /// add() over [t0, t1) on contiguous rows through plain pointers (the same operations per token).
+  ASYPPO_HD void add_span(value_acc& acc_out, index_t b, index_t t0, index_t t1) const {
+    if (!unit_inner_stride(v) || !unit_inner_stride(vold) || !unit_inner_stride(ret) || !unit_inner_stride(mask) ||
+        !unit_inner_stride(grad)) {
+      for (index_t t = t0; t < t1; ++t) add(acc_out, b, t);
+      return;
+    }
+    T* g = grad.data ? &grad(b, 0) : nullptr;
+    if (!on_shard(b)) {
+      if (g)
+        for (index_t t = t0; t < t1; ++t) g[t] = T(0);
+      return;
+    }
+    const T *px = &v(b, 0), *pr = &ret(b, 0), *po = clip > 0 ? &vold(b, 0) : nullptr;
+    const std::uint8_t* m = &mask(b, 0);
+    const double wb = w[b] * scale;
+    value_acc acc = acc_out;  // a local: its stores cannot alias the views
+    for (index_t t = t0; t < t1; ++t) {
+      double gv = 0.0;
+      if (m[t])  // masks are runs: a predictable branch
+        gv = token(acc, static_cast<double>(px[t]), static_cast<double>(pr[t]), po ? static_cast<double>(po[t]) : 0.0, wb);
+      if (g) g[t] = static_cast<T>(gv);
+    }
+    acc_out = acc;
   }
   ASYPPO_HD value_acc combine(const value_acc& a, const value_acc& b) const { return value_acc_combine(a, b); }
 };
@@ -237,16 +272,17 @@ value_loss_result value_loss(const Backend& be, const value_loss_inputs<T>& in, 
     m.tokens = tab.counts[static_cast<std::size_t>(k)].tokens;
     m.sequences = tab.counts[static_cast<std::size_t>(k)].sequences;
     if (B * Tn == 0) continue;
-    const detail::value_reducer<T> red{in.values[k],
-                                       clip_on ? in.old_values[k] : token_view<const T>{},
-                                       per_critic ? in.critic_returns[k] : in.returns,
-                                       in.mask,
-                                       detail::present(in.shard_weights) ? in.shard_weights[k] : seq_view<const T>{},
-                                       tab.weights.data() + k * B,
-                                       detail::present(grad_values) ? grad_values[k] : token_view<T>{},
-                                       clip_on ? opt.clip : 0.0,
-                                       scale};
-    const detail::value_acc a = be.reduce(B, Tn, red, span.heads());
+    const auto run = [&](auto ev) {
+      return be.reduce(B, Tn,
+                       detail::value_reducer<T, decltype(ev)::value>{
+                           in.values[k], clip_on ? in.old_values[k] : token_view<const T>{},
+                           per_critic ? in.critic_returns[k] : in.returns, in.mask,
+                           detail::present(in.shard_weights) ? in.shard_weights[k] : seq_view<const T>{},
+                           tab.weights.data() + k * B, detail::present(grad_values) ? grad_values[k] : token_view<T>{},
+                           clip_on ? opt.clip : 0.0, scale},
+                       span.heads());
+    };
+    const detail::value_acc a = opt.explained_variance ? run(std::true_type{}) : run(std::false_type{});
     if (detail::present(grad_values)) detail::write_zero(be, B, Tn, span.tails(), grad_values[k]);
     m.loss = a.loss;
     m.clipped_tokens = a.clipped;
@@ -256,7 +292,8 @@ value_loss_result value_loss(const Backend& be, const value_loss_inputs<T>& in, 
       m.clip_fraction = static_cast<double>(a.clipped) / n;
       m.mse = a.sq / n;
       const double qr = a.s2[0] - a.s1[0] * a.s1[0] / n, qe = a.s2[1] - a.s1[1] * a.s1[1] / n;
-      m.explained_variance = qr > 0 ? 1.0 - qe / qr : std::numeric_limits<double>::quiet_NaN();
+      if (opt.explained_variance)
+        m.explained_variance = qr > 0 ? 1.0 - qe / qr : std::numeric_limits<double>::quiet_NaN();
     }
     r.loss += m.loss;
   }
