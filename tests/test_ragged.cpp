@@ -385,6 +385,29 @@ TEMPLATE_TEST_CASE("losses: padding gradients written, contiguous == strided bit
     REQUIRE(gather(g2) == g);
     for (index_t i = 0; i < BT; ++i)
       if (!d.m[static_cast<std::size_t>(i)]) REQUIRE(g[static_cast<std::size_t>(i)] == T(0));
+    // With I^A, dual clip and asymmetric clipping (the contiguous span reads the masks by pointer).
+    std::vector<std::uint8_t> am(static_cast<std::size_t>(BT));
+    for (index_t i = 0; i < BT; ++i) am[static_cast<std::size_t>(i)] = (i * 7919) % 5 != 0;
+    const std::vector<std::uint8_t> am2 = spread(am);
+    policy_loss_options po;
+    po.clip_high = 0.28;
+    po.dual_clip = 3.0;
+    std::fill(g.begin(), g.end(), T(9));
+    std::fill(g2.begin(), g2.end(), T(9));
+    const auto a2 = policy_loss(be, policy_loss_inputs<T>{{lp.data(), B, Tn}, {olp.data(), B, Tn}, {A.data(), B, Tn}, {d.m.data(), B, Tn},
+                                                          {am.data(), B, Tn}},
+                                token_view<T>(g.data(), B, Tn), po);
+    const auto c2 = policy_loss(be, policy_loss_inputs<T>{st(lp2.data()), st(olp2.data()), st(A2.data()),
+                                                          mask_view::strided(m2.data(), {B, Tn}, {2 * Tn, 2}),
+                                                          mask_view::strided(am2.data(), {B, Tn}, {2 * Tn, 2})},
+                                token_view<T>::strided(g2.data(), {B, Tn}, {2 * Tn, 2}), po);
+    REQUIRE(a2.loss == c2.loss);
+    REQUIRE(a2.metrics.clipped_tokens() == c2.metrics.clipped_tokens());
+    REQUIRE(a2.metrics.adv_masked_tokens == c2.metrics.adv_masked_tokens);
+    REQUIRE(a2.metrics.adv_masked_tokens > 0);
+    REQUIRE(gather(g2) == g);
+    for (index_t i = 0; i < BT; ++i)
+      if (!d.m[static_cast<std::size_t>(i)] || !am[static_cast<std::size_t>(i)]) REQUIRE(g[static_cast<std::size_t>(i)] == T(0));
     std::vector<T> gk(static_cast<std::size_t>(BT), T(9));
     const auto k = kl_loss(be, token_view<const T>(lp.data(), B, Tn), token_view<const T>(olp.data(), B, Tn), mask_view(d.m.data(), B, Tn),
                            token_view<T>(gk.data(), B, Tn));

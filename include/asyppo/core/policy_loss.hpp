@@ -198,6 +198,27 @@ struct policy_reducer {
                        static_cast<double>(adv(b, t)), !adv_mask.data || adv_mask(b, t), p);
     if (grad.data) grad(b, t) = static_cast<T>(g);
   }
+  /// add() over [t0, t1) on contiguous rows through plain pointers (the same operations per token).
+  ASYPPO_HD void add_span(policy_acc& acc_out, index_t b, index_t t0, index_t t1) const {
+    if (!unit_inner_stride(logp) || !unit_inner_stride(old_logp) || !unit_inner_stride(adv) ||
+        !unit_inner_stride(mask) || !unit_inner_stride(adv_mask) || !unit_inner_stride(grad)) {
+      for (index_t t = t0; t < t1; ++t) add(acc_out, b, t);
+      return;
+    }
+    const T *pl = &logp(b, 0), *po = &old_logp(b, 0), *pa = &adv(b, 0);
+    const std::uint8_t *m = &mask(b, 0), *am = adv_mask.data ? &adv_mask(b, 0) : nullptr;
+    T* g = grad.data ? &grad(b, 0) : nullptr;
+    const double wb = w[b];
+    policy_acc acc = acc_out;  // a local: its stores cannot alias the views
+    for (index_t t = t0; t < t1; ++t) {
+      double gv = 0.0;
+      if (m[t])  // masks are runs: a predictable branch
+        gv = policy_token(acc, wb, static_cast<double>(pl[t]), static_cast<double>(po[t]), static_cast<double>(pa[t]),
+                          !am || am[t], p);
+      if (g) g[t] = static_cast<T>(gv);
+    }
+    acc_out = acc;
+  }
   ASYPPO_HD policy_acc combine(const policy_acc& a, const policy_acc& b) const { return policy_acc_combine(a, b); }
 };
 
