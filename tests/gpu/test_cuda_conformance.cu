@@ -734,6 +734,27 @@ TEST_CASE("cuda backend: errors name the failing call; host pointers are rejecte
   REQUIRE_THROWS_AS(check_device_pointer(host.data(), gpu.device(), "test", "x"), asyppo::error);
   auto d = gpu.allocate<double>(4);
   REQUIRE_NOTHROW(check_device_pointer(d.data(), gpu.device(), "test", "x"));
+  // An entry point given a host view rejects it by name before any launch, leaving the device output alone.
+  {
+    const int B = 2, Tn = 2;
+    std::vector<double> hx = {1, 2, 3, 4};
+    std::vector<u8> hm = {1, 1, 1, 0};
+    auto dm = upload(gpu, hm);
+    auto dx = upload(gpu, hx);
+    auto dout = upload(gpu, std::vector<double>{-7, -7, -7, -7});
+    try {
+      masked_whiten(gpu, token_view<const double>(hx.data(), B, Tn), mask_view(dm.data(), B, Tn), token_view<double>(dout.data(), B, Tn));
+      FAIL("expected asyppo::error");
+    } catch (const asyppo::error& e) {
+      REQUIRE(e.argument() == "x");
+      REQUIRE(std::string(e.what()).find("host pointer") != std::string::npos);
+    }
+    std::vector<double> back(4);
+    gpu.copy_to_host(dout.data(), 4, back.data());
+    REQUIRE(back == std::vector<double>{-7, -7, -7, -7});
+    REQUIRE_NOTHROW(masked_whiten(gpu, token_view<const double>(dx.data(), B, Tn), mask_view(dm.data(), B, Tn),
+                                  token_view<double>(dout.data(), B, Tn)));
+  }
   try {
     (void)gpu.allocate<double>(index_t(1) << 50);  // 8 PiB: cudaMallocAsync fails
     FAIL("expected asyppo::error");

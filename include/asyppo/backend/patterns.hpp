@@ -43,6 +43,10 @@
 // the range full_rows{cols}. detail::ragged_* wrap a functor so that a backend may implement a
 // ragged pattern through its full-row one.
 // Memory: allocate<T>(n) (an owning buffer with data()), copy_to_host, copy_from_host, fill.
+// Optional: check_memory(where, name, const void* p) throws asyppo::error unless the backend can use
+// the memory at p; every entry point calls it on each view before any other backend call
+// (detail::check_memory). The CUDA backend rejects host memory and other devices' memory there; a
+// backend without it accepts everything (the CPU backends).
 //
 // Reducer r: value_type; identity(); add(acc&, index...); combine(a, b). add() may also write
 // to the output locations of its own index (each index is visited exactly once), which is how

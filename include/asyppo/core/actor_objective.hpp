@@ -154,6 +154,9 @@ actor_objective_result actor_objective(const Backend& be, const actor_objective_
   if (opt.kl_coef != 0.0 && !detail::present(in.ref_logp) && B * Tn > 0)
     detail::fail(where, "ref_logp", "is required when kl_coef != 0 (kl_coef = ", opt.kl_coef, ")");
   detail::check_aggregation(where, opt.aggregation);
+  detail::check_memory(be, where, "logp", in.logp, "old_logp", in.old_logp, "advantages", in.advantages, "mask", in.mask,
+                       "adv_mask", in.adv_mask, "entropy", in.entropy, "entropy_mask", in.entropy_mask, "ref_logp",
+                       in.ref_logp, "grad_logp", out.grad_logp, "grad_entropy", out.grad_entropy);
   detail::check_normalizer_fields(where, "normalizer", opt.normalizer);
   const auto span = detail::make_row_span(be, in.mask);
   if (opt.check_finite)

@@ -217,6 +217,9 @@ advantage_summary advantage_step(const Backend& be, const advantage_inputs<T>& i
   detail::check_fraction(where, "adv_mask_fraction", cfg.adv_mask_fraction);
   detail::check_fraction(where, "entropy_filter_fraction", cfg.entropy_filter_fraction);
   if (cfg.whiten_advantages) detail::check_whiten_options(where, cfg.whiten);
+  detail::check_memory(be, where, "values", in.values, "rewards", in.rewards, "mask", in.mask, "group_ids", in.group_ids,
+                       "out.advantages", out.advantages, "out.returns", out.returns, "out.adv_mask", out.adv_mask,
+                       "out.entropy_mask", out.entropy_mask, "out.shard_weights", out.shard_weights, "out.std", out.std);
 
   // Every pass visits only the columns up to each row's last valid token (core/row_span.hpp); the
   // padding after it is written once, after the checks.

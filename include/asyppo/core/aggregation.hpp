@@ -323,6 +323,7 @@ aggregation_result aggregate_loss(const Backend& be, token_view<const T> loss, m
   detail::check_required_mask(where, "mask", mask, B, Tn);
   detail::check_optional_output(where, "weights", weights, {B, Tn});
   detail::check_aggregation(where, mode);
+  detail::check_memory(be, where, "loss", loss, "mask", mask, "weights", weights);
   detail::check_normalizer_fields(where, "normalizer", norm);
   const auto span = detail::make_row_span(be, mask);
   if (check_finite) detail::check_finite_views<Backend, T>(be, where, "loss", mask, span.heads(), loss);

@@ -132,6 +132,8 @@ void ensemble_stats(const Backend& be, critic_view<const T> values, mask_view ma
   detail::check_optional_output(where, "out.std", out.std, {B, Tn});
   detail::check_optional_output(where, "out.min", out.min, {B, Tn});
   detail::check_optional_output(where, "out.max", out.max, {B, Tn});
+  detail::check_memory(be, where, "values", values, "mask", mask, "out.mean", out.mean, "out.std", out.std, "out.min",
+                       out.min, "out.max", out.max);
   const detail::ensemble_kernel<T> kernel{{values, kind == std_kind::unbiased}, mask, out};
   if (!detail::present(mask)) {  // every token valid
     if (check_finite) detail::check_finite_tokens<Backend, T>(be, where, "values", B, Tn, values, {}, mask);

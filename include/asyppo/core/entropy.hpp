@@ -215,6 +215,7 @@ void check_logits_args(const Backend& be, const char* where, view<const T, 3> lo
   if (B * Tn > 0 && V < 1) detail::fail(where, "logits", "needs a vocabulary of at least one entry (extent 2 is 0)");
   if (!(opt.temperature > 0.0) || !std::isfinite(opt.temperature))
     detail::fail(where, "temperature", "must be finite and > 0, got ", opt.temperature);
+  check_memory(be, where, "logits", logits, "token_ids", ids, "mask", mask);
   if (B * Tn == 0) return;
   const auto bad = be.reduce(B, Tn, logits_checker<T>{logits, ids, mask, V, opt.check_finite});
   if (bad.bad_ids > 0)
@@ -240,6 +241,8 @@ entropy_bonus_result entropy_bonus(const Backend& be, token_view<const T> entrop
   detail::check_optional_output(where, "grad_entropy", grad_entropy, {B, Tn});
   detail::check_finite_scalar(where, "beta", opt.beta);
   detail::check_aggregation(where, opt.aggregation);
+  detail::check_memory(be, where, "entropy", entropy, "mask", mask, "entropy_mask", entropy_mask, "grad_entropy",
+                       grad_entropy);
   detail::check_normalizer_fields(where, "normalizer", opt.normalizer);
   const auto span = detail::make_row_span(be, mask);
   if (opt.check_finite) detail::check_finite_views<Backend, T>(be, where, "entropy", mask, span.heads(), entropy);
@@ -273,6 +276,7 @@ void logits_logp_entropy(const Backend& be, view<const T, 3> logits, view<const 
   const index_t B = logits.extent[0], Tn = logits.extent[1];
   detail::check_optional_output(where, "logp", logp, {B, Tn});
   detail::check_optional_output(where, "entropy", entropy, {B, Tn});
+  detail::check_memory(be, where, "logp", logp, "entropy", entropy);
   detail::check_logits_args(be, where, logits, token_ids, mask, opt);
   if (B * Tn == 0) return;
   be.for_each(B, Tn, detail::logits_forward_kernel<T>{logits, token_ids, mask, logp, entropy, logits.extent[2], 1.0 / opt.temperature});
@@ -291,6 +295,7 @@ void logits_logp_entropy_backward(const Backend& be, view<const T, 3> logits, vi
   detail::check_optional_input(where, "grad_logp", grad_logp, {B, Tn});
   detail::check_optional_input(where, "grad_entropy", grad_entropy, {B, Tn});
   detail::check_output(where, "grad_logits", grad_logits, {B, Tn, V});
+  detail::check_memory(be, where, "grad_logp", grad_logp, "grad_entropy", grad_entropy, "grad_logits", grad_logits);
   detail::check_logits_args(be, where, logits, token_ids, mask, opt);
   if (B * Tn == 0) return;
   be.for_each(B, Tn, detail::logits_backward_kernel<T>{logits, token_ids, mask, grad_logp, grad_entropy, grad_logits,

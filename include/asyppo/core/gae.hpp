@@ -254,6 +254,8 @@ void gae(const Backend& be, critic_view<const T> values, token_view<const T> rew
   detail::check_optional_output(where, "out.advantages", out.advantages, {B, Tn});
   detail::check_optional_output(where, "out.returns", out.returns, {B, Tn});
   detail::check_optional_output(where, "out.std", out.std, {B, Tn});
+  detail::check_memory(be, where, "values", values, "rewards", rewards, "mask", mask, "out.advantages", out.advantages,
+                       "out.returns", out.returns, "out.std", out.std);
   detail::check_gae_options(where, opt);
   const auto span = detail::make_row_span(be, mask);
   if (opt.check_finite)

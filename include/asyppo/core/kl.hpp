@@ -187,7 +187,9 @@ void kl_values(const Backend& be, token_view<const T> logp, token_view<const T> 
   detail::check_required_mask(where, "mask", mask, B, Tn);
   detail::check_output(where, "out", out, {B, Tn});
   detail::check_kl_options(where, opt);
+  detail::check_memory(be, where, "logp", logp, "ref_logp", ref_logp, "mask", mask, "out", out);
   if (B * Tn == 0) return;
+
   be.for_each(B, Tn, detail::kl_values_kernel<T>{logp, ref_logp, mask, out, detail::kl_params_of(opt)});
 }
 
@@ -206,6 +208,7 @@ kl_loss_result kl_loss(const Backend& be, token_view<const T> logp, token_view<c
   detail::check_kl_options(where, opt.kl);
   detail::check_finite_scalar(where, "coef", opt.coef);
   detail::check_aggregation(where, opt.aggregation);
+  detail::check_memory(be, where, "logp", logp, "ref_logp", ref_logp, "mask", mask, "grad_logp", grad_logp);
   detail::check_normalizer_fields(where, "normalizer", opt.normalizer);
   const auto span = detail::make_row_span(be, mask);
   if (opt.check_finite)

@@ -86,12 +86,10 @@ struct masked_sum_reducer {
   }
 };
 
-}  // namespace detail
-
-/// Moments of x over mask != 0, over the whole batch of every rank of comm.
-template <class Backend, class T, class Comm = single_process>
-masked_moments compute_masked_moments(const Backend& be, token_view<const T> x, mask_view mask, bool unbiased,
-                                      const Comm& comm = {}) {
+/// compute_masked_moments without the memory check (for callers that made it).
+template <class Backend, class T, class Comm>
+masked_moments masked_moments_unchecked(const Backend& be, token_view<const T> x, mask_view mask, bool unbiased,
+                                        const Comm& comm) {
   const index_t B = x.extent[0], Tn = x.extent[1];
   const auto span = detail::make_row_span(be, mask);  // both passes visit each row up to its last valid token
   auto first = be.reduce(B, Tn, detail::masked_sum_reducer<T>{x, mask, 0.0, false}, span.heads());
@@ -115,6 +113,16 @@ masked_moments compute_masked_moments(const Backend& be, token_view<const T> x, 
   const double d = unbiased ? m.count - 1 : m.count;
   m.var = d > 0 ? q / d : 0.0;
   return m;
+}
+
+}  // namespace detail
+
+/// Moments of x over mask != 0, over the whole batch of every rank of comm.
+template <class Backend, class T, class Comm = single_process>
+masked_moments compute_masked_moments(const Backend& be, token_view<const T> x, mask_view mask, bool unbiased,
+                                      const Comm& comm = {}) {
+  detail::check_memory(be, "asyppo::compute_masked_moments", "x", x, "mask", mask);
+  return detail::masked_moments_unchecked(be, x, mask, unbiased, comm);
 }
 
 }  // namespace asyppo

@@ -206,6 +206,8 @@ void check_outcome_args(const Backend& be, const char* where, seq_view<const T> 
   const index_t Tn = mask.extent[1];
   if (!present(mask) && B * Tn > 0) fail(where, "mask", "is required");
   check_optional_output(where, "out.advantages", out.advantages, {B, Tn});
+  check_memory(be, where, "scores", scores, "group_ids", ids, "mask", mask, "out.advantages", out.advantages,
+               "out.sequence", out.sequence);
   check_optional_output(where, "out.sequence", out.sequence, {B});
   if (check_finite) {
     // Scores are per sequence: every one must be finite.
@@ -378,6 +380,7 @@ void reinforce_pp_advantages(const Backend& be, token_view<const T> rewards, mas
   if (!detail::present(mask) && B * Tn > 0) detail::fail(where, "mask", "is required");
   detail::check_output(where, "advantages", advantages, {B, Tn});
   detail::check_range(where, "gamma", opt.gamma, 0.0, 1.0);
+  detail::check_memory(be, where, "rewards", rewards, "mask", mask, "advantages", advantages);
   detail::check_whiten_options(where, opt.whiten);
   if (opt.whiten.check_finite) detail::check_finite_tokens<Backend, T>(be, where, "rewards", B, Tn, {}, rewards, mask);
   be.row_scan(scan_direction::reverse, B, Tn, detail::discount_element<T>{rewards, mask, opt.gamma},
@@ -391,6 +394,7 @@ void sequence_scores(const Backend& be, token_view<const T> rewards, seq_view<T>
   constexpr const char* where = "asyppo::sequence_scores";
   detail::check_view(where, "rewards", rewards);
   const index_t B = rewards.extent[0], Tn = rewards.extent[1];
+  detail::check_memory(be, where, "rewards", rewards, "scores", scores);
   detail::check_output(where, "scores", scores, {B});
   be.row_reduce(B, Tn, detail::row_sum_reducer<T>{rewards}, detail::store_seq<T>{scores});
 }

@@ -263,6 +263,8 @@ policy_loss_result policy_loss(const Backend& be, const policy_loss_inputs<T>& i
   detail::check_optional_output(where, "grad_logp", grad_logp, {B, Tn});
   detail::check_surrogate_options(where, opt.clip_low, opt.clip_high, opt.dual_clip, opt.log_ratio_clamp);
   detail::check_aggregation(where, opt.aggregation);
+  detail::check_memory(be, where, "logp", in.logp, "old_logp", in.old_logp, "advantages", in.advantages, "mask", in.mask,
+                       "adv_mask", in.adv_mask, "grad_logp", grad_logp);
   detail::check_normalizer_fields(where, "normalizer", opt.normalizer);
   const auto span = detail::make_row_span(be, in.mask);
   if (opt.check_finite)

@@ -84,6 +84,7 @@ void shard_weights(const Backend& be, seq_view<const std::int64_t> group_ids, in
   detail::check_view(where, "group_ids", group_ids);
   const index_t B = group_ids.extent[0];
   detail::check_optional_output(where, "weights", weights, {K, B});
+  detail::check_memory(be, where, "group_ids", group_ids, "weights", weights, "critic_of", critic_of);
   detail::check_optional_output(where, "critic_of", critic_of, {B});
   const auto L = make_group_layout(be, group_ids);
   detail::shard_weights_unchecked(be, group_ids, L, K, weights, mode, critic_of, comm);

@@ -320,6 +320,7 @@ mask_counts uncertainty_masks(const Backend& be, token_view<const T> sigma, mask
   if (!detail::present(mask) && B * Tn > 0) detail::fail(where, "mask", "is required");
   detail::check_optional_output(where, "adv_mask", adv_mask, {B, Tn});
   detail::check_optional_output(where, "entropy_mask", entropy_mask, {B, Tn});
+  detail::check_memory(be, where, "sigma", sigma, "mask", mask, "adv_mask", adv_mask, "entropy_mask", entropy_mask);
   detail::check_mask_options(where, opt);
   const auto span = detail::make_row_span(be, mask);  // every pass stops at each row's last valid token
   if (opt.check_finite)

@@ -27,6 +27,21 @@ void check_view(const char* where, const char* name, const view<T, R>& v) {
   if (v.size() > 0 && v.data == nullptr) fail(where, name, "null data for a non-empty view");
 }
 
+/// Where the data lives: a backend may offer check_memory(where, name, const void* p), which throws
+/// asyppo::error unless it can use the memory at p (the CUDA backend: device or managed memory of its
+/// device; CPU backends offer nothing and accept everything). Every entry point calls this on each
+/// view it reads or writes, after the shape checks and before any backend work, with (name, view)
+/// pairs. Empty (null) views are skipped.
+template <class Backend>
+void check_memory(const Backend&, const char*) {}
+template <class Backend, class V, class... Rest>
+void check_memory(const Backend& be, const char* where, const char* name, const V& v, const Rest&... rest) {
+  if constexpr (requires { be.check_memory(where, name, static_cast<const void*>(nullptr)); }) {
+    if (v.data != nullptr) be.check_memory(where, name, static_cast<const void*>(v.data));
+  }
+  check_memory(be, where, rest...);
+}
+
 /// An output view must not map two indices to one address: strides, sorted, must each
 /// cover the span of the dimensions below them.
 template <class T, int R>

@@ -250,6 +250,9 @@ value_loss_result value_loss(const Backend& be, const value_loss_inputs<T>& in, 
   if (nn != 0 && nn != K)
     detail::fail(where, "normalizers", "has ", nn, " entries, expected 0 (local counts) or K = ", K);
   for (const auto& n : opt.normalizers) detail::check_normalizer_fields(where, "normalizers", n);
+  detail::check_memory(be, where, "values", in.values, "old_values", in.old_values, "returns", in.returns,
+                       "critic_returns", in.critic_returns, "mask", in.mask, "shard_weights", in.shard_weights,
+                       "grad_values", grad_values);
   const auto span = detail::make_row_span(be, in.mask);
   if (opt.check_finite) {
     detail::check_finite(be, where, "values, old_values or targets", B, Tn,

@@ -67,7 +67,7 @@ template <class Backend, class T, class Comm>
 masked_moments whiten_unchecked(const Backend& be, token_view<const T> x, mask_view mask, token_view<T> out,
                                 const whiten_options& opt, const Comm& comm) {
   const index_t B = x.extent[0], Tn = x.extent[1];
-  const masked_moments mo = compute_masked_moments(be, x, mask, opt.unbiased, comm);
+  const masked_moments mo = masked_moments_unchecked(be, x, mask, opt.unbiased, comm);
   double scale = 0.0, mean = mo.mean;
   if (mo.count > 0) {
     const double v = opt.eps_placement == eps_mode::add ? mo.var + opt.eps : (mo.var > opt.eps ? mo.var : opt.eps);
@@ -95,6 +95,7 @@ masked_moments masked_whiten(const Backend& be, token_view<const T> x, mask_view
   detail::check_input(where, "mask", mask, {B, Tn});
   if (!detail::present(mask) && B * Tn > 0) detail::fail(where, "mask", "is required");
   detail::check_output(where, "out", out, {B, Tn});
+  detail::check_memory(be, where, "x", x, "mask", mask, "out", out);
   detail::check_whiten_options(where, opt);
   if (opt.check_finite) detail::check_finite_tokens<Backend, T>(be, where, "x", B, Tn, {}, x, mask);
   return detail::whiten_unchecked(be, x, mask, out, opt, comm);

@@ -20,7 +20,8 @@
 // advantages differ by rounding of the composed products (relative 1e-12 in double
 // accumulation for gamma, lambda <= 1).
 //
-// Errors: every CUDA / CUB status becomes asyppo::error naming the call (error.cuh).
+// Errors: every CUDA / CUB status becomes asyppo::error naming the call (error.cuh); views whose
+// data is not device memory of this device are rejected before any launch (check_memory).
 // Only valid under nvcc; link asyppo::cuda.
 #pragma once
 
@@ -52,6 +53,13 @@ class cuda_backend {
   cudaStream_t stream() const { return stream_; }
   int device() const { return device_; }
   cuda_workspace* workspace() const { return ws_; }
+
+  /// Throws asyppo::error(where, name, ...) unless p is device or managed memory of this backend's
+  /// device: a host pointer or another device's memory is rejected before any launch (every entry
+  /// point calls this on each of its views: detail::check_memory in core/validate.hpp).
+  void check_memory(const char* where, const char* name, const void* p) const {
+    check_device_pointer(p, device_, where, name);
+  }
 
   // ---- memory ------------------------------------------------------------------------------
   template <class T>

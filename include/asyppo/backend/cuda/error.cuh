@@ -48,8 +48,8 @@ namespace asyppo {
 
 /// Throws asyppo::error(where, name, ...) unless p (when non-null) is device-accessible memory of
 /// `device` (device or managed memory; plain or pinned host memory is rejected). Costs one
-/// cudaPointerGetAttributes call (no synchronisation). Not yet called by the algorithms: entry
-/// points that want the check call it on their views' data pointers.
+/// cudaPointerGetAttributes call (no synchronisation). Every entry point calls it, through
+/// cuda_backend::check_memory and detail::check_memory, on each view before any launch.
 inline void check_device_pointer(const void* p, int device, const char* where, const char* name) {
   if (p == nullptr) return;
   cudaPointerAttributes attr{};
