@@ -22,6 +22,7 @@
 
 #include "asyppo/asyppo.hpp"
 #include "exact_ops.hpp"
+#include "pattern_checks.hpp"
 #include "tiled_backend.hpp"
 
 using namespace asyppo;
@@ -39,105 +40,19 @@ struct mat_span_reducer : mat_reducer2 {
   }
 };
 
-struct ranges {
-  std::vector<index_t> lo, hi;
-  void operator()(index_t b, index_t& l, index_t& h) const {
-    l = lo[static_cast<std::size_t>(b)];
-    h = hi[static_cast<std::size_t>(b)];
-  }
-};
-
-ranges random_ranges(std::mt19937_64& rng, index_t rows, index_t cols) {
-  ranges r;
-  for (index_t b = 0; b < rows; ++b) {
-    index_t l = 0, h = cols;
-    switch (rng() % 5) {
-      case 0: l = h = static_cast<index_t>(rng() % static_cast<u64>(cols + 1)); break;  // empty
-      case 1: break;                                                                     // full row
-      default:
-        l = static_cast<index_t>(rng() % static_cast<u64>(cols + 1));
-        h = l + static_cast<index_t>(rng() % static_cast<u64>(cols - l + 1));
-    }
-    r.lo.push_back(l);
-    r.hi.push_back(h);
-  }
-  return r;
-}
-
-template <class Be>
-void check_ragged_patterns(const Be& be, index_t rows, index_t cols, std::uint64_t seed) {
-  std::mt19937_64 rng(seed);
-  const ranges rg = random_ranges(rng, rows, cols);
-  auto in = [&](index_t b, index_t t) { return t >= rg.lo[static_cast<std::size_t>(b)] && t < rg.hi[static_cast<std::size_t>(b)]; };
-
-  // for_each: exactly the positions in range, once.
-  std::vector<int> inside(static_cast<std::size_t>(rows * cols), 0), hits(inside.size(), 0);
-  for (index_t b = 0; b < rows; ++b)
-    for (index_t t = 0; t < cols; ++t) inside[static_cast<std::size_t>(b * cols + t)] = in(b, t) ? 1 : 0;
-  be.for_each(rows, cols, [&](index_t b, index_t t) { ++hits[static_cast<std::size_t>(b * cols + t)]; }, rg);
-  REQUIRE(hits == inside);
-
-  // reduce and row_reduce: the sequential row-major product over the positions in range.
-  mat all = eye;
-  std::vector<mat> per_row(static_cast<std::size_t>(rows), eye);
-  for (index_t b = 0; b < rows; ++b)
-    for (index_t t = 0; t < cols; ++t)
-      if (in(b, t)) {
-        all = mul(all, elem_mat(b * cols + t));
-        per_row[static_cast<std::size_t>(b)] = mul(per_row[static_cast<std::size_t>(b)], elem_mat(b * cols + t));
-      }
-  REQUIRE(be.reduce(rows, cols, mat_reducer2{cols}, rg) == all);
-  std::vector<mat> got_rows(static_cast<std::size_t>(rows), mat{0, 0, 0, 0});
-  be.row_reduce(rows, cols, mat_reducer2{cols}, [&](index_t b, const mat& m) { got_rows[static_cast<std::size_t>(b)] = m; }, rg);
-  REQUIRE(got_rows == per_row);
-
-  // row_scan: the fold starts from initial() at the range's first column in scan order.
-  for (auto dir : {scan_direction::forward, scan_direction::reverse}) {
-    std::vector<u64> want(static_cast<std::size_t>(rows * cols), 0), got(want.size(), 0);
-    for (index_t b = 0; b < rows; ++b) {
-      u64 x = affine_op{}.initial();
-      const index_t l = rg.lo[static_cast<std::size_t>(b)], h = rg.hi[static_cast<std::size_t>(b)];
-      for (index_t k = 0; k < h - l; ++k) {
-        const index_t t = dir == scan_direction::forward ? l + k : h - 1 - k;
-        x = affine_op{}.apply(affine_elem{cols}(b, t), x);
-        want[static_cast<std::size_t>(b * cols + t)] = x;
-      }
-    }
-    std::vector<int> seen(want.size(), 0);
-    be.row_scan(dir, rows, cols, affine_elem{cols}, affine_op{}, [&](index_t b, index_t t, u64 x) {
-      got[static_cast<std::size_t>(b * cols + t)] = x;
-      ++seen[static_cast<std::size_t>(b * cols + t)];
-    }, rg);
-    REQUIRE(got == want);
-    REQUIRE(seen == inside);
-  }
-
-  // histogram and collect: only positions in range, collect in row-major order.
-  const index_t nbins = 11;
-  auto bin = [&](index_t b, index_t t) -> index_t { return (b * 7 + t * 3) % 13 - 2; };  // some negative
-  std::vector<u64> want_h(static_cast<std::size_t>(nbins), 3), got_h(want_h);
-  std::vector<index_t> want_c;
-  for (index_t b = 0; b < rows; ++b)
-    for (index_t t = 0; t < cols; ++t)
-      if (in(b, t)) {
-        if (bin(b, t) >= 0) ++want_h[static_cast<std::size_t>(bin(b, t))];
-        if ((b + t) % 3 == 0) want_c.push_back(b * cols + t);
-      }
-  be.histogram(rows, cols, bin, nbins, got_h.data(), rg);
-  REQUIRE(got_h == want_h);
-  const auto got_c = be.template collect<index_t>(rows, cols, [&](index_t b, index_t t, index_t& v) {
-    v = b * cols + t;
-    return (b + t) % 3 == 0;
-  }, rg);
-  REQUIRE(got_c == want_c);
-}
-
 }  // namespace
 
 TEST_CASE("ragged patterns visit exactly each row's range (cpu_backend, 1..4 threads)", "[ragged]") {
   for (auto shape : {std::pair<index_t, index_t>{37, 300}, {1, 1}, {200, 40000}, {3, 5}})
     for (int threads = 1; threads <= 4; ++threads)
       check_ragged_patterns(cpu_backend(threads), shape.first, shape.second, 17 + static_cast<std::uint64_t>(threads));
+}
+
+TEST_CASE("flat patterns against sequential loops (cpu_backend 1..3 threads, re-associating backend)", "[patterns]") {
+  for (index_t n : {index_t(1), index_t(7), index_t(1000), index_t(70000)}) {
+    for (int threads = 1; threads <= 3; ++threads) check_flat_patterns(cpu_backend(threads), n, 5 + static_cast<std::uint64_t>(n));
+    check_flat_patterns(asyppo_test::tiled_backend(static_cast<std::uint64_t>(n)), n, 9);
+  }
 }
 
 TEST_CASE("ragged patterns on the re-associating backend (random tiles, random merge trees)", "[ragged]") {

@@ -1,0 +1,201 @@
+// tests/support/backend_conformance.hpp: the algorithms on a backend under test against the CPU
+// backend (one test body, every backend: the re-associating tiled_backend, the Thrust backend).
+//
+// backend_at(seed) returns the backend under test. Integer results (masks, counts, shards, quantiles,
+// tie ranks) must be identical; floating-point results may differ by the rounding of a different
+// association only. Tolerances, relative to max(1, |x|): double 1e-12 (sums of at most a few
+// thousand terms of magnitude <= 1e2 in double); float 2e-6 (one rounding of the double result to
+// float, plus its flip when the double values differ in the last bits). Per-token gradients of the
+// losses do not depend on any sum (weights come from integer counts): they must be identical.
+#pragma once
+
+#include <catch2/catch.hpp>
+
+#include <cmath>
+#include <cstdint>
+#include <cstring>
+#include <random>
+#include <tuple>
+#include <utility>
+#include <vector>
+
+#include "asyppo/asyppo.hpp"
+#include "check.hpp"
+#include "reference.hpp"
+
+namespace asyppo_conformance {
+
+using namespace asyppo;
+using i64 = std::int64_t;
+
+template <class T>
+double tol() {
+  return sizeof(T) == 4 ? 2e-6 : 1e-12;
+}
+
+template <class T>
+void require_near(const std::vector<T>& got, const std::vector<T>& want, const char* what) {
+  require_close(got, ref::widen(want), what, tol<T>());
+}
+
+template <class T>
+struct batch {
+  int K, B, Tn;
+  std::vector<T> V, V2, r, lp, olp, H, ref;
+  ref::bytes m;
+  std::vector<i64> ids;
+  std::vector<T> scores;
+};
+
+template <class T>
+batch<T> make(std::uint64_t seed, int K, int B, int Tn, int distinct_sigma = 0) {
+  std::mt19937_64 rng(seed);
+  batch<T> d{K, B, Tn, {}, {}, {}, {}, {}, {}, {}, {}, {}, {}};
+  d.V = ref::as<T>(ref::random_vec(rng, static_cast<std::size_t>(K) * B * Tn, -1, 2));
+  if (distinct_sigma > 0)  // few distinct values: heavy ties in sigma
+    for (auto& x : d.V) x = static_cast<T>(std::floor(static_cast<double>(x) * distinct_sigma) / distinct_sigma);
+  d.V2 = ref::as<T>(ref::random_vec(rng, d.V.size(), -1, 2));
+  d.r = ref::as<T>(ref::random_vec(rng, static_cast<std::size_t>(B) * Tn, -1, 1));
+  d.olp = ref::as<T>(ref::random_vec(rng, d.r.size(), -3, 0));
+  d.lp = d.olp;
+  for (auto& x : d.lp) x = static_cast<T>(static_cast<double>(x) + std::uniform_real_distribution<double>(-0.6, 0.6)(rng));
+  d.H = ref::as<T>(ref::random_vec(rng, d.r.size(), 0, 3));
+  d.ref = ref::as<T>(ref::random_vec(rng, d.r.size(), -3, 0));
+  d.m = ref::random_mask(rng, B, Tn);
+  for (int b = 0; b < B; ++b) d.ids.push_back(static_cast<i64>(rng() % 5));
+  d.scores = ref::as<T>(ref::random_vec(rng, static_cast<std::size_t>(B), 0, 1));
+  return d;
+}
+
+template <class T, class Backend>
+std::pair<advantage_summary, std::vector<std::vector<double>>> step(const Backend& be, const batch<T>& d,
+                                                                     const advantage_config& cfg) {
+  const std::size_t n = static_cast<std::size_t>(d.B) * d.Tn;
+  std::vector<T> adv(n), ret(n), sd(n), w(static_cast<std::size_t>(d.K) * d.B);
+  ref::bytes am(n), em(n);
+  const auto s = advantage_step(
+      be,
+      advantage_inputs<T>{{d.V.data(), d.K, d.B, d.Tn}, {d.r.data(), d.B, d.Tn}, {d.m.data(), d.B, d.Tn}, {d.ids.data(), d.B}},
+      advantage_outputs<T>{{adv.data(), d.B, d.Tn}, {ret.data(), d.B, d.Tn}, {am.data(), d.B, d.Tn},
+                           {em.data(), d.B, d.Tn}, {w.data(), d.K, d.B}, {sd.data(), d.B, d.Tn}},
+      cfg);
+  return {s, {ref::widen(adv), ref::widen(ret), ref::widen(sd), ref::widen(w),
+              std::vector<double>(am.begin(), am.end()), std::vector<double>(em.begin(), em.end())}};
+}
+
+
+template <class T, class Make>
+void conformance_advantage_step(const Make& backend_at) {
+  for (std::uint64_t seed : {1u, 2u, 3u})
+    for (int ties : {0, 3})
+      for (int variant = 0; variant < 4; ++variant) {
+        const auto d = make<T>(seed, 2 + (variant == 3 ? 1 : 0), 9, 70, ties);
+        advantage_config cfg;
+        cfg.critics = d.K;
+        cfg.lambda_actor = 0.95;
+        cfg.gamma = variant == 1 ? 0.97 : 1.0;
+        cfg.whiten_advantages = variant == 2;
+        cfg.scope = variant == 3 ? mask_scope::sequence : mask_scope::batch;
+        cfg.semantics = variant == 1 ? gae_mask_semantics::step : gae_mask_semantics::skip;
+        INFO("seed " << seed << " ties " << ties << " variant " << variant);
+        const auto [s0, o0] = step(cpu_backend(1), d, cfg);
+        const auto [s1, o1] = step(backend_at(seed * 11 + static_cast<std::uint64_t>(variant)), d, cfg);
+        for (int k = 0; k < 2; ++k) require_close(o1[static_cast<std::size_t>(k)], o0[static_cast<std::size_t>(k)], k ? "returns" : "advantages", 50 * tol<T>());
+        CHECK(o1[2] == o0[2]);  // sigma: per token, no sum
+        CHECK(o1[3] == o0[3]);  // shards
+        CHECK(o1[4] == o0[4]);  // advantage mask
+        CHECK(o1[5] == o0[5]);  // entropy mask
+        CHECK(s1.valid_tokens == s0.valid_tokens);
+        CHECK(s1.adv_masked == s0.adv_masked);
+        CHECK(s1.entropy_masked == s0.entropy_masked);
+        for (int q = 0; q < 5; ++q) CHECK(std::memcmp(&s1.std_quantiles[q], &s0.std_quantiles[q], sizeof(double)) == 0);
+        CHECK(s1.return_mean == Approx(s0.return_mean).margin(1e-12));
+        CHECK(s1.advantage_std == Approx(s0.advantage_std).margin(1e-9));
+        for (std::size_t k = 0; k < s0.explained_variance.size(); ++k)
+          if (!std::isnan(s0.explained_variance[k]))
+            CHECK(s1.explained_variance[k] == Approx(s0.explained_variance[k]).margin(1e-9));
+      }
+}
+
+template <class T, class Make>
+void conformance_baselines(const Make& backend_at) {
+  for (std::uint64_t seed : {4u, 5u}) {
+    const auto d = make<T>(seed, 1, 13, 40);
+    const std::size_t n = static_cast<std::size_t>(d.B) * d.Tn;
+    const mask_view mv(d.m.data(), d.B, d.Tn);
+    auto grpo = [&](const auto& be, bool rloo) {
+      std::vector<T> a(n), s(static_cast<std::size_t>(d.B));
+      const outcome_outputs<T> out{{a.data(), d.B, d.Tn}, {s.data(), d.B}};
+      if (rloo) rloo_advantages(be, seq_view<const T>(d.scores.data(), d.B), seq_view<const i64>(d.ids.data(), d.B), mv, out);
+      else grpo_advantages(be, seq_view<const T>(d.scores.data(), d.B), seq_view<const i64>(d.ids.data(), d.B), mv, out);
+      return a;
+    };
+    for (bool rloo : {false, true}) require_near(grpo(backend_at(seed), rloo), grpo(cpu_backend(1), rloo), "group baseline");
+    auto rfpp = [&](const auto& be) {
+      std::vector<T> a(n);
+      reinforce_options o;
+      o.gamma = 0.9;
+      reinforce_pp_advantages(be, token_view<const T>(d.r.data(), d.B, d.Tn), mv, token_view<T>(a.data(), d.B, d.Tn), o);
+      return a;
+    };
+    require_close(rfpp(backend_at(seed + 1)), ref::widen(rfpp(cpu_backend(1))), "reinforce++", 50 * tol<T>());
+    auto white = [&](const auto& be) {
+      std::vector<T> a(n);
+      masked_whiten(be, token_view<const T>(d.r.data(), d.B, d.Tn), mv, token_view<T>(a.data(), d.B, d.Tn));
+      return a;
+    };
+    require_near(white(backend_at(seed + 2)), white(cpu_backend(1)), "whitening");
+  }
+}
+
+template <class T, class Make>
+void conformance_losses(const Make& backend_at) {
+  for (std::uint64_t seed : {6u, 7u})
+    for (auto mode : {loss_aggregation::token_mean, loss_aggregation::seq_mean_token_mean}) {
+      const auto d = make<T>(seed, 2, 11, 50);
+      const std::size_t n = static_cast<std::size_t>(d.B) * d.Tn;
+      const mask_view mv(d.m.data(), d.B, d.Tn);
+      std::vector<T> adv = d.r;
+      auto actor = [&](const auto& be) {
+        std::vector<T> gl(n), gh(n);
+        actor_objective_options o;
+        o.aggregation = mode;
+        o.dual_clip = 3;
+        o.entropy_coef = 0.01;
+        o.kl_coef = 0.1;
+        const auto r = actor_objective(be,
+                                       actor_objective_inputs<T>{{d.lp.data(), d.B, d.Tn}, {d.olp.data(), d.B, d.Tn},
+                                                                        {adv.data(), d.B, d.Tn}, mv, {}, {d.H.data(), d.B, d.Tn},
+                                                                        {}, {d.ref.data(), d.B, d.Tn}},
+                                       actor_objective_outputs<T>{{gl.data(), d.B, d.Tn}, {gh.data(), d.B, d.Tn}}, o);
+        return std::make_tuple(r.total, gl, gh, r.policy.metrics.clipped_tokens());
+      };
+      const auto [t0, gl0, gh0, c0] = actor(cpu_backend(1));
+      const auto [t1, gl1, gh1, c1] = actor(backend_at(seed));
+      CHECK(t1 == Approx(t0).epsilon(1e-12).margin(1e-12));
+      CHECK(gl1 == gl0);
+      CHECK(gh1 == gh0);
+      CHECK(c1 == c0);
+      std::vector<T> shard(static_cast<std::size_t>(d.K) * d.B);
+      shard_weights(cpu_backend(1), seq_view<const i64>(d.ids.data(), d.B), d.K, view<T, 2>(shard.data(), d.K, d.B));
+      auto critic = [&](const auto& be) {
+        std::vector<T> g(static_cast<std::size_t>(d.K) * n);
+        value_loss_options o;
+        o.aggregation = mode;
+        const auto r = value_loss(be,
+                                  value_loss_inputs<T>{{d.V.data(), d.K, d.B, d.Tn}, {d.V2.data(), d.K, d.B, d.Tn},
+                                                              {d.r.data(), d.B, d.Tn}, {}, mv, {shard.data(), d.K, d.B}},
+                                  critic_view<T>(g.data(), d.K, d.B, d.Tn), o);
+        return std::make_pair(r, g);
+      };
+      const auto [v0, g0] = critic(cpu_backend(1));
+      const auto [v1, g1] = critic(backend_at(seed + 5));
+      CHECK(g1 == g0);
+      for (int k = 0; k < d.K; ++k) {
+        CHECK(v1.critics[static_cast<std::size_t>(k)].loss == Approx(v0.critics[static_cast<std::size_t>(k)].loss).epsilon(1e-12).margin(1e-12));
+        CHECK(v1.critics[static_cast<std::size_t>(k)].clipped_tokens == v0.critics[static_cast<std::size_t>(k)].clipped_tokens);
+      }
+    }
+}
+
+}  // namespace asyppo_conformance
