@@ -24,25 +24,11 @@
 #endif
 #include <unsupported/Eigen/CXX11/ThreadPool>
 
+#include "asyppo/backend/host_buffer.hpp"
 #include "asyppo/backend/patterns.hpp"
 #include "asyppo/config.hpp"
 
 namespace asyppo {
-
-/// Owning host buffer of trivially copyable T (uninitialised on allocation).
-template <class T>
-class host_buffer {
- public:
-  host_buffer() = default;
-  explicit host_buffer(index_t n) : data_(n > 0 ? new T[static_cast<std::size_t>(n)] : nullptr), size_(n) {}
-  T* data() const { return data_.get(); }
-  index_t size() const { return size_; }
-  T& operator[](index_t i) const { return data_[static_cast<std::size_t>(i)]; }
-
- private:
-  std::unique_ptr<T[]> data_;
-  index_t size_ = 0;
-};
 
 class cpu_backend {
  public:

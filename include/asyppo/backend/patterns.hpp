@@ -173,6 +173,32 @@ struct ragged_pick {
   }
 };
 
+/// The ragged for_each, reduce, histogram and collect of a backend, written once as its full-row
+/// patterns on the wrappers above (a backend derives from this and brings the four names in with
+/// using-declarations). Backends with native ragged loops (cpu_backend) do not use it.
+template <class Derived>
+struct ragged_by_wrapping {
+  template <class F, class Range>
+  void for_each(index_t rows, index_t cols, F f, Range range) const {
+    self().for_each(rows, cols, ragged_index<F, Range>{f, range});
+  }
+  template <class R, class Range>
+  typename R::value_type reduce(index_t rows, index_t cols, R r, Range range) const {
+    return self().reduce(rows, cols, ragged_reducer<R, Range>{r, range});
+  }
+  template <class Bin, class Range>
+  void histogram(index_t rows, index_t cols, Bin bin, index_t nbins, std::uint64_t* counts, Range range) const {
+    self().histogram(rows, cols, ragged_bin<Bin, Range>{bin, range}, nbins, counts);
+  }
+  template <class V, class Pick, class Range>
+  auto collect(index_t rows, index_t cols, Pick pick, Range range) const {
+    return self().template collect<V>(rows, cols, ragged_pick<Pick, Range>{pick, range});
+  }
+
+ private:
+  const Derived& self() const { return static_cast<const Derived&>(*this); }
+};
+
 struct probe_reducer {
   using value_type = double;
   ASYPPO_HD double identity() const { return 0; }

@@ -41,8 +41,15 @@
 
 namespace asyppo {
 
-class cuda_backend {
+class cuda_backend : public detail::ragged_by_wrapping<cuda_backend> {
  public:
+  // Ragged for_each, reduce, histogram and collect: the full-row kernels on functors that skip the
+  // columns outside the range (detail::ragged_by_wrapping); row_reduce and row_scan take ranges.
+  using ragged_by_wrapping::for_each;
+  using ragged_by_wrapping::reduce;
+  using ragged_by_wrapping::histogram;
+  using ragged_by_wrapping::collect;
+
   /// stream: where every kernel and copy is queued (not owned). device < 0: the current device.
   /// ws: optional caller-provided scratch arena (see device_buffer.cuh), used before cudaMallocAsync.
   explicit cuda_backend(cudaStream_t stream = nullptr, int device = -1, cuda_workspace* ws = nullptr)
@@ -221,24 +228,6 @@ class cuda_backend {
   void histogram(index_t rows, index_t cols, Bin bin, index_t nbins, std::uint64_t* counts) const {
     (void)nbins;
     for_each(rows, cols, cuda_detail::histogram_2d_fn<Bin>{bin, as_ull(counts)});
-  }
-
-  // Ragged overloads: the full-row kernels on functors that skip the columns outside the range.
-  template <class F, class Range>
-  void for_each(index_t rows, index_t cols, F f, Range range) const {
-    for_each(rows, cols, detail::ragged_index<F, Range>{f, range});
-  }
-  template <class R, class Range>
-  typename R::value_type reduce(index_t rows, index_t cols, R r, Range range) const {
-    return reduce(rows, cols, detail::ragged_reducer<R, Range>{r, range});
-  }
-  template <class Bin, class Range>
-  void histogram(index_t rows, index_t cols, Bin bin, index_t nbins, std::uint64_t* counts, Range range) const {
-    histogram(rows, cols, detail::ragged_bin<Bin, Range>{bin, range}, nbins, counts);
-  }
-  template <class V, class Pick, class Range>
-  std::vector<V> collect(index_t rows, index_t cols, Pick pick, Range range) const {
-    return collect<V>(rows, cols, detail::ragged_pick<Pick, Range>{pick, range});
   }
 
   /// The v with pick(b, t, v) true, in row-major order, on the host. Waits for the stream.

@@ -55,6 +55,7 @@
 #include <type_traits>
 #include <vector>
 
+#include "asyppo/backend/host_buffer.hpp"
 #include "asyppo/backend/patterns.hpp"
 #include "asyppo/config.hpp"
 
@@ -63,21 +64,6 @@ namespace asyppo {
 namespace thrust_detail {
 
 using counting = thrust::counting_iterator<index_t>;
-
-/// An owning host array (what allocate returns).
-template <class T>
-class buffer {
- public:
-  buffer() = default;
-  explicit buffer(index_t n) : data_(n > 0 ? new T[static_cast<std::size_t>(n)] : nullptr), size_(n) {}
-  T* data() const { return data_.get(); }
-  index_t size() const { return size_; }
-  T& operator[](index_t i) const { return data_[static_cast<std::size_t>(i)]; }
-
- private:
-  std::unique_ptr<T[]> data_;
-  index_t size_ = 0;
-};
 
 // Flat index -> (b, t) adapters.
 template <class F>
@@ -140,14 +126,21 @@ struct bin2 {
 
 /// Policy: a Thrust host execution policy (default thrust::cpp::par).
 template <class Policy = std::remove_cv_t<decltype(thrust::cpp::par)>>
-class thrust_backend {
+class thrust_backend : public detail::ragged_by_wrapping<thrust_backend<Policy>> {
  public:
+  // Ragged for_each, reduce, histogram and collect: the full-row compositions on range-restricted
+  // functors (detail::ragged_by_wrapping); row_reduce and row_scan handle ranges themselves.
+  using detail::ragged_by_wrapping<thrust_backend<Policy>>::for_each;
+  using detail::ragged_by_wrapping<thrust_backend<Policy>>::reduce;
+  using detail::ragged_by_wrapping<thrust_backend<Policy>>::histogram;
+  using detail::ragged_by_wrapping<thrust_backend<Policy>>::collect;
+
   explicit thrust_backend(Policy policy = Policy{}) : policy_(policy) {}
 
   // ---- memory ------------------------------------------------------------------------------
   template <class T>
-  thrust_detail::buffer<T> allocate(index_t n) const {
-    return thrust_detail::buffer<T>(n);
+  host_buffer<T> allocate(index_t n) const {
+    return host_buffer<T>(n);
   }
   template <class T>
   void copy_to_host(const T* src, index_t n, T* dst) const {
@@ -296,24 +289,6 @@ class thrust_backend {
                                      [](std::uint8_t k) { return k != 0; });
     out.resize(static_cast<std::size_t>(end - out.begin()));
     return out;
-  }
-
-  // Ragged overloads: the full-row compositions on range-restricted functors.
-  template <class F, class Range>
-  void for_each(index_t rows, index_t cols, F f, Range range) const {
-    for_each(rows, cols, detail::ragged_index<F, Range>{f, range});
-  }
-  template <class R, class Range>
-  typename R::value_type reduce(index_t rows, index_t cols, R r, Range range) const {
-    return reduce(rows, cols, detail::ragged_reducer<R, Range>{r, range});
-  }
-  template <class Bin, class Range>
-  void histogram(index_t rows, index_t cols, Bin bin, index_t nbins, std::uint64_t* counts, Range range) const {
-    histogram(rows, cols, detail::ragged_bin<Bin, Range>{bin, range}, nbins, counts);
-  }
-  template <class V, class Pick, class Range>
-  std::vector<V> collect(index_t rows, index_t cols, Pick pick, Range range) const {
-    return collect<V>(rows, cols, detail::ragged_pick<Pick, Range>{pick, range});
   }
 
  private:
