@@ -23,7 +23,9 @@
 //   aggregate_loss   Agg(l) with the weights output dAgg/dl
 //   kl_loss          k3 (low_var_kl, clamped) with grad_logp
 //   entropy_bonus    -beta Agg(I^H H) with grad_entropy
-// plus loss_part/... (policy_loss pieces through the public API, and two hand-fused reference loops that
+// <loss>/256x4096/simd:W/threads:1 (W = 1, 2, 4) caps the SIMD width of the per-token kernels of
+// policy_loss, actor_objective and value_loss (core/simd/; 1 = the scalar code; the CPU's widest is
+// the default above), plus loss_part/... (policy_loss pieces through the public API, and two hand-fused reference loops that
 // show what one streaming pass costs on this machine) and membw/... (streaming kernels over 64 MiB
 // arrays with 1 and 2 std::threads), so results can be put against the machine's bandwidth in the
 // same run.
@@ -815,6 +817,20 @@ void register_all() {
                         {"kl_loss", BM_kl, BM_kl_naive},                   {"entropy_bonus", BM_entropy, BM_entropy_naive}};
   for (const auto& sh : shapes)
     for (const auto& a : algos) asyppo_bench::register_lib_and_naive(a.name, sh.B, sh.T, sh.min_time, a.lib, a.naive);
+  // The SIMD widths of the per-token kernels (core/simd/), same process: 1 = the scalar code.
+  for (int w : {1, 2, 4})
+    for (const auto& a : algos) {
+      if (a.lib != BM_policy && a.lib != BM_actor && a.lib != BM_value) continue;
+      benchmark::RegisterBenchmark((std::string(a.name) + "/256x4096/simd:" + std::to_string(w) + "/threads:1").c_str(),
+                                   [w, fn = a.lib](benchmark::State& st) {
+                                     asyppo::detail::set_simd_limit(w);
+                                     fn(st, 256, 4096, 1);
+                                     asyppo::detail::set_simd_limit(4);
+                                   })
+          ->UseRealTime()
+          ->MinTime(0.25)
+          ->Unit(benchmark::kMicrosecond);
+    }
   const std::pair<const char*, part> parts[] = {{"policy_loss/full", part::full},
                                                 {"policy_loss/no_finite_check", part::no_finite_check},
                                                 {"row_weights", part::row_weights},

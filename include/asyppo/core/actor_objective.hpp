@@ -15,7 +15,8 @@
 // kappa = 0 still yields the KL metrics (its gradient contribution is 0).
 // One fused pass: a single reduce whose add() evaluates all three terms at token i and writes both
 // gradients at position i only (every i is visited exactly once). Double accumulation; the CPU
-// backend's results are bit-identical for any thread count.
+// backend's results are bit-identical for any thread count, and for any SIMD width (contiguous rows
+// run on SIMD lanes on x86-64: core/simd/loss_kernels.inc).
 #pragma once
 
 #include <cmath>
@@ -116,6 +117,21 @@ struct actor_reducer {
     }
     if (grad_logp.data) grad_logp(b, t) = static_cast<T>(gl);
     if (grad_entropy.data) grad_entropy(b, t) = static_cast<T>(gh);
+  }
+  /// add() over [t0, t1) on contiguous rows: SIMD lanes for whole lane groups, then add() (same bits).
+  ASYPPO_HD void add_span(actor_acc& acc, index_t b, index_t t0, index_t t1) const {
+    index_t t = t0;
+#if !defined(__CUDA_ARCH__)
+    if (unit_inner_stride(logp) && unit_inner_stride(old_logp) && unit_inner_stride(adv) && unit_inner_stride(entropy) &&
+        unit_inner_stride(ref) && unit_inner_stride(mask) && unit_inner_stride(adv_mask) &&
+        unit_inner_stride(entropy_mask) && unit_inner_stride(grad_logp) && unit_inner_stride(grad_entropy)) {
+      const auto row = [b](auto v) { return v.data ? &v(b, 0) : nullptr; };
+      t = actor_span_simd(acc.pg, acc.ent, acc.kl, row(logp), row(old_logp), row(adv), row(entropy), row(ref), row(mask),
+                          row(adv_mask), row(entropy_mask), row(grad_logp), row(grad_entropy), w[b], beta, kappa, t0, t1,
+                          sp, kp);
+    }
+#endif
+    for (; t < t1; ++t) add(acc, b, t);
   }
   ASYPPO_HD actor_acc combine(const actor_acc& a, const actor_acc& b) const {
     return {policy_acc_combine(a.pg, b.pg), entropy_acc_combine(a.ent, b.ent),

@@ -17,8 +17,8 @@
 // kl_values writes the per-token estimator [B,T] (0 on masked tokens). kl_loss returns
 //   L = coef * Agg(kl)  (core/aggregation.hpp)
 // and grad_logp = coef * w_b * dkl/ddelta (exactly 0 on masked/padded tokens) in one fused reduce
-// that writes only position i inside add(). Computed in double; the CPU backend's results are
-// bit-identical for any thread count.
+// that writes only position i inside add(). Computed in double (k3's exp is exp_ratio, core/exp.hpp);
+// the CPU backend's results are bit-identical for any thread count.
 #pragma once
 
 #include <cmath>
@@ -28,6 +28,7 @@
 #include <string_view>
 
 #include "asyppo/core/aggregation.hpp"
+#include "asyppo/core/exp.hpp"
 
 namespace asyppo {
 
@@ -107,7 +108,7 @@ ASYPPO_INLINE kl_value kl_token(double delta, const kl_params& p) {
       const double x0 = -delta;
       const bool inside = (!p.clamp) | ((x0 >= -20.0) & (x0 <= 20.0));
       const double x = p.clamp ? (x0 > 20.0 ? 20.0 : (x0 < -20.0 ? -20.0 : x0)) : x0;
-      const double e = std::exp(x);
+      const double e = exp_ratio(x);
       const double v = e - x - 1.0;
       const bool capped = p.clamp & ((v > 10.0) | (v < -10.0));
       r.value = capped ? (v > 10.0 ? 10.0 : -10.0) : v;

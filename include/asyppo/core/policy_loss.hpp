@@ -33,7 +33,9 @@
 // is allowed by this library's reduce contract because every i is visited exactly once, by one
 // thread, whatever the tiling. Before it: validation, an optional finiteness pass and the row
 // weight pass of core/aggregation.hpp. Everything is computed in double; the CPU backend's
-// results are bit-identical for any thread count.
+// results are bit-identical for any thread count. On x86-64 contiguous rows run on SIMD lanes
+// (core/simd/loss_kernels.inc), with the same bits as the per-token code; rho uses exp_ratio
+// (core/exp.hpp), within 1.5 ulp of exp.
 // Extremes: with the clamp on, any log-ratio gives a finite loss. With the clamp off (C = 0), a
 // ratio that overflows to +inf gives l = +inf where A < 0 and no dual clip (A > 0 is clipped and
 // finite); this is the documented price of turning the clamp off.
@@ -44,7 +46,8 @@
 #include <limits>
 
 #include "asyppo/core/aggregation.hpp"
-#include "asyppo/core/bit_select.hpp"
+#include "asyppo/core/simd/loss_kernels.hpp"
+#include "asyppo/core/surrogate.hpp"
 
 namespace asyppo {
 
@@ -108,79 +111,6 @@ struct policy_loss_result {
 
 namespace detail {
 
-struct surrogate_params {
-  double clip_low, clip_high, dual_clip, log_ratio_clamp;
-};
-
-struct surrogate_value {
-  double loss;   // l
-  double dlogp;  // dl/dlogp
-  bool high, low, dual;
-};
-
-/// delta = logp - old_logp clamped to [-C, C] (C > 0); inside = the clamp is not active.
-struct log_ratio {
-  double d;
-  bool inside;
-};
-
-ASYPPO_INLINE log_ratio clamp_log_ratio(double logp, double old_logp, double C) {
-  log_ratio r{logp - old_logp, true};
-  if (C > 0) {  // the clamp is rarely active: predictable branches
-    if (r.d > C) r.d = C, r.inside = false;
-    else if (r.d < -C) r.d = -C, r.inside = false;
-  }
-  return r;
-}
-
-/// l and dl/dlogp of one token from rho = exp(x.d) (Eq. L2). A == 0 gives l = 0 and a zero
-/// gradient (whatever rho is). No data-dependent jumps: which clip branch binds, the sign of A and
-/// A == 0 (I^A zeros fed as A * I^A) are coin flips on real data.
-ASYPPO_INLINE surrogate_value surrogate_of_ratio(double rho, log_ratio x, double A, const surrogate_params& p) {
-  const double lo = 1.0 - p.clip_low, hi = 1.0 + p.clip_high;
-  double rc = rho > lo ? rho : lo;
-  rc = rc < hi ? rc : hi;
-  const double l1 = -A * rho, l2 = -A * rc;
-  const bool clipped = l2 > l1;  // implies rho outside [lo, hi]
-  double loss = clipped ? l2 : l1;
-  bool keep = x.inside & !clipped & (A != 0.0);  // bool & bool: no short-circuit jumps
-  bool dual = false;
-  if (p.dual_clip > 0) {  // an option: the same for every token
-    const double l3 = -p.dual_clip * A;
-    dual = (A < 0.0) & (loss > l3);
-    loss = dual ? l3 : loss;
-    keep = keep & !dual;
-  }
-  const bool high = clipped & (rho > hi), low = clipped & (rho < lo);
-  return {zero_unless(A != 0.0, loss), zero_unless(keep, -A * rho), high, low, dual};
-}
-
-struct policy_acc {
-  double loss, kl;
-  std::int64_t valid, adv_masked, high, low, dual;
-};
-
-ASYPPO_INLINE policy_acc policy_acc_combine(const policy_acc& a, const policy_acc& b) {
-  return {a.loss + b.loss, a.kl + b.kl, a.valid + b.valid, a.adv_masked + b.adv_masked,
-          a.high + b.high, a.low + b.low, a.dual + b.dual};
-}
-
-/// One valid token's surrogate into acc (weight wb = w_b; on = I^A); returns d(w_b l)/dlogp. An
-/// I^A = 0 token is a token with A = 0 (Eq. A2); its exp is skipped.
-ASYPPO_INLINE double policy_token(policy_acc& acc, double wb, double lp, double olp, double A, bool on,
-                                  const surrogate_params& p) {
-  acc.valid += 1;
-  acc.kl += olp - lp;
-  acc.adv_masked += static_cast<std::int64_t>(!on);
-  const log_ratio x = clamp_log_ratio(lp, olp, p.log_ratio_clamp);
-  const surrogate_value s = surrogate_of_ratio(on ? std::exp(x.d) : 0.0, x, on ? A : 0.0, p);
-  acc.loss += wb * s.loss;
-  acc.high += static_cast<std::int64_t>(s.high);
-  acc.low += static_cast<std::int64_t>(s.low);
-  acc.dual += static_cast<std::int64_t>(s.dual);
-  return wb * s.dlogp;
-}
-
 template <class T>
 struct policy_reducer {
   token_view<const T> logp, old_logp, adv;
@@ -210,7 +140,11 @@ struct policy_reducer {
     T* g = grad.data ? &grad(b, 0) : nullptr;
     const double wb = w[b];
     policy_acc acc = acc_out;  // a local: its stores cannot alias the views
-    for (index_t t = t0; t < t1; ++t) {
+    index_t t = t0;
+#if !defined(__CUDA_ARCH__)
+    t = policy_span_simd(acc, pl, po, pa, m, am, g, wb, t0, t1, p);  // whole lane groups, same bits
+#endif
+    for (; t < t1; ++t) {
       double gv = 0.0;
       if (m[t])  // masks are runs: a predictable branch
         gv = policy_token(acc, wb, static_cast<double>(pl[t]), static_cast<double>(po[t]), static_cast<double>(pa[t]),

@@ -23,7 +23,7 @@
 // squares is differenced; NaN when Var(R) = 0). A critic with no valid token in its shard has loss 0
 // and NaN metrics (no division by zero). One fused reduce per critic computes loss, metrics and its
 // gradient slice (add() writes only position i). Double accumulation; bit-identical for any CPU
-// thread count.
+// thread count and SIMD width (contiguous rows run on SIMD lanes on x86-64: core/simd/).
 #pragma once
 
 #include <cmath>
@@ -34,6 +34,8 @@
 
 #include "asyppo/core/aggregation.hpp"
 #include "asyppo/core/bit_select.hpp"
+#include "asyppo/core/simd/loss_kernels.hpp"
+#include "asyppo/core/value_acc.hpp"
 
 namespace asyppo {
 
@@ -77,42 +79,6 @@ struct value_loss_result {
 };
 
 namespace detail {
-
-/// n items' shifted sums for two series (R and R - v): shift = an early value, s1 = sum (x - shift),
-/// s2 = sum (x - shift)^2.
-struct value_acc {
-  double loss, sq;
-  std::int64_t n, clipped;
-  double shift[2], s1[2], s2[2];
-};
-
-ASYPPO_INLINE value_acc value_acc_combine(const value_acc& a, const value_acc& b) {
-  if (a.n == 0) {
-    value_acc r = b;
-    r.loss += a.loss;
-    return r;
-  }
-  if (b.n == 0) {
-    value_acc r = a;
-    r.loss += b.loss;
-    return r;
-  }
-  value_acc r;
-  r.loss = a.loss + b.loss;
-  r.sq = a.sq + b.sq;
-  r.n = a.n + b.n;
-  r.clipped = a.clipped + b.clipped;
-  const double na = static_cast<double>(a.n), nb = static_cast<double>(b.n), n = static_cast<double>(r.n);
-  for (int j = 0; j < 2; ++j) {
-    const double ma = a.shift[j] + a.s1[j] / na, mb = b.shift[j] + b.s1[j] / nb;
-    const double qa = a.s2[j] - a.s1[j] * a.s1[j] / na, qb = b.s2[j] - b.s1[j] * b.s1[j] / nb;
-    const double d = mb - ma;
-    r.shift[j] = ma + d * nb / n;
-    r.s1[j] = 0;
-    r.s2[j] = qa + qb + d * d * na * nb / n;
-  }
-  return r;
-}
 
 template <class T, bool EV = true>
 struct value_reducer {
@@ -183,12 +149,19 @@ struct value_reducer {
     const std::uint8_t* m = &mask(b, 0);
     const double wb = w[b] * scale;
     value_acc acc = acc_out;  // a local: its stores cannot alias the views
-    for (index_t t = t0; t < t1; ++t) {
+    const auto one = [&](index_t t) {
       double gv = 0.0;
       if (m[t])  // masks are runs: a predictable branch
         gv = token(acc, static_cast<double>(px[t]), static_cast<double>(pr[t]), po ? static_cast<double>(po[t]) : 0.0, wb);
       if (g) g[t] = static_cast<T>(gv);
-    }
+    };
+    index_t t = t0;
+    if constexpr (EV)
+      for (; t < t1 && acc.n == 0; ++t) one(t);  // the first valid token sets the shifts
+#if !defined(__CUDA_ARCH__)
+    t = value_span_simd<EV>(acc, px, pr, po, m, g, wb, clip, t, t1);  // whole lane groups, same bits
+#endif
+    for (; t < t1; ++t) one(t);
     acc_out = acc;
   }
   ASYPPO_HD value_acc combine(const value_acc& a, const value_acc& b) const { return value_acc_combine(a, b); }

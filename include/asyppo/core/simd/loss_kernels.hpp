@@ -1,0 +1,94 @@
+// asyppo/core/simd/loss_kernels.hpp: the contiguous fast paths of policy_loss, actor_objective and
+// value_loss on
+// the widest SIMD lanes the CPU has (core/simd/lanes.hpp), chosen at run time.
+//
+// policy_span_simd, actor_span_simd and value_span_simd process whole lane groups of one row's span [t0, t1) and
+// return the first token they did not process (t0 when no SIMD width is available); the reducers
+// finish the span with their scalar per-token code. The values, sums and counts are bit-identical to
+// the scalar code's for every width (core/simd/loss_kernels.inc), so results do not depend on the
+// CPU, the width limit or the thread count.
+#pragma once
+
+#include <cstdint>
+
+#include "asyppo/core/entropy.hpp"
+#include "asyppo/core/kl.hpp"
+#include "asyppo/core/simd/lanes.hpp"
+#include "asyppo/core/surrogate.hpp"
+#include "asyppo/core/value_acc.hpp"
+
+namespace asyppo::detail {
+
+#if defined(ASYPPO_SIMD_SSE2)
+namespace sse2_kernels {
+using L = sse2_lanes;
+#include "asyppo/core/simd/loss_kernels.inc"
+}  // namespace sse2_kernels
+#endif
+
+#if defined(ASYPPO_SIMD_AVX2)
+#if defined(__clang__)
+#pragma clang attribute push(__attribute__((target("avx2"))), apply_to = function)
+#else
+#pragma GCC push_options
+#pragma GCC target("avx2")
+#endif
+namespace avx2_kernels {
+using L = avx2_lanes;
+#include "asyppo/core/simd/loss_kernels.inc"
+}  // namespace avx2_kernels
+#if defined(__clang__)
+#pragma clang attribute pop
+#else
+#pragma GCC pop_options
+#endif
+#endif
+
+/// policy_reducer's span on SIMD lanes; returns the first token not processed.
+template <class T>
+inline index_t policy_span_simd(policy_acc& acc, const T* pl, const T* po, const T* pa, const std::uint8_t* m,
+                                const std::uint8_t* am, T* g, double wb, index_t t0, index_t t1,
+                                const surrogate_params& p) {
+  [[maybe_unused]] const int width = simd_width();
+#if defined(ASYPPO_SIMD_AVX2)
+  if (width >= 4) return avx2_kernels::policy_span(acc, pl, po, pa, m, am, g, wb, t0, t1, p);
+#endif
+#if defined(ASYPPO_SIMD_SSE2)
+  if (width >= 2) return sse2_kernels::policy_span(acc, pl, po, pa, m, am, g, wb, t0, t1, p);
+#endif
+  return t0;
+}
+
+/// actor_reducer's span on SIMD lanes; returns the first token not processed.
+template <class T>
+inline index_t actor_span_simd(policy_acc& pg, entropy_acc& ent, kl_acc& kl, const T* pl, const T* po, const T* pa,
+                               const T* ph, const T* pr, const std::uint8_t* m, const std::uint8_t* am,
+                               const std::uint8_t* em, T* gl, T* gh, double wb, double beta, double kappa, index_t t0,
+                               index_t t1, const surrogate_params& sp, const kl_params& kp) {
+  [[maybe_unused]] const int width = simd_width();
+#if defined(ASYPPO_SIMD_AVX2)
+  if (width >= 4)
+    return avx2_kernels::actor_span(pg, ent, kl, pl, po, pa, ph, pr, m, am, em, gl, gh, wb, beta, kappa, t0, t1, sp, kp);
+#endif
+#if defined(ASYPPO_SIMD_SSE2)
+  if (width >= 2)
+    return sse2_kernels::actor_span(pg, ent, kl, pl, po, pa, ph, pr, m, am, em, gl, gh, wb, beta, kappa, t0, t1, sp, kp);
+#endif
+  return t0;
+}
+
+/// value_reducer's span on SIMD lanes (with EV, acc.n must be > 0); returns the first token not processed.
+template <bool EV, class T>
+inline index_t value_span_simd(value_acc& acc, const T* px, const T* pr, const T* po, const std::uint8_t* m, T* g,
+                               double wb, double clip, index_t t0, index_t t1) {
+  [[maybe_unused]] const int width = simd_width();
+#if defined(ASYPPO_SIMD_AVX2)
+  if (width >= 4) return avx2_kernels::value_span<EV>(acc, px, pr, po, m, g, wb, clip, t0, t1);
+#endif
+#if defined(ASYPPO_SIMD_SSE2)
+  if (width >= 2) return sse2_kernels::value_span<EV>(acc, px, pr, po, m, g, wb, clip, t0, t1);
+#endif
+  return t0;
+}
+
+}  // namespace asyppo::detail
