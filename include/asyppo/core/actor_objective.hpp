@@ -121,7 +121,7 @@ struct actor_reducer {
   /// add() over [t0, t1) on contiguous rows: SIMD lanes for whole lane groups, then add() (same bits).
   ASYPPO_HD void add_span(actor_acc& acc, index_t b, index_t t0, index_t t1) const {
     index_t t = t0;
-#if !defined(__CUDA_ARCH__)
+#if defined(ASYPPO_SIMD_SSE2)  // host x86-64, not nvcc
     if (unit_inner_stride(logp) && unit_inner_stride(old_logp) && unit_inner_stride(adv) && unit_inner_stride(entropy) &&
         unit_inner_stride(ref) && unit_inner_stride(mask) && unit_inner_stride(adv_mask) &&
         unit_inner_stride(entropy_mask) && unit_inner_stride(grad_logp) && unit_inner_stride(grad_entropy)) {

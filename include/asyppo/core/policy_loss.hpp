@@ -141,7 +141,7 @@ struct policy_reducer {
     const double wb = w[b];
     policy_acc acc = acc_out;  // a local: its stores cannot alias the views
     index_t t = t0;
-#if !defined(__CUDA_ARCH__)
+#if defined(ASYPPO_SIMD_SSE2)  // host x86-64, not nvcc
     t = policy_span_simd(acc, pl, po, pa, m, am, g, wb, t0, t1, p);  // whole lane groups, same bits
 #endif
     for (; t < t1; ++t) {

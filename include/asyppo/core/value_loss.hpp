@@ -158,7 +158,7 @@ struct value_reducer {
     index_t t = t0;
     if constexpr (EV)
       for (; t < t1 && acc.n == 0; ++t) one(t);  // the first valid token sets the shifts
-#if !defined(__CUDA_ARCH__)
+#if defined(ASYPPO_SIMD_SSE2)  // host x86-64, not nvcc
     t = value_span_simd<EV>(acc, px, pr, po, m, g, wb, clip, t, t1);  // whole lane groups, same bits
 #endif
     for (; t < t1; ++t) one(t);

@@ -44,18 +44,17 @@ using L = avx2_lanes;
 #endif
 #endif
 
+#if defined(ASYPPO_SIMD_SSE2)  // else the reducers use their scalar code only
 /// policy_reducer's span on SIMD lanes; returns the first token not processed.
 template <class T>
 inline index_t policy_span_simd(policy_acc& acc, const T* pl, const T* po, const T* pa, const std::uint8_t* m,
                                 const std::uint8_t* am, T* g, double wb, index_t t0, index_t t1,
                                 const surrogate_params& p) {
-  [[maybe_unused]] const int width = simd_width();
+  const int width = simd_width();
 #if defined(ASYPPO_SIMD_AVX2)
   if (width >= 4) return avx2_kernels::policy_span(acc, pl, po, pa, m, am, g, wb, t0, t1, p);
 #endif
-#if defined(ASYPPO_SIMD_SSE2)
   if (width >= 2) return sse2_kernels::policy_span(acc, pl, po, pa, m, am, g, wb, t0, t1, p);
-#endif
   return t0;
 }
 
@@ -65,15 +64,13 @@ inline index_t actor_span_simd(policy_acc& pg, entropy_acc& ent, kl_acc& kl, con
                                const T* ph, const T* pr, const std::uint8_t* m, const std::uint8_t* am,
                                const std::uint8_t* em, T* gl, T* gh, double wb, double beta, double kappa, index_t t0,
                                index_t t1, const surrogate_params& sp, const kl_params& kp) {
-  [[maybe_unused]] const int width = simd_width();
+  const int width = simd_width();
 #if defined(ASYPPO_SIMD_AVX2)
   if (width >= 4)
     return avx2_kernels::actor_span(pg, ent, kl, pl, po, pa, ph, pr, m, am, em, gl, gh, wb, beta, kappa, t0, t1, sp, kp);
 #endif
-#if defined(ASYPPO_SIMD_SSE2)
   if (width >= 2)
     return sse2_kernels::actor_span(pg, ent, kl, pl, po, pa, ph, pr, m, am, em, gl, gh, wb, beta, kappa, t0, t1, sp, kp);
-#endif
   return t0;
 }
 
@@ -81,14 +78,13 @@ inline index_t actor_span_simd(policy_acc& pg, entropy_acc& ent, kl_acc& kl, con
 template <bool EV, class T>
 inline index_t value_span_simd(value_acc& acc, const T* px, const T* pr, const T* po, const std::uint8_t* m, T* g,
                                double wb, double clip, index_t t0, index_t t1) {
-  [[maybe_unused]] const int width = simd_width();
+  const int width = simd_width();
 #if defined(ASYPPO_SIMD_AVX2)
   if (width >= 4) return avx2_kernels::value_span<EV>(acc, px, pr, po, m, g, wb, clip, t0, t1);
 #endif
-#if defined(ASYPPO_SIMD_SSE2)
   if (width >= 2) return sse2_kernels::value_span<EV>(acc, px, pr, po, m, g, wb, clip, t0, t1);
-#endif
   return t0;
 }
+#endif
 
 }  // namespace asyppo::detail
