@@ -3,7 +3,8 @@
 //
 // exp_ratio against long double expl (error below 1.5 ulp over the whole table range and in the
 // ratio range, the libm fallback outside it). Then policy_loss, actor_objective (every KL estimator,
-// clamp on/off, straight-through, with/without entropy, masks and gradients) and value_loss (clip
+// clamp on/off, straight-through, with/without entropy, masks and gradients), kl_loss (every
+// estimator, clamp on/off) and value_loss (clip
 // on/off, explained variance on/off, shards) on contiguous inputs at every SIMD width the CPU has
 // (set_simd_limit 1, 2, 4) against the same call on strided copies (inner stride 2: the reducers'
 // per-element add(), no SIMD): losses, metrics and gradients equal bit for bit. Rows have odd
@@ -252,6 +253,44 @@ TEMPLATE_TEST_CASE("actor_objective: every SIMD width == the per-element path, b
         detail::set_simd_limit(4);
       }
   REQUIRE(cases == 6 * 2 * 4 * 3);
+}
+
+TEMPLATE_TEST_CASE("kl_loss: every SIMD width == the per-element path, bit for bit", "[simd][kl]", float, double) {
+  using T = TestType;
+  width_guard guard;
+  const index_t B = 19, Tn = 59, BT = B * Tn;
+  const batch d = make_batch(41, B, Tn, 0.5);
+  const T nan = std::numeric_limits<T>::quiet_NaN();
+  std::vector<T> lp = as<T>(d.lp), ref = as<T>(d.ref);
+  for (std::size_t i = 0; i < ref.size(); i += 5) ref[i] = static_cast<T>(ref[i] + (i % 2 ? 30.0 : -30.0));  // beyond k3's clamps
+  const std::vector<T> lp2 = spread(lp, nan), ref2 = spread(ref, nan);
+  const std::vector<std::uint8_t> m2 = spread(d.m, std::uint8_t{1});
+  auto st = [&](const T* p) { return token_view<const T>::strided(p, {B, Tn}, {2 * Tn, 2}); };
+  const cpu_backend be(2);
+  for (const char* est : {"k1", "abs", "k2", "k3", "k3+", "abs+"})
+    for (bool clamp : {true, false}) {
+      kl_loss_options o;
+      o.kl = parse_kl_estimator(est);
+      o.kl.clamp = clamp;
+      o.coef = 0.3;
+      o.check_finite = false;
+      std::vector<T> g2(static_cast<std::size_t>(2 * BT), T(9));
+      const auto want = kl_loss(be, st(lp2.data()), st(ref2.data()), mask_view::strided(m2.data(), {B, Tn}, {2 * Tn, 2}),
+                                token_view<T>::strided(g2.data(), {B, Tn}, {2 * Tn, 2}), o);
+      for (int w : widths()) {
+        detail::set_simd_limit(w);
+        std::vector<T> g(static_cast<std::size_t>(BT), T(9));
+        const auto r = kl_loss(be, token_view<const T>(lp.data(), B, Tn), token_view<const T>(ref.data(), B, Tn),
+                               mask_view(d.m.data(), B, Tn), token_view<T>(g.data(), B, Tn), o);
+        INFO("width " << w << " estimator " << est << " clamp " << clamp);
+        REQUIRE(same_bits(r.loss, want.loss));
+        REQUIRE(same_bits(r.kl, want.kl));
+        REQUIRE(same_bits(r.metrics.kl_sum, want.metrics.kl_sum));
+        REQUIRE(r.metrics.valid_tokens == want.metrics.valid_tokens);
+        REQUIRE(same_bits(g, gather(g2)));
+      }
+      detail::set_simd_limit(4);
+    }
 }
 
 TEMPLATE_TEST_CASE("value_loss: every SIMD width == the per-element path, bit for bit", "[simd][value]", float, double) {

@@ -28,11 +28,11 @@
 #include <string_view>
 
 #include "asyppo/core/aggregation.hpp"
-#include "asyppo/core/exp.hpp"
+#include "asyppo/core/kl_token.hpp"
+#include "asyppo/core/simd/loss_kernels.hpp"
 
 namespace asyppo {
 
-enum class kl_estimator { k1, abs, k2, k3 };
 
 struct kl_options {
   kl_estimator estimator = kl_estimator::k3;  ///< verl low_var_kl (GRPO's estimator)
@@ -87,39 +87,6 @@ struct kl_loss_result {
 
 namespace detail {
 
-struct kl_params {
-  kl_estimator estimator;
-  bool straight_through, clamp;
-};
-
-struct kl_value {
-  double value, ddelta;
-};
-
-ASYPPO_INLINE kl_value kl_token(double delta, const kl_params& p) {
-  kl_value r{0.0, 0.0};
-  switch (p.estimator) {
-    case kl_estimator::k1: r = {delta, 1.0}; break;
-    case kl_estimator::abs:  // fabs and selects: the sign of delta is random, a branch would mispredict
-      r = {fabs(delta), static_cast<double>(delta > 0) - static_cast<double>(delta < 0)};
-      break;
-    case kl_estimator::k2: r = {0.5 * delta * delta, delta}; break;
-    case kl_estimator::k3: {  // selects, not branches
-      const double x0 = -delta;
-      const bool inside = (!p.clamp) | ((x0 >= -20.0) & (x0 <= 20.0));
-      const double x = p.clamp ? (x0 > 20.0 ? 20.0 : (x0 < -20.0 ? -20.0 : x0)) : x0;
-      const double e = exp_ratio(x);
-      const double v = e - x - 1.0;
-      const bool capped = p.clamp & ((v > 10.0) | (v < -10.0));
-      r.value = capped ? (v > 10.0 ? 10.0 : -10.0) : v;
-      r.ddelta = (capped | !inside) ? 0.0 : 1.0 - e;
-      break;
-    }
-  }
-  if (p.straight_through) r.ddelta = delta;
-  return r;
-}
-
 template <class T>
 struct kl_values_kernel {
   token_view<const T> logp, ref;
@@ -130,11 +97,6 @@ struct kl_values_kernel {
     out(b, t) = mask(b, t) ? static_cast<T>(kl_token(static_cast<double>(logp(b, t)) - static_cast<double>(ref(b, t)), p).value)
                            : T(0);
   }
-};
-
-struct kl_acc {
-  double agg, sum;
-  std::int64_t valid;
 };
 
 template <class T>
@@ -158,6 +120,15 @@ struct kl_reducer {
       g = coef * w[b] * k.ddelta;
     }
     if (grad.data) grad(b, t) = static_cast<T>(g);
+  }
+  /// add() over [t0, t1) on contiguous rows: SIMD lanes for whole lane groups, then add() (same bits).
+  ASYPPO_HD void add_span(kl_acc& acc, index_t b, index_t t0, index_t t1) const {
+    index_t t = t0;
+#if defined(ASYPPO_SIMD_SSE2)  // host x86-64, not nvcc
+    if (unit_inner_stride(logp) && unit_inner_stride(ref) && unit_inner_stride(mask) && unit_inner_stride(grad))
+      t = kl_span_simd(acc, &logp(b, 0), &ref(b, 0), &mask(b, 0), grad.data ? &grad(b, 0) : nullptr, w[b], coef, t0, t1, p);
+#endif
+    for (; t < t1; ++t) add(acc, b, t);
   }
   ASYPPO_HD kl_acc combine(const kl_acc& a, const kl_acc& b) const { return {a.agg + b.agg, a.sum + b.sum, a.valid + b.valid}; }
 };

@@ -1,8 +1,8 @@
-// asyppo/core/simd/loss_kernels.hpp: the contiguous fast paths of policy_loss, actor_objective and
-// value_loss on
+// asyppo/core/simd/loss_kernels.hpp: the contiguous fast paths of policy_loss, actor_objective,
+// kl_loss and value_loss on
 // the widest SIMD lanes the CPU has (core/simd/lanes.hpp), chosen at run time.
 //
-// policy_span_simd, actor_span_simd and value_span_simd process whole lane groups of one row's span [t0, t1) and
+// policy_span_simd, actor_span_simd, kl_span_simd and value_span_simd process whole lane groups of one row's span [t0, t1) and
 // return the first token they did not process (t0 when no SIMD width is available); the reducers
 // finish the span with their scalar per-token code. The values, sums and counts are bit-identical to
 // the scalar code's for every width (core/simd/loss_kernels.inc), so results do not depend on the
@@ -12,7 +12,7 @@
 #include <cstdint>
 
 #include "asyppo/core/entropy.hpp"
-#include "asyppo/core/kl.hpp"
+#include "asyppo/core/kl_token.hpp"
 #include "asyppo/core/simd/lanes.hpp"
 #include "asyppo/core/surrogate.hpp"
 #include "asyppo/core/value_acc.hpp"
@@ -71,6 +71,18 @@ inline index_t actor_span_simd(policy_acc& pg, entropy_acc& ent, kl_acc& kl, con
 #endif
   if (width >= 2)
     return sse2_kernels::actor_span(pg, ent, kl, pl, po, pa, ph, pr, m, am, em, gl, gh, wb, beta, kappa, t0, t1, sp, kp);
+  return t0;
+}
+
+/// kl_reducer's span on SIMD lanes; returns the first token not processed.
+template <class T>
+inline index_t kl_span_simd(kl_acc& acc, const T* pl, const T* pr, const std::uint8_t* m, T* g, double wb, double coef,
+                            index_t t0, index_t t1, const kl_params& p) {
+  const int width = simd_width();
+#if defined(ASYPPO_SIMD_AVX2)
+  if (width >= 4) return avx2_kernels::kl_span(acc, pl, pr, m, g, wb, coef, t0, t1, p);
+#endif
+  if (width >= 2) return sse2_kernels::kl_span(acc, pl, pr, m, g, wb, coef, t0, t1, p);
   return t0;
 }
 
