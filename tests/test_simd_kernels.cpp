@@ -4,8 +4,9 @@
 // exp_ratio against long double expl (error below 1.5 ulp over the whole table range and in the
 // ratio range, the libm fallback outside it). Then policy_loss, actor_objective (every KL estimator,
 // clamp on/off, straight-through, with/without entropy, masks and gradients), kl_loss (every
-// estimator, clamp on/off) and value_loss (clip
-// on/off, explained variance on/off, shards) on contiguous inputs at every SIMD width the CPU has
+// estimator, clamp on/off), value_loss (clip
+// on/off, explained variance on/off, shards) and the advantage step's summary moments (K = 1, 2, 3,
+// I^A applied or not) on contiguous inputs at every SIMD width the CPU has
 // (set_simd_limit 1, 2, 4) against the same call on strided copies (inner stride 2: the reducers'
 // per-element add(), no SIMD): losses, metrics and gradients equal bit for bit. Rows have odd
 // lengths (scalar tails), holes, empty and full rows; masked positions hold NaN, which must not leak.
@@ -16,6 +17,7 @@
 #include <cstring>
 #include <limits>
 #include <random>
+#include <type_traits>
 #include <vector>
 
 #include "asyppo/asyppo.hpp"
@@ -351,6 +353,64 @@ TEMPLATE_TEST_CASE("value_loss: every SIMD width == the per-element path, bit fo
           }
           detail::set_simd_limit(4);
         }
+}
+
+TEMPLATE_TEST_CASE("advantage step summary moments: every SIMD width == the per-element path, bit for bit",
+                   "[simd][advantage]", float, double) {
+  using T = TestType;
+  width_guard guard;
+  const index_t B = 24, Tn = 61, BT = B * Tn;
+  const batch d = make_batch(53, B, Tn, 0.5);
+  std::vector<std::int64_t> ids;
+  for (index_t b = 0; b < B; ++b) ids.push_back(b / 4);
+  std::vector<T> r(static_cast<std::size_t>(BT), T(0));
+  for (index_t i = 0; i < BT; ++i)
+    if (d.m[static_cast<std::size_t>(i)] && i % 13 == 0) r[static_cast<std::size_t>(i)] = static_cast<T>(d.R[static_cast<std::size_t>(i)]);
+  auto tv = [&](auto* p) { return view<std::remove_pointer_t<decltype(p)>, 2>::strided(p, {B, Tn}, {2 * Tn, 2}); };
+  const cpu_backend be(2);
+  for (index_t K : {1, 2, 3})
+    for (bool mask_adv : {true, false})
+      for (bool whiten : {false, true}) {
+        std::vector<T> V;
+        for (index_t k = 0; k < K; ++k)
+          for (index_t i = 0; i < BT; ++i) V.push_back(static_cast<T>(d.m[static_cast<std::size_t>(i)] ? 0.3 * k + d.A[static_cast<std::size_t>(i)] : 0.0));
+        const std::vector<T> V2 = spread(V, T(7)), r2 = spread(r, T(7));
+        const std::vector<std::uint8_t> m2 = spread(d.m, std::uint8_t{1});
+        advantage_config cfg;
+        cfg.mask_advantages = mask_adv;
+        cfg.whiten_advantages = whiten;
+        cfg.lambda_actor = 0.95;
+        cfg.critics = K;
+        std::vector<T> A2(static_cast<std::size_t>(2 * BT), T(9)), R2(A2);
+        std::vector<std::uint8_t> am2(static_cast<std::size_t>(2 * BT), 5), em2(am2);
+        const auto want = advantage_step(
+            be,
+            advantage_inputs<T>{critic_view<const T>::strided(V2.data(), {K, B, Tn}, {2 * BT, 2 * Tn, 2}), tv(r2.data()), tv(m2.data()),
+                                {ids.data(), B}},
+            advantage_outputs<T>{tv(A2.data()), tv(R2.data()), tv(am2.data()), tv(em2.data()), {}, {}}, cfg);
+        REQUIRE(want.adv_masked > 0);
+        for (int w : widths()) {
+          detail::set_simd_limit(w);
+          std::vector<T> A(static_cast<std::size_t>(BT), T(9)), R(A);
+          std::vector<std::uint8_t> am(static_cast<std::size_t>(BT), 5), em(am);
+          const auto s1 = advantage_step(be,
+                                         advantage_inputs<T>{{V.data(), K, B, Tn}, {r.data(), B, Tn}, {d.m.data(), B, Tn}, {ids.data(), B}},
+                                         advantage_outputs<T>{{A.data(), B, Tn}, {R.data(), B, Tn}, {am.data(), B, Tn}, {em.data(), B, Tn}, {}, {}},
+                                         cfg);
+          INFO("width " << w << " K " << K << " mask_advantages " << mask_adv << " whiten " << whiten);
+          REQUIRE(same_bits(s1.advantage_mean, want.advantage_mean));
+          REQUIRE(same_bits(s1.advantage_std, want.advantage_std));
+          REQUIRE(same_bits(s1.return_mean, want.return_mean));
+          REQUIRE(same_bits(s1.return_std, want.return_std));
+          REQUIRE(s1.explained_variance.size() == static_cast<std::size_t>(K));
+          for (index_t k = 0; k < K; ++k)
+            REQUIRE(same_bits(s1.explained_variance[static_cast<std::size_t>(k)], want.explained_variance[static_cast<std::size_t>(k)]));
+          REQUIRE(same_bits(A, gather(A2)));
+          REQUIRE(same_bits(R, gather(R2)));
+          REQUIRE(am == gather(am2));
+        }
+        detail::set_simd_limit(4);
+      }
 }
 
 TEST_CASE("simd width: detection and limit", "[simd]") {

@@ -16,7 +16,7 @@
 // One fused pass: a single reduce whose add() evaluates all three terms at token i and writes both
 // gradients at position i only (every i is visited exactly once). Double accumulation; the CPU
 // backend's results are bit-identical for any thread count, and for any SIMD width (contiguous rows
-// run on SIMD lanes on x86-64: core/simd/loss_kernels.inc).
+// run on SIMD lanes on x86-64: core/simd/token_kernels.inc).
 #pragma once
 
 #include <cmath>

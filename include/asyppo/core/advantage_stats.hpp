@@ -14,6 +14,8 @@
 
 #include "asyppo/backend/patterns.hpp"
 #include "asyppo/comm/communicator.hpp"
+#include "asyppo/core/simd/token_kernels.hpp"
+#include "asyppo/core/validate.hpp"
 #include "asyppo/views.hpp"
 
 namespace asyppo::detail {
@@ -64,6 +66,23 @@ struct summary_reducer {
       a.s1[j] += d;
       a.s2[j] += d * d;
     }
+  }
+  /// add() over [t0, t1): with NC = 1 or 2 on contiguous rows, the series of a token in one SIMD
+  /// vector (core/simd/token_kernels.inc; the same bits), else add() per token.
+  ASYPPO_HD void add_span(value_type& a, index_t b, index_t t0, index_t t1) const {
+    index_t t = t0;
+#if defined(ASYPPO_SIMD_SSE2)  // host x86-64, not nvcc
+    if constexpr (NC == 1 || NC == 2) {
+      const bool unit = unit_inner_stride(values) && unit_inner_stride(adv) && unit_inner_stride(ret) &&
+                        unit_inner_stride(mask) && (!apply_mask || unit_inner_stride(adv_mask));
+      for (; t < t1 && a.n == 0; ++t) add(a, b, t);  // the first valid token sets the shifts
+      if (unit && t < t1)
+        t = summary_span_simd<NC>(a.n, a.shift, a.s1, a.s2, &adv(b, 0), &ret(b, 0), &values(first_critic, b, 0),
+                                  NC == 2 ? &values(first_critic + 1, b, 0) : nullptr, &mask(b, 0),
+                                  apply_mask ? &adv_mask(b, 0) : nullptr, t, t1);
+    }
+#endif
+    for (; t < t1; ++t) add(a, b, t);
   }
   ASYPPO_HD value_type combine(const value_type& a, const value_type& b) const {
     if (a.n == 0) return b;

@@ -10,7 +10,7 @@
 //
 // Why not std::exp: the policy loss, the actor objective and the k3 KL need one or two per token; a
 // call into libm blocks vectorisation and spills every live register around it. The SIMD kernels of
-// core/simd/loss_kernels.inc compute the same operations on 2 or 4 lanes and get exactly the bits of
+// core/simd/token_kernels.inc compute the same operations on 2 or 4 lanes and get exactly the bits of
 // exp_ratio, so the contiguous fast paths and the generic per-element paths agree bit for bit, and
 // results do not depend on the C library. On a CUDA device exp_ratio is CUDA's exp (device results are
 // not bit-identical to the host's anyway, docs/architecture.md "Determinism contract").

@@ -29,7 +29,7 @@
 
 #include "asyppo/core/aggregation.hpp"
 #include "asyppo/core/kl_token.hpp"
-#include "asyppo/core/simd/loss_kernels.hpp"
+#include "asyppo/core/simd/token_kernels.hpp"
 
 namespace asyppo {
 

@@ -1,6 +1,6 @@
 // asyppo/core/kl_token.hpp: the KL estimators of one token (docs/algorithm.md, Eq. L4; the header of
 // core/kl.hpp states them, their clamps and the straight-through variants), shared by kl_loss,
-// kl_values and actor_objective; core/simd/loss_kernels.inc computes the same values on SIMD lanes.
+// kl_values and actor_objective; core/simd/token_kernels.inc computes the same values on SIMD lanes.
 #pragma once
 
 #include <cmath>

@@ -34,7 +34,7 @@
 // thread, whatever the tiling. Before it: validation, an optional finiteness pass and the row
 // weight pass of core/aggregation.hpp. Everything is computed in double; the CPU backend's
 // results are bit-identical for any thread count. On x86-64 contiguous rows run on SIMD lanes
-// (core/simd/loss_kernels.inc), with the same bits as the per-token code; rho uses exp_ratio
+// (core/simd/token_kernels.inc), with the same bits as the per-token code; rho uses exp_ratio
 // (core/exp.hpp), within 1.5 ulp of exp.
 // Extremes: with the clamp on, any log-ratio gives a finite loss. With the clamp off (C = 0), a
 // ratio that overflows to +inf gives l = +inf where A < 0 and no dual clip (A > 0 is clipped and
@@ -46,7 +46,7 @@
 #include <limits>
 
 #include "asyppo/core/aggregation.hpp"
-#include "asyppo/core/simd/loss_kernels.hpp"
+#include "asyppo/core/simd/token_kernels.hpp"
 #include "asyppo/core/surrogate.hpp"
 
 namespace asyppo {

@@ -4,7 +4,7 @@
 //
 // clamp_log_ratio clamps delta = logp - old_logp to [-C, C]; surrogate_of_ratio gives l and dl/dlogp
 // from rho = exp_ratio(clamped delta) (core/exp.hpp), branch-free; policy_token adds one valid token
-// into the running sums and counts of a reduce. core/simd/loss_kernels.inc computes the same values
+// into the running sums and counts of a reduce. core/simd/token_kernels.inc computes the same values
 // on SIMD lanes, bit for bit.
 #pragma once
 

@@ -34,7 +34,7 @@
 
 #include "asyppo/core/aggregation.hpp"
 #include "asyppo/core/bit_select.hpp"
-#include "asyppo/core/simd/loss_kernels.hpp"
+#include "asyppo/core/simd/token_kernels.hpp"
 #include "asyppo/core/value_acc.hpp"
 
 namespace asyppo {

@@ -7,7 +7,7 @@
 // IEEE add/sub/mul, min/max that are exactly the scalar selects `a < b ? a : b` / `a > b ? a : b`,
 // compares, bit selects, and sum_into, which adds the lanes into a double one after another in token
 // order. Every operation is the lane-wise image of one scalar operation, so a kernel written with
-// them (core/simd/loss_kernels.inc) gives the bits of the scalar per-token code on every width. No
+// them (core/simd/token_kernels.inc) gives the bits of the scalar per-token code on every width. No
 // FMA is enabled: a fused multiply-add would round differently from the scalar code.
 //
 // simd_width() is the widest kind the CPU supports (4, 2, or 1 = scalar), capped by
@@ -122,6 +122,7 @@ struct avx2_lanes {
   static vd ones() { return _mm256_castsi256_pd(_mm256_set1_epi64x(-1)); }
   static vd load(const float* p) { return _mm256_cvtps_pd(_mm_loadu_ps(p)); }
   static vd load(const double* p) { return _mm256_loadu_pd(p); }
+  static vd set4(double x3, double x2, double x1, double x0) { return _mm256_set_pd(x3, x2, x1, x0); }
   static void store(float* p, vd x) { _mm_storeu_ps(p, _mm256_cvtpd_ps(x)); }
   static void store(double* p, vd x) { _mm256_storeu_pd(p, x); }
   static vd mask(const std::uint8_t* m) {

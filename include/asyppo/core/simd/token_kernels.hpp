@@ -1,11 +1,11 @@
-// asyppo/core/simd/loss_kernels.hpp: the contiguous fast paths of policy_loss, actor_objective,
-// kl_loss and value_loss on
+// asyppo/core/simd/token_kernels.hpp: the contiguous fast paths of policy_loss, actor_objective,
+// kl_loss, value_loss and the advantage step's summary moments on
 // the widest SIMD lanes the CPU has (core/simd/lanes.hpp), chosen at run time.
 //
-// policy_span_simd, actor_span_simd, kl_span_simd and value_span_simd process whole lane groups of one row's span [t0, t1) and
+// policy_span_simd, actor_span_simd, kl_span_simd, value_span_simd and summary_span_simd process whole lane groups of one row's span [t0, t1) and
 // return the first token they did not process (t0 when no SIMD width is available); the reducers
 // finish the span with their scalar per-token code. The values, sums and counts are bit-identical to
-// the scalar code's for every width (core/simd/loss_kernels.inc), so results do not depend on the
+// the scalar code's for every width (core/simd/token_kernels.inc), so results do not depend on the
 // CPU, the width limit or the thread count.
 #pragma once
 
@@ -22,7 +22,7 @@ namespace asyppo::detail {
 #if defined(ASYPPO_SIMD_SSE2)
 namespace sse2_kernels {
 using L = sse2_lanes;
-#include "asyppo/core/simd/loss_kernels.inc"
+#include "asyppo/core/simd/token_kernels.inc"
 }  // namespace sse2_kernels
 #endif
 
@@ -35,7 +35,7 @@ using L = sse2_lanes;
 #endif
 namespace avx2_kernels {
 using L = avx2_lanes;
-#include "asyppo/core/simd/loss_kernels.inc"
+#include "asyppo/core/simd/token_kernels.inc"
 }  // namespace avx2_kernels
 #if defined(__clang__)
 #pragma clang attribute pop
@@ -83,6 +83,16 @@ inline index_t kl_span_simd(kl_acc& acc, const T* pl, const T* pr, const std::ui
   if (width >= 4) return avx2_kernels::kl_span(acc, pl, pr, m, g, wb, coef, t0, t1, p);
 #endif
   if (width >= 2) return sse2_kernels::kl_span(acc, pl, pr, m, g, wb, coef, t0, t1, p);
+  return t0;
+}
+
+/// summary_reducer's span on four lanes (series in lanes; needs n > 0); returns the first token not processed.
+template <int NC, class T>
+inline index_t summary_span_simd(double& n, double* shift, double* s1, double* s2, T* pa, const T* pr, const T* pv0,
+                                 const T* pv1, const std::uint8_t* m, const std::uint8_t* am, index_t t0, index_t t1) {
+#if defined(ASYPPO_SIMD_AVX2)
+  if (simd_width() >= 4) return avx2_kernels::summary_span<NC>(n, shift, s1, s2, pa, pr, pv0, pv1, m, am, t0, t1);
+#endif
   return t0;
 }
 
