@@ -1,5 +1,5 @@
 // asyppo/core/simd/lanes.hpp: SIMD lanes of doubles for the contiguous fast paths of the per-token
-// losses, and the choice of width at run time.
+// code (the losses, the advantage step's summary moments), and the choice of width at run time.
 //
 // sse2_lanes (2 doubles, every x86-64 host) and avx2_lanes (4 doubles, compiled for AVX2 with a target
 // pragma and used only where the CPU reports AVX2) give the same small vocabulary: loads that widen
@@ -17,6 +17,7 @@
 
 #include <atomic>
 #include <cstdint>
+#include <cstring>
 
 #include "asyppo/core/exp.hpp"
 
@@ -122,6 +123,7 @@ struct avx2_lanes {
   static vd ones() { return _mm256_castsi256_pd(_mm256_set1_epi64x(-1)); }
   static vd load(const float* p) { return _mm256_cvtps_pd(_mm_loadu_ps(p)); }
   static vd load(const double* p) { return _mm256_loadu_pd(p); }
+  /// Lanes {x0, x1, x2, x3} (four-lane kinds only).
   static vd set4(double x3, double x2, double x1, double x0) { return _mm256_set_pd(x3, x2, x1, x0); }
   static void store(float* p, vd x) { _mm_storeu_ps(p, _mm256_cvtpd_ps(x)); }
   static void store(double* p, vd x) { _mm256_storeu_pd(p, x); }
