@@ -5,8 +5,9 @@
 // product k * ln2hi/64 is exact because ln2hi keeps 34 significant bits and |k| < 2^17), so
 // |r| <= ln2/128. e^r - 1 is its degree-5 Taylor polynomial (truncation below 3.5e-17, a sixth of an
 // ulp of 1), 2^(i/64) comes from a table of correctly rounded doubles (i = k mod 64), and
-// 2^((k - i)/64) is added to the exponent bits. Error: below 1.5 ulp (tests/test_simd_kernels.cpp measures it
-// against long double). Outside |x| <= 708 (overflow, subnormal results, NaN) it returns std::exp(x).
+// 2^((k - i)/64) is added to the exponent bits. Error: below 1.5 ulp (tests/test_simd_kernels.cpp
+// measures it against long double). Outside |x| <= 708 (overflow, subnormal results, NaN) it returns
+// std::exp(x).
 //
 // Why not std::exp: the policy loss, the actor objective and the k3 KL need one or two per token; a
 // call into libm blocks vectorisation and spills every live register around it. The SIMD kernels of
@@ -21,7 +22,6 @@
 #include <cstring>
 
 #include "asyppo/config.hpp"
-
 
 namespace asyppo::detail {
 
@@ -84,6 +84,5 @@ ASYPPO_INLINE double exp_ratio(double x) {
   return exp_scale(kbits, p);
 #endif
 }
-
 
 }  // namespace asyppo::detail

@@ -8,7 +8,11 @@
 // compares, bit selects, and sum_into, which adds the lanes into a double one after another in token
 // order. Every operation is the lane-wise image of one scalar operation, so a kernel written with
 // them (core/simd/token_kernels.inc) gives the bits of the scalar per-token code on every width. No
-// FMA is enabled: a fused multiply-add would round differently from the scalar code.
+// FMA is enabled: a fused multiply-add would round differently from the scalar code. The same holds
+// for the scalar code itself: compiled for a target with FMA (-march=haswell or later) under GCC's
+// default -ffp-contract=fast, the compiler may fuse its multiply-adds, and the scalar tails and
+// per-element paths can then differ from the lanes in the last bit; add -ffp-contract=off there to
+// keep the guarantee (the project's own builds target the x86-64 baseline, which has no FMA).
 //
 // simd_width() is the widest kind the CPU supports (4, 2, or 1 = scalar), capped by
 // set_simd_limit(), which tests and benchmarks use to run every width in one process.
