@@ -23,6 +23,7 @@
 #include "asyppo/asyppo.hpp"
 #include "exact_ops.hpp"
 #include "pattern_checks.hpp"
+#include "strided_copy.hpp"
 #include "tiled_backend.hpp"
 
 using namespace asyppo;
@@ -142,20 +143,6 @@ TEST_CASE("row ends: last valid token + 1, 0 for empty rows, any stride", "[ragg
 }
 
 namespace {
-
-// Copies [rows, cols] row-major data into every other element of a buffer (inner stride 2).
-template <class T>
-std::vector<T> spread(const std::vector<T>& x) {
-  std::vector<T> y(2 * x.size(), T(77));
-  for (std::size_t i = 0; i < x.size(); ++i) y[2 * i] = x[i];
-  return y;
-}
-template <class T>
-std::vector<T> gather(const std::vector<T>& y) {
-  std::vector<T> x(y.size() / 2);
-  for (std::size_t i = 0; i < x.size(); ++i) x[i] = y[2 * i];
-  return x;
-}
 
 struct rollout {
   index_t K, B, Tn;

@@ -21,8 +21,11 @@
 #include <vector>
 
 #include "asyppo/asyppo.hpp"
+#include "strided_copy.hpp"
 
 using namespace asyppo;
+using asyppo_test::gather;
+using asyppo_test::spread;
 
 namespace {
 
@@ -38,20 +41,6 @@ bool same_bits(const std::vector<T>& a, const std::vector<T>& b) {
 }
 
 bool same_bits(double a, double b) { return std::memcmp(&a, &b, sizeof a) == 0; }
-
-// Every other element of y holds x (inner stride 2); the others hold a marker.
-template <class T>
-std::vector<T> spread(const std::vector<T>& x, T marker) {
-  std::vector<T> y(2 * x.size(), marker);
-  for (std::size_t i = 0; i < x.size(); ++i) y[2 * i] = x[i];
-  return y;
-}
-template <class T>
-std::vector<T> gather(const std::vector<T>& y) {
-  std::vector<T> x(y.size() / 2);
-  for (std::size_t i = 0; i < x.size(); ++i) x[i] = y[2 * i];
-  return x;
-}
 
 // Ragged rows of odd and even lengths (some empty, some full), holes; NaN at masked positions.
 struct batch {

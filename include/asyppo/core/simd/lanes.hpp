@@ -31,6 +31,15 @@
 #if defined(__GNUC__)  // GCC and Clang: AVX2 code behind a target pragma, chosen at run time
 #define ASYPPO_SIMD_AVX2 1
 #include <immintrin.h>
+// Functions defined between these two are compiled for AVX2 (here and in token_kernels.hpp).
+#if defined(__clang__)
+#define ASYPPO_BEGIN_AVX2_CODE \
+  _Pragma("clang attribute push(__attribute__((target(\"avx2\"))), apply_to = function)")
+#define ASYPPO_END_AVX2_CODE _Pragma("clang attribute pop")
+#else
+#define ASYPPO_BEGIN_AVX2_CODE _Pragma("GCC push_options") _Pragma("GCC target(\"avx2\")")
+#define ASYPPO_END_AVX2_CODE _Pragma("GCC pop_options")
+#endif
 #endif
 #endif
 
@@ -113,12 +122,7 @@ struct sse2_lanes {
 #endif
 
 #if defined(ASYPPO_SIMD_AVX2)
-#if defined(__clang__)
-#pragma clang attribute push(__attribute__((target("avx2"))), apply_to = function)
-#else
-#pragma GCC push_options
-#pragma GCC target("avx2")
-#endif
+ASYPPO_BEGIN_AVX2_CODE
 struct avx2_lanes {
   using vd = __m256d;
   static constexpr int width = 4;
@@ -177,11 +181,7 @@ struct avx2_lanes {
     return _mm256_castsi256_pd(_mm256_add_epi64(_mm256_castpd_si256(y), _mm256_slli_epi64(_mm256_sub_epi64(k, i), 46)));
   }
 };
-#if defined(__clang__)
-#pragma clang attribute pop
-#else
-#pragma GCC pop_options
-#endif
+ASYPPO_END_AVX2_CODE
 #endif
 
 }  // namespace asyppo::detail

@@ -27,21 +27,12 @@ using L = sse2_lanes;
 #endif
 
 #if defined(ASYPPO_SIMD_AVX2)
-#if defined(__clang__)
-#pragma clang attribute push(__attribute__((target("avx2"))), apply_to = function)
-#else
-#pragma GCC push_options
-#pragma GCC target("avx2")
-#endif
+ASYPPO_BEGIN_AVX2_CODE
 namespace avx2_kernels {
 using L = avx2_lanes;
 #include "asyppo/core/simd/token_kernels.inc"
 }  // namespace avx2_kernels
-#if defined(__clang__)
-#pragma clang attribute pop
-#else
-#pragma GCC pop_options
-#endif
+ASYPPO_END_AVX2_CODE
 #endif
 
 #if defined(ASYPPO_SIMD_SSE2)  // else the reducers use their scalar code only
