@@ -357,12 +357,19 @@ TEMPLATE_TEST_CASE("advantage step summary moments: every SIMD width == the per-
     if (d.m[static_cast<std::size_t>(i)] && i % 13 == 0) r[static_cast<std::size_t>(i)] = static_cast<T>(d.R[static_cast<std::size_t>(i)]);
   auto tv = [&](auto* p) { return view<std::remove_pointer_t<decltype(p)>, 2>::strided(p, {B, Tn}, {2 * Tn, 2}); };
   const cpu_backend be(2);
+  // variant 0: batch scope; 1: sigma with many ties (ranked ties: masks written before the scan) and
+  // the std output; 2: sequence scope, step semantics, gamma < 1.
+  for (int variant : {0, 1, 2})
   for (index_t K : {1, 2, 3})
     for (bool mask_adv : {true, false})
       for (bool whiten : {false, true}) {
         std::vector<T> V;
         for (index_t k = 0; k < K; ++k)
-          for (index_t i = 0; i < BT; ++i) V.push_back(static_cast<T>(d.m[static_cast<std::size_t>(i)] ? 0.3 * k + d.A[static_cast<std::size_t>(i)] : 0.0));
+          for (index_t i = 0; i < BT; ++i) {
+            const double a = d.A[static_cast<std::size_t>(i)] * (variant == 1 ? 1.0 + 0.5 * static_cast<double>(k) : 1.0);
+            const double spread_k = 0.3 * static_cast<double>(k) * d.H[static_cast<std::size_t>(i)];  // sigma varies: no ties
+            V.push_back(static_cast<T>(d.m[static_cast<std::size_t>(i)] ? (variant == 1 ? std::round(4 * a) / 4 : spread_k + a) : 0.0));
+          }
         const std::vector<T> V2 = spread(V, T(7)), r2 = spread(r, T(7));
         const std::vector<std::uint8_t> m2 = spread(d.m, std::uint8_t{1});
         advantage_config cfg;
@@ -370,23 +377,26 @@ TEMPLATE_TEST_CASE("advantage step summary moments: every SIMD width == the per-
         cfg.whiten_advantages = whiten;
         cfg.lambda_actor = 0.95;
         cfg.critics = K;
-        std::vector<T> A2(static_cast<std::size_t>(2 * BT), T(9)), R2(A2);
+        if (variant == 2) cfg.scope = mask_scope::sequence, cfg.semantics = gae_mask_semantics::step, cfg.gamma = 0.9;
+        std::vector<T> A2(static_cast<std::size_t>(2 * BT), T(9)), R2(A2), S2(A2);
         std::vector<std::uint8_t> am2(static_cast<std::size_t>(2 * BT), 5), em2(am2);
         const auto want = advantage_step(
             be,
             advantage_inputs<T>{critic_view<const T>::strided(V2.data(), {K, B, Tn}, {2 * BT, 2 * Tn, 2}), tv(r2.data()), tv(m2.data()),
                                 {ids.data(), B}},
-            advantage_outputs<T>{tv(A2.data()), tv(R2.data()), tv(am2.data()), tv(em2.data()), {}, {}}, cfg);
+            advantage_outputs<T>{tv(A2.data()), tv(R2.data()), tv(am2.data()), tv(em2.data()), {}, variant == 1 ? tv(S2.data()) : token_view<T>{}},
+            cfg);
         REQUIRE(want.adv_masked > 0);
         for (int w : widths()) {
           detail::set_simd_limit(w);
-          std::vector<T> A(static_cast<std::size_t>(BT), T(9)), R(A);
+          std::vector<T> A(static_cast<std::size_t>(BT), T(9)), R(A), S(A);
           std::vector<std::uint8_t> am(static_cast<std::size_t>(BT), 5), em(am);
           const auto s1 = advantage_step(be,
                                          advantage_inputs<T>{{V.data(), K, B, Tn}, {r.data(), B, Tn}, {d.m.data(), B, Tn}, {ids.data(), B}},
-                                         advantage_outputs<T>{{A.data(), B, Tn}, {R.data(), B, Tn}, {am.data(), B, Tn}, {em.data(), B, Tn}, {}, {}},
+                                         advantage_outputs<T>{{A.data(), B, Tn}, {R.data(), B, Tn}, {am.data(), B, Tn}, {em.data(), B, Tn}, {},
+                                                              variant == 1 ? token_view<T>{S.data(), B, Tn} : token_view<T>{}},
                                          cfg);
-          INFO("width " << w << " K " << K << " mask_advantages " << mask_adv << " whiten " << whiten);
+          INFO("variant " << variant << " width " << w << " K " << K << " mask_advantages " << mask_adv << " whiten " << whiten);
           REQUIRE(same_bits(s1.advantage_mean, want.advantage_mean));
           REQUIRE(same_bits(s1.advantage_std, want.advantage_std));
           REQUIRE(same_bits(s1.return_mean, want.return_mean));
@@ -397,9 +407,78 @@ TEMPLATE_TEST_CASE("advantage step summary moments: every SIMD width == the per-
           REQUIRE(same_bits(A, gather(A2)));
           REQUIRE(same_bits(R, gather(R2)));
           REQUIRE(am == gather(am2));
+          REQUIRE(em == gather(em2));
+          if (variant == 1) REQUIRE(same_bits(S, gather(S2)));
         }
         detail::set_simd_limit(4);
       }
+}
+
+TEMPLATE_TEST_CASE("gae: four rows per AVX2 vector == the one-row scan, bit for bit", "[simd][gae]", float, double) {
+  // Contiguous rows take the lane scan (core/simd/gae_lanes.hpp) at width 4; strided copies and width 1
+  // take the one-row-at-a-time scan. Every option that changes the per-token code is varied.
+  using T = TestType;
+  width_guard guard;
+  const index_t B = 29, Tn = 67, BT = B * Tn;
+  const batch d = make_batch(71, B, Tn, 0.5);
+  std::vector<T> r(static_cast<std::size_t>(BT), T(0));
+  for (index_t i = 0; i < BT; ++i)
+    if (d.m[static_cast<std::size_t>(i)] && i % 5 == 0) r[static_cast<std::size_t>(i)] = static_cast<T>(d.R[static_cast<std::size_t>(i)]);
+  auto tv = [&](auto* p) { return view<std::remove_pointer_t<decltype(p)>, 2>::strided(p, {B, Tn}, {2 * Tn, 2}); };
+  const std::vector<T> r2 = spread(r, T(7));
+  const std::vector<std::uint8_t> m2 = spread(d.m, std::uint8_t{1});
+  int cases = 0;
+  for (index_t K : {1, 2, 3})
+    for (auto sem : {gae_mask_semantics::skip, gae_mask_semantics::step})
+      for (auto pad : {padding_mode::zero, padding_mode::raw})
+        for (int variant = 0; variant < 3; ++variant) {  // 0: plain, 1: gamma, lambdas < 1 + std out, 2: adaptive lambda, unbiased std
+          std::vector<T> V;
+          for (index_t k = 0; k < K; ++k)
+            for (index_t i = 0; i < BT; ++i)
+              V.push_back(static_cast<T>(d.m[static_cast<std::size_t>(i)] ? 0.3 * static_cast<double>(k) * d.A[static_cast<std::size_t>(i)] + d.V[static_cast<std::size_t>(i)]
+                                                                        : (pad == padding_mode::raw ? 0.25 : d.V[static_cast<std::size_t>(i)])));  // NaN at masked tokens unless raw returns read them
+          const std::vector<T> V2 = spread(V, T(7));
+          gae_options o;
+          o.semantics = sem;
+          o.padding = pad;
+          if (variant >= 1) o.gamma = 0.97, o.lambda_actor = 0.9, o.lambda_critic = 0.95;
+          if (variant == 2) o.adaptive_lambda_alpha = 0.05, o.adaptive_lambda_min = 0.5;
+          const bool with_std = variant >= 1;
+          const std_kind kind = variant == 2 ? std_kind::unbiased : std_kind::population;
+          std::vector<T> A2(static_cast<std::size_t>(2 * BT), T(9)), R2(A2), S2(A2);
+          const token_view<T> none{};
+          gae(cpu_backend(1), critic_view<const T>::strided(V2.data(), {K, B, Tn}, {2 * BT, 2 * Tn, 2}), tv(r2.data()),
+              tv(m2.data()), o, gae_outputs<T>{tv(A2.data()), tv(R2.data()), with_std ? tv(S2.data()) : none}, kind);
+          for (int threads : {1, 2})
+            for (int w : widths()) {
+              detail::set_simd_limit(w);
+              std::vector<T> A(static_cast<std::size_t>(BT), T(9)), R(A), S(A);
+              gae(cpu_backend(threads), critic_view<const T>{V.data(), K, B, Tn}, {r.data(), B, Tn}, {d.m.data(), B, Tn}, o,
+                  gae_outputs<T>{{A.data(), B, Tn}, {R.data(), B, Tn}, with_std ? token_view<T>{S.data(), B, Tn} : none}, kind);
+              INFO("K " << K << " step " << (sem == gae_mask_semantics::step) << " raw " << (pad == padding_mode::raw)
+                        << " variant " << variant << " threads " << threads << " width " << w);
+              REQUIRE(same_bits(A, gather(A2)));
+              REQUIRE(same_bits(R, gather(R2)));
+              if (with_std) REQUIRE(same_bits(S, gather(S2)));
+              ++cases;
+            }
+          detail::set_simd_limit(4);
+        }
+  REQUIRE(cases == 3 * 2 * 2 * 3 * 2 * static_cast<int>(widths().size()));
+  // Only returns, or only advantages, requested.
+  const std::vector<T> V(d.V.begin(), d.V.end());
+  for (int which = 0; which < 2; ++which) {
+    std::vector<T> X1(static_cast<std::size_t>(BT), T(9)), X4(X1);
+    const token_view<T> none{};
+    for (int w : {1, 4}) {
+      detail::set_simd_limit(w);
+      std::vector<T>& X = w == 1 ? X1 : X4;
+      const token_view<T> x{X.data(), B, Tn};
+      gae(cpu_backend(1), critic_view<const T>{V.data(), 1, B, Tn}, {r.data(), B, Tn}, {d.m.data(), B, Tn}, gae_options{},
+          gae_outputs<T>{which == 0 ? x : none, which == 1 ? x : none, none});
+    }
+    REQUIRE(same_bits(X1, X4));
+  }
 }
 
 TEST_CASE("simd width: detection and limit", "[simd]") {

@@ -212,23 +212,14 @@ class cpu_backend {
       const Elem el = elem;
       const Op o = op;
       const Sink sk = sink;
+      if constexpr (requires { sk.scan_rows(el, o, dir, lo, hi, range); })
+        if (sk.scan_rows(el, o, dir, lo, hi, range)) return;  // e.g. several rows per SIMD vector
       for (index_t b = lo; b < hi; ++b) {
         index_t t0, t1;
         range(b, t0, t1);
         // Sequential fold of the state: x_t = apply(elem(b,t), x_prev), equal to applying the
         // combined prefix to op.initial() (what a parallel backend computes).
-        auto x = o.initial();
-        if (dir == scan_direction::forward) {
-          for (index_t t = t0; t < t1; ++t) {
-            x = o.apply(el(b, t), x);
-            sk(b, t, x);
-          }
-        } else {
-          for (index_t t = t1 - 1; t >= t0; --t) {
-            x = o.apply(el(b, t), x);
-            sk(b, t, x);
-          }
-        }
+        detail::scan_row(dir, el, o, sk, b, t0, t1, o.initial());
       }
     });
   }

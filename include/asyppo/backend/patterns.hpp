@@ -55,7 +55,10 @@
 // (same result), written so that the compiler can vectorise it (contiguous rows); a CPU backend
 // calls it for each piece of a row it folds, a GPU backend ignores it (detail::fold_span). Likewise
 // a 2-D for_each functor may offer span(b, t0, t1), the same as f(b, t) for t in [t0, t1)
-// (detail::visit_span). Scan op: value_type;
+// (detail::visit_span). A row-scan sink may offer scan_rows(e, op, dir, lo, hi, range) -> bool: it then
+// scans the rows [lo, hi) itself, exactly as the pattern would (same states, same outputs; the GAE
+// sink runs four rows per SIMD vector), or returns false and the CPU backend scans them one by one
+// (detail::scan_row). Scan op: value_type;
 // initial(); lift(e); apply(e, x) (and apply(value, x)); combine(a, b). All functors are
 // ASYPPO_HD, trivially copyable, hold views/pointers/scalars only, and never throw.
 //
@@ -124,6 +127,24 @@ ASYPPO_HD void visit_span(const F& f, index_t b, index_t t0, index_t t1) {
     if (t1 > t0) f.span(b, t0, t1);
   } else {
     for (index_t t = t0; t < t1; ++t) f(b, t);
+  }
+}
+
+/// One row of a row scan on one thread: from state x, x = op.apply(e(b, t), x) and s(b, t, x) for t
+/// over [t0, t1) in scan order (reverse: from t1 - 1 down).
+template <class Elem, class Op, class Sink, class State>
+ASYPPO_HD void scan_row(scan_direction dir, const Elem& e, const Op& op, const Sink& s, index_t b, index_t t0, index_t t1,
+                        State x) {
+  if (dir == scan_direction::forward) {
+    for (index_t t = t0; t < t1; ++t) {
+      x = op.apply(e(b, t), x);
+      s(b, t, x);
+    }
+  } else {
+    for (index_t t = t1 - 1; t >= t0; --t) {
+      x = op.apply(e(b, t), x);
+      s(b, t, x);
+    }
   }
 }
 

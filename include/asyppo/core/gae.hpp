@@ -23,12 +23,15 @@
 // parallel. The CPU backend folds each row sequentially in double; rows run in parallel.
 #pragma once
 
+#include <algorithm>
 #include <cmath>
 #include <type_traits>
+#include <vector>
 
 #include "asyppo/backend/patterns.hpp"
 #include "asyppo/core/ensemble.hpp"
 #include "asyppo/core/row_span.hpp"
+#include "asyppo/core/simd/gae_lanes.hpp"
 #include "asyppo/core/validate.hpp"
 
 namespace asyppo {
@@ -132,6 +135,15 @@ struct gae_sink {
   bool raw;
   bool skip;
   Hook hook = {};
+#if defined(ASYPPO_SIMD_AVX2)
+  /// The CPU backend's row scan hands its blocks of rows here: four rows per AVX2 vector when the
+  /// layout allows (core/simd/gae_lanes.hpp, same bits), else false and it scans them one by one.
+  template <class Elem, class Range>
+  bool scan_rows(const Elem& el, const gae_compose& op, scan_direction dir, index_t lo, index_t hi,
+                 const Range& range) const {
+    return gae_scan_rows_simd(*this, el, op, dir, lo, hi, range);
+  }
+#endif
   ASYPPO_HD void operator()(index_t b, index_t t, const gae_state& x) const {
     const bool valid = mask(b, t) != 0;
     double a = valid || raw ? x.a : 0.0;
@@ -186,6 +198,72 @@ struct gae_initial_state {
     }
   }
 };
+
+#if defined(ASYPPO_SIMD_AVX2)
+/// gae_sink::scan_rows: rows [lo, hi) of a reverse GAE scan, four at a time on AVX2 lanes
+/// (core/simd/gae_lanes.hpp: ordering, grouping and bit-identity); false when this sink, its hook or
+/// the layout (strided rows, K > 2, no AVX2) has no lane path.
+template <class T, class Hook, int NK, class Range>
+bool gae_scan_rows_simd(const gae_sink<T, Hook, NK>& sk, const gae_element<T, NK>& el, const gae_compose& op,
+                        scan_direction dir, index_t lo, index_t hi, const Range& range) {
+  using hook_lanes = gae_hook_lanes<Hook>;
+  if constexpr ((NK != 1 && NK != 2) || !hook_lanes::available) {
+    return false;
+  } else {
+    const critic_view<const T>& v = el.point.values;
+    if (dir != scan_direction::reverse || hi - lo < 4 || simd_width() < 4 || !unit_inner_stride(v) ||
+        !unit_inner_stride(el.rewards) || !unit_inner_stride(el.mask) || !unit_inner_stride(sk.out.advantages) ||
+        !unit_inner_stride(sk.out.returns) || !unit_inner_stride(sk.out.std) || !hook_lanes::supported(sk.hook))
+      return false;
+    // Rows by range length, longest first (ties: row order), so that each group of four is alike.
+    struct row_range {
+      index_t b, t0, t1;
+    };
+    std::vector<row_range> rows;
+    rows.reserve(static_cast<std::size_t>(hi - lo));
+    for (index_t b = lo; b < hi; ++b) {
+      row_range r{b, 0, 0};
+      range(b, r.t0, r.t1);
+      rows.push_back(r);
+    }
+    std::stable_sort(rows.begin(), rows.end(),
+                     [](const row_range& x, const row_range& y) { return x.t1 - x.t0 > y.t1 - y.t0; });
+    const auto row_ptr = [](const auto& view, index_t b) { return view.data ? &view(b, 0) : nullptr; };
+    std::size_t g = 0;
+    for (; g + 4 <= rows.size(); g += 4) {
+      gae_lanes::rows4<T, NK> q{};
+      index_t b4[4], C = rows[g + 3].t1 - rows[g + 3].t0;  // the shortest of the four
+      C -= C % 4;
+      for (int r = 0; r < 4; ++r) {
+        const index_t b = b4[r] = rows[g + static_cast<std::size_t>(r)].b;
+        q.v0[r] = &v(0, b, 0);
+        q.v1[r] = NK == 2 ? &v(NK - 1, b, 0) : nullptr;
+        q.rw[r] = &el.rewards(b, 0);
+        q.m[r] = &el.mask(b, 0);
+        q.adv[r] = row_ptr(sk.out.advantages, b);
+        q.ret[r] = row_ptr(sk.out.returns, b);
+        q.sd[r] = row_ptr(sk.out.std, b);
+        q.end[r] = rows[g + static_cast<std::size_t>(r)].t1;
+        q.gla[r] = op.gamma * (el.row_lambda_actor ? el.row_lambda_actor[b] : el.lambda_actor);
+      }
+      q.gamma = op.gamma, q.glc = op.gamma * op.lambda_critic;
+      q.inv_k = sk.point.inv_k, q.inv_d = sk.point.inv_d, q.half_span = sk.point.half_span;
+      q.skip = op.skip, q.raw = sk.raw;
+      double s[4] = {0, 0, 0, 0}, a[4] = {0, 0, 0, 0}, c[4] = {0, 0, 0, 0};
+      if (C > 0) {
+        hook_lanes hl(sk.hook, b4);
+        gae_lanes::scan4(q, hl, C, s, a, c);
+      }
+      for (int r = 0; r < 4; ++r) {  // the rest of each row, from its lane's state
+        const row_range& rr = rows[g + static_cast<std::size_t>(r)];
+        scan_row(dir, el, op, sk, rr.b, rr.t0, rr.t1 - C, gae_state{s[r], a[r], c[r]});
+      }
+    }
+    for (; g < rows.size(); ++g) scan_row(dir, el, op, sk, rows[g].b, rows[g].t0, rows[g].t1, op.initial());
+    return true;
+  }
+}
+#endif
 
 struct adaptive_lambda_sink {
   double* out;

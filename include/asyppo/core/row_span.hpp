@@ -14,6 +14,7 @@
 #include <utility>
 
 #include "asyppo/backend/patterns.hpp"
+#include "asyppo/core/simd/stream_store.hpp"
 #include "asyppo/views.hpp"
 
 namespace asyppo::detail {
@@ -73,6 +74,16 @@ template <class E>
 struct zero_fill {
   view<E, 2> out;
   ASYPPO_HD void operator()(index_t b, index_t t) const { out(b, t) = E(0); }
+#if defined(ASYPPO_SIMD_SSE2)
+  /// The CPU backend's span: a contiguous run gets streaming stores (core/simd/stream_store.hpp).
+  void span(index_t b, index_t t0, index_t t1) const {
+    if (out.stride[1] != 1) {
+      for (index_t t = t0; t < t1; ++t) out(b, t) = E(0);
+      return;
+    }
+    stream_zero(&out(b, t0), static_cast<std::size_t>(t1 - t0) * sizeof(E));  // E(0) is all zero bytes
+  }
+#endif
 };
 
 /// Writes 0 in the columns of range (typically row_tails: the padding) of every present output,

@@ -83,11 +83,14 @@ struct radix_bin {
 
 /// Collects (slot, key) of the elements whose leading bits (key >> shift, which has digit_bits
 /// bits: right after the first pass) are a slot's prefix: slot_of[seg * 2^digit_bits + prefix] is
-/// that slot, or -1 (one table lookup per element, not a search over the slots).
+/// that slot, or -1 (one table lookup per element, not a search over the slots). is_slot holds the
+/// same as one bit per entry (8 KiB for 16-bit digits: in L1), read first, so the table itself is
+/// read only for the few elements that are collected.
 template <class KeyOf>
 struct radix_pick {
   KeyOf key_of;
   const std::int32_t* slot_of;
+  const std::uint64_t* is_slot;
   int shift, digit_bits;
   struct value_type {
     index_t slot;
@@ -97,9 +100,10 @@ struct radix_pick {
     index_t seg;
     std::uint64_t key;
     if (!key_of(b, t, seg, key)) return false;
-    const std::int32_t j = slot_of[(seg << digit_bits) + static_cast<index_t>(key >> shift)];
-    v = {j, key};
-    return j >= 0;
+    const index_t i = (seg << digit_bits) + static_cast<index_t>(key >> shift);
+    if (((is_slot[i >> 6] >> (i & 63)) & 1) == 0) return false;
+    v = {slot_of[i], key};
+    return true;
   }
 };
 
@@ -129,17 +133,23 @@ void finish_by_collection(const Backend& be, index_t rows, index_t cols, KeyOf k
   const index_t radix = index_t(1) << digit_bits;
   std::vector<std::int32_t> slot_table(static_cast<std::size_t>(nseg * radix), -1);
   std::vector<index_t> slot_of(static_cast<std::size_t>(nreq));
+  const index_t words = (nseg * radix + 63) / 64;
+  std::vector<std::uint64_t> is_slot(static_cast<std::size_t>(words), 0);
   std::int32_t nslots = 0;
   for (index_t r = 0; r < nreq; ++r) {
-    auto& entry = slot_table[static_cast<std::size_t>((req[r].segment << digit_bits) + static_cast<index_t>(prefix[static_cast<std::size_t>(r)]))];
+    const index_t i = (req[r].segment << digit_bits) + static_cast<index_t>(prefix[static_cast<std::size_t>(r)]);
+    auto& entry = slot_table[static_cast<std::size_t>(i)];
     if (entry < 0) entry = nslots++;
+    is_slot[static_cast<std::size_t>(i >> 6)] |= std::uint64_t(1) << (i & 63);
     slot_of[static_cast<std::size_t>(r)] = entry;
   }
   auto d_table = be.template allocate<std::int32_t>(nseg * radix);
+  auto d_bits = be.template allocate<std::uint64_t>(words);
   be.copy_from_host(slot_table.data(), nseg * radix, d_table.data());
+  be.copy_from_host(is_slot.data(), words, d_bits.data());
   using pick_t = radix_pick<KeyOf>;
   const auto found = be.template collect<typename pick_t::value_type>(
-      rows, cols, pick_t{key_of, d_table.data(), shift, digit_bits}, range);
+      rows, cols, pick_t{key_of, d_table.data(), d_bits.data(), shift, digit_bits}, range);
   std::vector<std::vector<std::uint64_t>> keys(static_cast<std::size_t>(nslots));
   for (const auto& v : found) keys[static_cast<std::size_t>(v.slot)].push_back(v.key);
   for (index_t r = 0; r < nreq; ++r) {
