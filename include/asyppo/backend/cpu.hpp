@@ -235,9 +235,13 @@ class cpu_backend {
       for (index_t b = lo; b < hi; ++b) {
         index_t t0, t1;
         range(b, t0, t1);
-        for (index_t t = t0; t < t1; ++t) {
-          const index_t k = bin(b, t);
-          if (k >= 0) ++h[k];
+        if constexpr (requires { bin.count_span(b, t0, t1, h); }) {
+          if (t1 > t0) bin.count_span(b, t0, t1, h);
+        } else {
+          for (index_t t = t0; t < t1; ++t) {
+            const index_t k = bin(b, t);
+            if (k >= 0) ++h[k];
+          }
         }
       }
     };
@@ -292,12 +296,16 @@ class cpu_backend {
     run_parts(std::max(parts, 1), [&](int p) {
       const int np = std::max(parts, 1);
       auto& out = local[static_cast<std::size_t>(p)];
-      V v;
       for (index_t b = rows * p / np; b < rows * (p + 1) / np; ++b) {
         index_t t0, t1;
         range(b, t0, t1);
-        for (index_t t = t0; t < t1; ++t)
-          if (pick(b, t, v)) out.push_back(v);
+        if constexpr (requires { pick.collect_span(b, t0, t1, [&](const V&) {}); }) {
+          if (t1 > t0) pick.collect_span(b, t0, t1, [&](const V& x) { out.push_back(x); });
+        } else {
+          V v;
+          for (index_t t = t0; t < t1; ++t)
+            if (pick(b, t, v)) out.push_back(v);
+        }
       }
     });
     std::vector<V> all = std::move(local[0]);

@@ -58,7 +58,9 @@
 // (detail::visit_span). A row-scan sink may offer scan_rows(e, op, dir, lo, hi, range) -> bool: it then
 // scans the rows [lo, hi) itself, exactly as the pattern would (same states, same outputs; the GAE
 // sink runs four rows per SIMD vector), or returns false and the CPU backend scans them one by one
-// (detail::scan_row). Scan op: value_type;
+// (detail::scan_row). In the same way a histogram bin may offer count_span(b, t0, t1, counts) (++counts[bin]
+// for each element) and a collect pick collect_span(b, t0, t1, push) (push(v) for each picked element, in
+// order), which the CPU backend calls per row. Scan op: value_type;
 // initial(); lift(e); apply(e, x) (and apply(value, x)); combine(a, b). All functors are
 // ASYPPO_HD, trivially copyable, hold views/pointers/scalars only, and never throw.
 //

@@ -73,11 +73,30 @@ struct radix_bin {
     index_t seg;
     std::uint64_t key;
     if (!key_of(b, t, seg, key)) return -1;
+    return bin_of(seg, key);
+  }
+  ASYPPO_HD index_t bin_of(index_t seg, std::uint64_t key) const {
     const std::uint64_t above = (shift + digit_bits >= 64) ? 0 : key >> (shift + digit_bits);
     const std::uint64_t digit = (key >> shift) & ((std::uint64_t(1) << digit_bits) - 1);
     for (index_t j = slot_begin[seg]; j < slot_begin[seg + 1]; ++j)
       if (slot_prefix[j] == above) return (j << digit_bits) + static_cast<index_t>(digit);
     return -1;
+  }
+  /// The CPU backend's span (backend/patterns.hpp): ++counts[bin] over [t0, t1) of row b, through the
+  /// key function's own loop when it has one.
+  template <class Count>
+  void count_span(index_t b, index_t t0, index_t t1, Count* counts) const {
+    if constexpr (requires { key_of.for_each_key(b, t0, t1, [](index_t, std::uint64_t) {}); }) {
+      key_of.for_each_key(b, t0, t1, [&](index_t seg, std::uint64_t key) {
+        const index_t k = bin_of(seg, key);
+        if (k >= 0) ++counts[k];
+      });
+    } else {
+      for (index_t t = t0; t < t1; ++t) {
+        const index_t k = (*this)(b, t);
+        if (k >= 0) ++counts[k];
+      }
+    }
   }
 };
 
@@ -100,10 +119,26 @@ struct radix_pick {
     index_t seg;
     std::uint64_t key;
     if (!key_of(b, t, seg, key)) return false;
+    return pick(seg, key, v);
+  }
+  ASYPPO_HD bool pick(index_t seg, std::uint64_t key, value_type& v) const {
     const index_t i = (seg << digit_bits) + static_cast<index_t>(key >> shift);
     if (((is_slot[i >> 6] >> (i & 63)) & 1) == 0) return false;
     v = {slot_of[i], key};
     return true;
+  }
+  /// The CPU backend's span: push(v) for the picked elements of [t0, t1) of row b, in order.
+  template <class Push>
+  void collect_span(index_t b, index_t t0, index_t t1, Push&& push) const {
+    value_type v;
+    if constexpr (requires { key_of.for_each_key(b, t0, t1, [](index_t, std::uint64_t) {}); }) {
+      key_of.for_each_key(b, t0, t1, [&](index_t seg, std::uint64_t key) {
+        if (pick(seg, key, v)) push(v);
+      });
+    } else {
+      for (index_t t = t0; t < t1; ++t)
+        if ((*this)(b, t, v)) push(v);
+    }
   }
 };
 
