@@ -249,14 +249,13 @@ class cpu_backend {
       count_rows(0, rows, counts);
       return;
     }
-    std::vector<std::vector<std::uint64_t>> local(static_cast<std::size_t>(parts));
-    run_parts(parts, [&](int p) {
-      auto& h = local[static_cast<std::size_t>(p)];
-      h.assign(static_cast<std::size_t>(nbins), 0u);
-      count_rows(rows * p / parts, rows * (p + 1) / parts, h.data());
-    });
-    for (const auto& h : local)
-      for (index_t k = 0; k < nbins; ++k) counts[k] += h[static_cast<std::size_t>(k)];
+    // Part 0 counts into counts itself, the others into 32-bit local counters (a part never holds 2^32
+    // elements here: checked), added in part order afterwards.
+    if (rows * cols >= (index_t(1) << 32)) {
+      count_parts<std::uint64_t>(parts, rows, nbins, counts, count_rows);
+    } else {
+      count_parts<std::uint32_t>(parts, rows, nbins, counts, count_rows);
+    }
   }
 
   template <class Bin>
@@ -341,6 +340,22 @@ class cpu_backend {
       });
     body(0);
     done.Wait();
+  }
+
+  template <class Local, class CountRows>
+  void count_parts(int parts, index_t rows, index_t nbins, std::uint64_t* counts, CountRows& count_rows) const {
+    std::vector<std::vector<Local>> local(static_cast<std::size_t>(parts));
+    run_parts(parts, [&](int p) {
+      if (p == 0) {
+        count_rows(0, rows / parts, counts);
+        return;
+      }
+      auto& h = local[static_cast<std::size_t>(p)];
+      h.assign(static_cast<std::size_t>(nbins), 0u);
+      count_rows(rows * p / parts, rows * (p + 1) / parts, h.data());
+    });
+    for (int p = 1; p < parts; ++p)
+      for (index_t k = 0; k < nbins; ++k) counts[k] += local[static_cast<std::size_t>(p)][static_cast<std::size_t>(k)];
   }
 
   // Splits [0, n) into at most threads_ contiguous blocks of at least `grain` items.

@@ -250,10 +250,20 @@ void radix_select(const Backend& be, index_t rows, index_t cols, KeyOf key_of, i
     be.copy_to_host(d_hist.data(), nslots * radix, hist.data());
     comm.allreduce_sum(hist.data(), nslots * radix);
 
-    for (index_t r = 0; r < nreq; ++r) {
+    // One sweep over each slot's bins for all its requests, in rank order (requests of one slot share
+    // their prefix and so their count below it).
+    std::sort(order.begin(), order.end(), [&](index_t a, index_t b) {
+      const index_t sa = slot_of[static_cast<std::size_t>(a)], sb = slot_of[static_cast<std::size_t>(b)];
+      return sa != sb ? sa < sb : req[a].rank < req[b].rank;
+    });
+    index_t slot = -1, d = 0;
+    std::uint64_t acc = 0;
+    for (const index_t r : order) {
       const std::uint64_t* h = hist.data() + slot_of[static_cast<std::size_t>(r)] * radix;
-      std::uint64_t acc = below[static_cast<std::size_t>(r)];
-      index_t d = 0;
+      if (slot_of[static_cast<std::size_t>(r)] != slot) {
+        slot = slot_of[static_cast<std::size_t>(r)], d = 0;
+        acc = below[static_cast<std::size_t>(r)];
+      }
       while (d < radix - 1 && acc + h[d] <= req[r].rank) acc += h[d++];
       below[static_cast<std::size_t>(r)] = acc;
       prefix[static_cast<std::size_t>(r)] = (prefix[static_cast<std::size_t>(r)] << digit_bits) | static_cast<std::uint64_t>(d);
