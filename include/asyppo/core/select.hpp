@@ -27,6 +27,7 @@
 #include "asyppo/backend/patterns.hpp"
 #include "asyppo/comm/communicator.hpp"
 #include "asyppo/config.hpp"
+#include "asyppo/core/simd/select_lanes.hpp"
 
 namespace asyppo {
 
@@ -86,6 +87,16 @@ struct radix_bin {
   /// key function's own loop when it has one.
   template <class Count>
   void count_span(index_t b, index_t t0, index_t t1, Count* counts) const {
+#if defined(ASYPPO_SIMD_AVX2)
+    // First pass over float keys (no digit above this one): eight keys per vector.
+    index_t seg;
+    const float* s;
+    const std::uint8_t* m;
+    if constexpr (requires { key_of.float_row(b, seg, s, m); })
+      if (shift + digit_bits == 32 && simd_width() >= 4 && key_of.float_row(b, seg, s, m) &&
+          slot_begin[seg + 1] - slot_begin[seg] == 1 && slot_prefix[slot_begin[seg]] == 0)
+        t0 = select_lanes::count_digits(s, m, t0, t1, shift, slot_begin[seg] << digit_bits, counts);
+#endif
     if constexpr (requires { key_of.for_each_key(b, t0, t1, [](index_t, std::uint64_t) {}); }) {
       key_of.for_each_key(b, t0, t1, [&](index_t seg, std::uint64_t key) {
         const index_t k = bin_of(seg, key);
@@ -130,6 +141,16 @@ struct radix_pick {
   /// The CPU backend's span: push(v) for the picked elements of [t0, t1) of row b, in order.
   template <class Push>
   void collect_span(index_t b, index_t t0, index_t t1, Push&& push) const {
+#if defined(ASYPPO_SIMD_AVX2)
+    // Right after the first pass over float keys: eight keys per vector.
+    index_t seg;
+    const float* s;
+    const std::uint8_t* m;
+    if constexpr (requires { key_of.float_row(b, seg, s, m); })
+      if (shift + digit_bits == 32 && simd_width() >= 4 && key_of.float_row(b, seg, s, m))
+        t0 = select_lanes::pick_digits(s, m, t0, t1, shift, seg << digit_bits, is_slot,
+                                       [&](index_t i, std::uint64_t key) { push(value_type{slot_of[i], key}); });
+#endif
     value_type v;
     if constexpr (requires { key_of.for_each_key(b, t0, t1, [](index_t, std::uint64_t) {}); }) {
       key_of.for_each_key(b, t0, t1, [&](index_t seg, std::uint64_t key) {

@@ -22,6 +22,7 @@
 
 #include <cmath>
 #include <cstdint>
+#include <type_traits>
 #include <utility>
 #include <vector>
 
@@ -62,6 +63,17 @@ struct std_key_of {
     seg = per_row ? b : 0;
     key = ordered_key(sigma(b, t));
     return true;
+  }
+  /// Whether row b's keys are ordered_key(s[t]) at the t with m[t] != 0, s and m plain float and
+  /// byte rows (core/select.hpp runs its first pass on SIMD lanes then); seg: the row's segment.
+  bool float_row(index_t b, index_t& seg, const float*& s, const std::uint8_t*& m) const {
+    if constexpr (std::is_same_v<T, float>) {
+      if (!unit_inner_stride(sigma) || !unit_inner_stride(mask)) return false;
+      seg = per_row ? b : 0, s = &sigma(b, 0), m = &mask(b, 0);
+      return true;
+    } else {
+      return false;
+    }
   }
   /// f(seg, key) for the valid elements of [t0, t1) of row b in order (core/select.hpp, CPU spans):
   /// plain pointer loops when the row is contiguous.
