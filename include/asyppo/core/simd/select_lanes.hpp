@@ -49,16 +49,24 @@ template <class Push>
 index_t pick_digits(const float* s, const std::uint8_t* m, index_t t0, index_t t1, int shift, index_t base,
                     const std::uint64_t* marked, Push&& push) {
   alignas(32) std::uint32_t key[8];
+  const __m128i sh = _mm_cvtsi32_si128(shift);
+  const __m256i vbase = _mm256_set1_epi32(static_cast<int>(base)), low5 = _mm256_set1_epi32(31);
+  const int* words = reinterpret_cast<const int*>(marked);  // bit i: bit (i & 31) of 32-bit word i >> 5
   index_t t = t0;
   for (; t + 8 <= t1; t += 8) {
     std::uint64_t valid;
     memcpy(&valid, m + t, 8);
     if (valid == 0) continue;
-    _mm256_store_si256(reinterpret_cast<__m256i*>(key), ordered_keys(_mm256_loadu_ps(s + t)));
-    for (int j = 0; j < 8; ++j) {
-      const index_t i = base + static_cast<index_t>(key[j] >> shift);
-      if (((valid >> (8 * j)) & 0xff) && ((marked[i >> 6] >> (i & 63)) & 1)) push(i, std::uint64_t(key[j]));
-    }
+    const __m256i k = ordered_keys(_mm256_loadu_ps(s + t));
+    const __m256i i = _mm256_add_epi32(vbase, _mm256_srl_epi32(k, sh));
+    const __m256i w = _mm256_i32gather_epi32(words, _mm256_srli_epi32(i, 5), 4);
+    const __m256i bit = _mm256_and_si256(_mm256_srlv_epi32(w, _mm256_and_si256(i, low5)), _mm256_set1_epi32(1));
+    const __m256i v = _mm256_cvtepu8_epi32(_mm_cvtsi64_si128(static_cast<long long>(valid)));
+    const int hit = _mm256_movemask_ps(_mm256_castsi256_ps(_mm256_cmpgt_epi32(_mm256_and_si256(bit, v), _mm256_setzero_si256())));
+    if (hit == 0) continue;  // the common case: no element of the eight is under a slot
+    _mm256_store_si256(reinterpret_cast<__m256i*>(key), k);
+    for (int j = 0; j < 8; ++j)
+      if ((hit >> j) & 1) push(base + static_cast<index_t>(key[j] >> shift), std::uint64_t(key[j]));
   }
   return t;
 }
