@@ -212,8 +212,7 @@ class cpu_backend {
       const Elem el = elem;
       const Op o = op;
       const Sink sk = sink;
-      if constexpr (requires { sk.scan_rows(el, o, dir, lo, hi, range); })
-        if (sk.scan_rows(el, o, dir, lo, hi, range)) return;  // e.g. several rows per SIMD vector
+      if (detail::scan_rows(dir, el, o, sk, lo, hi, range)) return;  // e.g. several rows per SIMD vector
       for (index_t b = lo; b < hi; ++b) {
         index_t t0, t1;
         range(b, t0, t1);
@@ -235,14 +234,7 @@ class cpu_backend {
       for (index_t b = lo; b < hi; ++b) {
         index_t t0, t1;
         range(b, t0, t1);
-        if constexpr (requires { bin.count_span(b, t0, t1, h); }) {
-          if (t1 > t0) bin.count_span(b, t0, t1, h);
-        } else {
-          for (index_t t = t0; t < t1; ++t) {
-            const index_t k = bin(b, t);
-            if (k >= 0) ++h[k];
-          }
-        }
+        detail::count_span(bin, b, t0, t1, h);
       }
     };
     if (parts <= 1 || rows < 2) {
@@ -298,13 +290,7 @@ class cpu_backend {
       for (index_t b = rows * p / np; b < rows * (p + 1) / np; ++b) {
         index_t t0, t1;
         range(b, t0, t1);
-        if constexpr (requires { pick.collect_span(b, t0, t1, [&](const V&) {}); }) {
-          if (t1 > t0) pick.collect_span(b, t0, t1, [&](const V& x) { out.push_back(x); });
-        } else {
-          V v;
-          for (index_t t = t0; t < t1; ++t)
-            if (pick(b, t, v)) out.push_back(v);
-        }
+        detail::collect_span<V>(pick, b, t0, t1, [&out](const V& x) { out.push_back(x); });
       }
     });
     std::vector<V> all = std::move(local[0]);

@@ -150,6 +150,42 @@ ASYPPO_HD void scan_row(scan_direction dir, const Elem& e, const Op& op, const S
   }
 }
 
+/// s.scan_rows(e, op, dir, lo, hi, range) when the sink offers it (true: it scanned rows [lo, hi)),
+/// else false (the caller scans them with scan_row).
+template <class Elem, class Op, class Sink, class Range>
+bool scan_rows(scan_direction dir, const Elem& e, const Op& op, const Sink& s, index_t lo, index_t hi, const Range& range) {
+  if constexpr (requires { s.scan_rows(e, op, dir, lo, hi, range); })
+    return s.scan_rows(e, op, dir, lo, hi, range);
+  else
+    return false;
+}
+
+/// bin.count_span(b, t0, t1, counts) when the bin offers it, else ++counts[bin(b, t)] (bins >= 0) over [t0, t1).
+template <class Bin, class Count>
+void count_span(const Bin& bin, index_t b, index_t t0, index_t t1, Count* counts) {
+  if constexpr (requires { bin.count_span(b, t0, t1, counts); }) {
+    if (t1 > t0) bin.count_span(b, t0, t1, counts);
+  } else {
+    for (index_t t = t0; t < t1; ++t) {
+      const index_t k = bin(b, t);
+      if (k >= 0) ++counts[k];
+    }
+  }
+}
+
+/// pick.collect_span(b, t0, t1, push) when the pick offers it, else push(v) for each t of [t0, t1) in
+/// order with pick(b, t, v) true.
+template <class V, class Pick, class Push>
+void collect_span(const Pick& pick, index_t b, index_t t0, index_t t1, Push&& push) {
+  if constexpr (requires { pick.collect_span(b, t0, t1, push); }) {
+    if (t1 > t0) pick.collect_span(b, t0, t1, push);
+  } else {
+    V v;
+    for (index_t t = t0; t < t1; ++t)
+      if (pick(b, t, v)) push(v);
+  }
+}
+
 /// Whether column t lies in the range of row b.
 template <class Range>
 ASYPPO_HD bool in_range(const Range& range, index_t b, index_t t) {

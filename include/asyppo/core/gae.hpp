@@ -20,7 +20,8 @@
 // The recursion is an associative scan: each token is an affine map on the state
 // (next valid value s, actor advantage a, critic advantage c); composing maps is
 // associative and non-commutative (detail::gae_map), so a GPU may scan each row in
-// parallel. The CPU backend folds each row sequentially in double; rows run in parallel.
+// parallel. The CPU backend folds each row sequentially in double; rows run in parallel, and on AVX2
+// four rows share a vector (core/simd/gae_lanes.hpp, gae_sink::scan_rows; the same bits).
 #pragma once
 
 #include <algorithm>

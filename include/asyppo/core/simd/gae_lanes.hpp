@@ -267,7 +267,8 @@ struct gae_hook_lanes<no_gae_hook> {  // nothing to do
 
 /// mask_hook on lanes: sigma of the four rows, the mask decision (mask_decision with ties = 1, as
 /// mask_hook passes) on keys as wide as T, the masks' bytes or (ranked ties) the adv mask read back,
-/// sigma's copy, I^A.
+/// sigma's copy, I^A. The sigma temporary is read at masked tokens too (it holds anything there) and
+/// those lanes are discarded, as mask_hook discards them.
 template <class T>
 struct gae_hook_lanes<mask_hook<T>> {
   static constexpr bool available = true;
