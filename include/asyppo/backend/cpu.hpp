@@ -34,6 +34,8 @@ class cpu_backend {
  public:
   /// Elements per reduce tile: the unit of work whose partial result is merged in order.
   static constexpr index_t reduce_tile = 1 << 14;
+  /// Host memory: allocate<T> gives host arrays, and host arrays may be passed where backend memory is expected.
+  static constexpr bool host_memory = true;
 
   /// threads = 1 runs everything on the calling thread; threads = 0 uses every hardware
   /// thread. Copies share the same pool.

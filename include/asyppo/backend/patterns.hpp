@@ -132,6 +132,16 @@ ASYPPO_HD void visit_span(const F& f, index_t b, index_t t0, index_t t1) {
   }
 }
 
+/// Whether the backend's memory is the host's (Backend::host_memory, cpu_backend): algorithms may then
+/// hand host arrays to its patterns without allocate and copy.
+template <class Backend>
+inline constexpr bool host_memory_backend = [] {
+  if constexpr (requires { Backend::host_memory; })
+    return static_cast<bool>(Backend::host_memory);
+  else
+    return false;
+}();
+
 /// One row of a row scan on one thread: from state x, x = op.apply(e(b, t), x) and s(b, t, x) for t
 /// over [t0, t1) in scan order (reverse: from t1 - 1 down).
 template <class Elem, class Op, class Sink, class State>

@@ -199,13 +199,21 @@ void finish_by_collection(const Backend& be, index_t rows, index_t cols, KeyOf k
     is_slot[static_cast<std::size_t>(i >> 6)] |= std::uint64_t(1) << (i & 63);
     slot_of[static_cast<std::size_t>(r)] = entry;
   }
-  auto d_table = be.template allocate<std::int32_t>(nseg * radix);
-  auto d_bits = be.template allocate<std::uint64_t>(words);
-  be.copy_from_host(slot_table.data(), nseg * radix, d_table.data());
-  be.copy_from_host(is_slot.data(), words, d_bits.data());
   using pick_t = radix_pick<KeyOf>;
-  const auto found = be.template collect<typename pick_t::value_type>(
-      rows, cols, pick_t{key_of, d_table.data(), d_bits.data(), shift, digit_bits}, range);
+  const auto collect_with = [&](const std::int32_t* table, const std::uint64_t* bits) {
+    return be.template collect<typename pick_t::value_type>(rows, cols, pick_t{key_of, table, bits, shift, digit_bits},
+                                                            range);
+  };
+  std::vector<typename pick_t::value_type> found;
+  if constexpr (host_memory_backend<Backend>) {  // the host tables serve as they are
+    found = collect_with(slot_table.data(), is_slot.data());
+  } else {
+    auto d_table = be.template allocate<std::int32_t>(nseg * radix);
+    auto d_bits = be.template allocate<std::uint64_t>(words);
+    be.copy_from_host(slot_table.data(), nseg * radix, d_table.data());
+    be.copy_from_host(is_slot.data(), words, d_bits.data());
+    found = collect_with(d_table.data(), d_bits.data());
+  }
   std::vector<std::vector<std::uint64_t>> keys(static_cast<std::size_t>(nslots));
   for (const auto& v : found) keys[static_cast<std::size_t>(v.slot)].push_back(v.key);
   for (index_t r = 0; r < nreq; ++r) {
@@ -263,12 +271,16 @@ void radix_select(const Backend& be, index_t rows, index_t cols, KeyOf key_of, i
     auto d_prefix = be.template allocate<std::uint64_t>(nslots);
     be.copy_from_host(slot_begin.data(), nseg + 1, d_begin.data());
     be.copy_from_host(slot_prefix.data(), nslots, d_prefix.data());
-    auto d_hist = be.template allocate<std::uint64_t>(nslots * radix);
-    be.fill(d_hist.data(), nslots * radix, std::uint64_t(0));
-    be.histogram(rows, cols, detail::radix_bin<KeyOf>{key_of, d_begin.data(), d_prefix.data(), shift, digit_bits},
-                 nslots * radix, d_hist.data(), range);
-    std::vector<std::uint64_t> hist(static_cast<std::size_t>(nslots * radix));
-    be.copy_to_host(d_hist.data(), nslots * radix, hist.data());
+    const detail::radix_bin<KeyOf> bin{key_of, d_begin.data(), d_prefix.data(), shift, digit_bits};
+    std::vector<std::uint64_t> hist(static_cast<std::size_t>(nslots * radix), 0);
+    if constexpr (detail::host_memory_backend<Backend>) {  // count into the host array itself
+      be.histogram(rows, cols, bin, nslots * radix, hist.data(), range);
+    } else {
+      auto d_hist = be.template allocate<std::uint64_t>(nslots * radix);
+      be.fill(d_hist.data(), nslots * radix, std::uint64_t(0));
+      be.histogram(rows, cols, bin, nslots * radix, d_hist.data(), range);
+      be.copy_to_host(d_hist.data(), nslots * radix, hist.data());
+    }
     comm.allreduce_sum(hist.data(), nslots * radix);
 
     // One sweep over each slot's bins for all its requests, in rank order (requests of one slot share

@@ -127,6 +127,8 @@ ASYPPO_LANES_INLINE __m128i and_(__m128i a, __m128i b) { return _mm_and_si128(a,
 ASYPPO_LANES_INLINE __m256i and_(__m256i a, __m256i b) { return _mm256_and_si256(a, b); }
 ASYPPO_LANES_INLINE __m128i or_(__m128i a, __m128i b) { return _mm_or_si128(a, b); }
 ASYPPO_LANES_INLINE __m256i or_(__m256i a, __m256i b) { return _mm256_or_si256(a, b); }
+ASYPPO_LANES_INLINE __m128i and_not(__m128i a, __m128i b) { return _mm_andnot_si128(b, a); }  // a & ~b
+ASYPPO_LANES_INLINE __m256i and_not(__m256i a, __m256i b) { return _mm256_andnot_si256(b, a); }
 ASYPPO_LANES_INLINE __m128i gt(__m128i a, __m128i b) { return _mm_cmpgt_epi32(a, b); }
 ASYPPO_LANES_INLINE __m256i gt(__m256i a, __m256i b) { return _mm256_cmpgt_epi64(a, b); }
 ASYPPO_LANES_INLINE __m128i eq(__m128i a, __m128i b) { return _mm_cmpeq_epi32(a, b); }
@@ -281,6 +283,7 @@ struct gae_hook_lanes<mask_hook<T>> {
   T* sd[4];
   keys key_k, key_h, has_k, eq_k, has_h, eq_h;  // thresholds as flipped keys; the rest lane masks
   bool masks_written, apply;
+  bool whole_ties = true;  // every lane takes all of its ties (eq == has; so whenever masks are decided here)
 
   static bool supported(const mask_hook<T>& h) {
     return unit_inner_stride(h.adv_mask) && unit_inner_stride(h.entropy_mask) && unit_inner_stride(h.std_out);
@@ -300,6 +303,7 @@ struct gae_hook_lanes<mask_hook<T>> {
       ek[r] = -static_cast<key_t>((p.has_k != 0) & (p.off_k + 1 <= p.need_k));
       hh[r] = -static_cast<key_t>(p.has_h != 0);
       eh[r] = -static_cast<key_t>((p.has_h != 0) & (p.off_h + 1 > p.skip_h));
+      whole_ties = whole_ties && ek[r] == hk[r] && eh[r] == hh[r];
     }
     key_k = gae_lanes::lanes_i(kk), key_h = gae_lanes::lanes_i(kh), has_k = gae_lanes::lanes_i(hk);
     eq_k = gae_lanes::lanes_i(ek), has_h = gae_lanes::lanes_i(hh), eq_h = gae_lanes::lanes_i(eh);
@@ -307,8 +311,13 @@ struct gae_hook_lanes<mask_hook<T>> {
   /// low (I^A = 0) and high (I^H = 0) of keys x.
   ASYPPO_LANES_INLINE void decide(keys x, keys& low, keys& high) const {
     using namespace gae_lanes;
-    low = or_(and_(has_k, gt(key_k, x)), and_(eq_k, eq(x, key_k)));
-    high = or_(and_(has_h, gt(x, key_h)), and_(eq_h, eq(x, key_h)));
+    if (whole_ties) {  // x <= key_k, x >= key_h
+      low = and_not(has_k, gt(x, key_k));
+      high = and_not(has_h, gt(key_h, x));
+    } else {
+      low = or_(and_(has_k, gt(key_k, x)), and_(eq_k, eq(x, key_k)));
+      high = or_(and_(has_h, gt(x, key_h)), and_(eq_h, eq(x, key_h)));
+    }
   }
   ASYPPO_LANES_INLINE void prefetch(int r, index_t col) const {
     _mm_prefetch(reinterpret_cast<const char*>(sig[r] + col), _MM_HINT_T0);
