@@ -22,6 +22,10 @@ namespace asyppo::detail {
 struct last_valid_end {
   mask_view mask;
   index_t* end;
+  /// As a 2-D for_each over the first column of each row (first_column): rows, not tokens, are the
+  /// unit of work, so a CPU backend splits the rows over its threads (a 1-D for_each over B rows would
+  /// be one piece: its grain is sized for cheap elements).
+  ASYPPO_HD void operator()(index_t b, index_t) const { (*this)(b); }
   ASYPPO_HD void operator()(index_t b) const {
     index_t t = mask.extent[1];
     if (mask.stride[1] == 1 && t > 0) {  // eight mask bytes at a time
@@ -38,11 +42,19 @@ struct last_valid_end {
   }
 };
 
+/// Column 0 of every row (cols > 0).
+struct first_column {
+  ASYPPO_HD void operator()(index_t, index_t& lo, index_t& hi) const { lo = 0, hi = 1; }
+};
+
 /// end[b] for every row, in backend memory (host-visible through copy_to_host).
 template <class Backend>
 auto valid_row_ends(const Backend& be, mask_view mask) {
   auto ends = be.template allocate<index_t>(mask.extent[0]);
-  be.for_each(mask.extent[0], last_valid_end{mask, ends.data()});
+  if (mask.extent[1] > 0)
+    be.for_each(mask.extent[0], mask.extent[1], last_valid_end{mask, ends.data()}, first_column{});
+  else if (mask.extent[0] > 0)
+    be.fill(ends.data(), mask.extent[0], index_t(0));
   return ends;
 }
 
