@@ -23,8 +23,8 @@ struct last_valid_end {
   mask_view mask;
   index_t* end;
   /// As a 2-D for_each over the first column of each row (first_column): rows, not tokens, are the
-  /// unit of work, so a CPU backend splits the rows over its threads (a 1-D for_each over B rows would
-  /// be one piece: its grain is sized for cheap elements).
+  /// unit of work, so the CPU backend splits the rows over its threads (its 1-D for_each over B rows
+  /// would be one piece: that grain is sized for cheap elements).
   ASYPPO_HD void operator()(index_t b, index_t) const { (*this)(b); }
   ASYPPO_HD void operator()(index_t b) const {
     index_t t = mask.extent[1];
@@ -51,10 +51,14 @@ struct first_column {
 template <class Backend>
 auto valid_row_ends(const Backend& be, mask_view mask) {
   auto ends = be.template allocate<index_t>(mask.extent[0]);
-  if (mask.extent[1] > 0)
-    be.for_each(mask.extent[0], mask.extent[1], last_valid_end{mask, ends.data()}, first_column{});
-  else if (mask.extent[0] > 0)
-    be.fill(ends.data(), mask.extent[0], index_t(0));
+  if constexpr (host_memory_backend<Backend>) {  // the CPU: rows over the threads
+    if (mask.extent[1] > 0)
+      be.for_each(mask.extent[0], mask.extent[1], last_valid_end{mask, ends.data()}, first_column{});
+    else if (mask.extent[0] > 0)
+      be.fill(ends.data(), mask.extent[0], index_t(0));
+  } else {  // a device: one thread per row (a ragged 2-D for_each would launch one per token)
+    be.for_each(mask.extent[0], last_valid_end{mask, ends.data()});
+  }
   return ends;
 }
 
