@@ -19,6 +19,7 @@
 #pragma once
 
 #include <algorithm>
+#include <concepts>
 #include <cstdint>
 #include <cstring>
 #include <type_traits>
@@ -61,6 +62,18 @@ inline T key_value(std::uint64_t key) {
   return x;
 }
 
+/// f(seg, key) for the valid elements of [t0, t1) of row b, in order: through the key function's own
+/// row loop when it offers one for this row (for_each_key returning true), else element by element.
+template <class KeyOf, class F>
+void for_each_key(const KeyOf& key_of, index_t b, index_t t0, index_t t1, F&& f) {
+  if constexpr (requires { { key_of.for_each_key(b, t0, t1, f) } -> std::same_as<bool>; })
+    if (key_of.for_each_key(b, t0, t1, f)) return;
+  index_t seg;
+  std::uint64_t key;
+  for (index_t t = t0; t < t1; ++t)
+    if (key_of(b, t, seg, key)) f(seg, key);
+}
+
 /// Histogram bin of element i for one pass: looks the element's segment up in the slot table
 /// and bins its next digit under the slot whose prefix it matches.
 template <class KeyOf>
@@ -87,27 +100,16 @@ struct radix_bin {
   /// key function's own loop when it has one.
   template <class Count>
   void count_span(index_t b, index_t t0, index_t t1, Count* counts) const {
-#if defined(ASYPPO_SIMD_AVX2)
-    // First pass over float keys (no digit above this one): eight keys per vector.
     index_t seg;
     const float* s;
     const std::uint8_t* m;
-    if constexpr (requires { key_of.float_row(b, seg, s, m); })
-      if (shift + digit_bits == 32 && simd_width() >= 4 && key_of.float_row(b, seg, s, m) &&
-          slot_begin[seg + 1] - slot_begin[seg] == 1 && slot_prefix[slot_begin[seg]] == 0)
-        t0 = select_lanes::count_digits(s, m, t0, t1, shift, slot_begin[seg] << digit_bits, counts);
-#endif
-    if constexpr (requires { key_of.for_each_key(b, t0, t1, [](index_t, std::uint64_t) {}); }) {
-      key_of.for_each_key(b, t0, t1, [&](index_t seg, std::uint64_t key) {
-        const index_t k = bin_of(seg, key);
-        if (k >= 0) ++counts[k];
-      });
-    } else {
-      for (index_t t = t0; t < t1; ++t) {
-        const index_t k = (*this)(b, t);
-        if (k >= 0) ++counts[k];
-      }
-    }
+    if (float_first_pass(key_of, shift + digit_bits, b, seg, s, m) && slot_begin[seg + 1] - slot_begin[seg] == 1 &&
+        slot_prefix[slot_begin[seg]] == 0)  // eight keys per vector (core/simd/select_lanes.hpp)
+      t0 = select_lanes::count_digits(s, m, t0, t1, shift, slot_begin[seg] << digit_bits, counts);
+    for_each_key(key_of, b, t0, t1, [&](index_t sg, std::uint64_t key) {
+      const index_t k = bin_of(sg, key);
+      if (k >= 0) ++counts[k];
+    });
   }
 };
 
@@ -141,25 +143,16 @@ struct radix_pick {
   /// The CPU backend's span: push(v) for the picked elements of [t0, t1) of row b, in order.
   template <class Push>
   void collect_span(index_t b, index_t t0, index_t t1, Push&& push) const {
-#if defined(ASYPPO_SIMD_AVX2)
-    // Right after the first pass over float keys: eight keys per vector.
     index_t seg;
     const float* s;
     const std::uint8_t* m;
-    if constexpr (requires { key_of.float_row(b, seg, s, m); })
-      if (shift + digit_bits == 32 && simd_width() >= 4 && key_of.float_row(b, seg, s, m))
-        t0 = select_lanes::pick_digits(s, m, t0, t1, shift, seg << digit_bits, is_slot,
-                                       [&](index_t i, std::uint64_t key) { push(value_type{slot_of[i], key}); });
-#endif
+    if (float_first_pass(key_of, shift + digit_bits, b, seg, s, m))  // eight keys per vector
+      t0 = select_lanes::pick_digits(s, m, t0, t1, shift, seg << digit_bits, is_slot,
+                                     [&](index_t i, std::uint64_t key) { push(value_type{slot_of[i], key}); });
     value_type v;
-    if constexpr (requires { key_of.for_each_key(b, t0, t1, [](index_t, std::uint64_t) {}); }) {
-      key_of.for_each_key(b, t0, t1, [&](index_t seg, std::uint64_t key) {
-        if (pick(seg, key, v)) push(v);
-      });
-    } else {
-      for (index_t t = t0; t < t1; ++t)
-        if ((*this)(b, t, v)) push(v);
-    }
+    for_each_key(key_of, b, t0, t1, [&](index_t sg, std::uint64_t key) {
+      if (pick(sg, key, v)) push(v);
+    });
   }
 };
 

@@ -75,20 +75,17 @@ struct std_key_of {
       return false;
     }
   }
-  /// f(seg, key) for the valid elements of [t0, t1) of row b in order (core/select.hpp, CPU spans):
-  /// plain pointer loops when the row is contiguous.
+  /// f(seg, key) for the valid elements of [t0, t1) of row b in order, in plain pointer loops, when the
+  /// row is contiguous (else false: detail::for_each_key then calls this functor per element).
   template <class F>
-  void for_each_key(index_t b, index_t t0, index_t t1, F&& f) const {
+  bool for_each_key(index_t b, index_t t0, index_t t1, F&& f) const {
+    if (!unit_inner_stride(sigma) || !unit_inner_stride(mask)) return false;
     const index_t seg = per_row ? b : 0;
-    if (unit_inner_stride(sigma) && unit_inner_stride(mask)) {
-      const T* s = &sigma(b, 0);
-      const std::uint8_t* m = &mask(b, 0);
-      for (index_t t = t0; t < t1; ++t)
-        if (m[t]) f(seg, ordered_key(s[t]));  // masks come in runs: a predictable branch
-      return;
-    }
+    const T* s = &sigma(b, 0);
+    const std::uint8_t* m = &mask(b, 0);
     for (index_t t = t0; t < t1; ++t)
-      if (mask(b, t)) f(seg, ordered_key(sigma(b, t)));
+      if (m[t]) f(seg, ordered_key(s[t]));  // masks come in runs: a predictable branch
+    return true;
   }
 };
 

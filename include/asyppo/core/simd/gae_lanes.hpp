@@ -46,6 +46,16 @@ namespace gae_lanes {
 
 using vd = __m256d;
 
+/// Four row pointers, each moved to its row's column of this step: at(base, col).p[r] = base[r] + col[r].
+template <class P>
+struct ptr4 {
+  P p[4];
+};
+template <class P>
+ASYPPO_LANES_INLINE ptr4<P> at(P const base[4], const index_t col[4]) {
+  return {{base[0] + col[0], base[1] + col[1], base[2] + col[2], base[3] + col[3]}};
+}
+
 /// Row r's four values p[r][0..3] -> out[k] = {p[0][k], p[1][k], p[2][k], p[3][k]}, in double.
 ASYPPO_LANES_INLINE void load4x4(const float* const p[4], vd out[4]) {
   __m128 r0 = _mm_loadu_ps(p[0]), r1 = _mm_loadu_ps(p[1]), r2 = _mm_loadu_ps(p[2]), r3 = _mm_loadu_ps(p[3]);
@@ -73,12 +83,15 @@ ASYPPO_LANES_INLINE void store4x4(double* const p[4], const vd in[4]) {
   transpose4(a, b, c, d);
   _mm256_storeu_pd(p[0], a), _mm256_storeu_pd(p[1], b), _mm256_storeu_pd(p[2], c), _mm256_storeu_pd(p[3], d);
 }
+/// Sixteen bytes as a 4 x 4 matrix, transposed: byte 4 i + j goes to 4 j + i.
+ASYPPO_LANES_INLINE __m128i transpose_bytes4x4(__m128i x) {
+  return _mm_shuffle_epi8(x, _mm_setr_epi8(0, 4, 8, 12, 1, 5, 9, 13, 2, 6, 10, 14, 3, 7, 11, 15));
+}
 /// Row r's four bytes -> lane masks out[k] (all ones where p[r][k] != 0).
 ASYPPO_LANES_INLINE void mask4x4(const std::uint8_t* const p[4], vd out[4]) {
   std::int32_t w[4];
   for (int r = 0; r < 4; ++r) memcpy(&w[r], p[r], 4);
-  const __m128i bytes = _mm_shuffle_epi8(_mm_set_epi32(w[3], w[2], w[1], w[0]),
-                                         _mm_setr_epi8(0, 4, 8, 12, 1, 5, 9, 13, 2, 6, 10, 14, 3, 7, 11, 15));
+  const __m128i bytes = transpose_bytes4x4(_mm_set_epi32(w[3], w[2], w[1], w[0]));
   const __m128i nz = _mm_xor_si128(_mm_cmpeq_epi8(bytes, _mm_setzero_si128()), _mm_set1_epi32(-1));  // 0xff: != 0
   out[0] = _mm256_castsi256_pd(_mm256_cvtepi8_epi64(nz));
   out[1] = _mm256_castsi256_pd(_mm256_cvtepi8_epi64(_mm_srli_si128(nz, 4)));
@@ -92,8 +105,7 @@ ASYPPO_LANES_INLINE __m128i narrow_mask(vd m) {
 /// The inverse of mask4x4 for 0/1 bytes, from 32-bit lane masks: p[r][k] = (lane r of in[k] != 0).
 ASYPPO_LANES_INLINE void store_mask4x4(std::uint8_t* const p[4], const __m128i in[4]) {
   const __m128i bytes = _mm_packs_epi16(_mm_packs_epi32(in[0], in[1]), _mm_packs_epi32(in[2], in[3]));  // [k][r]
-  const __m128i rows = _mm_and_si128(_mm_shuffle_epi8(bytes, _mm_setr_epi8(0, 4, 8, 12, 1, 5, 9, 13, 2, 6, 10, 14, 3, 7, 11, 15)),
-                                     _mm_set1_epi8(1));  // [r][k]
+  const __m128i rows = _mm_and_si128(transpose_bytes4x4(bytes), _mm_set1_epi8(1));  // [r][k]
   const std::int32_t w0 = _mm_cvtsi128_si32(rows), w1 = _mm_extract_epi32(rows, 1), w2 = _mm_extract_epi32(rows, 2),
                      w3 = _mm_extract_epi32(rows, 3);
   memcpy(p[0], &w0, 4), memcpy(p[1], &w1, 4), memcpy(p[2], &w2, 4), memcpy(p[3], &w3, 4);
@@ -177,18 +189,11 @@ void scan4(const rows4<T, NK>& q, const HookLanes& hook, index_t C, double s_out
         if (q.ret[0]) _mm_prefetch(reinterpret_cast<const char*>(q.ret[r] + ahead), _MM_HINT_T0);
         hook.prefetch(r, ahead);
       }
-    const T* p[4];
     vd valid[4], v0[4], v1[4], rw[4], A[4], R[4], S[4];
-    const std::uint8_t* pm[4] = {q.m[0] + col[0], q.m[1] + col[1], q.m[2] + col[2], q.m[3] + col[3]};
-    mask4x4(pm, valid);
-    for (int r = 0; r < 4; ++r) p[r] = q.v0[r] + col[r];
-    load4x4(p, v0);
-    if constexpr (NK == 2) {
-      for (int r = 0; r < 4; ++r) p[r] = q.v1[r] + col[r];
-      load4x4(p, v1);
-    }
-    for (int r = 0; r < 4; ++r) p[r] = q.rw[r] + col[r];
-    load4x4(p, rw);
+    mask4x4(at(q.m, col).p, valid);
+    load4x4(at(q.v0, col).p, v0);
+    if constexpr (NK == 2) load4x4(at(q.v1, col).p, v1);
+    load4x4(at(q.rw, col).p, rw);
     for (int k = 3; k >= 0; --k) {
       // gae_element: V-bar and r - V-bar (ensemble_point::mean), 0 at masked tokens.
       const vd mean = NK == 2 ? _mm256_mul_pd(half, _mm256_add_pd(v0[k], v1[k]))
@@ -223,19 +228,9 @@ void scan4(const rows4<T, NK>& q, const HookLanes& hook, index_t C, double s_out
       }
     }
     hook.block(col, valid, A);
-    T* out[4];
-    if (q.adv[0]) {
-      for (int r = 0; r < 4; ++r) out[r] = q.adv[r] + col[r];
-      store4x4(out, A);
-    }
-    if (q.ret[0]) {
-      for (int r = 0; r < 4; ++r) out[r] = q.ret[r] + col[r];
-      store4x4(out, R);
-    }
-    if constexpr (Std) {
-      for (int r = 0; r < 4; ++r) out[r] = q.sd[r] + col[r];
-      store4x4(out, S);
-    }
+    if (q.adv[0]) store4x4(at(q.adv, col).p, A);
+    if (q.ret[0]) store4x4(at(q.ret, col).p, R);
+    if constexpr (Std) store4x4(at(q.sd, col).p, S);
   }
   _mm256_storeu_pd(s_out, s), _mm256_storeu_pd(a_out, a), _mm256_storeu_pd(c_out, c);
 }
@@ -349,9 +344,8 @@ struct gae_hook_lanes<mask_hook<T>> {
         for (int r = 0; r < 4; ++r) _mm_storeu_ps(reinterpret_cast<float*>(sd[r]) + col[r], sv[r]);
       }
     } else {
-      const T* p[4] = {sig[0] + col[0], sig[1] + col[1], sig[2] + col[2], sig[3] + col[3]};
       __m256d sv[4];
-      load4x4(p, sv);
+      load4x4(at(sig, col).p, sv);
       for (int k = 0; k < 4; ++k) {
         sv[k] = _mm256_and_pd(valid[k], sv[k]);
         if (!masks_written) {
@@ -362,21 +356,13 @@ struct gae_hook_lanes<mask_hook<T>> {
           em32[k] = narrow_mask(_mm256_andnot_pd(_mm256_castsi256_pd(high), valid[k]));
         }
       }
-      if (sd[0]) {
-        T* ps[4] = {sd[0] + col[0], sd[1] + col[1], sd[2] + col[2], sd[3] + col[3]};
-        store4x4(ps, sv);
-      }
+      if (sd[0]) store4x4(at(sd, col).p, sv);
     }
     if (masks_written) {
-      const std::uint8_t* pa[4] = {am[0] + col[0], am[1] + col[1], am[2] + col[2], am[3] + col[3]};
-      mask4x4(pa, amask);
+      mask4x4(at(am, col).p, amask);
     } else {
-      std::uint8_t* pa[4] = {am[0] + col[0], am[1] + col[1], am[2] + col[2], am[3] + col[3]};
-      store_mask4x4(pa, am32);
-      if (em[0]) {
-        std::uint8_t* pe[4] = {em[0] + col[0], em[1] + col[1], em[2] + col[2], em[3] + col[3]};
-        store_mask4x4(pe, em32);
-      }
+      store_mask4x4(at(am, col).p, am32);
+      if (em[0]) store_mask4x4(at(em, col).p, em32);
     }
     if (apply)
       for (int k = 0; k < 4; ++k) A[k] = _mm256_andnot_pd(_mm256_andnot_pd(amask[k], valid[k]), A[k]);  // 0 where valid & !I^A

@@ -73,6 +73,31 @@ index_t pick_digits(const float* s, const std::uint8_t* m, index_t t0, index_t t
 
 }  // namespace select_lanes
 ASYPPO_END_AVX2_CODE
+#else
+namespace select_lanes {  // no AVX2: nothing processed (float_first_pass is false anyway)
+template <class Count>
+index_t count_digits(const float*, const std::uint8_t*, index_t t0, index_t, int, index_t, Count*) {
+  return t0;
+}
+template <class Push>
+index_t pick_digits(const float*, const std::uint8_t*, index_t t0, index_t, int, index_t, const std::uint64_t*, Push&&) {
+  return t0;
+}
+}  // namespace select_lanes
 #endif
+
+/// Whether the first radix pass over row b (top_bits = shift + digit bits = 32: nothing above the
+/// digit) runs on these lanes: the key function offers float rows (float_row: segment, values, mask)
+/// and the CPU has AVX2.
+template <class KeyOf>
+bool float_first_pass([[maybe_unused]] const KeyOf& key_of, [[maybe_unused]] int top_bits, [[maybe_unused]] index_t b,
+                      [[maybe_unused]] index_t& seg, [[maybe_unused]] const float*& s,
+                      [[maybe_unused]] const std::uint8_t*& m) {
+#if defined(ASYPPO_SIMD_AVX2)
+  if constexpr (requires { key_of.float_row(b, seg, s, m); })
+    return top_bits == 32 && simd_width() >= 4 && key_of.float_row(b, seg, s, m);
+#endif
+  return false;
+}
 
 }  // namespace asyppo::detail
