@@ -5,6 +5,7 @@
 #include "asyppo/version.hpp"
 #include "asyppo/config.hpp"
 #include "asyppo/error.hpp"
+#include "asyppo/half_types.hpp"
 #include "asyppo/views.hpp"
 
 #include "asyppo/backend/patterns.hpp"
@@ -28,4 +29,5 @@
 #include "asyppo/core/kl.hpp"
 #include "asyppo/core/value_loss.hpp"
 #include "asyppo/core/actor_objective.hpp"
+#include "asyppo/core/critic_heads.hpp"
 #include "asyppo/core/global_counts.hpp"

@@ -113,6 +113,8 @@ _NATIVE_FUNCTIONS = (
     "logits_logp_entropy_backward",
     "aggregate_loss",
     "count_loss_tokens",
+    "critic_heads_forward",
+    "critic_heads_backward",
 )
 
 for _name in _NATIVE_FUNCTIONS:

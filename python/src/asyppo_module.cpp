@@ -654,6 +654,69 @@ py::object policy_loss_py(py::object logp, py::object old_logp, py::object advan
   });
 }
 
+// ---- critic value heads (H1-H4) ------------------------------------------------------------------
+/// hidden [K,N,D] (a trunk per critic) or [N,D] (one trunk shared by the K heads).
+template <class T>
+asyppo::view<const T, 3> hidden_in(keep_alive& k, const py::object& o, asyppo::index_t K, const std::string& fn) {
+  const auto nd = as_array(o).ndim();
+  if (nd == 2) return asyppo::shared_trunk(in<T, 2>(k, o, fn, "hidden"), K);
+  if (nd != 3) bad(fn, "hidden", "must be [K,N,D] (a trunk per critic) or [N,D] (shared), got " + std::to_string(nd) + " dimensions");
+  return in<T, 3>(k, o, fn, "hidden");
+}
+
+py::object critic_heads_forward_py(py::object hidden, py::object weight, py::object bias, bool check_finite) {
+  const std::string fn = "critic_heads_forward";
+  return dispatch(hidden, [&](auto tag) -> py::object {
+    using T = decltype(tag);
+    keep_alive k;
+    const auto w = in<T, 2>(k, weight, fn, "weight");
+    const auto h = hidden_in<T>(k, hidden, w.extent[0], fn);
+    const auto b = opt_in<T, 1>(k, bias, fn, "bias");
+    py::array v;
+    const auto vv = out<T, 2>(k, py::none(), {w.extent[0], h.extent[1]}, v, fn, "values");
+    asyppo::critic_heads_options o;
+    o.check_finite = check_finite;
+    {
+      py::gil_scoped_release nogil;
+      asyppo::critic_heads_forward(be(), h, w, b, vv, o);
+    }
+    return v;
+  });
+}
+
+py::object critic_heads_backward_py(py::object hidden, py::object weight, py::object grad_values, bool hidden_grad,
+                                    bool check_finite) {
+  const std::string fn = "critic_heads_backward";
+  return dispatch(hidden, [&](auto tag) -> py::object {
+    using T = decltype(tag);
+    keep_alive k;
+    const auto w = in<T, 2>(k, weight, fn, "weight");
+    const asyppo::index_t K = w.extent[0], D = w.extent[1];
+    const auto h = hidden_in<T>(k, hidden, K, fn);
+    const auto g = in<T, 2>(k, grad_values, fn, "grad_values");
+    const bool shared = as_array(hidden).ndim() == 2;
+    const asyppo::index_t N = h.extent[1];
+    py::array dw, dc, dh;
+    asyppo::critic_head_gradients<T> grads{out<T, 2>(k, py::none(), {K, D}, dw, fn, "weight"),
+                                           out<T, 1>(k, py::none(), {K}, dc, fn, "bias"), {}};
+    if (hidden_grad) {
+      if (shared) grads.hidden = asyppo::shared_trunk(out<T, 2>(k, py::none(), {N, D}, dh, fn, "hidden"), K);
+      else grads.hidden = out<T, 3>(k, py::none(), {K, N, D}, dh, fn, "hidden");
+    }
+    asyppo::critic_heads_options o;
+    o.check_finite = check_finite;
+    {
+      py::gil_scoped_release nogil;
+      asyppo::critic_heads_backward(be(), h, w, g, grads, o);
+    }
+    py::dict d;
+    d["weight"] = dw;
+    d["bias"] = dc;
+    d["hidden"] = hidden_grad ? py::object(dh) : py::object(py::none());
+    return d;
+  });
+}
+
 py::object value_loss_py(py::object values, py::object returns, py::object mask, py::object old_values,
                          py::object critic_returns, py::object shard_weights, double clip, bool half,
                          const std::string& aggregation, py::object normalizers, bool check_finite,
@@ -982,6 +1045,12 @@ PYBIND11_MODULE(_native, m) {
   m.def("aggregate_loss", &aggregate_loss_py, arg("loss"), arg("mask"), arg("mode") = "token-mean",
         arg("normalizer") = none, arg("check_finite") = true, arg("compute_grad") = true,
         "Agg(loss) -> (value, dAgg/dloss weights, resolved normalizer dict).");
+  m.def("critic_heads_forward", &critic_heads_forward_py, arg("hidden"), arg("weight"), arg("bias") = none,
+        arg("check_finite") = true,
+        "Values [K,N] = hidden [K,N,D] (or shared [N,D]) . weight [K,D] + bias [K] (Eq. H1).");
+  m.def("critic_heads_backward", &critic_heads_backward_py, arg("hidden"), arg("weight"), arg("grad_values"),
+        arg("hidden_grad") = true, arg("check_finite") = true,
+        "Gradients {weight [K,D], bias [K], hidden (like hidden, or None)} from grad_values [K,N] (Eq. H2-H4).");
   m.def("count_loss_tokens", &count_loss_tokens_py, arg("mask"),
         "Local counts {tokens, sequences, rows, length} of a mask (sum over micro-batches/ranks).");
 }

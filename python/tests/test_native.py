@@ -422,3 +422,45 @@ def test_torch_tensors_in_and_out():
     assert isinstance(arrays["adv_mask"], torch.Tensor) and arrays["adv_mask"].dtype == torch.bool
     loss, g, met = asyppo.policy_loss(tr, tr.requires_grad_(False) * 0.5, tr, tm)
     assert isinstance(g, torch.Tensor) and isinstance(loss, float)
+
+
+# ---- critic value heads (H1-H4) -------------------------------------------------------------------
+
+@pytest.mark.parametrize("shared", [False, True])
+@pytest.mark.parametrize("dtype", [np.float64, np.float32])
+def test_critic_heads_against_numpy_and_torch_autograd(shared, dtype):
+    rng = np.random.default_rng(7)
+    K, N, D = 2, 37, 11
+    hidden = rng.normal(size=(N, D) if shared else (K, N, D)).astype(dtype)
+    weight = rng.normal(size=(K, D)).astype(dtype)
+    bias = rng.normal(size=K).astype(dtype)
+    grad = rng.normal(size=(K, N)).astype(dtype)
+    tol = 1e-12 if dtype == np.float64 else 2e-5
+    H = np.broadcast_to(hidden, (K, N, D)).astype(np.float64)
+    v = asyppo.critic_heads_forward(hidden, weight, bias)
+    assert v.shape == (K, N) and v.dtype == dtype
+    np.testing.assert_allclose(v, np.einsum("knd,kd->kn", H, weight.astype(np.float64)) + bias[:, None], rtol=tol, atol=tol)
+    g = asyppo.critic_heads_backward(hidden, weight, grad)
+    assert g["hidden"].shape == hidden.shape
+    if torch is None:
+        pytest.skip("torch not available")
+    th = torch.tensor(hidden.astype(np.float64), requires_grad=True)
+    tw = torch.tensor(weight.astype(np.float64), requires_grad=True)
+    tb = torch.tensor(bias.astype(np.float64), requires_grad=True)
+    hk = th.unsqueeze(0).expand(K, N, D) if shared else th
+    tv = torch.einsum("knd,kd->kn", hk, tw) + tb[:, None]
+    (tv * torch.tensor(grad.astype(np.float64))).sum().backward()
+    np.testing.assert_allclose(g["weight"], tw.grad.numpy(), rtol=tol, atol=tol * 10)
+    np.testing.assert_allclose(g["bias"], tb.grad.numpy(), rtol=tol, atol=tol * 10)
+    np.testing.assert_allclose(g["hidden"], th.grad.numpy(), rtol=tol, atol=tol * 10)
+    assert asyppo.critic_heads_backward(hidden, weight, grad, hidden_grad=False)["hidden"] is None
+
+
+def test_critic_heads_reject_bad_input():
+    w = np.ones((2, 3))
+    with pytest.raises(ValueError, match="hidden"):
+        asyppo.critic_heads_forward(np.ones((2, 4, 5)), w)  # D = 5, weight has D = 3
+    with pytest.raises(ValueError, match="weight"):
+        asyppo.critic_heads_forward(np.ones((2, 4, 3)), np.array([[1.0, np.nan, 0], [0, 0, 0]]))
+    with pytest.raises(ValueError, match="grad_values"):
+        asyppo.critic_heads_backward(np.ones((2, 4, 3)), w, np.ones((2, 5)))

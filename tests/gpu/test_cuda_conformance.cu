@@ -728,6 +728,50 @@ TEMPLATE_TEST_CASE("cuda algorithms: policy_loss, value_loss, actor_objective", 
   }
 }
 
+TEMPLATE_TEST_CASE("cuda algorithms: critic heads (cuBLAS and the pattern path)", "[cuda][algorithms][critic_heads]",
+                   float, double) {
+  // cuBLAS accumulates in T (float: FP32 FMA, no TF32 with the default handle), the CPU in double:
+  // float within 1e-4 relative to max(1, |x|) for sums of up to 3000 terms of magnitude <= 1.
+  using T = TestType;
+  static_assert(detail::has_gemm<cuda_backend, T>, "the CUDA backend offers the dense pattern (cuBLAS)");
+  const double tol = std::is_same_v<T, float> ? 1e-4 : 1e-11;
+  cuda_backend gpu;
+  cpu_backend cpu;
+  const int K = 2, N = 3000, D = 256;
+  for (bool shared : {false, true})
+    for (bool interleaved : {false, true}) {  // interleaved hidden states: the pattern path on the GPU
+      CAPTURE(shared, interleaved);
+      std::mt19937_64 rng(shared ? 31 : 32);
+      const index_t inner = interleaved ? 2 : 1, trunks = shared ? 1 : K;
+      const auto h = as<T>(random_values(rng, static_cast<std::size_t>(trunks) * N * D * inner));
+      const auto w = as<T>(random_values(rng, static_cast<std::size_t>(K) * D));
+      const auto c = as<T>(random_values(rng, K));
+      const auto g = as<T>(random_values(rng, static_cast<std::size_t>(K) * N));
+      auto dh_ = upload(gpu, h), dw_ = upload(gpu, w), dc_ = upload(gpu, c), dg_ = upload(gpu, g);
+      auto hv = [&](const T* p) {
+        return view<const T, 3>::strided(p, {K, N, D}, {shared ? 0 : N * D * inner, D * inner, inner});
+      };
+      auto out_h = [&](T* p) { return view<T, 3>::strided(p, {K, N, D}, {shared ? 0 : N * D * inner, D * inner, inner}); };
+      std::vector<T> v(static_cast<std::size_t>(K) * N), gw(static_cast<std::size_t>(K) * D), gc(K), gh(h.size());
+      critic_heads_forward(cpu, hv(h.data()), view<const T, 2>(w.data(), K, D), seq_view<const T>(c.data(), K),
+                           view<T, 2>(v.data(), K, N));
+      critic_heads_backward(cpu, hv(h.data()), view<const T, 2>(w.data(), K, D), view<const T, 2>(g.data(), K, N),
+                            critic_head_gradients<T>{{gw.data(), K, D}, {gc.data(), K}, out_h(gh.data())});
+      auto dv = gpu.allocate<T>(K * N);
+      auto dgw = gpu.allocate<T>(K * D);
+      auto dgc = gpu.allocate<T>(K);
+      auto dgh = upload(gpu, std::vector<T>(h.size(), T(0)));
+      critic_heads_forward(gpu, hv(dh_.data()), view<const T, 2>(dw_.data(), K, D), seq_view<const T>(dc_.data(), K),
+                           view<T, 2>(dv.data(), K, N));
+      critic_heads_backward(gpu, hv(dh_.data()), view<const T, 2>(dw_.data(), K, D), view<const T, 2>(dg_.data(), K, N),
+                            critic_head_gradients<T>{{dgw.data(), K, D}, {dgc.data(), K}, out_h(dgh.data())});
+      require_close(download(gpu, dv), v, tol);
+      require_close(download(gpu, dgw), gw, tol);
+      require_close(download(gpu, dgc), gc, tol);
+      require_close(download(gpu, dgh), gh, tol);
+    }
+}
+
 TEST_CASE("cuda backend: errors name the failing call; host pointers are rejected", "[cuda][errors]") {
   cuda_backend gpu;
   std::vector<double> host(4);

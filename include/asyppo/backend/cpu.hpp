@@ -146,7 +146,8 @@ class cpu_backend {
   }
   template <class F, class Range>
   void for_each(index_t rows, index_t cols, F f, Range range) const {
-    parallel_blocks(rows, std::max<index_t>(1, 4096 / std::max<index_t>(cols, 1)), [&](index_t lo, index_t hi) {
+    const index_t per_row = std::max<index_t>(cols, 1) * detail::work_of(f);
+    parallel_blocks(rows, std::max<index_t>(1, 4096 / per_row), [&](index_t lo, index_t hi) {
       const F fn = f;  // a local copy: stores through uint8 outputs cannot alias its fields
       for (index_t b = lo; b < hi; ++b) {
         index_t t0, t1;

@@ -43,6 +43,9 @@
 // the range full_rows{cols}. detail::ragged_* wrap a functor so that a backend may implement a
 // ragged pattern through its full-row one.
 // Memory: allocate<T>(n) (an owning buffer with data()), copy_to_host, copy_from_host, fill.
+// Optional dense pattern: gemm(shape, a, b, beta, c), BLAS's strided batched matrix product
+// (backend/dense.hpp; the CUDA backend's cuBLAS). Algorithms that use it also have a path written
+// with the patterns above, taken on backends without it.
 // Optional: check_memory(where, name, const void* p) throws asyppo::error unless the backend can use
 // the memory at p; every entry point calls it on each view before any other backend call
 // (detail::check_memory). The CUDA backend rejects host memory and other devices' memory there; a
@@ -55,7 +58,9 @@
 // (same result), written so that the compiler can vectorise it (contiguous rows); a CPU backend
 // calls it for each piece of a row it folds, a GPU backend ignores it (detail::fold_span). Likewise
 // a 2-D for_each functor may offer span(b, t0, t1), the same as f(b, t) for t in [t0, t1)
-// (detail::visit_span). A row-scan sink may offer scan_rows(e, op, dir, lo, hi, range) -> bool: it then
+// (detail::visit_span), and work() -> index_t, the cost of one element in units of a simple token
+// operation (default 1; the critic heads' elements are dot products of length D), by which a CPU backend
+// divides the number of elements it gives each thread at least (detail::work_of). A row-scan sink may offer scan_rows(e, op, dir, lo, hi, range) -> bool: it then
 // scans the rows [lo, hi) itself, exactly as the pattern would (same states, same outputs; the GAE
 // sink runs four rows per SIMD vector), or returns false and the CPU backend scans them one by one
 // (detail::scan_row). In the same way a histogram bin may offer count_span(b, t0, t1, counts) (++counts[bin]
@@ -129,6 +134,17 @@ ASYPPO_HD void visit_span(const F& f, index_t b, index_t t0, index_t t1) {
     if (t1 > t0) f.span(b, t0, t1);
   } else {
     for (index_t t = t0; t < t1; ++t) f(b, t);
+  }
+}
+
+/// f.work() when the functor offers it (>= 1), else 1.
+template <class F>
+index_t work_of(const F& f) {
+  if constexpr (requires { f.work(); }) {
+    const index_t w = f.work();
+    return w > 1 ? w : 1;
+  } else {
+    return 1;
   }
 }
 

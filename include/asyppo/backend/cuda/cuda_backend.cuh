@@ -20,11 +20,16 @@
 // advantages differ by rounding of the composed products (relative 1e-12 in double
 // accumulation for gamma, lambda <= 1).
 //
-// Errors: every CUDA / CUB status becomes asyppo::error naming the call (error.cuh); views whose
+// Dense products (backend/dense.hpp: the critic heads) go to cuBLAS (cublas.cuh) on the same stream,
+// through a handle created at the first GEMM and shared by the backend's copies (or the caller's:
+// with_blas_handle).
+//
+// Errors: every CUDA / CUB / cuBLAS status becomes asyppo::error naming the call (error.cuh); views whose
 // data is not device memory of this device are rejected before any launch (check_memory).
 // Only valid under nvcc; link asyppo::cuda.
 #pragma once
 
+#include "asyppo/backend/cuda/cublas.cuh"
 #include "asyppo/backend/cuda/device_buffer.cuh"
 #include "asyppo/backend/cuda/error.cuh"
 #include "asyppo/backend/cuda/kernels.cuh"
@@ -33,6 +38,7 @@
 #include <cub/device/device_scan.cuh>
 
 #include <cstdint>
+#include <memory>
 #include <type_traits>
 #include <vector>
 
@@ -55,6 +61,14 @@ class cuda_backend : public detail::ragged_by_wrapping<cuda_backend> {
   explicit cuda_backend(cudaStream_t stream = nullptr, int device = -1, cuda_workspace* ws = nullptr)
       : stream_(stream), device_(device), ws_(ws) {
     if (device_ < 0) ASYPPO_CUDA_CHECK(cudaGetDevice(&device_));
+  }
+
+  /// The same backend with the caller's cuBLAS handle (not owned) for the dense pattern, instead of
+  /// the one created on first use.
+  cuda_backend with_blas_handle(cublasHandle_t handle) const {
+    cuda_backend b = *this;
+    b.blas_ = std::make_shared<cublas_handle>(handle);
+    return b;
   }
 
   cudaStream_t stream() const { return stream_; }
@@ -114,6 +128,13 @@ class cuda_backend : public detail::ragged_by_wrapping<cuda_backend> {
   void synchronize() const {
     device_guard g(device_);
     ASYPPO_CUDA_CHECK(cudaStreamSynchronize(stream_));
+  }
+
+  // ---- the dense pattern (backend/dense.hpp): cuBLAS, stream-ordered --------------------------
+  template <class T>
+  void gemm(gemm_shape s, gemm_operand<T> a, gemm_operand<T> b, double beta, gemm_output<T> c) const {
+    device_guard g(device_);
+    cuda_detail::gemm_strided_batched(blas_->get(), stream_, s, a, b, beta, c);
   }
 
   // ---- flat patterns -------------------------------------------------------------------------
@@ -315,6 +336,7 @@ class cuda_backend : public detail::ragged_by_wrapping<cuda_backend> {
   cudaStream_t stream_ = nullptr;
   int device_ = 0;
   cuda_workspace* ws_ = nullptr;
+  std::shared_ptr<cublas_handle> blas_ = std::make_shared<cublas_handle>();  // shared by copies
 };
 
 static_assert(Backend<cuda_backend>);

@@ -1,0 +1,304 @@
+#!/usr/bin/env python3
+"""asyppo against PyTorch implementations of verl's functions, in one process, on one device.
+
+    python3 bench/gpu/bench_vs_torch.py --lib build/gpu/libasyppo_bench_cuda.so            # on a GPU
+    /usr/bin/python3 bench/gpu/bench_vs_torch.py --device cpu --lib build/gpu/libasyppo_bench_cpu.so \\
+        --B 64 --T 512 --repeat 2                                                            # dry run
+
+asyppo is called through ctypes (bench/gpu/capi.hpp) on the very tensors PyTorch allocated, on PyTorch's
+current CUDA stream. The PyTorch side is written here from the description of verl's functions in
+docs/peer-semantics.md (not copied from verl):
+
+  advantage step  the ensemble mean and population std of K critics, verl's GAE loop over t (one batched
+                  [B] step per token position, gamma = lambda = 1), the AsyPPO masks from one stable sort
+                  of the valid tokens' std (the bottom floor(k N) tokens masked out of the advantages, the
+                  top floor(h N) out of the entropy bonus; k = h = 0.2), advantages times the mask;
+                  asyppo: advantage_step (statistics off).
+  actor loss      verl's vanilla clipped surrogate (clip 0.2, log-ratio clamp 20, token-mean over the
+                  response mask, AsyPPO's advantage mask on the per-token loss), forward and backward
+                  through autograd to d loss / d logp; asyppo: actor_objective (token-mean, the same
+                  masks), which returns that gradient.
+  critic heads    (information) V = H W + c for K trunks and its backward, torch.einsum with autograd;
+                  asyppo: critic_heads_forward / _backward (cuBLAS on a GPU).
+
+Each case also checks that both sides computed the same thing (the maximum difference, and the fraction of
+mask entries that agree). Bandwidth: the minimum bytes each call must move (inputs read once, outputs written
+once), against the device-to-device copy bandwidth measured here (torch copy_ of 1 GiB, counting bytes read
+and written). Results are printed as a markdown table and, with --json, written to a file.
+"""
+import argparse
+import ctypes
+import json
+import math
+import time
+
+import torch
+
+F32 = ctypes.POINTER(ctypes.c_float)
+
+
+def load(lib_path):
+    lib = ctypes.CDLL(lib_path)
+    p, i64, i32, f64p = ctypes.c_void_p, ctypes.c_int64, ctypes.c_int, ctypes.POINTER(ctypes.c_double)
+    lib.asyppo_bench_backend.restype = ctypes.c_char_p
+    lib.asyppo_bench_last_error.restype = ctypes.c_char_p
+    lib.asyppo_bench_advantage_step_f32.argtypes = [p, i64, i64, i64, p, p, p, p, p, p, p, p, i32, f64p]
+    lib.asyppo_bench_actor_objective_f32.argtypes = [p, i64, i64, p, p, p, p, p, p, i32, i32, f64p]
+    lib.asyppo_bench_critic_heads_f32.argtypes = [p, i64, i64, i64, p, p, p, p, p, p, p, p]
+    for f in ("asyppo_bench_advantage_step_f32", "asyppo_bench_actor_objective_f32", "asyppo_bench_critic_heads_f32"):
+        getattr(lib, f).restype = i32
+    return lib
+
+
+def check(lib, rc):
+    if rc != 0:
+        raise RuntimeError("asyppo: " + lib.asyppo_bench_last_error().decode())
+
+
+def ptr(t):
+    return ctypes.c_void_p(t.data_ptr()) if t is not None else None
+
+
+class Timer:
+    """Best wall time of `repeat` calls after one warm-up, with the device synchronised around each."""
+
+    def __init__(self, device):
+        self.device = device
+
+    def sync(self):
+        if self.device.type == "cuda":
+            torch.cuda.synchronize()
+
+    def best_ms(self, fn, repeat):
+        fn()
+        self.sync()
+        best = math.inf
+        for _ in range(repeat):
+            self.sync()
+            t0 = time.perf_counter()
+            fn()
+            self.sync()
+            best = min(best, (time.perf_counter() - t0) * 1e3)
+        return best
+
+
+# ---- inputs --------------------------------------------------------------------------------------------
+
+def make_rollout(B, T, K, device, seed=1):
+    g = torch.Generator().manual_seed(seed)
+    lengths = torch.exp(torch.randn(B, generator=g) * 0.9 + math.log(0.2 * T)).ceil().clamp(8, T).long()
+    mask = torch.arange(T)[None, :] < lengths[:, None]
+    values = torch.rand(K, B, T, generator=g) * mask
+    rewards = torch.zeros(B, T)
+    rewards[torch.arange(B), lengths - 1] = (torch.rand(B, generator=g) < 0.5).float()
+    group_ids = torch.arange(B) // 8
+    logp = -torch.rand(B, T, generator=g) * 2
+    old_logp = logp + 0.05 * torch.randn(B, T, generator=g)
+    adv = torch.randn(B, T, generator=g) * mask
+    to = lambda x: x.to(device).contiguous()
+    return dict(values=to(values), rewards=to(rewards), mask_u8=to(mask.to(torch.uint8)), mask_f=to(mask.float()),
+                group_ids=to(group_ids), logp=to(logp), old_logp=to(old_logp), adv=to(adv))
+
+
+# ---- PyTorch implementations of verl's functions (+ AsyPPO's masks) ----------------------------------------
+
+def torch_gae(values, rewards, mask, gamma=1.0, lam=1.0):
+    """verl's loop: a carried (next value, last advantage) pair, kept where the mask is 0."""
+    B, T = values.shape
+    nextvalues = torch.zeros(B, dtype=values.dtype, device=values.device)
+    lastgaelam = torch.zeros_like(nextvalues)
+    out = []
+    for t in reversed(range(T)):
+        delta = rewards[:, t] + gamma * nextvalues - values[:, t]
+        candidate = delta + gamma * lam * lastgaelam
+        m = mask[:, t]
+        nextvalues = values[:, t] * m + (1 - m) * nextvalues
+        lastgaelam = candidate * m + (1 - m) * lastgaelam
+        out.append(lastgaelam)
+    advantages = torch.stack(out[::-1], dim=1)
+    return advantages, advantages + values
+
+
+def torch_advantage_step(values, rewards, mask_f, k=0.2, h=0.2):
+    vbar = values.mean(0)
+    sigma = values.std(0, unbiased=False)
+    adv, ret = torch_gae(vbar, rewards, mask_f)
+    valid = mask_f.bool().flatten()
+    idx = valid.nonzero().squeeze(1)
+    order = torch.sort(sigma.flatten()[idx], stable=True).indices
+    N = idx.numel()
+    nk, nh = int(math.floor(k * N)), int(math.floor(h * N))
+    adv_mask = valid.clone()
+    adv_mask[idx[order[:nk]]] = False
+    ent_mask = valid.clone()
+    if nh > 0:
+        ent_mask[idx[order[N - nh:]]] = False
+    adv_mask = adv_mask.view_as(mask_f)
+    ent_mask = ent_mask.view_as(mask_f)
+    return adv * adv_mask * mask_f, ret * mask_f, adv_mask, ent_mask
+
+
+def torch_actor_loss(logp, old_logp, adv, mask_f, adv_mask_f, clip=0.2):
+    logp = logp.detach().requires_grad_(True)
+    log_ratio = torch.clamp(logp - old_logp, -20.0, 20.0)
+    ratio = torch.exp(log_ratio)
+    pg1 = -adv * ratio
+    pg2 = -adv * torch.clamp(ratio, 1.0 - clip, 1.0 + clip)
+    per_token = torch.maximum(pg1, pg2) * adv_mask_f
+    loss = (per_token * mask_f).sum() / mask_f.sum().clamp(min=1.0)
+    loss.backward()
+    return loss.detach(), logp.grad
+
+
+def torch_heads(h, w, c, g):
+    h = h.detach().requires_grad_(True)
+    w = w.detach().requires_grad_(True)
+    c = c.detach().requires_grad_(True)
+    v = torch.einsum("knd,kd->kn", h, w) + c[:, None]
+    (v * g).sum().backward()
+    return v.detach(), w.grad, c.grad, h.grad
+
+
+# ---- the cases -------------------------------------------------------------------------------------------
+
+def copy_bandwidth(device, timer, repeat):
+    n = (1 << 28) if device.type == "cuda" else (1 << 24)  # 1 GiB of float32 on a GPU, 64 MiB on a CPU
+    a = torch.ones(n, device=device)
+    b = torch.empty_like(a)
+    ms = timer.best_ms(lambda: b.copy_(a), repeat)
+    return 2 * a.numel() * 4 / (ms * 1e-3)
+
+
+def advantage_case(lib, stream, d, K, B, T, timer, repeat, torch_repeat):
+    dev = d["values"].device
+    adv = torch.empty(B, T, device=dev)
+    ret = torch.empty(B, T, device=dev)
+    am = torch.empty(B, T, dtype=torch.uint8, device=dev)
+    em = torch.empty(B, T, dtype=torch.uint8, device=dev)
+    summary = (ctypes.c_double * 4)()
+
+    def run():
+        check(lib, lib.asyppo_bench_advantage_step_f32(stream, K, B, T, ptr(d["values"]), ptr(d["rewards"]),
+                                                        ptr(d["mask_u8"]), ptr(d["group_ids"]), ptr(adv), ptr(ret),
+                                                        ptr(am), ptr(em), 0, summary))
+
+    ours = timer.best_ms(run, repeat)
+    theirs = timer.best_ms(lambda: torch_advantage_step(d["values"], d["rewards"], d["mask_f"]), torch_repeat)
+    t_adv, t_ret, t_am, t_em = torch_advantage_step(d["values"], d["rewards"], d["mask_f"])
+    valid = d["mask_f"].bool()
+    agree = lambda x, y: float(((x.bool() == y.bool()) | ~valid).float().mean())
+    both = valid & am.bool() & t_am
+    checks = {
+        "max |adv diff| where both masks keep the token": float((adv - t_adv)[both].abs().max()) if both.any() else 0.0,
+        "max |return diff|": float(((ret - t_ret) * d["mask_f"]).abs().max()),
+        "adv mask agreement": agree(am, t_am),
+        "entropy mask agreement": agree(em, t_em),
+    }
+    bytes_min = B * T * (4 * K + 4 + 1 + 4 + 4 + 1 + 1)  # V, r, m in; A, R, I^A, I^H out
+    return ours, theirs, bytes_min, checks
+
+
+def actor_case(lib, stream, d, B, T, timer, repeat):
+    dev = d["logp"].device
+    grad = torch.empty(B, T, device=dev)
+    loss = ctypes.c_double()
+    am = (d["adv"].abs() > 0.3).to(torch.uint8) * d["mask_u8"]  # an advantage mask of the right density
+
+    def run():
+        check(lib, lib.asyppo_bench_actor_objective_f32(stream, B, T, ptr(d["logp"]), ptr(d["old_logp"]), ptr(d["adv"]),
+                                                         ptr(d["mask_u8"]), ptr(am), ptr(grad), 1, 0, ctypes.byref(loss)))
+
+    ours = timer.best_ms(run, repeat)
+    amf = am.float()
+    theirs = timer.best_ms(lambda: torch_actor_loss(d["logp"], d["old_logp"], d["adv"], d["mask_f"], amf), repeat)
+    t_loss, t_grad = torch_actor_loss(d["logp"], d["old_logp"], d["adv"], d["mask_f"], amf)
+    scale = float(t_grad.abs().max()) or 1.0
+    checks = {
+        "loss (asyppo, torch)": [loss.value, float(t_loss)],
+        "max |grad diff| / max |grad|": float((grad - t_grad).abs().max()) / scale,
+    }
+    bytes_min = B * T * (4 * 3 + 1 + 1 + 4)  # logp, old_logp, A, m, I^A in; dL/dlogp out
+    return ours, theirs, bytes_min, checks
+
+
+def heads_case(lib, stream, K, N, D, device, timer, repeat):
+    g = torch.Generator().manual_seed(5)
+    h = torch.randn(K, N, D, generator=g).to(device)
+    w = (torch.randn(K, D, generator=g) / math.sqrt(D)).to(device)
+    c = torch.randn(K, generator=g).to(device)
+    gv = torch.randn(K, N, generator=g).to(device)
+    v, dw, dc, dh = (torch.empty(K, N, device=device), torch.empty(K, D, device=device), torch.empty(K, device=device),
+                     torch.empty(K, N, D, device=device))
+
+    def run():
+        check(lib, lib.asyppo_bench_critic_heads_f32(stream, K, N, D, ptr(h), ptr(w), ptr(c), ptr(v), ptr(gv), ptr(dw),
+                                                      ptr(dc), ptr(dh)))
+
+    ours = timer.best_ms(run, repeat)
+    theirs = timer.best_ms(lambda: torch_heads(h, w, c, gv), repeat)
+    tv, tdw, tdc, tdh = torch_heads(h, w, c, gv)
+    rel = lambda x, y: float((x - y).abs().max()) / max(float(y.abs().max()), 1e-30)
+    checks = {"values rel diff": rel(v, tv), "dW rel diff": rel(dw, tdw), "dc rel diff": rel(dc, tdc),
+              "dH rel diff": rel(dh, tdh)}
+    bytes_min = 4 * (2 * K * N * D + K * N) + 4 * (K * N * D + K * N)  # H read twice (forward, dW), dH written
+    return ours, theirs, bytes_min, checks
+
+
+def main():
+    ap = argparse.ArgumentParser()
+    ap.add_argument("--lib", required=True, help="libasyppo_bench_{cuda,cpu}.so (bench/gpu/capi_*.c*)")
+    ap.add_argument("--device", default="cuda")
+    ap.add_argument("--B", type=int, default=1024)
+    ap.add_argument("--T", type=int, default=8192)
+    ap.add_argument("--K", type=int, default=2)
+    ap.add_argument("--heads", default="16384x4096", help="N x D of the critic-heads case ('' to skip)")
+    ap.add_argument("--repeat", type=int, default=10)
+    ap.add_argument("--torch-gae-repeat", type=int, default=2, help="the Python GAE loop is slow: fewer runs")
+    ap.add_argument("--json", default="")
+    a = ap.parse_args()
+
+    device = torch.device(a.device)
+    lib = load(a.lib)
+    backend = lib.asyppo_bench_backend().decode()
+    stream = ctypes.c_void_p(torch.cuda.current_stream().cuda_stream) if device.type == "cuda" else ctypes.c_void_p(0)
+    name = torch.cuda.get_device_name(device) if device.type == "cuda" else "CPU"
+    timer = Timer(device)
+    torch.manual_seed(0)
+
+    copy_bps = copy_bandwidth(device, timer, a.repeat)
+    d = make_rollout(a.B, a.T, a.K, device)
+    rows = []
+    ours, theirs, nbytes, ck = advantage_case(lib, stream, d, a.K, a.B, a.T, timer, a.repeat, a.torch_gae_repeat)
+    rows.append(("advantage step", ours, theirs, nbytes, ck))
+    ours, theirs, nbytes, ck = actor_case(lib, stream, d, a.B, a.T, timer, a.repeat)
+    rows.append(("actor loss + gradient", ours, theirs, nbytes, ck))
+    if a.heads:
+        N, D = (int(x) for x in a.heads.split("x"))
+        ours, theirs, nbytes, ck = heads_case(lib, stream, a.K, N, D, device, timer, a.repeat)
+        rows.append((f"critic heads fwd+bwd ({N}x{D})", ours, theirs, nbytes, ck))
+
+    print(f"device: {name}; asyppo backend: {backend}; torch {torch.__version__}; B x T = {a.B} x {a.T}, K = {a.K}, "
+          f"float32")
+    print(f"device copy bandwidth (torch copy_, read + write): {copy_bps / 1e9:.1f} GB/s")
+    print()
+    print("| case | asyppo ms | GB/s | % of copy | torch (verl) ms | speed-up |")
+    print("|---|---:|---:|---:|---:|---:|")
+    out = {"device": name, "backend": backend, "torch": torch.__version__, "B": a.B, "T": a.T, "K": a.K,
+           "copy_bytes_per_s": copy_bps, "cases": []}
+    for label, ours, theirs, nbytes, ck in rows:
+        bps = nbytes / (ours * 1e-3)
+        print(f"| {label} | {ours:.3f} | {bps / 1e9:.1f} | {100 * bps / copy_bps:.0f}% | {theirs:.3f} | "
+              f"{theirs / ours:.1f}x |")
+        out["cases"].append({"case": label, "asyppo_ms": ours, "torch_ms": theirs, "min_bytes": nbytes,
+                             "bytes_per_s": bps, "fraction_of_copy": bps / copy_bps, "speedup": theirs / ours,
+                             "checks": ck})
+    print()
+    for label, *_, ck in rows:
+        print(f"{label}: " + "; ".join(f"{k} = {v}" for k, v in ck.items()))
+    if a.json:
+        with open(a.json, "w") as f:
+            json.dump(out, f, indent=1)
+
+
+if __name__ == "__main__":
+    main()

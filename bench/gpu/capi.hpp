@@ -1,0 +1,134 @@
+// bench/gpu/capi.hpp: a C interface to the advantage step, the actor objective and the critic heads,
+// for benchmark and comparison scripts that call asyppo through ctypes on buffers they own
+// (PyTorch tensors: data_ptr()), on the CPU (capi_cpu.cpp) or on a GPU (capi_cuda.cu, on the caller's
+// CUDA stream). Not a public API: a test harness (float32, contiguous row-major buffers).
+//
+// Every function returns 0, or 1 with the message in asyppo_bench_last_error(). The backend of one
+// library is fixed at build time; asyppo_bench_backend() names it.
+#pragma once
+
+#include <cstdint>
+#include <cstring>
+#include <exception>
+#include <string>
+
+#include "asyppo/core/actor_objective.hpp"
+#include "asyppo/core/advantage_step.hpp"
+#include "asyppo/core/critic_heads.hpp"
+
+namespace asyppo_bench_capi {
+
+inline std::string& last_error() {
+  static thread_local std::string e;
+  return e;
+}
+
+template <class F>
+int guarded(F&& f) {
+  try {
+    f();
+    return 0;
+  } catch (const std::exception& e) {
+    last_error() = e.what();
+    return 1;
+  }
+}
+
+/// The advantage step (defaults of the paper: k = h = 0.2, gamma = lambda = 1, batch scope), with
+/// the summary's statistics off unless asked for. summary_out (host, 4 doubles): the advantage-mask
+/// and entropy-filter fractions and thresholds.
+template <class Backend>
+int advantage_step(const Backend& be, std::int64_t K, std::int64_t B, std::int64_t T, const float* values,
+                   const float* rewards, const std::uint8_t* mask, const std::int64_t* group_ids, float* advantages,
+                   float* returns, std::uint8_t* adv_mask, std::uint8_t* entropy_mask, int statistics,
+                   double* summary_out) {
+  return guarded([&] {
+    using namespace asyppo;
+    advantage_config cfg;
+    cfg.critics = K;
+    cfg.statistics = statistics != 0;
+    const advantage_summary s = asyppo::advantage_step(
+        be,
+        advantage_inputs<float>{critic_view<const float>(values, K, B, T), token_view<const float>(rewards, B, T),
+                                mask_view(mask, B, T), seq_view<const std::int64_t>(group_ids, B)},
+        advantage_outputs<float>{token_view<float>(advantages, B, T), token_view<float>(returns, B, T),
+                                 mask_out(adv_mask, B, T), mask_out(entropy_mask, B, T)},
+        cfg);
+    if (summary_out) {
+      summary_out[0] = s.adv_mask_fraction;
+      summary_out[1] = s.entropy_filter_fraction;
+      summary_out[2] = s.adv_threshold;
+      summary_out[3] = s.entropy_threshold;
+    }
+  });
+}
+
+/// The actor objective's surrogate part with its gradient (clip 0.2, verl's token-mean aggregation
+/// when token_mean, else seq-mean-token-mean); loss_out (host): the loss.
+template <class Backend>
+int actor_objective(const Backend& be, std::int64_t B, std::int64_t T, const float* logp, const float* old_logp,
+                    const float* advantages, const std::uint8_t* mask, const std::uint8_t* adv_mask, float* grad_logp,
+                    int token_mean, int check_finite, double* loss_out) {
+  return guarded([&] {
+    using namespace asyppo;
+    actor_objective_options opt;
+    opt.aggregation = token_mean ? loss_aggregation::token_mean : loss_aggregation::seq_mean_token_mean;
+    opt.check_finite = check_finite != 0;
+    actor_objective_inputs<float> in{token_view<const float>(logp, B, T), token_view<const float>(old_logp, B, T),
+                                     token_view<const float>(advantages, B, T), mask_view(mask, B, T),
+                                     adv_mask ? mask_view(adv_mask, B, T) : mask_view{}};
+    const auto r = asyppo::actor_objective(be, in, actor_objective_outputs<float>{token_view<float>(grad_logp, B, T)}, opt);
+    if (loss_out) *loss_out = r.total;
+  });
+}
+
+/// The critic heads, a trunk per critic: values [K,N] from hidden [K,N,D], weight [K,D], bias [K];
+/// then the gradients from grad_values [K,N] (each output may be null).
+template <class Backend>
+int critic_heads(const Backend& be, std::int64_t K, std::int64_t N, std::int64_t D, const float* hidden,
+                 const float* weight, const float* bias, float* values, const float* grad_values, float* grad_weight,
+                 float* grad_bias, float* grad_hidden) {
+  return guarded([&] {
+    using namespace asyppo;
+    const view<const float, 3> h(hidden, K, N, D);
+    const view<const float, 2> w(weight, K, D);
+    if (values) critic_heads_forward(be, h, w, bias ? seq_view<const float>(bias, K) : seq_view<const float>{},
+                                     view<float, 2>(values, K, N));
+    if (grad_values)
+      critic_heads_backward(be, h, w, view<const float, 2>(grad_values, K, N),
+                            critic_head_gradients<float>{grad_weight ? view<float, 2>(grad_weight, K, D) : view<float, 2>{},
+                                                         grad_bias ? seq_view<float>(grad_bias, K) : seq_view<float>{},
+                                                         grad_hidden ? view<float, 3>(grad_hidden, K, N, D) : view<float, 3>{}});
+  });
+}
+
+}  // namespace asyppo_bench_capi
+
+// The exported functions, given make_backend(stream) -> a backend.
+#define ASYPPO_BENCH_CAPI_EXPORTS(BACKEND_NAME, MAKE_BACKEND)                                                        \
+  extern "C" {                                                                                                        \
+  const char* asyppo_bench_backend() { return BACKEND_NAME; }                                                         \
+  const char* asyppo_bench_last_error() { return asyppo_bench_capi::last_error().c_str(); }                          \
+  int asyppo_bench_advantage_step_f32(void* stream, std::int64_t K, std::int64_t B, std::int64_t T,                  \
+                                      const float* values, const float* rewards, const std::uint8_t* mask,           \
+                                      const std::int64_t* group_ids, float* advantages, float* returns,              \
+                                      std::uint8_t* adv_mask, std::uint8_t* entropy_mask, int statistics,            \
+                                      double* summary_out) {                                                         \
+    return asyppo_bench_capi::advantage_step(MAKE_BACKEND(stream), K, B, T, values, rewards, mask, group_ids,       \
+                                             advantages, returns, adv_mask, entropy_mask, statistics, summary_out); \
+  }                                                                                                                   \
+  int asyppo_bench_actor_objective_f32(void* stream, std::int64_t B, std::int64_t T, const float* logp,              \
+                                       const float* old_logp, const float* advantages, const std::uint8_t* mask,     \
+                                       const std::uint8_t* adv_mask, float* grad_logp, int token_mean,               \
+                                       int check_finite, double* loss_out) {                                         \
+    return asyppo_bench_capi::actor_objective(MAKE_BACKEND(stream), B, T, logp, old_logp, advantages, mask,         \
+                                              adv_mask, grad_logp, token_mean, check_finite, loss_out);             \
+  }                                                                                                                   \
+  int asyppo_bench_critic_heads_f32(void* stream, std::int64_t K, std::int64_t N, std::int64_t D,                    \
+                                    const float* hidden, const float* weight, const float* bias, float* values,      \
+                                    const float* grad_values, float* grad_weight, float* grad_bias,                  \
+                                    float* grad_hidden) {                                                            \
+    return asyppo_bench_capi::critic_heads(MAKE_BACKEND(stream), K, N, D, hidden, weight, bias, values,             \
+                                           grad_values, grad_weight, grad_bias, grad_hidden);                       \
+  }                                                                                                                   \
+  }

@@ -1,0 +1,89 @@
+// asyppo/half_types.hpp: the 16-bit input types frameworks hand over, bfloat16 and float16 (IEEE
+// binary16, "half"), as storage types that convert exactly to float.
+//
+// Each is one std::uint16_t of bits, layout-compatible with __nv_bfloat16 / __half (CUDA), with
+// torch.bfloat16 / torch.float16 tensors and with numpy.float16, so a caller's device or host buffer
+// is viewed in place (reinterpret the pointer). Entry points that accept them read them as inputs only
+// and compute in float or double (the widening is exact: every bfloat16 and float16 value is a float);
+// outputs stay float or double. from_float rounds to nearest, ties to even (NaN stays NaN, overflow
+// gives Inf), as torch's and CUDA's conversions do; the library itself never narrows.
+// Usable on the host and on a CUDA device (bit operations only, no intrinsics).
+#pragma once
+
+#include <cstdint>
+#include <cstring>
+
+#include "asyppo/config.hpp"
+
+namespace asyppo {
+
+namespace detail {
+
+ASYPPO_HD inline std::uint32_t float_bits(float f) {
+  std::uint32_t u;
+  memcpy(&u, &f, sizeof u);
+  return u;
+}
+ASYPPO_HD inline float bits_float(std::uint32_t u) {
+  float f;
+  memcpy(&f, &u, sizeof f);
+  return f;
+}
+
+}  // namespace detail
+
+/// bfloat16: the top 16 bits of a float (8 exponent bits, 7 mantissa bits).
+struct bfloat16 {
+  std::uint16_t bits;
+
+  /// Exact widening.
+  ASYPPO_HD operator float() const { return detail::bits_float(static_cast<std::uint32_t>(bits) << 16); }
+
+  /// Nearest bfloat16 (ties to even); NaN stays a (quiet) NaN.
+  ASYPPO_HD static bfloat16 from_float(float f) {
+    const std::uint32_t u = detail::float_bits(f);
+    if ((u & 0x7fffffffu) > 0x7f800000u) return {static_cast<std::uint16_t>((u >> 16) | 0x0040u)};
+    const std::uint32_t rounded = u + 0x7fffu + ((u >> 16) & 1u);
+    return {static_cast<std::uint16_t>(rounded >> 16)};
+  }
+};
+
+/// float16 (IEEE binary16: 5 exponent bits, 10 mantissa bits, subnormals).
+struct float16 {
+  std::uint16_t bits;
+
+  /// Exact widening (subnormals, Inf and NaN included).
+  ASYPPO_HD operator float() const {
+    const std::uint32_t sign = static_cast<std::uint32_t>(bits & 0x8000u) << 16;
+    const std::uint32_t exponent = (bits >> 10) & 0x1fu, mantissa = bits & 0x3ffu;
+    if (exponent == 0) {  // zero or subnormal: mantissa * 2^-24, exact in float
+      const float m = static_cast<float>(mantissa) * 5.9604644775390625e-08f;
+      return detail::bits_float(detail::float_bits(m) | sign);
+    }
+    if (exponent == 31) return detail::bits_float(sign | 0x7f800000u | (mantissa << 13));
+    return detail::bits_float(sign | ((exponent + 112u) << 23) | (mantissa << 13));
+  }
+
+  /// Nearest float16 (ties to even); overflow gives Inf, NaN stays a (quiet) NaN.
+  ASYPPO_HD static float16 from_float(float f) {
+    const std::uint32_t u = detail::float_bits(f);
+    const std::uint16_t sign = static_cast<std::uint16_t>((u >> 16) & 0x8000u);
+    const std::uint32_t a = u & 0x7fffffffu;
+    if (a > 0x7f800000u) return {static_cast<std::uint16_t>(sign | 0x7e00u | ((a >> 13) & 0x3ffu))};
+    if (a >= 0x477ff000u) return {static_cast<std::uint16_t>(sign | 0x7c00u)};  // >= 65520: Inf
+    if (a < 0x38800000u) {  // below 2^-14: a subnormal (or zero) result, in units of 2^-24
+      const float scaled = detail::bits_float(a) * 16777216.0f;  // exact: a power-of-two scaling
+      // Round to an integer, ties to even (scaled < 2^10, so the float addition trick is exact).
+      const float r = (scaled + 8388608.0f) - 8388608.0f;
+      return {static_cast<std::uint16_t>(sign | static_cast<std::uint16_t>(r))};
+    }
+    // Normal: rebias the exponent (127 -> 15) and round the 13 dropped mantissa bits to even.
+    const std::uint32_t rebased = a - (112u << 23);
+    const std::uint32_t rounded = rebased + 0xfffu + ((rebased >> 13) & 1u);
+    return {static_cast<std::uint16_t>(sign | (rounded >> 13))};
+  }
+};
+
+static_assert(sizeof(bfloat16) == 2 && sizeof(float16) == 2, "16-bit storage types");
+
+}  // namespace asyppo

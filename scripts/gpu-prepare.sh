@@ -1,0 +1,24 @@
+#!/usr/bin/env bash
+# Builds, on this GPU-less machine, everything the GPU check (scripts/gpu-check.sh) runs on a lent GPU
+# machine, into build/gpu/ (ignored by git; name it in the device tool's `carry`):
+#   test_cuda_conformance       the GPU conformance suite (nvcc 13, sm_80 + sm_90; exits 77 without a device)
+#   libasyppo_bench_cuda.so     the C interface of bench/gpu/capi.hpp on the CUDA backend (ctypes)
+#   libasyppo_bench_cpu.so      the same on the CPU backend (to dry-run the comparison script here)
+# Building there would spend the device time the check is for (the conformance suite alone is minutes
+# of nvcc), and the GPU image has neither Eigen nor Catch2; the binaries need only the CUDA 13 runtime
+# and cuBLAS, which it has.
+# Usage: bash scripts/gpu-prepare.sh        (then: /usr/bin/python3 bench/gpu/bench_vs_torch.py --device cpu \
+#                                            --lib build/gpu/libasyppo_bench_cpu.so --B 64 --T 512 --heads 2048x256)
+set -euo pipefail
+cd "$(dirname "${BASH_SOURCE[0]}")/.."
+NVCC=${NVCC:-/usr/local/cuda/bin/nvcc}
+mkdir -p build/gpu
+cmake --preset cuda >/dev/null
+cmake --build --preset cuda --target test_cuda_conformance
+cp build/cuda/tests/gpu/test_cuda_conformance build/gpu/
+"$NVCC" -std=c++20 -O3 -gencode arch=compute_90,code=sm_90 --expt-relaxed-constexpr \
+  -Werror cross-execution-space-call -shared -Xcompiler -fPIC -Iinclude bench/gpu/capi_cuda.cu \
+  -o build/gpu/libasyppo_bench_cuda.so -lcublas
+g++ -std=gnu++20 -O3 -DNDEBUG -shared -fPIC -Iinclude -isystem /usr/include/eigen3 bench/gpu/capi_cpu.cpp \
+  -o build/gpu/libasyppo_bench_cpu.so -lpthread
+du -sh build/gpu/*
