@@ -21,11 +21,11 @@ import torch
 
 
 def gae_loop(values, rewards, mask, gamma=1.0, lam=1.0):
-    """values, rewards, mask: [B, T] float32 (mask 0/1). Returns (advantages, returns)."""
+    """values, rewards, mask: [B, T] float32 (mask 0/1), on any device. Returns (advantages, returns)."""
     with torch.no_grad():
         B, T = values.shape
-        nextvalues = torch.zeros(B, dtype=values.dtype)
-        lastgaelam = torch.zeros(B, dtype=values.dtype)
+        nextvalues = torch.zeros(B, dtype=values.dtype, device=values.device)
+        lastgaelam = torch.zeros(B, dtype=values.dtype, device=values.device)
         out = []
         for t in reversed(range(T)):
             delta = rewards[:, t] + gamma * nextvalues - values[:, t]

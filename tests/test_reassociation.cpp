@@ -42,3 +42,7 @@ TEST_CASE("tiled_backend really re-associates (the test can fail)", "[reassociat
   for (std::uint64_t s = 0; s < 5; ++s) differ += tiled_backend(s).reduce(index_t(1000), minus_reducer{}) != seq ? 1 : 0;
   CHECK(differ > 0);
 }
+
+TEMPLATE_TEST_CASE("critic heads do not depend on the evaluation order", "[reassociation]", float, double) {
+  asyppo_conformance::conformance_critic_heads<TestType>(make_tiled);
+}

@@ -43,3 +43,7 @@ TEMPLATE_TEST_CASE("thrust backend: baselines, whitening and returns against the
 TEMPLATE_TEST_CASE("thrust backend: losses against the CPU backend", "[thrust][conformance]", float, double) {
   asyppo_conformance::conformance_losses<TestType>(make_thrust);
 }
+
+TEMPLATE_TEST_CASE("thrust backend: critic heads against the CPU backend", "[thrust][conformance]", float, double) {
+  asyppo_conformance::conformance_critic_heads<TestType>(make_thrust);
+}

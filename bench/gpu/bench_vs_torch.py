@@ -30,9 +30,14 @@ import argparse
 import ctypes
 import json
 import math
+import os
+import sys
 import time
 
 import torch
+
+sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), ".."))
+from verl_gae_loop import gae_loop as torch_gae  # noqa: E402  (verl's loop, on any device)
 
 F32 = ctypes.POINTER(ctypes.c_float)
 
@@ -101,23 +106,6 @@ def make_rollout(B, T, K, device, seed=1):
 
 
 # ---- PyTorch implementations of verl's functions (+ AsyPPO's masks) ----------------------------------------
-
-def torch_gae(values, rewards, mask, gamma=1.0, lam=1.0):
-    """verl's loop: a carried (next value, last advantage) pair, kept where the mask is 0."""
-    B, T = values.shape
-    nextvalues = torch.zeros(B, dtype=values.dtype, device=values.device)
-    lastgaelam = torch.zeros_like(nextvalues)
-    out = []
-    for t in reversed(range(T)):
-        delta = rewards[:, t] + gamma * nextvalues - values[:, t]
-        candidate = delta + gamma * lam * lastgaelam
-        m = mask[:, t]
-        nextvalues = values[:, t] * m + (1 - m) * nextvalues
-        lastgaelam = candidate * m + (1 - m) * lastgaelam
-        out.append(lastgaelam)
-    advantages = torch.stack(out[::-1], dim=1)
-    return advantages, advantages + values
-
 
 def torch_advantage_step(values, rewards, mask_f, k=0.2, h=0.2):
     vbar = values.mean(0)

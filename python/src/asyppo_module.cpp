@@ -655,65 +655,79 @@ py::object policy_loss_py(py::object logp, py::object old_logp, py::object advan
 }
 
 // ---- critic value heads (H1-H4) ------------------------------------------------------------------
-/// hidden [K,N,D] (a trunk per critic) or [N,D] (one trunk shared by the K heads).
-template <class T>
-asyppo::view<const T, 3> hidden_in(keep_alive& k, const py::object& o, asyppo::index_t K, const std::string& fn) {
-  const auto nd = as_array(o).ndim();
-  if (nd == 2) return asyppo::shared_trunk(in<T, 2>(k, o, fn, "hidden"), K);
-  if (nd != 3) bad(fn, "hidden", "must be [K,N,D] (a trunk per critic) or [N,D] (shared), got " + std::to_string(nd) + " dimensions");
-  return in<T, 3>(k, o, fn, "hidden");
+/// hidden [K,N,D] (a trunk per critic) or [N,D] (one trunk shared by the K heads), as a view of E.
+template <class E>
+asyppo::view<const E, 3> hidden_view(keep_alive& k, const py::array& a, asyppo::index_t K, const std::string& fn) {
+  const auto nd = a.ndim();
+  if (nd != 2 && nd != 3)
+    bad(fn, "hidden", "must be [K,N,D] (a trunk per critic) or [N,D] (shared), got " + std::to_string(nd) + " dimensions");
+  k.hold(a);
+  const E* p = static_cast<const E*>(a.data());
+  if (nd == 2) return asyppo::shared_trunk(make_view<const E, 2>(a, p, fn, "hidden"), K);
+  return make_view<const E, 3>(a, p, fn, "hidden");
+}
+
+/// Calls f(hidden view): numpy float16 hidden states are read in place as asyppo::float16 (computed in
+/// T, Eq. H1-H4); any other dtype is converted to T.
+template <class T, class F>
+py::object with_hidden(keep_alive& k, const py::object& hidden, asyppo::index_t K, const std::string& fn, F&& f) {
+  py::array a = usable(as_array(hidden), fn, "hidden");
+  if (a.dtype().kind() == 'f' && a.itemsize() == 2) return f(hidden_view<asyppo::float16>(k, a, K, fn));
+  return f(hidden_view<T>(k, usable(to_dtype<T>(a), fn, "hidden"), K, fn));
 }
 
 py::object critic_heads_forward_py(py::object hidden, py::object weight, py::object bias, bool check_finite) {
   const std::string fn = "critic_heads_forward";
-  return dispatch(hidden, [&](auto tag) -> py::object {
+  return dispatch(weight, [&](auto tag) -> py::object {
     using T = decltype(tag);
     keep_alive k;
     const auto w = in<T, 2>(k, weight, fn, "weight");
-    const auto h = hidden_in<T>(k, hidden, w.extent[0], fn);
     const auto b = opt_in<T, 1>(k, bias, fn, "bias");
-    py::array v;
-    const auto vv = out<T, 2>(k, py::none(), {w.extent[0], h.extent[1]}, v, fn, "values");
-    asyppo::critic_heads_options o;
-    o.check_finite = check_finite;
-    {
-      py::gil_scoped_release nogil;
-      asyppo::critic_heads_forward(be(), h, w, b, vv, o);
-    }
-    return v;
+    return with_hidden<T>(k, hidden, w.extent[0], fn, [&](auto h) -> py::object {
+      py::array v;
+      const auto vv = out<T, 2>(k, py::none(), {w.extent[0], h.extent[1]}, v, fn, "values");
+      asyppo::critic_heads_options o;
+      o.check_finite = check_finite;
+      {
+        py::gil_scoped_release nogil;
+        asyppo::critic_heads_forward(be(), h, w, b, vv, o);
+      }
+      return v;
+    });
   });
 }
 
 py::object critic_heads_backward_py(py::object hidden, py::object weight, py::object grad_values, bool hidden_grad,
                                     bool check_finite) {
   const std::string fn = "critic_heads_backward";
-  return dispatch(hidden, [&](auto tag) -> py::object {
+  return dispatch(weight, [&](auto tag) -> py::object {
     using T = decltype(tag);
     keep_alive k;
     const auto w = in<T, 2>(k, weight, fn, "weight");
     const asyppo::index_t K = w.extent[0], D = w.extent[1];
-    const auto h = hidden_in<T>(k, hidden, K, fn);
     const auto g = in<T, 2>(k, grad_values, fn, "grad_values");
     const bool shared = as_array(hidden).ndim() == 2;
-    const asyppo::index_t N = h.extent[1];
-    py::array dw, dc, dh;
-    asyppo::critic_head_gradients<T> grads{out<T, 2>(k, py::none(), {K, D}, dw, fn, "weight"),
-                                           out<T, 1>(k, py::none(), {K}, dc, fn, "bias"), {}};
-    if (hidden_grad) {
-      if (shared) grads.hidden = asyppo::shared_trunk(out<T, 2>(k, py::none(), {N, D}, dh, fn, "hidden"), K);
-      else grads.hidden = out<T, 3>(k, py::none(), {K, N, D}, dh, fn, "hidden");
-    }
-    asyppo::critic_heads_options o;
-    o.check_finite = check_finite;
-    {
-      py::gil_scoped_release nogil;
-      asyppo::critic_heads_backward(be(), h, w, g, grads, o);
-    }
-    py::dict d;
-    d["weight"] = dw;
-    d["bias"] = dc;
-    d["hidden"] = hidden_grad ? py::object(dh) : py::object(py::none());
-    return d;
+    return with_hidden<T>(k, hidden, K, fn, [&](auto h) -> py::object {
+      const asyppo::index_t N = h.extent[1];
+      py::array dw, dc, dh;
+      asyppo::critic_head_gradients<T> grads{out<T, 2>(k, py::none(), {K, D}, dw, fn, "weight"),
+                                             out<T, 1>(k, py::none(), {K}, dc, fn, "bias"), {}};
+      if (hidden_grad) {
+        if (shared) grads.hidden = asyppo::shared_trunk(out<T, 2>(k, py::none(), {N, D}, dh, fn, "hidden"), K);
+        else grads.hidden = out<T, 3>(k, py::none(), {K, N, D}, dh, fn, "hidden");
+      }
+      asyppo::critic_heads_options o;
+      o.check_finite = check_finite;
+      {
+        py::gil_scoped_release nogil;
+        asyppo::critic_heads_backward(be(), h, w, g, grads, o);
+      }
+      py::dict d;
+      d["weight"] = dw;
+      d["bias"] = dc;
+      d["hidden"] = hidden_grad ? py::object(dh) : py::object(py::none());
+      return d;
+    });
   });
 }
 
@@ -1047,7 +1061,7 @@ PYBIND11_MODULE(_native, m) {
         "Agg(loss) -> (value, dAgg/dloss weights, resolved normalizer dict).");
   m.def("critic_heads_forward", &critic_heads_forward_py, arg("hidden"), arg("weight"), arg("bias") = none,
         arg("check_finite") = true,
-        "Values [K,N] = hidden [K,N,D] (or shared [N,D]) . weight [K,D] + bias [K] (Eq. H1).");
+        "Values [K,N] = hidden [K,N,D] (or shared [N,D]; float16 read in place) . weight [K,D] + bias [K] (Eq. H1).");
   m.def("critic_heads_backward", &critic_heads_backward_py, arg("hidden"), arg("weight"), arg("grad_values"),
         arg("hidden_grad") = true, arg("check_finite") = true,
         "Gradients {weight [K,D], bias [K], hidden (like hidden, or None)} from grad_values [K,N] (Eq. H2-H4).");

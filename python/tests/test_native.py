@@ -464,3 +464,18 @@ def test_critic_heads_reject_bad_input():
         asyppo.critic_heads_forward(np.ones((2, 4, 3)), np.array([[1.0, np.nan, 0], [0, 0, 0]]))
     with pytest.raises(ValueError, match="grad_values"):
         asyppo.critic_heads_backward(np.ones((2, 4, 3)), w, np.ones((2, 5)))
+
+
+def test_critic_heads_read_float16_hidden_states_in_place():
+    rng = np.random.default_rng(8)
+    K, N, D = 2, 29, 13
+    hidden16 = rng.normal(size=(K, N, D)).astype(np.float16)
+    weight = rng.normal(size=(K, D)).astype(np.float32)
+    grad = rng.normal(size=(K, N)).astype(np.float32)
+    wide = hidden16.astype(np.float32)  # exact
+    np.testing.assert_array_equal(asyppo.critic_heads_forward(hidden16, weight),
+                                  asyppo.critic_heads_forward(wide, weight))
+    g16, g32 = asyppo.critic_heads_backward(hidden16, weight, grad), asyppo.critic_heads_backward(wide, weight, grad)
+    for key in ("weight", "bias", "hidden"):
+        np.testing.assert_array_equal(g16[key], g32[key])
+    assert g16["hidden"].dtype == np.float32

@@ -770,6 +770,34 @@ TEMPLATE_TEST_CASE("cuda algorithms: critic heads (cuBLAS and the pattern path)"
       require_close(download(gpu, dgc), gc, tol);
       require_close(download(gpu, dgh), gh, tol);
     }
+  // bfloat16 hidden states (read exactly; the pattern path on every backend: H1 a row reduce).
+  {
+    std::mt19937_64 rng(33);
+    const auto wide = random_values(rng, static_cast<std::size_t>(K) * N * D);
+    std::vector<bfloat16> h16(wide.size());
+    for (std::size_t i = 0; i < wide.size(); ++i) h16[i] = bfloat16::from_float(static_cast<float>(wide[i]));
+    const auto w = as<T>(random_values(rng, static_cast<std::size_t>(K) * D));
+    const auto g = as<T>(random_values(rng, static_cast<std::size_t>(K) * N));
+    auto dh16 = upload(gpu, h16);
+    auto dw_ = upload(gpu, w), dg_ = upload(gpu, g);
+    std::vector<T> v(static_cast<std::size_t>(K) * N), gw(static_cast<std::size_t>(K) * D), gh(h16.size());
+    critic_heads_forward(cpu, view<const bfloat16, 3>(h16.data(), K, N, D), view<const T, 2>(w.data(), K, D), {},
+                         view<T, 2>(v.data(), K, N));
+    critic_heads_backward(cpu, view<const bfloat16, 3>(h16.data(), K, N, D), view<const T, 2>(w.data(), K, D),
+                          view<const T, 2>(g.data(), K, N),
+                          critic_head_gradients<T>{{gw.data(), K, D}, {}, {gh.data(), K, N, D}});
+    auto dv = gpu.allocate<T>(K * N);
+    auto dgw = gpu.allocate<T>(K * D);
+    auto dgh = gpu.allocate<T>(K * N * D);
+    critic_heads_forward(gpu, view<const bfloat16, 3>(dh16.data(), K, N, D), view<const T, 2>(dw_.data(), K, D), {},
+                         view<T, 2>(dv.data(), K, N));
+    critic_heads_backward(gpu, view<const bfloat16, 3>(dh16.data(), K, N, D), view<const T, 2>(dw_.data(), K, D),
+                          view<const T, 2>(dg_.data(), K, N),
+                          critic_head_gradients<T>{{dgw.data(), K, D}, {}, {dgh.data(), K, N, D}});
+    require_close(download(gpu, dv), v, std::is_same_v<T, float> ? 2e-6 : 1e-12);  // both accumulate in double
+    require_close(download(gpu, dgw), gw, std::is_same_v<T, float> ? 2e-6 : 1e-12);
+    require_close(download(gpu, dgh), gh, 0.0);  // per element, one product
+  }
 }
 
 TEST_CASE("cuda backend: errors name the failing call; host pointers are rejected", "[cuda][errors]") {

@@ -198,4 +198,41 @@ void conformance_losses(const Make& backend_at) {
     }
 }
 
+/// The critic heads (H1-H4), a trunk per critic and a shared trunk: values, dW, dc, dH against the CPU
+/// backend. The values and dc are row reductions (to rounding); dW (fixed token tiles) and dH are per
+/// element with a fixed order (identical).
+template <class T, class Make>
+void conformance_critic_heads(const Make& backend_at) {
+  const int K = 2, N = 333, D = 21;
+  std::mt19937_64 rng(23);
+  std::uniform_real_distribution<double> u(-1, 1);
+  auto fill = [&](std::size_t n) {
+    std::vector<T> v(n);
+    for (auto& x : v) x = static_cast<T>(u(rng));
+    return v;
+  };
+  for (bool shared : {false, true}) {
+    CAPTURE(shared);
+    const std::size_t trunks = shared ? 1 : K;
+    const auto h = fill(trunks * N * D), w = fill(static_cast<std::size_t>(K) * D), c = fill(K),
+               g = fill(static_cast<std::size_t>(K) * N);
+    const auto hv = view<const T, 3>::strided(h.data(), {K, N, D}, {shared ? 0 : index_t(N) * D, D, 1});
+    auto run = [&](const auto& be) {
+      std::vector<T> v(static_cast<std::size_t>(K) * N), dw(static_cast<std::size_t>(K) * D), dc(K), dh(h.size());
+      critic_heads_forward(be, hv, view<const T, 2>(w.data(), K, D), seq_view<const T>(c.data(), K),
+                           view<T, 2>(v.data(), K, N));
+      critic_heads_backward(be, hv, view<const T, 2>(w.data(), K, D), view<const T, 2>(g.data(), K, N),
+                            critic_head_gradients<T>{{dw.data(), K, D}, {dc.data(), K},
+                                                     view<T, 3>::strided(dh.data(), {K, N, D}, {shared ? 0 : index_t(N) * D, D, 1})});
+      return std::make_tuple(v, dw, dc, dh);
+    };
+    const auto [v0, dw0, dc0, dh0] = run(cpu_backend(1));
+    const auto [v1, dw1, dc1, dh1] = run(backend_at(31));
+    require_near(v1, v0, "values");
+    CHECK(dw1 == dw0);
+    require_near(dc1, dc0, "dc");
+    CHECK(dh1 == dh0);
+  }
+}
+
 }  // namespace asyppo_conformance

@@ -16,19 +16,20 @@
 // Views: hidden [K,N,D] (stride 0 along K: one trunk for every head, see shared_trunk), weight
 // [K,D], bias [K] (optional), values [K,N]; grad_values [K,N]; the gradients weight [K,D], bias [K]
 // and hidden [K,N,D] are each optional, and grad hidden has stride 0 along K exactly when hidden
-// has (the heads' contributions to the shared trunk are summed). accumulate adds dW and dc into
-// the outputs (micro-batches; equal to the one-batch result to rounding), otherwise they are
-// overwritten; dH is always overwritten.
+// has (the heads' contributions to the shared trunk are summed); it may be hidden itself (dW is
+// computed first). accumulate adds dW and dc into the outputs (micro-batches; equal to the one-batch
+// result to rounding), otherwise they are overwritten; dH is always overwritten.
 //
 // Two paths, same results to rounding:
 // - a backend with the dense pattern (backend/dense.hpp: the CUDA backend, cuBLAS) and views with
 //   unit inner strides get each of H1, H2, H4 as one GEMM (strided batched over K for separate
 //   trunks; one GEMM over all K for a shared trunk, which then reads H once);
 // - every other backend (the CPU backend) runs the pattern path below, accumulating in double:
-//   H1 a dot product per token in eight interleaved partial sums (lane_sums), H2 per fixed tile of
-//   tokens (the tiles depend on N only) and the tiles summed in order, H4 per element. Results are
-//   bit-identical run to run and for any thread count; the contiguous span functions perform the
-//   per-element operations in the same order (same bits).
+//   H1 a row reduce, one row of D columns per (token, head), into eight interleaved partial sums
+//   (lane_sums; on a GPU one block of threads per row, coalesced also for 16-bit hidden states), H2
+//   per fixed tile of tokens (the tiles depend on N only) and the tiles summed in order, H4 per
+//   element. On the CPU results are bit-identical run to run and for any thread count; the
+//   contiguous span functions perform the per-element operations in the same order (same bits).
 // Checks: shapes, strides, K >= 1, D >= 1, and (check_finite) NaN/Inf in weight, bias and
 // grad_values; hidden is not scanned (that would be a second read of the largest tensor): NaN or
 // Inf there propagates into the outputs, as in any GEMM. N = 0 is allowed (nothing to do; the
@@ -68,39 +69,93 @@ view<T, 3> shared_trunk(view<T, 2> h, index_t K) {
 
 namespace detail {
 
-/// Tokens per block of H1's pattern path: about 256 KB of hidden states, so that a block of a shared
-/// trunk is read from memory once for the K heads (from L2 for the others), and one head's weights
-/// stay in L1 while the block streams past them.
-inline index_t head_block_tokens(index_t N, index_t D) {
-  index_t b = 65536 / (D > 0 ? D : 1);
-  b = b > 1 ? b : 1;
-  return b < N ? b : (N > 0 ? N : 1);
-}
+/// Rows of H1's pattern path: one row of D columns per (token, head), ordered token block by token
+/// block, head by head within a block: r = ((blk << k_shift) + k) << block_shift + j for token
+/// n = (blk << block_shift) + j. Blocks of 2^block_shift tokens hold about 256 KB of hidden states (a
+/// block of a shared trunk is read from memory once for the K heads, from L2 for the others, and one
+/// head's weights stay in L1 while a block streams past them); K is padded to 2^k_shift, so every index
+/// is found with shifts and masks (no division per element on a GPU). Rows of a padded head or past the
+/// last token have no columns. A row reduce over them is one block of threads per row on a GPU
+/// (coalesced reads of a token's hidden states, also when they are 16-bit) and a fold per row on the CPU.
+struct head_rows {
+  index_t K, N, D;
+  int block_shift, k_shift;
+  static int log2_ceil(index_t x) {
+    int s = 0;
+    while ((index_t(1) << s) < x) ++s;
+    return s;
+  }
+  head_rows(index_t K_, index_t N_, index_t D_) : K(K_), N(N_), D(D_), k_shift(log2_ceil(K_)) {
+    int s = 0;
+    while (s < 16 && (D_ << (s + 1)) <= 65536) ++s;  // 2^s tokens of D elements: at most 65536 elements
+    const int n_shift = log2_ceil(N_ > 0 ? N_ : 1);
+    block_shift = s < n_shift ? s : n_shift;
+  }
+  index_t count() const {
+    const index_t blocks = ((N > 0 ? N : 1) + (index_t(1) << block_shift) - 1) >> block_shift;
+    return blocks << (k_shift + block_shift);
+  }
+  ASYPPO_HD void token(index_t r, index_t& k, index_t& n) const {
+    const index_t q = r >> block_shift;
+    k = q & ((index_t(1) << k_shift) - 1);
+    n = ((q >> k_shift) << block_shift) + (r & ((index_t(1) << block_shift) - 1));
+  }
+  /// The columns of row r: all D, or none for a padded head or a row past the last token.
+  ASYPPO_HD void operator()(index_t r, index_t& lo, index_t& hi) const {
+    index_t k, n;
+    token(r, k, n);
+    lo = 0;
+    hi = k < K && n < N ? D : 0;
+  }
+};
 
-/// H1 for one token and head: the dot product in lane_sums (element d into lane d mod 8). Index space
-/// [blocks K, block]: row r = (token block) K + k, column j = token within the block.
+/// H1 as a reduction over the columns d of a row: the dot product in lane_sums (element d into lane
+/// d mod 8, each lane in increasing d), so any split of a row into contiguous pieces folded in order,
+/// and the contiguous span fold, give the same bits.
 template <class T, class H>
 struct head_forward {
   view<const H, 3> hidden;
   view<const T, 2> weight;
-  seq_view<const T> bias;
-  view<T, 2> values;
-  index_t block;  // tokens per block
-  ASYPPO_HD index_t work() const { return weight.extent[1]; }
-  ASYPPO_HD void operator()(index_t r, index_t j) const {
-    const index_t K = weight.extent[0], blk = r / K, k = r - blk * K, n = blk * block + j;
-    if (n >= hidden.extent[1]) return;  // the last block's tail
-    const index_t D = weight.extent[1];
+  head_rows rows;
+  using value_type = lane_sums;
+  ASYPPO_HD lane_sums identity() const { return lane_sums::zero(); }
+  ASYPPO_HD void add(lane_sums& acc, index_t r, index_t d) const {
+    index_t k, n;
+    rows.token(r, k, n);
+    acc.v[d & 7] += static_cast<double>(hidden(k, n, d)) * static_cast<double>(weight(k, d));
+  }
+  ASYPPO_HD void add_span(lane_sums& acc, index_t r, index_t d0, index_t d1) const {
+    index_t k, n;
+    rows.token(r, k, n);
+    if (hidden.stride[2] != 1 || weight.stride[1] != 1) {
+      for (index_t d = d0; d < d1; ++d)
+        acc.v[d & 7] += static_cast<double>(hidden(k, n, d)) * static_cast<double>(weight(k, d));
+      return;
+    }
     const H* h = &hidden(k, n, 0);
     const T* w = &weight(k, 0);
-    const index_t hs = hidden.stride[2], ws = weight.stride[1];
-    lane_sums s = lane_sums::zero();
-    index_t d = 0;
-    if (hs == 1 && ws == 1)
-      for (; d + 8 <= D; d += 8)
-        for (int j = 0; j < 8; ++j) s.v[j] += static_cast<double>(h[d + j]) * static_cast<double>(w[d + j]);
-    for (; d < D; ++d) s.v[d & 7] += static_cast<double>(h[d * hs]) * static_cast<double>(w[d * ws]);
-    values(k, n) = static_cast<T>(s.total() + (bias.data ? static_cast<double>(bias(k)) : 0.0));
+    lane_sums s = acc;  // a local: its updates cannot alias the inputs
+    index_t d = d0;
+    for (; d < d1 && (d & 7) != 0; ++d) s.v[d & 7] += static_cast<double>(h[d]) * static_cast<double>(w[d]);
+    for (; d + 8 <= d1; d += 8)
+      for (int j = 0; j < 8; ++j) s.v[j] += static_cast<double>(h[d + j]) * static_cast<double>(w[d + j]);
+    for (; d < d1; ++d) s.v[d & 7] += static_cast<double>(h[d]) * static_cast<double>(w[d]);
+    acc = s;
+  }
+  ASYPPO_HD lane_sums combine(const lane_sums& a, const lane_sums& b) const { return a + b; }
+};
+
+/// values[k,n] = the row's total + bias[k].
+template <class T>
+struct head_forward_sink {
+  head_rows rows;
+  seq_view<const T> bias;
+  view<T, 2> values;
+  ASYPPO_HD void operator()(index_t r, const lane_sums& s) const {
+    index_t k, n;
+    rows.token(r, k, n);
+    if (k < rows.K && n < rows.N)
+      values(k, n) = static_cast<T>(s.total() + (bias.data ? static_cast<double>(bias(k)) : 0.0));
   }
 };
 
@@ -360,8 +415,9 @@ void critic_heads_forward(const Backend& be, view<const H, 3> hidden, view<const
       return;
     }
   }
-  const index_t block = detail::head_block_tokens(dm.N, dm.D), blocks = (dm.N + block - 1) / block;
-  be.for_each(blocks * dm.K, block, detail::head_forward<T, H>{hidden, weight, bias, values, block});
+  const detail::head_rows rows(dm.K, dm.N, dm.D);
+  be.row_reduce(rows.count(), dm.D, detail::head_forward<T, H>{hidden, weight, rows},
+                detail::head_forward_sink<T>{rows, bias, values}, rows);
 }
 
 /// H2-H4: the gradients of the heads' parameters and of the hidden states, from grad_values
