@@ -268,6 +268,45 @@ TEST_CASE("memory check: loss entry points check every view before any work", "[
                 });
   }
   {
+    outputs out;
+    std::vector<double> g3(g1.size(), 0.0);
+    actor_objective_result res{};
+    out.add(g1), out.add(g3);
+    out.bufs.emplace_back(&res, sizeof res);
+    actor_objective_options o;
+    o.aggregation = loss_aggregation::token_mean;
+    o.normalizer.tokens = 1000;
+    check_entry("asyppo::actor_objective_to",
+                {{"logp", d.lp.data()}, {"old_logp", d.olp.data()}, {"advantages", d.A.data()}, {"mask", d.m.data()},
+                 {"grad_logp", g1.data()}, {"grad_entropy", g3.data()}, {"result", &res}},
+                out, [&](const checking_backend& be) {
+                  actor_objective_to(be, actor_objective_inputs<double>{d.tok(d.lp), d.tok(d.olp), d.tok(d.A), d.msk(d.m)},
+                                     actor_objective_outputs<double>{out_tok(g1), out_tok(g3)}, &res, o);
+                });
+  }
+  {
+    // The critic heads: hidden [K,N,D] with N = B*T tokens and D = 3.
+    const index_t N = B * Tn, D = 3;
+    std::vector<double> h(static_cast<std::size_t>(K * N * D), 0.5), w(static_cast<std::size_t>(K * D), 0.25), c(2, 0.1),
+        v(static_cast<std::size_t>(K * N)), dw(w.size()), dc(c.size()), dh(h.size());
+    outputs out;
+    out.add(v), out.add(dw), out.add(dc), out.add(dh);
+    check_entry("asyppo::critic_heads_forward",
+                {{"hidden", h.data()}, {"weight", w.data()}, {"bias", c.data()}, {"values", v.data()}}, out,
+                [&](const checking_backend& be) {
+                  critic_heads_forward(be, view<const double, 3>(h.data(), K, N, D), view<const double, 2>(w.data(), K, D),
+                                       seq_view<const double>(c.data(), K), view<double, 2>(v.data(), K, N));
+                });
+    check_entry("asyppo::critic_heads_backward",
+                {{"hidden", h.data()}, {"weight", w.data()}, {"grad_values", d.V.data()}, {"grads.weight", dw.data()},
+                 {"grads.bias", dc.data()}, {"grads.hidden", dh.data()}},
+                out, [&](const checking_backend& be) {
+                  critic_heads_backward(be, view<const double, 3>(h.data(), K, N, D), view<const double, 2>(w.data(), K, D),
+                                        view<const double, 2>(d.V.data(), K, N),
+                                        critic_head_gradients<double>{{dw.data(), K, D}, {dc.data(), K}, {dh.data(), K, N, D}});
+                });
+  }
+  {
     std::vector<double> z(static_cast<std::size_t>(BT * Vn)), gz(z.size());
     for (std::size_t i = 0; i < z.size(); ++i) z[i] = std::sin(static_cast<double>(i));
     std::vector<std::int64_t> tok(static_cast<std::size_t>(BT));

@@ -17,7 +17,8 @@ docs/peer-semantics.md (not copied from verl):
   actor loss      verl's vanilla clipped surrogate (clip 0.2, log-ratio clamp 20, token-mean over the
                   response mask, AsyPPO's advantage mask on the per-token loss), forward and backward
                   through autograd to d loss / d logp; asyppo: actor_objective (token-mean, the same
-                  masks), which returns that gradient.
+                  masks), which returns that gradient, and actor_objective_to (the loss left in device
+                  memory: no wait for the stream).
   critic heads    (information) V = H W + c for K trunks and its backward, torch.einsum with autograd;
                   asyppo: critic_heads_forward / _backward (cuBLAS on a GPU).
 
@@ -49,8 +50,10 @@ def load(lib_path):
     lib.asyppo_bench_last_error.restype = ctypes.c_char_p
     lib.asyppo_bench_advantage_step_f32.argtypes = [p, i64, i64, i64, p, p, p, p, p, p, p, p, i32, f64p]
     lib.asyppo_bench_actor_objective_f32.argtypes = [p, i64, i64, p, p, p, p, p, p, i32, i32, f64p]
+    lib.asyppo_bench_actor_objective_to_f32.argtypes = [p, i64, i64, p, p, p, p, p, p, ctypes.c_double, p]
     lib.asyppo_bench_critic_heads_f32.argtypes = [p, i64, i64, i64, p, p, p, p, p, p, p, p]
-    for f in ("asyppo_bench_advantage_step_f32", "asyppo_bench_actor_objective_f32", "asyppo_bench_critic_heads_f32"):
+    for f in ("asyppo_bench_advantage_step_f32", "asyppo_bench_actor_objective_f32",
+              "asyppo_bench_actor_objective_to_f32", "asyppo_bench_critic_heads_f32"):
         getattr(lib, f).restype = i32
     return lib
 
@@ -205,8 +208,20 @@ def actor_case(lib, stream, d, B, T, timer, repeat):
         "loss (asyppo, torch)": [loss.value, float(t_loss)],
         "max |grad diff| / max |grad|": float((grad - t_grad).abs().max()) / scale,
     }
+    # The device-result variant (actor_objective_to: explicit token count, no finiteness check, the loss
+    # left on the device): what a CUDA-graph step would call.
+    total = torch.zeros(1, dtype=torch.float64, device=dev)
+    tokens = float(d["mask_f"].sum())
+
+    def run_to():
+        check(lib, lib.asyppo_bench_actor_objective_to_f32(stream, B, T, ptr(d["logp"]), ptr(d["old_logp"]),
+                                                            ptr(d["adv"]), ptr(d["mask_u8"]), ptr(am), ptr(grad), tokens,
+                                                            ptr(total)))
+
+    ours_to = timer.best_ms(run_to, repeat)
+    checks["device-result loss"] = float(total[0])
     bytes_min = B * T * (4 * 3 + 1 + 1 + 4)  # logp, old_logp, A, m, I^A in; dL/dlogp out
-    return ours, theirs, bytes_min, checks
+    return ours, ours_to, theirs, bytes_min, checks
 
 
 def heads_case(lib, stream, K, N, D, device, timer, repeat):
@@ -258,8 +273,9 @@ def main():
     rows = []
     ours, theirs, nbytes, ck = advantage_case(lib, stream, d, a.K, a.B, a.T, timer, a.repeat, a.torch_gae_repeat)
     rows.append(("advantage step", ours, theirs, nbytes, ck))
-    ours, theirs, nbytes, ck = actor_case(lib, stream, d, a.B, a.T, timer, a.repeat)
+    ours, ours_to, theirs, nbytes, ck = actor_case(lib, stream, d, a.B, a.T, timer, a.repeat)
     rows.append(("actor loss + gradient", ours, theirs, nbytes, ck))
+    rows.append(("actor loss + gradient (device result)", ours_to, theirs, nbytes, {}))
     if a.heads:
         N, D = (int(x) for x in a.heads.split("x"))
         ours, theirs, nbytes, ck = heads_case(lib, stream, a.K, N, D, device, timer, a.repeat)
@@ -282,7 +298,8 @@ def main():
                              "checks": ck})
     print()
     for label, *_, ck in rows:
-        print(f"{label}: " + "; ".join(f"{k} = {v}" for k, v in ck.items()))
+        if ck:
+            print(f"{label}: " + "; ".join(f"{k} = {v}" for k, v in ck.items()))
     if a.json:
         with open(a.json, "w") as f:
             json.dump(out, f, indent=1)

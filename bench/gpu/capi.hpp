@@ -82,6 +82,31 @@ int actor_objective(const Backend& be, std::int64_t B, std::int64_t T, const flo
   });
 }
 
+/// The same through actor_objective_to (token-mean over `tokens` valid tokens, no finiteness check):
+/// nothing waits for the stream; the total is copied (stream-ordered) to total_out, which lives where
+/// the buffers live (device memory on a GPU).
+template <class Backend>
+int actor_objective_to(const Backend& be, std::int64_t B, std::int64_t T, const float* logp, const float* old_logp,
+                       const float* advantages, const std::uint8_t* mask, const std::uint8_t* adv_mask, float* grad_logp,
+                       double tokens, double* total_out) {
+  return guarded([&] {
+    using namespace asyppo;
+    actor_objective_options opt;
+    opt.aggregation = loss_aggregation::token_mean;
+    opt.normalizer.tokens = tokens;
+    opt.check_finite = false;
+    actor_objective_inputs<float> in{token_view<const float>(logp, B, T), token_view<const float>(old_logp, B, T),
+                                     token_view<const float>(advantages, B, T), mask_view(mask, B, T),
+                                     adv_mask ? mask_view(adv_mask, B, T) : mask_view{}};
+    auto result = be.template allocate<actor_objective_result>(1);
+    asyppo::actor_objective_to(be, in, actor_objective_outputs<float>{token_view<float>(grad_logp, B, T)}, result.data(),
+                               opt);
+    const double* total = &result.data()->total;
+    if constexpr (requires { be.copy(total, index_t(1), total_out); }) be.copy(total, 1, total_out);
+    else *total_out = *total;
+  });
+}
+
 /// The critic heads, a trunk per critic: values [K,N] from hidden [K,N,D], weight [K,D], bias [K];
 /// then the gradients from grad_values [K,N] (each output may be null).
 template <class Backend>
@@ -123,6 +148,13 @@ int critic_heads(const Backend& be, std::int64_t K, std::int64_t N, std::int64_t
                                        int check_finite, double* loss_out) {                                         \
     return asyppo_bench_capi::actor_objective(MAKE_BACKEND(stream), B, T, logp, old_logp, advantages, mask,         \
                                               adv_mask, grad_logp, token_mean, check_finite, loss_out);             \
+  }                                                                                                                   \
+  int asyppo_bench_actor_objective_to_f32(void* stream, std::int64_t B, std::int64_t T, const float* logp,           \
+                                          const float* old_logp, const float* advantages, const std::uint8_t* mask,  \
+                                          const std::uint8_t* adv_mask, float* grad_logp, double tokens,             \
+                                          double* total_out) {                                                       \
+    return asyppo_bench_capi::actor_objective_to(MAKE_BACKEND(stream), B, T, logp, old_logp, advantages, mask,      \
+                                                 adv_mask, grad_logp, tokens, total_out);                            \
   }                                                                                                                   \
   int asyppo_bench_critic_heads_f32(void* stream, std::int64_t K, std::int64_t N, std::int64_t D,                    \
                                     const float* hidden, const float* weight, const float* bias, float* values,      \

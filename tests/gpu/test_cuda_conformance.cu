@@ -725,6 +725,28 @@ TEMPLATE_TEST_CASE("cuda algorithms: policy_loss, value_loss, actor_objective", 
     REQUIRE(r.entropy.metrics.filtered_tokens == c.entropy.metrics.filtered_tokens);
     require_close(download(gpu, dgl), gl, out_tol<T>());
     require_close(download(gpu, dge), ge, out_tol<T>());
+    // The device-result variant: the result written to device memory, nothing waits for the stream.
+    actor_objective_options od = opt;
+    od.check_finite = false;
+    od.aggregation = loss_aggregation::token_mean;
+    od.normalizer.tokens = static_cast<double>(n);
+    const auto cd = actor_objective(cpu,
+                                    actor_objective_inputs<T>{tv(h.logp), tv(h.old_logp), tv(h.adv), hm,
+                                                              mask_view(h.adv_mask.data(), B, Tn), tv(h.ent),
+                                                              mask_view(h.ent_mask.data(), B, Tn), tv(h.ref_logp)},
+                                    actor_objective_outputs<T>{{gl.data(), B, Tn}, {ge.data(), B, Tn}}, od);
+    auto dres = gpu.allocate<actor_objective_result>(1);
+    actor_objective_to(gpu,
+                       actor_objective_inputs<T>{dtv(d.logp), dtv(d.old_logp), dtv(d.adv), dm,
+                                                 mask_view(d.adv_mask.data(), B, Tn), dtv(d.ent),
+                                                 mask_view(d.ent_mask.data(), B, Tn), dtv(d.ref_logp)},
+                       actor_objective_outputs<T>{{dgl.data(), B, Tn}, {dge.data(), B, Tn}}, dres.data(), od);
+    const auto rd = download(gpu, dres)[0];
+    REQUIRE(rel_err(rd.total, cd.total) <= kSumTol);
+    REQUIRE(rel_err(rd.policy.loss, cd.policy.loss) <= kSumTol);
+    REQUIRE(rd.policy.metrics.clipped_tokens() == cd.policy.metrics.clipped_tokens());
+    REQUIRE(rd.entropy.metrics.filtered_tokens == cd.entropy.metrics.filtered_tokens);
+    require_close(download(gpu, dgl), gl, out_tol<T>());
   }
 }
 

@@ -43,6 +43,10 @@
 // the range full_rows{cols}. detail::ragged_* wrap a functor so that a backend may implement a
 // ragged pattern through its full-row one.
 // Memory: allocate<T>(n) (an owning buffer with data()), copy_to_host, copy_from_host, fill.
+// Optional: reduce_to(rows, cols, r, range, sink): the reduction of reduce(rows, cols, r, range) handed to
+// sink(value) where the backend's memory is (on a GPU: one device thread), without waiting for it; what
+// the device-result variants of the losses use (detail::reduce_to falls back to sink(reduce(...)) on
+// host-memory backends).
 // Optional dense pattern: gemm(shape, a, b, beta, c), BLAS's strided batched matrix product
 // (backend/dense.hpp; the CUDA backend's cuBLAS). Algorithms that use it also have a path written
 // with the patterns above, taken on backends without it.
@@ -157,6 +161,18 @@ inline constexpr bool host_memory_backend = [] {
   else
     return false;
 }();
+
+/// reduce_to when the backend offers it, else sink(reduce(...)) on the host (host-memory backends
+/// only: there the sink's stores are plain host stores).
+template <class Backend, class R, class Range, class Sink>
+void reduce_to(const Backend& be, index_t rows, index_t cols, R r, Range range, Sink sink) {
+  if constexpr (requires { be.reduce_to(rows, cols, r, range, sink); }) {
+    be.reduce_to(rows, cols, r, range, sink);
+  } else {
+    static_assert(host_memory_backend<Backend>, "a device backend needs reduce_to for the device-result variants");
+    sink(be.reduce(rows, cols, r, range));
+  }
+}
 
 /// One row of a row scan on one thread: from state x, x = op.apply(e(b, t), x) and s(b, t, x) for t
 /// over [t0, t1) in scan order (reverse: from t1 - 1 down).

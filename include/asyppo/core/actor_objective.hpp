@@ -141,6 +141,84 @@ struct actor_reducer {
 
 }  // namespace detail
 
+namespace detail {
+
+/// Every check of actor_objective and actor_objective_to that reads no data (shapes, options, memory).
+template <class Backend, class T>
+void check_actor_objective(const Backend& be, const char* where, const actor_objective_inputs<T>& in,
+                           const actor_objective_outputs<T>& out, const actor_objective_options& opt) {
+  check_view(where, "logp", in.logp);
+  const index_t B = in.logp.extent[0], Tn = in.logp.extent[1];
+  check_input(where, "old_logp", in.old_logp, {B, Tn});
+  check_input(where, "advantages", in.advantages, {B, Tn});
+  check_required_mask(where, "mask", in.mask, B, Tn);
+  check_optional_input(where, "adv_mask", in.adv_mask, {B, Tn});
+  check_optional_input(where, "entropy", in.entropy, {B, Tn});
+  check_optional_input(where, "entropy_mask", in.entropy_mask, {B, Tn});
+  check_optional_input(where, "ref_logp", in.ref_logp, {B, Tn});
+  check_optional_output(where, "grad_logp", out.grad_logp, {B, Tn});
+  check_optional_output(where, "grad_entropy", out.grad_entropy, {B, Tn});
+  check_surrogate_options(where, opt.clip_low, opt.clip_high, opt.dual_clip, opt.log_ratio_clamp);
+  check_finite_scalar(where, "entropy_coef", opt.entropy_coef);
+  check_finite_scalar(where, "kl_coef", opt.kl_coef);
+  check_kl_options(where, opt.kl);
+  if (opt.entropy_coef != 0.0 && !present(in.entropy) && B * Tn > 0)
+    fail(where, "entropy", "is required when entropy_coef != 0 (entropy_coef = ", opt.entropy_coef, ")");
+  if (opt.kl_coef != 0.0 && !present(in.ref_logp) && B * Tn > 0)
+    fail(where, "ref_logp", "is required when kl_coef != 0 (kl_coef = ", opt.kl_coef, ")");
+  check_aggregation(where, opt.aggregation);
+  check_memory(be, where, "logp", in.logp, "old_logp", in.old_logp, "advantages", in.advantages, "mask", in.mask,
+               "adv_mask", in.adv_mask, "entropy", in.entropy, "entropy_mask", in.entropy_mask, "ref_logp",
+               in.ref_logp, "grad_logp", out.grad_logp, "grad_entropy", out.grad_entropy);
+  check_normalizer_fields(where, "normalizer", opt.normalizer);
+}
+
+template <class Backend, class T, class Range>
+void check_actor_finite(const Backend& be, const char* where, const actor_objective_inputs<T>& in, Range range) {
+  check_finite_views<Backend, T>(be, where, "logp, old_logp, advantages, entropy or ref_logp", in.mask, range, in.logp,
+                                 in.old_logp, in.advantages, in.entropy, in.ref_logp);
+}
+
+template <class T>
+actor_reducer<T> actor_reducer_of(const actor_objective_inputs<T>& in, const actor_objective_outputs<T>& out,
+                                  const actor_objective_options& opt, const double* weights) {
+  return {in.logp,      in.old_logp,     in.advantages,  in.entropy, in.ref_logp,  in.mask, in.adv_mask,
+          in.entropy_mask, weights,      out.grad_logp,  out.grad_entropy,
+          {opt.clip_low, opt.clip_high, opt.dual_clip, opt.log_ratio_clamp}, kl_params_of(opt.kl), opt.entropy_coef,
+          opt.kl_coef};
+}
+
+/// The result of the fused reduction (L5), on the host or on the device.
+ASYPPO_HD inline actor_objective_result actor_result_of(const actor_acc& a, double beta, double kappa,
+                                                        const loss_normalizer& norm) {
+  actor_objective_result r;
+  r.normalizer = r.policy.normalizer = r.entropy.normalizer = r.kl.normalizer = norm;
+  r.policy.loss = a.pg.loss;
+  r.policy.metrics = policy_metrics_of(a.pg);
+  r.entropy.entropy = a.ent.agg;
+  r.entropy.filtered_entropy = a.ent.filtered_agg;
+  r.entropy.loss = -beta * a.ent.filtered_agg;
+  r.entropy.metrics.valid_tokens = a.ent.valid;
+  r.entropy.metrics.filtered_tokens = a.ent.filtered;
+  r.entropy.metrics.entropy_sum = a.ent.sum;
+  r.kl.kl = a.kl.agg;
+  r.kl.loss = kappa * a.kl.agg;
+  r.kl.metrics.valid_tokens = a.kl.valid;
+  r.kl.metrics.kl_sum = a.kl.sum;
+  r.total = r.policy.loss + r.entropy.loss + r.kl.loss;
+  return r;
+}
+
+/// reduce_to sink: the result into the backend's memory.
+struct store_actor_result {
+  actor_objective_result* dst;
+  double beta, kappa;
+  loss_normalizer norm;
+  ASYPPO_HD void operator()(const actor_acc& a) const { *dst = actor_result_of(a, beta, kappa, norm); }
+};
+
+}  // namespace detail
+
 /// The AsyPPO actor objective (see the header comment). Throws asyppo::error (and writes nothing)
 /// on bad shapes, bad clip/dual/clamp options, non-finite entropy_coef or kl_coef, a missing
 /// entropy (beta != 0) or ref_logp (kappa != 0), a bad normaliser, or (check_finite) NaN/Inf inputs
@@ -150,70 +228,40 @@ actor_objective_result actor_objective(const Backend& be, const actor_objective_
                                        const actor_objective_outputs<T>& out = {},
                                        const actor_objective_options& opt = {}) {
   constexpr const char* where = "asyppo::actor_objective";
-  detail::check_view(where, "logp", in.logp);
+  detail::check_actor_objective(be, where, in, out, opt);
   const index_t B = in.logp.extent[0], Tn = in.logp.extent[1];
-  detail::check_input(where, "old_logp", in.old_logp, {B, Tn});
-  detail::check_input(where, "advantages", in.advantages, {B, Tn});
-  detail::check_required_mask(where, "mask", in.mask, B, Tn);
-  detail::check_optional_input(where, "adv_mask", in.adv_mask, {B, Tn});
-  detail::check_optional_input(where, "entropy", in.entropy, {B, Tn});
-  detail::check_optional_input(where, "entropy_mask", in.entropy_mask, {B, Tn});
-  detail::check_optional_input(where, "ref_logp", in.ref_logp, {B, Tn});
-  detail::check_optional_output(where, "grad_logp", out.grad_logp, {B, Tn});
-  detail::check_optional_output(where, "grad_entropy", out.grad_entropy, {B, Tn});
-  detail::check_surrogate_options(where, opt.clip_low, opt.clip_high, opt.dual_clip, opt.log_ratio_clamp);
-  detail::check_finite_scalar(where, "entropy_coef", opt.entropy_coef);
-  detail::check_finite_scalar(where, "kl_coef", opt.kl_coef);
-  detail::check_kl_options(where, opt.kl);
-  if (opt.entropy_coef != 0.0 && !detail::present(in.entropy) && B * Tn > 0)
-    detail::fail(where, "entropy", "is required when entropy_coef != 0 (entropy_coef = ", opt.entropy_coef, ")");
-  if (opt.kl_coef != 0.0 && !detail::present(in.ref_logp) && B * Tn > 0)
-    detail::fail(where, "ref_logp", "is required when kl_coef != 0 (kl_coef = ", opt.kl_coef, ")");
-  detail::check_aggregation(where, opt.aggregation);
-  detail::check_memory(be, where, "logp", in.logp, "old_logp", in.old_logp, "advantages", in.advantages, "mask", in.mask,
-                       "adv_mask", in.adv_mask, "entropy", in.entropy, "entropy_mask", in.entropy_mask, "ref_logp",
-                       in.ref_logp, "grad_logp", out.grad_logp, "grad_entropy", out.grad_entropy);
-  detail::check_normalizer_fields(where, "normalizer", opt.normalizer);
   const auto span = detail::make_row_span(be, in.mask);
-  if (opt.check_finite)
-    detail::check_finite_views<Backend, T>(be, where, "logp, old_logp, advantages, entropy or ref_logp", in.mask,
-                                           span.heads(), in.logp, in.old_logp, in.advantages, in.entropy, in.ref_logp);
+  if (opt.check_finite) detail::check_actor_finite(be, where, in, span.heads());
   auto tab = detail::make_row_weights<Backend, double>(be, where, "normalizer", in.mask, 1, {}, opt.aggregation,
                                                        &opt.normalizer, 1, span.heads());
-  actor_objective_result r;
-  r.normalizer = r.policy.normalizer = r.entropy.normalizer = r.kl.normalizer = tab.resolved[0];
-  if (B * Tn == 0) return r;
-  const detail::actor_reducer<T> red{in.logp,
-                                     in.old_logp,
-                                     in.advantages,
-                                     in.entropy,
-                                     in.ref_logp,
-                                     in.mask,
-                                     in.adv_mask,
-                                     in.entropy_mask,
-                                     tab.weights.data(),
-                                     out.grad_logp,
-                                     out.grad_entropy,
-                                     {opt.clip_low, opt.clip_high, opt.dual_clip, opt.log_ratio_clamp},
-                                     detail::kl_params_of(opt.kl),
-                                     opt.entropy_coef,
-                                     opt.kl_coef};
-  const detail::actor_acc a = be.reduce(B, Tn, red, span.heads());
+  if (B * Tn == 0) return detail::actor_result_of({}, opt.entropy_coef, opt.kl_coef, tab.resolved[0]);
+  const detail::actor_acc a = be.reduce(B, Tn, detail::actor_reducer_of(in, out, opt, tab.weights.data()), span.heads());
   detail::write_zero(be, B, Tn, span.tails(), out.grad_logp, out.grad_entropy);
-  r.policy.loss = a.pg.loss;
-  r.policy.metrics = detail::policy_metrics_of(a.pg);
-  r.entropy.entropy = a.ent.agg;
-  r.entropy.filtered_entropy = a.ent.filtered_agg;
-  r.entropy.loss = -opt.entropy_coef * a.ent.filtered_agg;
-  r.entropy.metrics.valid_tokens = a.ent.valid;
-  r.entropy.metrics.filtered_tokens = a.ent.filtered;
-  r.entropy.metrics.entropy_sum = a.ent.sum;
-  r.kl.kl = a.kl.agg;
-  r.kl.loss = opt.kl_coef * a.kl.agg;
-  r.kl.metrics.valid_tokens = a.kl.valid;
-  r.kl.metrics.kl_sum = a.kl.sum;
-  r.total = r.policy.loss + r.entropy.loss + r.kl.loss;
-  return r;
+  return detail::actor_result_of(a, opt.entropy_coef, opt.kl_coef, tab.resolved[0]);
+}
+
+/// The device-result variant of actor_objective: the same gradients, and the result written to
+/// *result in the backend's memory (device memory on a GPU; result->normalizer is opt.normalizer)
+/// instead of returned. With opt.check_finite = false it makes no host round trip (nothing waits for
+/// the stream: a step built from such calls can be captured in a CUDA graph): the per-row weights come
+/// from opt.normalizer, so every field the aggregation uses must be given (>= 0; tokens for
+/// token-mean, sequences for the seq-mean modes, norm_length > 0 for seq-mean-token-sum-norm), and it
+/// is not checked against this call's own counts. Throws like actor_objective, and on a null result.
+template <class Backend, class T>
+void actor_objective_to(const Backend& be, const actor_objective_inputs<T>& in, const actor_objective_outputs<T>& out,
+                        actor_objective_result* result, const actor_objective_options& opt = {}) {
+  constexpr const char* where = "asyppo::actor_objective_to";
+  detail::check_actor_objective(be, where, in, out, opt);
+  if (result == nullptr) detail::fail(where, "result", "is null");
+  detail::check_memory(be, where, "result", seq_view<actor_objective_result>(result, 1));
+  detail::check_explicit_normalizer(where, "normalizer", opt.aggregation, opt.normalizer);
+  const index_t B = in.logp.extent[0], Tn = in.logp.extent[1];
+  const auto span = detail::make_row_span(be, in.mask);
+  if (opt.check_finite) detail::check_actor_finite(be, where, in, span.heads());
+  auto w = detail::make_row_weights_in_place(be, in.mask, opt.aggregation, opt.normalizer, span.heads());
+  detail::reduce_to(be, B, Tn, detail::actor_reducer_of(in, out, opt, w.data()), span.heads(),
+                    detail::store_actor_result{result, opt.entropy_coef, opt.kl_coef, opt.normalizer});
+  detail::write_zero(be, B, Tn, span.tails(), out.grad_logp, out.grad_entropy);
 }
 
 }  // namespace asyppo

@@ -209,7 +209,7 @@ inline loss_normalizer resolve_normalizer(const char* where, const char* name, l
 }
 
 /// w_b for one row of local length len (0 where the normaliser is 0: nothing to normalise).
-inline double row_weight(loss_aggregation mode, const loss_normalizer& r, index_t len) {
+ASYPPO_HD inline double row_weight(loss_aggregation mode, const loss_normalizer& r, index_t len) {
   if (len <= 0) return 0.0;
   switch (mode) {
     case loss_aggregation::token_mean: return r.tokens > 0 ? 1.0 / r.tokens : 0.0;
@@ -251,6 +251,39 @@ row_weight_table<Backend> make_row_weights(const Backend& be, const char* where,
   }
   if (K * B > 0) be.copy_from_host(w.data(), K * B, tab.weights.data());
   return tab;
+}
+
+/// row_reduce sink: w[b] = row_weight(mode, normaliser, L_b).
+struct store_row_weight {
+  double* w;
+  loss_aggregation mode;
+  loss_normalizer norm;
+  ASYPPO_HD void operator()(index_t b, index_t len) const { w[b] = row_weight(mode, norm, len); }
+};
+
+/// The per-row weights of one selection (no shards) computed where the backend's memory is, from an
+/// explicit normaliser: no host round trip. Every field the mode uses must be given (>= 0); unlike
+/// make_row_weights, the normaliser is not checked against this call's counts (they never reach the
+/// host).
+inline void check_explicit_normalizer(const char* where, const char* name, loss_aggregation mode,
+                                      const loss_normalizer& n) {
+  check_normalizer_fields(where, name, n);
+  if (uses_tokens(mode) && n.tokens < 0)
+    fail(where, name, "tokens must be given (>= 0): the device-result variant cannot count them on the host");
+  if (uses_sequences(mode) && n.sequences < 0)
+    fail(where, name, "sequences must be given (>= 0): the device-result variant cannot count them on the host");
+  if (mode == loss_aggregation::seq_mean_token_sum_norm && !(n.norm_length > 0))
+    fail(where, name, "norm_length must be given (> 0) for seq-mean-token-sum-norm, got ", n.norm_length);
+}
+
+/// (after check_explicit_normalizer)
+template <class Backend, class Range>
+auto make_row_weights_in_place(const Backend& be, mask_view mask, loss_aggregation mode, const loss_normalizer& n,
+                               Range range) {
+  const index_t B = mask.extent[0], Tn = mask.extent[1];
+  auto w = be.template allocate<double>(B);
+  if (B > 0 && Tn > 0) be.row_reduce(B, Tn, count_valid{mask}, store_row_weight{w.data(), mode, n}, range);
+  return w;
 }
 
 /// Optional input: absent (null data) is fine, present ones are checked like inputs.

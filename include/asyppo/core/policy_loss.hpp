@@ -167,7 +167,7 @@ inline void check_surrogate_options(const char* where, double clip_low, double c
     fail(where, "log_ratio_clamp", "must be 0 (off) or finite and > 0, got ", log_ratio_clamp);
 }
 
-inline policy_loss_metrics policy_metrics_of(const policy_acc& a) {
+ASYPPO_HD inline policy_loss_metrics policy_metrics_of(const policy_acc& a) {
   policy_loss_metrics m;
   m.valid_tokens = a.valid;
   m.adv_masked_tokens = a.adv_masked;

@@ -100,9 +100,9 @@ struct radix_bin {
   /// key function's own loop when it has one.
   template <class Count>
   void count_span(index_t b, index_t t0, index_t t1, Count* counts) const {
-    index_t seg;
-    const float* s;
-    const std::uint8_t* m;
+    index_t seg = 0;
+    const float* s = nullptr;
+    const std::uint8_t* m = nullptr;
     if (float_first_pass(key_of, shift + digit_bits, b, seg, s, m) && slot_begin[seg + 1] - slot_begin[seg] == 1 &&
         slot_prefix[slot_begin[seg]] == 0)  // eight keys per vector (core/simd/select_lanes.hpp)
       t0 = select_lanes::count_digits(s, m, t0, t1, shift, slot_begin[seg] << digit_bits, counts);
@@ -143,9 +143,9 @@ struct radix_pick {
   /// The CPU backend's span: push(v) for the picked elements of [t0, t1) of row b, in order.
   template <class Push>
   void collect_span(index_t b, index_t t0, index_t t1, Push&& push) const {
-    index_t seg;
-    const float* s;
-    const std::uint8_t* m;
+    index_t seg = 0;
+    const float* s = nullptr;
+    const std::uint8_t* m = nullptr;
     if (float_first_pass(key_of, shift + digit_bits, b, seg, s, m))  // eight keys per vector
       t0 = select_lanes::pick_digits(s, m, t0, t1, shift, seg << digit_bits, is_slot,
                                      [&](index_t i, std::uint64_t key) { push(value_type{slot_of[i], key}); });

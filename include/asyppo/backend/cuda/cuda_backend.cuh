@@ -217,6 +217,17 @@ class cuda_backend : public detail::ragged_by_wrapping<cuda_backend> {
     return flat_reduce(cuda_detail::space2d{rows, cols}, r);
   }
 
+  /// reduce(rows, cols, r, range) handed to sink(value) on the device by one thread, stream-ordered:
+  /// nothing waits for the stream (the optional reduce_to pattern of backend/patterns.hpp).
+  template <class R, class Range, class Sink>
+  void reduce_to(index_t rows, index_t cols, R r, Range range, Sink sink) const {
+    flat_reduce_then(cuda_detail::space2d{rows, cols}, detail::ragged_reducer<R, Range>{r, range},
+                     [&](const typename R::value_type* value) {
+                       cuda_detail::apply_sink_kernel<<<1, 1, 0, stream_>>>(sink, value);
+                       cuda_detail::check_launch("apply_sink_kernel (reduce_to)");
+                     });
+  }
+
   template <class R, class Sink>
   void row_reduce(index_t rows, index_t cols, R r, Sink sink) const {
     row_reduce(rows, cols, r, sink, full_rows{cols > 0 ? cols : 0});
@@ -310,9 +321,10 @@ class cuda_backend : public detail::ragged_by_wrapping<cuda_backend> {
     return reinterpret_cast<unsigned long long*>(p);
   }
 
-  /// Two passes (blocks, then the block partials in order); one value copied to the host.
-  template <class Space, class R>
-  typename R::value_type flat_reduce(Space sp, R r) const {
+  /// Two passes (blocks, then the block partials in order); then done(pointer to the value in device
+  /// memory), before the temporary is released (stream-ordered).
+  template <class Space, class R, class Done>
+  void flat_reduce_then(Space sp, R r, Done&& done) const {
     using V = typename R::value_type;
     static_assert(std::is_trivially_copyable_v<V>, "reducer value_type must be trivially copyable");
     const index_t n = sp.size(), blocks = cuda_detail::flat_blocks(n);
@@ -328,8 +340,14 @@ class cuda_backend : public detail::ragged_by_wrapping<cuda_backend> {
       cuda_detail::reduce_partials_kernel<<<1, cuda_detail::kBlock, 0, stream_>>>(r, partial.data(), blocks, result);
       cuda_detail::check_launch("reduce_partials_kernel");
     }
-    V host;
-    copy_to_host(result, 1, &host);
+    done(static_cast<const V*>(result));
+  }
+
+  /// The value copied to the host (waits for the stream).
+  template <class Space, class R>
+  typename R::value_type flat_reduce(Space sp, R r) const {
+    typename R::value_type host;
+    flat_reduce_then(sp, r, [&](const auto* value) { copy_to_host(value, 1, &host); });
     return host;
   }
 

@@ -138,6 +138,12 @@ __global__ void __launch_bounds__(kBlock) reduce_partials_kernel(R r, const type
   if (threadIdx.x == 0) *out = total;
 }
 
+/// reduce_to's last step (one thread): hands the reduction to the caller's sink, on the device.
+template <class V, class Sink>
+__global__ void apply_sink_kernel(Sink sink, const V* value) {
+  sink(*value);
+}
+
 // ---- per-segment reduce (rows or CSR segments): one block per segment ---------------------------
 template <class Range>
 struct row_bounds {

@@ -1,0 +1,176 @@
+// Host round trips (docs/architecture.md, "The CUDA backend"): on a device backend every reduce, collect
+// and copy_to_host waits for the stream, and an entry point that makes none can be captured in a CUDA
+// graph. round_trip_backend (the CPU backend posing as a device backend: host_memory = false) counts
+// them and runs the algorithms' device paths (temporaries through allocate, results through
+// copy_to_host) in CI. Checked here: (1) the device paths give the CPU backend's results, through the
+// same conformance bodies as the Thrust and tiled backends; (2) the entry points documented as free of
+// round trips make none (and the counter does count: the same calls with their checks on make some).
+#include <catch2/catch.hpp>
+
+#include <cstdint>
+#include <random>
+#include <vector>
+
+#include "asyppo/asyppo.hpp"
+#include "backend_conformance.hpp"
+#include "round_trip_backend.hpp"
+
+using namespace asyppo;
+using asyppo_test::round_trip_backend;
+
+namespace {
+const auto make_round_trip = [](std::uint64_t seed) { return round_trip_backend(1 + static_cast<int>(seed % 2)); };
+
+std::vector<double> random_vec(std::mt19937_64& rng, std::size_t n) {
+  std::uniform_real_distribution<double> u(-1, 1);
+  std::vector<double> v(n);
+  for (auto& x : v) x = u(rng);
+  return v;
+}
+}  // namespace
+
+static_assert(!detail::host_memory_backend<round_trip_backend>, "posing as a device backend");
+
+TEMPLATE_TEST_CASE("device paths on the CPU: advantage_step against the CPU backend", "[round_trips][conformance]", float,
+                   double) {
+  asyppo_conformance::conformance_advantage_step<TestType>(make_round_trip);
+}
+
+TEMPLATE_TEST_CASE("device paths on the CPU: baselines, whitening and returns against the CPU backend",
+                   "[round_trips][conformance]", float, double) {
+  asyppo_conformance::conformance_baselines<TestType>(make_round_trip);
+}
+
+TEMPLATE_TEST_CASE("device paths on the CPU: losses against the CPU backend", "[round_trips][conformance]", float,
+                   double) {
+  asyppo_conformance::conformance_losses<TestType>(make_round_trip);
+}
+
+TEMPLATE_TEST_CASE("device paths on the CPU: critic heads against the CPU backend", "[round_trips][conformance]", float,
+                   double) {
+  asyppo_conformance::conformance_critic_heads<TestType>(make_round_trip);
+}
+
+TEST_CASE("entry points without host round trips (CUDA-graph capturable) make none", "[round_trips]") {
+  const int K = 2, B = 5, Tn = 40, N = B * Tn, D = 12;
+  std::mt19937_64 rng(3);
+  const auto V = random_vec(rng, static_cast<std::size_t>(K) * N), r = random_vec(rng, N);
+  const auto h = random_vec(rng, static_cast<std::size_t>(K) * N * D), w = random_vec(rng, static_cast<std::size_t>(K) * D),
+             c = random_vec(rng, K), g = random_vec(rng, static_cast<std::size_t>(K) * N);
+  std::vector<std::uint8_t> m(static_cast<std::size_t>(N));
+  for (int i = 0; i < N; ++i) m[static_cast<std::size_t>(i)] = (i % Tn) < 30 - 4 * (i / Tn) ? 1 : 0;
+  const critic_view<const double> values(V.data(), K, B, Tn);
+  const token_view<const double> rewards(r.data(), B, Tn);
+  const mask_view mask(m.data(), B, Tn);
+  std::vector<double> a(static_cast<std::size_t>(N)), ret(a.size()), sd(a.size()), mean(a.size());
+  std::vector<double> v(static_cast<std::size_t>(K) * N), dw(w.size()), dc(c.size()), dh(h.size());
+  const view<const double, 3> hv(h.data(), K, N, D);
+  const view<const double, 2> wv(w.data(), K, D), gv(g.data(), K, N);
+
+  for (bool checks : {false, true}) {
+    CAPTURE(checks);
+    const round_trip_backend be(2);
+    auto trips = [&](auto&& call) {
+      be.reset();
+      call();
+      return be.round_trips();
+    };
+    gae_options go;
+    go.check_finite = checks;
+    go.adaptive_lambda_alpha = 0.05;  // the per-row lengths stay on the device too
+    const int t_gae = trips([&] {
+      gae(be, values, rewards, mask, go, gae_outputs<double>{{a.data(), B, Tn}, {ret.data(), B, Tn}, {sd.data(), B, Tn}});
+    });
+    const int t_ens = trips([&] {
+      ensemble_stats(be, values, mask, ensemble_outputs<double>{{mean.data(), B, Tn}, {sd.data(), B, Tn}},
+                     std_kind::population, checks);
+    });
+    critic_heads_options ho;
+    ho.check_finite = checks;
+    const int t_fwd = trips([&] {
+      critic_heads_forward(be, hv, wv, seq_view<const double>(c.data(), K), view<double, 2>(v.data(), K, N), ho);
+    });
+    const int t_bwd = trips([&] {
+      critic_heads_backward(be, hv, wv, gv,
+                            critic_head_gradients<double>{{dw.data(), K, D}, {dc.data(), K}, {dh.data(), K, N, D}}, ho);
+    });
+    if (checks) {  // each finiteness check is one reduce
+      CHECK(t_gae == 1);
+      CHECK(t_ens == 1);
+      CHECK(t_fwd == 2);
+      CHECK(t_bwd == 2);
+    } else {
+      CHECK(t_gae == 0);
+      CHECK(t_ens == 0);
+      CHECK(t_fwd == 0);
+      CHECK(t_bwd == 0);
+    }
+  }
+}
+
+TEMPLATE_TEST_CASE("actor_objective_to: the device-result variant without host round trips", "[round_trips][losses]",
+                   float, double) {
+  using T = TestType;
+  const int B = 7, Tn = 90, N = B * Tn;
+  std::mt19937_64 rng(8);
+  auto vec = [&](double scale) {
+    std::vector<T> v(static_cast<std::size_t>(N));
+    for (auto& x : v) x = static_cast<T>(scale * std::uniform_real_distribution<double>(-1, 1)(rng));
+    return v;
+  };
+  const auto lp = vec(1), olp = vec(1), adv = vec(2), H = vec(3), ref = vec(1);
+  std::vector<std::uint8_t> m(static_cast<std::size_t>(N)), am(m.size()), em(m.size());
+  for (int i = 0; i < N; ++i) {
+    m[static_cast<std::size_t>(i)] = (i % Tn) < 80 - 9 * (i / Tn) ? 1 : 0;
+    am[static_cast<std::size_t>(i)] = i % 5 != 0;
+    em[static_cast<std::size_t>(i)] = i % 7 != 0;
+  }
+  const actor_objective_inputs<T> in{{lp.data(), B, Tn}, {olp.data(), B, Tn},  {adv.data(), B, Tn},
+                                     {m.data(), B, Tn},  {am.data(), B, Tn},   {H.data(), B, Tn},
+                                     {em.data(), B, Tn}, {ref.data(), B, Tn}};
+  for (auto mode : {loss_aggregation::token_mean, loss_aggregation::seq_mean_token_mean,
+                    loss_aggregation::seq_mean_token_sum_norm}) {
+    CAPTURE(static_cast<int>(mode));
+    actor_objective_options opt;
+    opt.aggregation = mode;
+    opt.entropy_coef = 0.01;
+    opt.kl_coef = 0.05;
+    opt.dual_clip = 3;
+    opt.normalizer = loss_normalizer{1000, 12, 128};  // the whole mini-batch's counts (this call is a part)
+    std::vector<T> gl(static_cast<std::size_t>(N)), ge(gl.size()), gl2(gl.size(), T(9)), ge2(gl.size(), T(9));
+    const auto want = actor_objective(cpu_backend(1), in, actor_objective_outputs<T>{{gl.data(), B, Tn}, {ge.data(), B, Tn}}, opt);
+    for (bool checks : {false, true}) {
+      opt.check_finite = checks;
+      const round_trip_backend be(2);
+      actor_objective_result got;
+      actor_objective_to(be, in, actor_objective_outputs<T>{{gl2.data(), B, Tn}, {ge2.data(), B, Tn}}, &got, opt);
+      CHECK(be.round_trips() == (checks ? 1 : 0));
+      // The same reduction on the same backend pattern: the same bits.
+      CHECK(got.total == want.total);
+      CHECK(got.policy.loss == want.policy.loss);
+      CHECK(got.entropy.loss == want.entropy.loss);
+      CHECK(got.kl.loss == want.kl.loss);
+      CHECK(got.policy.metrics.clipped_tokens() == want.policy.metrics.clipped_tokens());
+      CHECK(got.policy.metrics.adv_masked_tokens == want.policy.metrics.adv_masked_tokens);
+      CHECK(got.entropy.metrics.filtered_tokens == want.entropy.metrics.filtered_tokens);
+      CHECK(got.normalizer.tokens == 1000);
+      CHECK(gl2 == gl);
+      CHECK(ge2 == ge);
+    }
+  }
+  // The normaliser's fields must be given, and a null result is rejected; nothing is written.
+  std::vector<T> gl(static_cast<std::size_t>(N), T(9));
+  actor_objective_result res;
+  res.total = 42;
+  actor_objective_options opt;  // seq-mean-token-mean with local counts: not possible without the host
+  CHECK_THROWS_WITH(actor_objective_to(round_trip_backend(), in, actor_objective_outputs<T>{{gl.data(), B, Tn}}, &res, opt),
+                    Catch::Contains("sequences must be given"));
+  opt.aggregation = loss_aggregation::token_mean;
+  CHECK_THROWS_WITH(actor_objective_to(round_trip_backend(), in, actor_objective_outputs<T>{{gl.data(), B, Tn}}, &res, opt),
+                    Catch::Contains("tokens must be given"));
+  opt.normalizer.tokens = 500;
+  CHECK_THROWS_WITH(actor_objective_to(round_trip_backend(), in, actor_objective_outputs<T>{{gl.data(), B, Tn}}, nullptr, opt),
+                    Catch::Contains("result"));
+  CHECK(res.total == 42);
+  CHECK(gl == std::vector<T>(static_cast<std::size_t>(N), T(9)));
+}
