@@ -174,3 +174,62 @@ TEMPLATE_TEST_CASE("actor_objective_to: the device-result variant without host r
   CHECK(res.total == 42);
   CHECK(gl == std::vector<T>(static_cast<std::size_t>(N), T(9)));
 }
+
+TEMPLATE_TEST_CASE("masked_whiten_to: the device-result variant without host round trips", "[round_trips][whiten]",
+                   float, double) {
+  // The same output bits and moments as masked_whiten, for every option; with check_finite off no
+  // round trip, so gae + masked_whiten_to (verl's compute_gae_advantage_return) never waits.
+  using T = TestType;
+  const int B = 9, Tn = 70, N = B * Tn;
+  std::mt19937_64 rng(21);
+  std::vector<T> x(static_cast<std::size_t>(N));
+  for (auto& e : x) e = static_cast<T>(std::uniform_real_distribution<double>(-3, 5)(rng));
+  std::vector<std::uint8_t> m(x.size()), none(x.size(), 0), same_m(x.size(), 0);
+  for (int i = 0; i < N; ++i) m[static_cast<std::size_t>(i)] = (i % Tn) < 60 - 6 * (i / Tn) && i % 11 != 0;
+  std::vector<T> same(x.size(), T(0.35));  // identical values: mean exactly 0.35, variance exactly 0
+  for (int i = 0; i < 3; ++i) same_m[static_cast<std::size_t>(i)] = 1;
+  struct data_case {
+    const std::vector<T>* x;
+    const std::vector<std::uint8_t>* m;
+  };
+  for (const data_case dc : {data_case{&x, &m}, data_case{&x, &none}, data_case{&same, &same_m}})
+    for (bool shift : {true, false})
+      for (auto pad : {padding_mode::zero, padding_mode::raw})
+        for (auto eps : {eps_mode::add, eps_mode::floor}) {
+          whiten_options o;
+          o.shift_mean = shift;
+          o.padding = pad;
+          o.eps_placement = eps;
+          o.eps = eps == eps_mode::floor ? 0.5 : 1e-8;
+          const token_view<const T> xv(dc.x->data(), B, Tn);
+          const mask_view mv(dc.m->data(), B, Tn);
+          std::vector<T> want(x.size(), T(7)), got(x.size(), T(8));
+          const masked_moments mw = masked_whiten(cpu_backend(1), xv, mv, token_view<T>(want.data(), B, Tn), o);
+          for (bool checks : {false, true}) {
+            o.check_finite = checks;
+            const round_trip_backend be(2);
+            masked_moments mg;
+            masked_whiten_to(be, xv, mv, token_view<T>(got.data(), B, Tn), &mg, o);
+            CHECK(be.round_trips() == (checks ? 1 : 0));
+            CHECK(got == want);
+            CHECK(mg.count == mw.count);
+            CHECK(mg.mean == mw.mean);
+            CHECK(mg.var == mw.var);
+          }
+        }
+  // The pipeline: GAE, then whitening in place, with no round trip.
+  const int K = 2;
+  std::vector<T> V(static_cast<std::size_t>(K) * N), r(x.size()), adv(x.size()), ret(x.size());
+  for (auto& e : V) e = static_cast<T>(std::uniform_real_distribution<double>(0, 1)(rng));
+  for (auto& e : r) e = static_cast<T>(std::uniform_real_distribution<double>(0, 1)(rng));
+  const round_trip_backend be(2);
+  gae_options go;
+  go.check_finite = false;
+  whiten_options wo;
+  wo.check_finite = false;
+  gae(be, critic_view<const T>(V.data(), K, B, Tn), token_view<const T>(r.data(), B, Tn), mask_view(m.data(), B, Tn), go,
+      gae_outputs<T>{{adv.data(), B, Tn}, {ret.data(), B, Tn}});
+  masked_whiten_to(be, token_view<const T>(adv.data(), B, Tn), mask_view(m.data(), B, Tn), token_view<T>(adv.data(), B, Tn),
+                   nullptr, wo);
+  CHECK(be.round_trips() == 0);
+}

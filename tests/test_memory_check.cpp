@@ -155,6 +155,10 @@ TEST_CASE("memory check: advantage-side entry points check every view before any
                 [&](const checking_backend& be) { masked_whiten(be, d.tok(d.A), d.msk(d.m), out_tok(o1)); });
     check_entry("asyppo::compute_masked_moments", {{"x", d.A.data()}, {"mask", d.m.data()}}, out,
                 [&](const checking_backend& be) { compute_masked_moments(be, d.tok(d.A), d.msk(d.m), true); });
+    masked_moments mo{};
+    out.bufs.emplace_back(&mo, sizeof mo);
+    check_entry("asyppo::masked_whiten_to", {{"x", d.A.data()}, {"mask", d.m.data()}, {"out", o1.data()}, {"moments", &mo}},
+                out, [&](const checking_backend& be) { masked_whiten_to(be, d.tok(d.A), d.msk(d.m), out_tok(o1), &mo); });
   }
   {
     outputs out;

@@ -543,6 +543,17 @@ TEMPLATE_TEST_CASE("cuda algorithms: ensemble_stats, gae, masked_whiten", "[cuda
     REQUIRE(rel_err(mg.mean, mc.mean) <= kSumTol);
     REQUIRE(rel_err(mg.var, mc.var) <= kSumTol);
     require_close(download(gpu, o), want, out_tol<T>());
+    // The device-result variant: moments and coefficients stay on the device.
+    whiten_options wo;
+    wo.check_finite = false;
+    auto dmo = gpu.allocate<masked_moments>(1);
+    auto o2 = gpu.allocate<T>(static_cast<index_t>(n));
+    masked_whiten_to(gpu, token_view<const T>(d.adv.data(), B, Tn), dm, token_view<T>(o2.data(), B, Tn), dmo.data(), wo);
+    const auto md = download(gpu, dmo)[0];
+    REQUIRE(md.count == mc.count);
+    REQUIRE(rel_err(md.mean, mc.mean) <= kSumTol);
+    REQUIRE(rel_err(md.var, mc.var) <= kSumTol);
+    require_close(download(gpu, o2), want, out_tol<T>());
   }
 }
 

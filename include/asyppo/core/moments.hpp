@@ -86,6 +86,28 @@ struct masked_sum_reducer {
   }
 };
 
+/// The moments from pass 1's count and sum (mean S / N; N = 0: all 0).
+ASYPPO_HD inline masked_moments moments_first(double n, double sum) {
+  masked_moments m;
+  m.count = n;
+  if (n > 0) m.mean = sum / n;
+  return m;
+}
+
+/// Pass 2's correction (Chan, Golub & LeVeque): S/N is not exactly the mean (N copies of 0.35 sum to a
+/// value whose quotient misses 0.35 by an ulp), so the mean is shifted by the mean deviation and
+/// Q = sum d^2 - (sum d)^2 / N. Identical values give d all equal to one small exact number, hence mean
+/// exactly x and Q exactly 0. N = 0 leaves the moments 0.
+ASYPPO_HD inline void moments_second(masked_moments& m, double s1, double s2, bool unbiased) {
+  if (!(m.count > 0)) return;
+  const double shift = s1 / m.count;
+  m.mean += shift;
+  double q = s2 - s1 * shift;
+  if (!(q > 0)) q = 0;
+  const double d = unbiased ? m.count - 1 : m.count;
+  m.var = d > 0 ? q / d : 0.0;
+}
+
 /// compute_masked_moments without the memory check (for callers that made it).
 template <class Backend, class T, class Comm>
 masked_moments masked_moments_unchecked(const Backend& be, token_view<const T> x, mask_view mask, bool unbiased,
@@ -95,23 +117,13 @@ masked_moments masked_moments_unchecked(const Backend& be, token_view<const T> x
   auto first = be.reduce(B, Tn, detail::masked_sum_reducer<T>{x, mask, 0.0, false}, span.heads());
   double ns[2] = {first.n, first.s.total()};
   comm.allreduce_sum(ns, 2);
-  masked_moments m;
-  m.count = ns[0];
+  masked_moments m = moments_first(ns[0], ns[1]);
   if (m.count <= 0) return m;
-  m.mean = ns[1] / m.count;
-  // Pass 2 about the provisional mean, corrected (Chan, Golub & LeVeque): S/N is not exactly the
-  // mean (N copies of 0.35 sum to a value whose quotient misses 0.35 by an ulp), so the mean is
-  // shifted by the mean deviation and Q = sum d^2 - (sum d)^2 / N. Identical values give d all
-  // equal to one small exact number, hence mean exactly x and Q exactly 0.
+  // Pass 2 about the provisional mean, corrected (moments_second).
   const auto second = be.reduce(B, Tn, detail::masked_sum_reducer<T>{x, mask, m.mean, true}, span.heads());
   double sq[2] = {second.s.total(), second.s2.total()};
   comm.allreduce_sum(sq, 2);
-  const double shift = sq[0] / m.count;
-  m.mean += shift;
-  double q = sq[1] - sq[0] * shift;
-  if (!(q > 0)) q = 0;
-  const double d = unbiased ? m.count - 1 : m.count;
-  m.var = d > 0 ? q / d : 0.0;
+  moments_second(m, sq[0], sq[1], unbiased);
   return m;
 }
 

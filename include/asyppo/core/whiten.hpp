@@ -63,22 +63,110 @@ inline void check_whiten_options(const char* where, const whiten_options& o) {
   if (!(o.eps >= 0.0) || !std::isfinite(o.eps)) fail(where, "eps", "must be finite and >= 0, got ", o.eps);
 }
 
+/// y = (x - mean) scale + add_back (W2, W3) from the moments and the options.
+struct whiten_coeffs {
+  double mean, scale, add_back;
+};
+ASYPPO_HD inline whiten_coeffs whiten_coeffs_of(const masked_moments& mo, const whiten_options& opt) {
+  whiten_coeffs c{mo.mean, 0.0, opt.shift_mean ? 0.0 : mo.mean};
+  if (mo.count > 0) {
+    const double v = opt.eps_placement == eps_mode::add ? mo.var + opt.eps : (mo.var > opt.eps ? mo.var : opt.eps);
+    c.scale = v > 0 ? 1.0 / sqrt(v) : 0.0;
+  } else if (opt.padding == padding_mode::raw) {
+    c.scale = 1.0;  // nothing valid: raw mode leaves x as it is
+    c.mean = 0.0;
+  }
+  return c;
+}
+
+template <class T>
+whiten_kernel<T> whiten_kernel_of(token_view<const T> x, mask_view mask, token_view<T> out, const whiten_coeffs& c,
+                                  const whiten_options& opt) {
+  return {x, mask, out, c.mean, c.scale, c.add_back, opt.padding == padding_mode::raw};
+}
+
 template <class Backend, class T, class Comm>
 masked_moments whiten_unchecked(const Backend& be, token_view<const T> x, mask_view mask, token_view<T> out,
                                 const whiten_options& opt, const Comm& comm) {
   const index_t B = x.extent[0], Tn = x.extent[1];
   const masked_moments mo = masked_moments_unchecked(be, x, mask, opt.unbiased, comm);
-  double scale = 0.0, mean = mo.mean;
-  if (mo.count > 0) {
-    const double v = opt.eps_placement == eps_mode::add ? mo.var + opt.eps : (mo.var > opt.eps ? mo.var : opt.eps);
-    scale = v > 0 ? 1.0 / std::sqrt(v) : 0.0;
-  } else if (opt.padding == padding_mode::raw) {
-    scale = 1.0;  // nothing valid: raw mode leaves x as it is
-    mean = 0.0;
-  }
-  be.for_each(B, Tn, whiten_kernel<T>{x, mask, out, mean, scale, opt.shift_mean ? 0.0 : mo.mean,
-                                       opt.padding == padding_mode::raw});
+  be.for_each(B, Tn, whiten_kernel_of(x, mask, out, whiten_coeffs_of(mo, opt), opt));
   return mo;
+}
+
+// ---- masked_whiten_to: the moments and coefficients stay where the data is ----------------------
+/// What the device-resident passes share (backend memory).
+struct whiten_state {
+  masked_moments moments;
+  whiten_coeffs coeffs;
+};
+
+/// Pass 1's sink: the provisional moments.
+template <class V>
+struct whiten_first_sink {
+  whiten_state* st;
+  ASYPPO_HD void operator()(const V& a) const { st->moments = moments_first(a.n, a.s.total()); }
+};
+
+/// Pass 2: masked_sum_reducer about the provisional mean, read from the state when the pass runs.
+template <class T>
+struct sum_about_state_mean {
+  masked_sum_reducer<T> r;  // center set from the state
+  const whiten_state* st;
+  using value_type = typename masked_sum_reducer<T>::value_type;
+  ASYPPO_HD masked_sum_reducer<T> at_mean() const {
+    masked_sum_reducer<T> c = r;
+    c.center = st->moments.mean;
+    return c;
+  }
+  ASYPPO_HD value_type identity() const { return r.identity(); }
+  ASYPPO_HD void add(value_type& acc, index_t b, index_t t) const { at_mean().add(acc, b, t); }
+  ASYPPO_HD void add_span(value_type& acc, index_t b, index_t t0, index_t t1) const { at_mean().add_span(acc, b, t0, t1); }
+  ASYPPO_HD value_type combine(const value_type& a, const value_type& b) const { return r.combine(a, b); }
+};
+
+/// Pass 2's sink: the corrected moments and the whitening coefficients (and a copy of the moments for
+/// the caller).
+template <class V>
+struct whiten_second_sink {
+  whiten_state* st;
+  masked_moments* result;  // optional
+  whiten_options opt;
+  ASYPPO_HD void operator()(const V& a) const {
+    masked_moments m = st->moments;
+    moments_second(m, a.s.total(), a.s2.total(), opt.unbiased);
+    st->moments = m;
+    st->coeffs = whiten_coeffs_of(m, opt);
+    if (result) *result = m;
+  }
+};
+
+/// The whitening pass with the coefficients read from the state.
+template <class T>
+struct whiten_from_state {
+  whiten_kernel<T> k;  // coefficients set from the state
+  const whiten_state* st;
+  ASYPPO_HD whiten_kernel<T> with_coeffs() const {
+    whiten_kernel<T> c = k;
+    c.mean = st->coeffs.mean;
+    c.scale = st->coeffs.scale;
+    c.add_back = st->coeffs.add_back;
+    return c;
+  }
+  ASYPPO_HD void operator()(index_t b, index_t t) const { with_coeffs()(b, t); }
+  ASYPPO_HD void span(index_t b, index_t t0, index_t t1) const { with_coeffs().span(b, t0, t1); }
+};
+
+template <class Backend, class T>
+void check_whiten(const Backend& be, const char* where, token_view<const T> x, mask_view mask, token_view<T> out,
+                  const whiten_options& opt) {
+  check_view(where, "x", x);
+  const index_t B = x.extent[0], Tn = x.extent[1];
+  check_input(where, "mask", mask, {B, Tn});
+  if (!present(mask) && B * Tn > 0) fail(where, "mask", "is required");
+  check_output(where, "out", out, {B, Tn});
+  check_memory(be, where, "x", x, "mask", mask, "out", out);
+  check_whiten_options(where, opt);
 }
 
 }  // namespace detail
@@ -90,15 +178,33 @@ template <class Backend, class T, class Comm = single_process>
 masked_moments masked_whiten(const Backend& be, token_view<const T> x, mask_view mask, token_view<T> out,
                              const whiten_options& opt = {}, const Comm& comm = {}) {
   constexpr const char* where = "asyppo::masked_whiten";
-  detail::check_view(where, "x", x);
+  detail::check_whiten(be, where, x, mask, out, opt);
   const index_t B = x.extent[0], Tn = x.extent[1];
-  detail::check_input(where, "mask", mask, {B, Tn});
-  if (!detail::present(mask) && B * Tn > 0) detail::fail(where, "mask", "is required");
-  detail::check_output(where, "out", out, {B, Tn});
-  detail::check_memory(be, where, "x", x, "mask", mask, "out", out);
-  detail::check_whiten_options(where, opt);
   if (opt.check_finite) detail::check_finite_tokens<Backend, T>(be, where, "x", B, Tn, {}, x, mask);
   return detail::whiten_unchecked(be, x, mask, out, opt, comm);
+}
+
+/// The device-result variant of masked_whiten (one process): the same output bits, with the moments
+/// and the whitening coefficients computed and kept where the data is (the optional reduce_to pattern),
+/// and the moments written to *moments (optional, backend memory) instead of returned. With
+/// opt.check_finite = false nothing waits for the device (gae followed by masked_whiten_to is verl's
+/// compute_gae_advantage_return without a host round trip). Throws like masked_whiten.
+template <class Backend, class T>
+void masked_whiten_to(const Backend& be, token_view<const T> x, mask_view mask, token_view<T> out,
+                      masked_moments* moments = nullptr, const whiten_options& opt = {}) {
+  constexpr const char* where = "asyppo::masked_whiten_to";
+  detail::check_whiten(be, where, x, mask, out, opt);
+  if (moments) detail::check_memory(be, where, "moments", seq_view<masked_moments>(moments, 1));
+  const index_t B = x.extent[0], Tn = x.extent[1];
+  if (opt.check_finite) detail::check_finite_tokens<Backend, T>(be, where, "x", B, Tn, {}, x, mask);
+  using R = detail::masked_sum_reducer<T>;
+  using V = typename R::value_type;
+  auto state = be.template allocate<detail::whiten_state>(1);
+  const auto span = detail::make_row_span(be, mask);
+  detail::reduce_to(be, B, Tn, R{x, mask, 0.0, false}, span.heads(), detail::whiten_first_sink<V>{state.data()});
+  detail::reduce_to(be, B, Tn, detail::sum_about_state_mean<T>{R{x, mask, 0.0, true}, state.data()}, span.heads(),
+                    detail::whiten_second_sink<V>{state.data(), moments, opt});
+  be.for_each(B, Tn, detail::whiten_from_state<T>{detail::whiten_kernel_of(x, mask, out, {}, opt), state.data()});
 }
 
 }  // namespace asyppo
