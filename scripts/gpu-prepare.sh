@@ -11,14 +11,11 @@
 #                                            --lib build/gpu/libasyppo_bench_cpu.so --B 64 --T 512 --heads 2048x256)
 set -euo pipefail
 cd "$(dirname "${BASH_SOURCE[0]}")/.."
-NVCC=${NVCC:-/usr/local/cuda/bin/nvcc}
 mkdir -p build/gpu
 cmake --preset cuda >/dev/null
-cmake --build --preset cuda --target test_cuda_conformance
+cmake --build --preset cuda --target test_cuda_conformance asyppo_bench_capi_cuda
 cp build/cuda/tests/gpu/test_cuda_conformance build/gpu/
-"$NVCC" -std=c++20 -O3 -gencode arch=compute_90,code=sm_90 --expt-relaxed-constexpr \
-  -Werror cross-execution-space-call -shared -Xcompiler -fPIC -Iinclude bench/gpu/capi_cuda.cu \
-  -o build/gpu/libasyppo_bench_cuda.so -lcublas
+cp build/cuda/tests/gpu/libasyppo_bench_capi_cuda.so build/gpu/libasyppo_bench_cuda.so
 g++ -std=gnu++20 -O3 -DNDEBUG -shared -fPIC -Iinclude -isystem /usr/include/eigen3 bench/gpu/capi_cpu.cpp \
   -o build/gpu/libasyppo_bench_cpu.so -lpthread
 du -sh build/gpu/*

@@ -7,6 +7,7 @@
 // round trips make none (and the counter does count: the same calls with their checks on make some).
 #include <catch2/catch.hpp>
 
+#include <cmath>
 #include <cstdint>
 #include <random>
 #include <vector>
@@ -232,4 +233,115 @@ TEMPLATE_TEST_CASE("masked_whiten_to: the device-result variant without host rou
   masked_whiten_to(be, token_view<const T>(adv.data(), B, Tn), mask_view(m.data(), B, Tn), token_view<T>(adv.data(), B, Tn),
                    nullptr, wo);
   CHECK(be.round_trips() == 0);
+}
+
+TEMPLATE_TEST_CASE("value_loss_to: the device-result variant without host round trips", "[round_trips][losses]", float,
+                   double) {
+  // Each critic's metrics equal value_loss's (sequences: -1, not counted), the gradients are identical,
+  // and with check_finite off nothing comes back to the host.
+  using T = TestType;
+  const int K = 2, B = 8, Tn = 50, N = B * Tn;
+  std::mt19937_64 rng(31);
+  auto vec = [&](std::size_t n) {
+    std::vector<T> v(n);
+    for (auto& x : v) x = static_cast<T>(std::uniform_real_distribution<double>(-1, 1)(rng));
+    return v;
+  };
+  const auto V = vec(static_cast<std::size_t>(K) * N), Vo = vec(V.size()), R = vec(static_cast<std::size_t>(N));
+  std::vector<std::uint8_t> m(static_cast<std::size_t>(N));
+  for (int i = 0; i < N; ++i) m[static_cast<std::size_t>(i)] = (i % Tn) < 45 - 5 * (i / Tn) ? 1 : 0;
+  std::vector<T> shard(static_cast<std::size_t>(K) * B);
+  for (int k = 0; k < K; ++k)
+    for (int b = 0; b < B; ++b) shard[static_cast<std::size_t>(k * B + b)] = T((b + k) % 2 == 0 ? 1 : 0);
+  value_loss_inputs<T> in;
+  in.values = critic_view<const T>(V.data(), K, B, Tn);
+  in.old_values = critic_view<const T>(Vo.data(), K, B, Tn);
+  in.returns = token_view<const T>(R.data(), B, Tn);
+  in.mask = mask_view(m.data(), B, Tn);
+  in.shard_weights = view<const T, 2>(shard.data(), K, B);
+  for (auto mode : {loss_aggregation::token_mean, loss_aggregation::seq_mean_token_mean}) {
+    for (bool ev : {true, false}) {
+      CAPTURE(static_cast<int>(mode), ev);
+      value_loss_options o;
+      o.aggregation = mode;
+      o.explained_variance = ev;
+      o.normalizers = {loss_normalizer{300, 6, 64}, loss_normalizer{250, 5, 64}};
+      std::vector<T> g(V.size()), g2(V.size(), T(9));
+      const auto want = value_loss(cpu_backend(1), in, critic_view<T>(g.data(), K, B, Tn), o);
+      for (bool checks : {false, true}) {
+        o.check_finite = checks;
+        const round_trip_backend be(2);
+        std::vector<critic_loss_metrics> got(K);
+        value_loss_to(be, in, critic_view<T>(g2.data(), K, B, Tn), got.data(), o);
+        CHECK(be.round_trips() == (checks ? 1 : 0));
+        CHECK(g2 == g);
+        for (int k = 0; k < K; ++k) {
+          const auto& a = got[static_cast<std::size_t>(k)];
+          const auto& b = want.critics[static_cast<std::size_t>(k)];
+          CHECK(a.loss == b.loss);
+          CHECK(a.tokens == b.tokens);
+          CHECK(a.sequences == -1);
+          CHECK(a.clipped_tokens == b.clipped_tokens);
+          CHECK(a.squared_error_sum == b.squared_error_sum);
+          CHECK((a.explained_variance == b.explained_variance || (std::isnan(a.explained_variance) && std::isnan(b.explained_variance))));
+          CHECK(a.normalizer.tokens == b.normalizer.tokens);
+        }
+      }
+    }
+  }
+  // K explicit normalisers are required; nothing is written otherwise.
+  std::vector<T> g(V.size(), T(9));
+  std::vector<critic_loss_metrics> got(K);
+  value_loss_options o;
+  CHECK_THROWS_WITH(value_loss_to(round_trip_backend(), in, critic_view<T>(g.data(), K, B, Tn), got.data(), o),
+                    Catch::Contains("must hold K = 2 explicit normalisers"));
+  o.normalizers = {loss_normalizer{}, loss_normalizer{}};
+  CHECK_THROWS_WITH(value_loss_to(round_trip_backend(), in, critic_view<T>(g.data(), K, B, Tn), got.data(), o),
+                    Catch::Contains("sequences must be given"));
+  CHECK(g == std::vector<T>(V.size(), T(9)));
+}
+
+TEST_CASE("a critic update without host round trips: heads forward, value_loss_to, heads backward", "[round_trips]") {
+  const int K = 2, B = 6, Tn = 30, N = B * Tn, D = 10;
+  std::mt19937_64 rng(41);
+  const auto h = random_vec(rng, static_cast<std::size_t>(K) * N * D), w = random_vec(rng, static_cast<std::size_t>(K) * D),
+             R = random_vec(rng, N);
+  std::vector<std::uint8_t> m(static_cast<std::size_t>(N));
+  for (int i = 0; i < N; ++i) m[static_cast<std::size_t>(i)] = (i % Tn) < 25 - 3 * (i / Tn) ? 1 : 0;
+  std::vector<double> v(static_cast<std::size_t>(K) * N), g(v.size()), dw(w.size()), dh(h.size());
+  std::vector<critic_loss_metrics> met(K);
+  const round_trip_backend be(2);
+  const view<const double, 3> hv(h.data(), K, N, D);
+  const view<const double, 2> wv(w.data(), K, D);
+  critic_heads_options ho;
+  ho.check_finite = false;
+  critic_heads_forward(be, hv, wv, {}, view<double, 2>(v.data(), K, N), ho);
+  value_loss_inputs<double> in;
+  in.values = critic_view<const double>(v.data(), K, B, Tn);  // the heads' [K,N] values, same memory
+  in.returns = token_view<const double>(R.data(), B, Tn);
+  in.mask = mask_view(m.data(), B, Tn);
+  value_loss_options vo;
+  vo.clip = 0;
+  vo.check_finite = false;
+  vo.aggregation = loss_aggregation::token_mean;
+  vo.normalizers = {loss_normalizer{500, -1, -1}, loss_normalizer{500, -1, -1}};
+  value_loss_to(be, in, critic_view<double>(g.data(), K, B, Tn), met.data(), vo);
+  critic_heads_backward(be, hv, wv, view<const double, 2>(g.data(), K, N),
+                        critic_head_gradients<double>{{dw.data(), K, D}, {}, {dh.data(), K, N, D}}, ho);
+  CHECK(be.round_trips() == 0);
+  // The same update with the host-returning calls on the CPU backend gives the same bits.
+  std::vector<double> v2(v.size()), g2(v.size()), dw2(w.size()), dh2(h.size());
+  const cpu_backend cpu(1);
+  critic_heads_forward(cpu, hv, wv, {}, view<double, 2>(v2.data(), K, N));
+  in.values = critic_view<const double>(v2.data(), K, B, Tn);
+  vo.check_finite = true;
+  const auto r = value_loss(cpu, in, critic_view<double>(g2.data(), K, B, Tn), vo);
+  critic_heads_backward(cpu, hv, wv, view<const double, 2>(g2.data(), K, N),
+                        critic_head_gradients<double>{{dw2.data(), K, D}, {}, {dh2.data(), K, N, D}});
+  CHECK(v == v2);
+  CHECK(g == g2);
+  CHECK(dw == dw2);
+  CHECK(dh == dh2);
+  CHECK(met[0].loss == r.critics[0].loss);
+  CHECK(met[1].loss == r.critics[1].loss);
 }

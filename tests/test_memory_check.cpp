@@ -253,6 +253,19 @@ TEST_CASE("memory check: loss entry points check every view before any work", "[
                                                        view<const double, 2>(shards.data(), K, B)},
                              critic_view<double>(gk.data(), K, B, Tn));
                 });
+    std::vector<critic_loss_metrics> met(static_cast<std::size_t>(K));
+    out.bufs.emplace_back(met.data(), met.size() * sizeof(critic_loss_metrics));
+    value_loss_options vo;
+    vo.normalizers = {loss_normalizer{100, 8, 12}, loss_normalizer{100, 8, 12}};
+    check_entry("asyppo::value_loss_to",
+                {{"values", d.V.data()}, {"old_values", d.V_old.data()}, {"returns", d.R.data()}, {"mask", d.m.data()},
+                 {"shard_weights", shards.data()}, {"grad_values", gk.data()}, {"metrics", met.data()}},
+                out, [&](const checking_backend& be) {
+                  value_loss_to(be,
+                                value_loss_inputs<double>{d.values(), d.old_values(), d.tok(d.R), {}, d.msk(d.m),
+                                                          view<const double, 2>(shards.data(), K, B)},
+                                critic_view<double>(gk.data(), K, B, Tn), met.data(), vo);
+                });
   }
   {
     outputs out;

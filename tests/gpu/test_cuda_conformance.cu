@@ -709,6 +709,24 @@ TEMPLATE_TEST_CASE("cuda algorithms: policy_loss, value_loss, actor_objective", 
       REQUIRE(rel_err(r.critics[k].explained_variance, c.critics[k].explained_variance) <= 1e-9);
     }
     require_close(download(gpu, dg), g, out_tol<T>());
+    // The device-result variant: each critic's metrics written to device memory, no wait.
+    value_loss_options od = opt;
+    od.check_finite = false;
+    od.normalizers.clear();
+    for (const auto& ck : c.critics) od.normalizers.push_back(ck.normalizer);
+    auto dmet = gpu.allocate<critic_loss_metrics>(K);
+    auto dg2 = gpu.allocate<T>(K * static_cast<index_t>(n));
+    value_loss_to(gpu,
+                  value_loss_inputs<T>{critic_view<const T>(d.V.data(), K, B, Tn), critic_view<const T>(d.V2.data(), K, B, Tn),
+                                       dtv(d.r), {}, dm, view<const T, 2>(dshard.data(), K, B)},
+                  critic_view<T>(dg2.data(), K, B, Tn), dmet.data(), od);
+    const auto met = download(gpu, dmet);
+    for (std::size_t k = 0; k < c.critics.size(); ++k) {
+      REQUIRE(met[k].tokens == c.critics[k].tokens);
+      REQUIRE(met[k].clipped_tokens == c.critics[k].clipped_tokens);
+      REQUIRE(rel_err(met[k].loss, c.critics[k].loss) <= kSumTol);
+    }
+    require_close(download(gpu, dg2), g, out_tol<T>());
   }
   SECTION("actor_objective (surrogate + entropy bonus + KL)") {
     actor_objective_options opt;

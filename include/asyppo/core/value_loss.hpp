@@ -192,6 +192,114 @@ std::vector<loss_counts> count_critic_loss_tokens(const Backend& be, mask_view m
   return out;
 }
 
+namespace detail {
+
+struct value_loss_dims {
+  index_t K, B, Tn;
+  bool clip_on, per_critic;
+};
+
+/// Every check of value_loss and value_loss_to that reads no data (shapes, options, memory).
+template <class Backend, class T>
+value_loss_dims check_value_loss(const Backend& be, const char* where, const value_loss_inputs<T>& in,
+                                 critic_view<T> grad_values, const value_loss_options& opt) {
+  check_view(where, "values", in.values);
+  const index_t K = in.values.extent[0], B = in.values.extent[1], Tn = in.values.extent[2];
+  if (K < 1) fail(where, "values", "needs at least one critic (K >= 1), got K = ", K);
+  check_required_mask(where, "mask", in.mask, B, Tn);
+  const bool clip_on = opt.clip > 0;
+  if (std::isnan(opt.clip) || std::isinf(opt.clip)) fail(where, "clip", "must be finite, got ", opt.clip);
+  if (clip_on && !present(in.old_values) && K * B * Tn > 0)
+    fail(where, "old_values", "is required when clip > 0 (clip = ", opt.clip, ")");
+  check_optional_input(where, "old_values", in.old_values, {K, B, Tn});
+  const bool shared = present(in.returns), per_critic = present(in.critic_returns);
+  if (shared == per_critic && B * Tn > 0)
+    fail(where, "returns", shared ? "give either returns [B,T] or critic_returns [K,B,T], not both"
+                                  : "targets are required: returns [B,T] or critic_returns [K,B,T]");
+  check_optional_input(where, "returns", in.returns, {B, Tn});
+  check_optional_input(where, "critic_returns", in.critic_returns, {K, B, Tn});
+  check_optional_input(where, "shard_weights", in.shard_weights, {K, B});
+  check_optional_output(where, "grad_values", grad_values, {K, B, Tn});
+  check_aggregation(where, opt.aggregation);
+  const index_t nn = static_cast<index_t>(opt.normalizers.size());
+  if (nn != 0 && nn != K) fail(where, "normalizers", "has ", nn, " entries, expected 0 (local counts) or K = ", K);
+  for (const auto& n : opt.normalizers) check_normalizer_fields(where, "normalizers", n);
+  check_memory(be, where, "values", in.values, "old_values", in.old_values, "returns", in.returns, "critic_returns",
+               in.critic_returns, "mask", in.mask, "shard_weights", in.shard_weights, "grad_values", grad_values);
+  return {K, B, Tn, clip_on, per_critic};
+}
+
+template <class Backend, class T, class Range>
+void check_value_finite(const Backend& be, const char* where, const value_loss_inputs<T>& in, const value_loss_dims& d,
+                        Range range) {
+  check_finite(be, where, "values, old_values or targets", d.B, d.Tn,
+               count_nonfinite_tokens<T, 3, 1>{{in.values, d.clip_on ? in.old_values : critic_view<const T>{},
+                                                d.per_critic ? in.critic_returns : critic_view<const T>{}},
+                                               {in.returns}, in.mask},
+               range);
+}
+
+/// Critic k's fused reducer (E9) with row weights w (B entries).
+template <bool EV, class T>
+value_reducer<T, EV> value_reducer_of(const value_loss_inputs<T>& in, const value_loss_dims& d, index_t k,
+                                      const double* w, critic_view<T> grad_values, const value_loss_options& opt) {
+  return {in.values[k],
+          d.clip_on ? in.old_values[k] : token_view<const T>{},
+          d.per_critic ? in.critic_returns[k] : in.returns,
+          in.mask,
+          present(in.shard_weights) ? in.shard_weights[k] : seq_view<const T>{},
+          w,
+          present(grad_values) ? grad_values[k] : token_view<T>{},
+          d.clip_on ? opt.clip : 0.0,
+          opt.half ? 0.5 : 1.0};
+}
+
+/// Critic k's loss and metrics from its reduction (m holds the counts and normaliser already).
+ASYPPO_HD inline void critic_metrics_from(critic_loss_metrics& m, const value_acc& a, bool ev) {
+  m.loss = a.loss;
+  m.clipped_tokens = a.clipped;
+  m.squared_error_sum = a.sq;
+  if (a.n > 0) {
+    const double n = static_cast<double>(a.n);
+    m.clip_fraction = static_cast<double>(a.clipped) / n;
+    m.mse = a.sq / n;
+    const double qr = a.s2[0] - a.s1[0] * a.s1[0] / n, qe = a.s2[1] - a.s1[1] * a.s1[1] / n;
+    if (ev) m.explained_variance = qr > 0 ? 1.0 - qe / qr : std::numeric_limits<double>::quiet_NaN();
+  }
+}
+
+/// reduce_to sink of value_loss_to: critic k's metrics into the backend's memory.
+struct store_critic_metrics {
+  critic_loss_metrics* dst;
+  loss_normalizer norm;
+  bool ev;
+  ASYPPO_HD void operator()(const value_acc& a) const {
+    critic_loss_metrics m;
+    m.normalizer = norm;
+    m.tokens = a.n;
+    m.sequences = -1;  // not counted on the device
+    critic_metrics_from(m, a, ev);
+    *dst = m;
+  }
+};
+
+/// Critic k's row weights where the data is: w[b] = row_weight(L_b) on its shard, 0 off it.
+template <class S>
+struct shard_row_weight {
+  const index_t* len;
+  view<const S, 2> shard;
+  index_t k;
+  double* w;
+  loss_aggregation mode;
+  loss_normalizer norm;
+  ASYPPO_HD void operator()(index_t, index_t b) const {
+    const bool on = shard.data == nullptr || shard(k, b) != S(0);
+    w[b] = on ? row_weight(mode, norm, len[b]) : 0.0;
+  }
+};
+
+}  // namespace detail
+
 /// Value losses of the K critics; grad_values [K,B,T] (optional) receives dL_k/dV_new[k]. Throws
 /// asyppo::error (and writes nothing) on bad shapes or K mismatches (old_values, critic_returns,
 /// shard_weights, normalizers), both or neither of returns / critic_returns, a missing old_values
@@ -201,79 +309,71 @@ template <class Backend, class T>
 value_loss_result value_loss(const Backend& be, const value_loss_inputs<T>& in, critic_view<T> grad_values = {},
                              const value_loss_options& opt = {}) {
   constexpr const char* where = "asyppo::value_loss";
-  detail::check_view(where, "values", in.values);
-  const index_t K = in.values.extent[0], B = in.values.extent[1], Tn = in.values.extent[2];
-  if (K < 1) detail::fail(where, "values", "needs at least one critic (K >= 1), got K = ", K);
-  detail::check_required_mask(where, "mask", in.mask, B, Tn);
-  const bool clip_on = opt.clip > 0;
-  if (std::isnan(opt.clip) || std::isinf(opt.clip)) detail::fail(where, "clip", "must be finite, got ", opt.clip);
-  if (clip_on && !detail::present(in.old_values) && K * B * Tn > 0)
-    detail::fail(where, "old_values", "is required when clip > 0 (clip = ", opt.clip, ")");
-  detail::check_optional_input(where, "old_values", in.old_values, {K, B, Tn});
-  const bool shared = detail::present(in.returns), per_critic = detail::present(in.critic_returns);
-  if (shared == per_critic && B * Tn > 0)
-    detail::fail(where, "returns", shared ? "give either returns [B,T] or critic_returns [K,B,T], not both"
-                                          : "targets are required: returns [B,T] or critic_returns [K,B,T]");
-  detail::check_optional_input(where, "returns", in.returns, {B, Tn});
-  detail::check_optional_input(where, "critic_returns", in.critic_returns, {K, B, Tn});
-  detail::check_optional_input(where, "shard_weights", in.shard_weights, {K, B});
-  detail::check_optional_output(where, "grad_values", grad_values, {K, B, Tn});
-  detail::check_aggregation(where, opt.aggregation);
-  const index_t nn = static_cast<index_t>(opt.normalizers.size());
-  if (nn != 0 && nn != K)
-    detail::fail(where, "normalizers", "has ", nn, " entries, expected 0 (local counts) or K = ", K);
-  for (const auto& n : opt.normalizers) detail::check_normalizer_fields(where, "normalizers", n);
-  detail::check_memory(be, where, "values", in.values, "old_values", in.old_values, "returns", in.returns,
-                       "critic_returns", in.critic_returns, "mask", in.mask, "shard_weights", in.shard_weights,
-                       "grad_values", grad_values);
+  const detail::value_loss_dims d = detail::check_value_loss(be, where, in, grad_values, opt);
+  const index_t K = d.K, B = d.B, Tn = d.Tn, nn = static_cast<index_t>(opt.normalizers.size());
   const auto span = detail::make_row_span(be, in.mask);
-  if (opt.check_finite) {
-    detail::check_finite(be, where, "values, old_values or targets", B, Tn,
-                         detail::count_nonfinite_tokens<T, 3, 1>{{in.values, clip_on ? in.old_values : critic_view<const T>{},
-                                                                  per_critic ? in.critic_returns : critic_view<const T>{}},
-                                                                 {in.returns}, in.mask},
-                         span.heads());
-  }
+  if (opt.check_finite) detail::check_value_finite(be, where, in, d, span.heads());
   const loss_normalizer local{};
   auto tab = detail::make_row_weights<Backend, T>(be, where, "normalizers", in.mask, K, in.shard_weights,
                                                   opt.aggregation, nn ? opt.normalizers.data() : &local, nn ? nn : 1,
                                                   span.heads());
-
   value_loss_result r;
   r.critics.resize(static_cast<std::size_t>(K));
-  const double scale = opt.half ? 0.5 : 1.0;
   for (index_t k = 0; k < K; ++k) {
     critic_loss_metrics& m = r.critics[static_cast<std::size_t>(k)];
     m.normalizer = tab.resolved[static_cast<std::size_t>(k)];
     m.tokens = tab.counts[static_cast<std::size_t>(k)].tokens;
     m.sequences = tab.counts[static_cast<std::size_t>(k)].sequences;
     if (B * Tn == 0) continue;
-    const auto run = [&](auto ev) {
-      return be.reduce(B, Tn,
-                       detail::value_reducer<T, decltype(ev)::value>{
-                           in.values[k], clip_on ? in.old_values[k] : token_view<const T>{},
-                           per_critic ? in.critic_returns[k] : in.returns, in.mask,
-                           detail::present(in.shard_weights) ? in.shard_weights[k] : seq_view<const T>{},
-                           tab.weights.data() + k * B, detail::present(grad_values) ? grad_values[k] : token_view<T>{},
-                           clip_on ? opt.clip : 0.0, scale},
-                       span.heads());
-    };
-    const detail::value_acc a = opt.explained_variance ? run(std::true_type{}) : run(std::false_type{});
+    const double* w = tab.weights.data() + k * B;
+    const detail::value_acc a =
+        opt.explained_variance ? be.reduce(B, Tn, detail::value_reducer_of<true>(in, d, k, w, grad_values, opt), span.heads())
+                               : be.reduce(B, Tn, detail::value_reducer_of<false>(in, d, k, w, grad_values, opt), span.heads());
     if (detail::present(grad_values)) detail::write_zero(be, B, Tn, span.tails(), grad_values[k]);
-    m.loss = a.loss;
-    m.clipped_tokens = a.clipped;
-    m.squared_error_sum = a.sq;
-    if (a.n > 0) {
-      const double n = static_cast<double>(a.n);
-      m.clip_fraction = static_cast<double>(a.clipped) / n;
-      m.mse = a.sq / n;
-      const double qr = a.s2[0] - a.s1[0] * a.s1[0] / n, qe = a.s2[1] - a.s1[1] * a.s1[1] / n;
-      if (opt.explained_variance)
-        m.explained_variance = qr > 0 ? 1.0 - qe / qr : std::numeric_limits<double>::quiet_NaN();
-    }
+    detail::critic_metrics_from(m, a, opt.explained_variance);
     r.loss += m.loss;
   }
   return r;
+}
+
+/// The device-result variant of value_loss: the same gradients, and each critic's metrics written to
+/// metrics[k] (K entries in the backend's memory: device memory on a GPU) instead of returned
+/// (metrics[k].sequences is -1: not counted; the total is the sum of metrics[k].loss). With
+/// opt.check_finite = false it makes no host round trip: the row weights come from opt.normalizers,
+/// which must hold K normalisers whose fields the aggregation uses are given (>= 0), not checked
+/// against this call's counts. Throws like value_loss, and on a null metrics.
+template <class Backend, class T>
+void value_loss_to(const Backend& be, const value_loss_inputs<T>& in, critic_view<T> grad_values,
+                   critic_loss_metrics* metrics, const value_loss_options& opt) {
+  constexpr const char* where = "asyppo::value_loss_to";
+  const detail::value_loss_dims d = detail::check_value_loss(be, where, in, grad_values, opt);
+  const index_t K = d.K, B = d.B, Tn = d.Tn;
+  if (metrics == nullptr) detail::fail(where, "metrics", "is null");
+  detail::check_memory(be, where, "metrics", seq_view<critic_loss_metrics>(metrics, K));
+  if (static_cast<index_t>(opt.normalizers.size()) != K)
+    detail::fail(where, "normalizers", "must hold K = ", K, " explicit normalisers (the device-result variant cannot ",
+                 "count on the host), got ", opt.normalizers.size());
+  for (const auto& n : opt.normalizers) detail::check_explicit_normalizer(where, "normalizers", opt.aggregation, n);
+  const auto span = detail::make_row_span(be, in.mask);
+  if (opt.check_finite) detail::check_value_finite(be, where, in, d, span.heads());
+  auto len = be.template allocate<index_t>(B);
+  auto w = be.template allocate<double>(K * B);
+  if (B > 0) {
+    if (Tn > 0) be.row_reduce(B, Tn, detail::count_valid{in.mask}, detail::store_row<index_t>{len.data()}, span.heads());
+    else be.fill(len.data(), B, index_t(0));
+  }
+  for (index_t k = 0; k < K; ++k) {
+    const loss_normalizer& nk = opt.normalizers[static_cast<std::size_t>(k)];
+    if (B > 0)
+      be.for_each(1, B, detail::shard_row_weight<T>{len.data(), in.shard_weights, k, w.data() + k * B, opt.aggregation, nk});
+    const double* wk = w.data() + k * B;
+    const detail::store_critic_metrics sink{metrics + k, nk, opt.explained_variance};
+    if (opt.explained_variance)
+      detail::reduce_to(be, B, Tn, detail::value_reducer_of<true>(in, d, k, wk, grad_values, opt), span.heads(), sink);
+    else
+      detail::reduce_to(be, B, Tn, detail::value_reducer_of<false>(in, d, k, wk, grad_values, opt), span.heads(), sink);
+    if (detail::present(grad_values)) detail::write_zero(be, B, Tn, span.tails(), grad_values[k]);
+  }
 }
 
 }  // namespace asyppo
