@@ -483,10 +483,26 @@ void BM_step_naive(benchmark::State& st, index_t B, index_t T) {
 //   step_part/gae_fused_std        gae(check_finite = false) with the std output -> GAE scan + sigma
 //   step_part/masks                uncertainty_masks(check_finite = false) on that sigma (2 ranks;
 //                                  the step also selects the 5 sigma quantiles in the same passes)
+//   step_part/unchecked_no_shards  advantage_step, check_finite = false, no shards: the baseline of
+//   step_part/step_to              advantage_step_to, same config, on the CPU backend (its host path)
+//   step_part/step_to_resident     the same on resident_cpu (the CPU backend as a device backend: the
+//                                  resident selection's passes, what a GPU runs; docs/algorithm.md S4)
+//   step_part/masks_to_resident    uncertainty_masks_to(check_finite = false) on resident_cpu, against masks
 // The remainder (full - finite check - shards - gae - masks) is the valid-token count, the extra
 // quantile requests and the fused pass that applies I^A and gathers the summary moments.
 // Bytes: each piece's own minimum (inputs once + outputs once); full-step variants use bytes_step.
-enum class part { full, no_finite_check, no_shards, gae, masks };
+enum class part { full, no_finite_check, no_shards, gae, masks, unchecked_no_shards, step_to, step_to_resident, masks_to_resident };
+
+// The CPU backend posing as a device backend (host_memory false): the device-result variants then take
+// their device paths (resident selection), with reduce_to's sink run on the host.
+struct resident_cpu : asyppo::cpu_backend {
+  static constexpr bool host_memory = false;
+  using cpu_backend::cpu_backend;
+  template <class R, class Range, class Sink>
+  void reduce_to(index_t rows, index_t cols, R r, Range range, Sink sink) const {
+    sink(cpu_backend::reduce(rows, cols, r, range));
+  }
+};
 
 void BM_part(benchmark::State& st, index_t B, index_t T, int threads, part p) {
   const batch& d = get_batch(B, T);
@@ -494,7 +510,8 @@ void BM_part(benchmark::State& st, index_t B, index_t T, int threads, part p) {
   step_buffers o(d);
   std::vector<F> sigma(B * T);
   asyppo::advantage_config cfg;
-  if (p == part::no_finite_check) cfg.check_finite = false;
+  const bool to = p == part::step_to || p == part::step_to_resident;
+  if (p == part::no_finite_check || p == part::unchecked_no_shards || to) cfg.check_finite = false;
   asyppo::gae_options g;
   g.check_finite = false;
   asyppo::mask_options mo;
@@ -502,23 +519,40 @@ void BM_part(benchmark::State& st, index_t B, index_t T, int threads, part p) {
   asyppo::advantage_inputs<F> in{values_of(d), tokens(d.rewards, d), mask_of(d), ids_of(d)};
   asyppo::advantage_outputs<F> out{{o.adv.data(), B, T}, {o.ret.data(), B, T}, {o.am.data(), B, T},
                                    {o.em.data(), B, T},  {o.shard.data(), d.K, B}, {}};
-  if (p == part::no_shards) out.shard_weights = {};
+  if (p == part::no_shards || p == part::unchecked_no_shards || to) out.shard_weights = {};
+  auto result = std::make_unique<asyppo::advantage_step_result>();
+  asyppo::mask_counts counts;
   const asyppo::token_view<F> adv(o.adv.data(), B, T), ret(o.ret.data(), B, T), sig(sigma.data(), B, T);
   asyppo::gae(be, values_of(d), tokens(d.rewards, d), mask_of(d), g, asyppo::gae_outputs<F>{adv, ret, sig});
   const double BT = double(B * T);
   double bytes = bytes_step(d);
-  if (p == part::no_shards) bytes -= double(d.K * B) * s + 8.0 * B;
+  if (p == part::no_shards || p == part::unchecked_no_shards || to) bytes -= double(d.K * B) * s + 8.0 * B;
   if (p == part::gae) bytes = bytes_gae(d);
-  if (p == part::masks) bytes = bytes_masks(d);
+  if (p == part::masks || p == part::masks_to_resident) bytes = bytes_masks(d);
+  const resident_cpu rbe(threads);
   for (auto _ : st) {
     switch (p) {
       case part::full:
       case part::no_finite_check:
-      case part::no_shards: {
+      case part::no_shards:
+      case part::unchecked_no_shards: {
         auto sum = asyppo::advantage_step(be, in, out, cfg);
         benchmark::DoNotOptimize(sum);
         break;
       }
+      case part::step_to:
+        asyppo::advantage_step_to(be, in, out, result.get(), nullptr, cfg);
+        benchmark::DoNotOptimize(result.get());
+        break;
+      case part::step_to_resident:
+        asyppo::advantage_step_to(rbe, in, out, result.get(), nullptr, cfg);
+        benchmark::DoNotOptimize(result.get());
+        break;
+      case part::masks_to_resident:
+        asyppo::uncertainty_masks_to(rbe, asyppo::token_view<const F>(sig), mask_of(d), asyppo::mask_out(o.am.data(), B, T),
+                                     asyppo::mask_out(o.em.data(), B, T), &counts, mo);
+        benchmark::DoNotOptimize(counts);
+        break;
       case part::gae:
         asyppo::gae(be, values_of(d), tokens(d.rewards, d), mask_of(d), g, asyppo::gae_outputs<F>{adv, ret, sig});
         break;
@@ -584,7 +618,11 @@ void register_all() {
                                                 {"no_finite_check", part::no_finite_check},
                                                 {"no_shards", part::no_shards},
                                                 {"gae_fused_std", part::gae},
-                                                {"masks", part::masks}};
+                                                {"masks", part::masks},
+                                                {"unchecked_no_shards", part::unchecked_no_shards},
+                                                {"step_to", part::step_to},
+                                                {"step_to_resident", part::step_to_resident},
+                                                {"masks_to_resident", part::masks_to_resident}};
   for (const auto& [name, p] : parts)
     for (int th : {1, 2})
       benchmark::RegisterBenchmark((std::string("step_part/") + name + "/256x4096/threads:" + std::to_string(th)).c_str(),

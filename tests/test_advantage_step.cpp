@@ -12,6 +12,7 @@
 #include "asyppo/asyppo.hpp"
 #include "check.hpp"
 #include "reference.hpp"
+#include "round_trip_backend.hpp"
 
 using namespace asyppo;
 using i64 = std::int64_t;
@@ -73,9 +74,9 @@ struct step_out {
   advantage_summary s;
 };
 
+// Outputs filled with 9 (so untouched entries show), and the step's input views.
 template <class T>
-step_out<T> run_step(const step_data<T>& d, const advantage_config& cfg, int threads, bool with_std = true,
-                     bool with_shards = true) {
+step_out<T> blank_out(const step_data<T>& d) {
   const std::size_t n = static_cast<std::size_t>(d.B) * d.Tn;
   step_out<T> o;
   o.adv.assign(n, T(9));
@@ -84,14 +85,88 @@ step_out<T> run_step(const step_data<T>& d, const advantage_config& cfg, int thr
   o.shards.assign(static_cast<std::size_t>(d.K) * d.B, T(9));
   o.am.assign(n, 9);
   o.em.assign(n, 9);
-  advantage_inputs<T> in{critic_view<const T>(d.V.data(), d.K, d.B, d.Tn), token_view<const T>(d.r.data(), d.B, d.Tn),
-                         mask_view(d.m.data(), d.B, d.Tn), seq_view<const i64>(d.ids.data(), d.B)};
+  return o;
+}
+template <class T>
+advantage_inputs<T> inputs_of(const step_data<T>& d) {
+  return {critic_view<const T>(d.V.data(), d.K, d.B, d.Tn), token_view<const T>(d.r.data(), d.B, d.Tn),
+          mask_view(d.m.data(), d.B, d.Tn), seq_view<const i64>(d.ids.data(), d.B)};
+}
+
+template <class T>
+step_out<T> run_step(const step_data<T>& d, const advantage_config& cfg, int threads, bool with_std = true,
+                     bool with_shards = true) {
+  step_out<T> o = blank_out(d);
+  const advantage_inputs<T> in = inputs_of(d);
   advantage_outputs<T> out{token_view<T>(o.adv.data(), d.B, d.Tn), token_view<T>(o.ret.data(), d.B, d.Tn),
                            mask_out(o.am.data(), d.B, d.Tn), mask_out(o.em.data(), d.B, d.Tn),
                            with_shards ? view<T, 2>(o.shards.data(), d.K, d.B) : view<T, 2>{},
                            with_std ? token_view<T>(o.sd.data(), d.B, d.Tn) : token_view<T>{}};
   o.s = advantage_step(cpu_backend(threads), in, out, cfg);
   return o;
+}
+
+// advantage_step_to on the CPU backend posing as a device backend (its device paths; round trips
+// counted): the summary read back from "device memory" into a step_out like run_step's. It writes no
+// shards (left at 9) and, without statistics, no explained variance (the [K] array is checked untouched).
+template <class T>
+step_out<T> run_step_to(const step_data<T>& d, advantage_config cfg, int threads, int* trips = nullptr,
+                        bool host_path = false) {
+  step_out<T> o = blank_out(d);
+  const advantage_inputs<T> in = inputs_of(d);
+  advantage_outputs<T> out{token_view<T>(o.adv.data(), d.B, d.Tn), token_view<T>(o.ret.data(), d.B, d.Tn),
+                           mask_out(o.am.data(), d.B, d.Tn), mask_out(o.em.data(), d.B, d.Tn), view<T, 2>{},
+                           token_view<T>(o.sd.data(), d.B, d.Tn)};
+  advantage_step_result res;
+  res.sequences = -5;  // overwritten
+  std::vector<double> ev(static_cast<std::size_t>(d.K), 123.0);
+  if (host_path) {  // a host-memory backend: advantage_step's path, its summary copied
+    advantage_step_to(cpu_backend(threads), in, out, &res, ev.data(), cfg);
+  } else {
+    const asyppo_test::round_trip_backend be(threads);
+    advantage_step_to(be, in, out, &res, ev.data(), cfg);
+    if (trips) *trips = be.round_trips();
+  }
+  o.s.sequences = res.sequences;
+  o.s.valid_tokens = res.valid_tokens;
+  o.s.adv_masked = res.adv_masked;
+  o.s.entropy_masked = res.entropy_masked;
+  o.s.adv_mask_fraction = res.adv_mask_fraction;
+  o.s.entropy_filter_fraction = res.entropy_filter_fraction;
+  o.s.adv_threshold = res.adv_threshold;
+  o.s.entropy_threshold = res.entropy_threshold;
+  for (int q = 0; q < 5; ++q) o.s.std_quantiles[q] = res.std_quantiles[q];
+  o.s.advantage_mean = res.advantage_mean;
+  o.s.advantage_std = res.advantage_std;
+  o.s.return_mean = res.return_mean;
+  o.s.return_std = res.return_std;
+  if (cfg.statistics) o.s.explained_variance = ev;
+  else
+    for (double e : ev) REQUIRE(e == 123.0);
+  return o;
+}
+
+template <class T>
+std::vector<unsigned char> bytes_of(const step_out<T>& o);
+
+// advantage_step_to gives advantage_step's bits (shards aside) and, without the finiteness check,
+// makes no host round trip.
+template <class T>
+void check_step_to(const step_data<T>& d, advantage_config cfg, const step_out<T>& want, int threads) {
+  cfg.check_finite = false;
+  int trips = -1;
+  auto got = run_step_to(d, cfg, threads, &trips);
+  REQUIRE(trips == 0);
+  for (auto w : got.shards) REQUIRE(w == T(9));
+  got.shards = want.shards;
+  const auto a = bytes_of(want), b = bytes_of(got);
+  REQUIRE(a.size() == b.size());
+  REQUIRE(std::memcmp(a.data(), b.data(), a.size()) == 0);
+  auto host = run_step_to(d, cfg, threads, nullptr, true);
+  host.shards = want.shards;
+  const auto c = bytes_of(host);
+  REQUIRE(a.size() == c.size());
+  REQUIRE(std::memcmp(a.data(), c.data(), a.size()) == 0);
 }
 
 // Compares one run with the composition of the reference pieces.
@@ -102,6 +177,7 @@ void check_step(const step_data<T>& d, const advantage_config& cfg) {
             << " scope_seq=" << (cfg.scope == mask_scope::sequence) << " whiten=" << cfg.whiten_advantages
             << " mask_adv=" << cfg.mask_advantages << " k=" << cfg.adv_mask_fraction << " h=" << cfg.entropy_filter_fraction);
   const auto o = run_step(d, cfg, 2);
+  check_step_to(d, cfg, o, 2);
   const int B = d.B, Tn = d.Tn, K = d.K;
   const std::size_t n = static_cast<std::size_t>(B) * Tn;
   const auto V = ref::widen(d.V), r = ref::widen(d.r);
@@ -390,4 +466,55 @@ TEMPLATE_TEST_CASE("advantage_step: bit-identical for cpu_backend(1), (2), (3)",
     }
     if (variant == 0) check_step(d, cfg);
   }
+}
+
+TEMPLATE_TEST_CASE("advantage_step_to: advantage_step's bits, many critics, threads, empty batches, bad input",
+                   "[advantage_step][round_trips]", float, double) {
+  using T = TestType;
+  // K = 10: the summary takes two passes (8 critics each at most); K = 1: no spread (all sigma 0).
+  for (int K : {1, 3, 10})
+    for (auto scope : {mask_scope::batch, mask_scope::sequence})
+      for (int variant = 0; variant < 3; ++variant) {
+        const auto d = make_data<T>(1300 + static_cast<std::uint64_t>(K * 7 + variant), K, 9 + variant, 150, variant == 1);
+        advantage_config cfg;
+        cfg.critics = K;
+        cfg.lambda_actor = 0.95;
+        cfg.scope = scope;
+        cfg.whiten_advantages = variant == 2;
+        cfg.statistics = !(variant == 2 && K == 3);
+        for (int threads : {1, 3}) check_step_to(d, cfg, run_step(d, cfg, threads), threads);
+      }
+  for (auto shape : {std::pair{0, 16}, std::pair{5, 0}, std::pair{4, 7}}) {  // the last one all masked
+    step_data<T> d{2, shape.first, shape.second, {}, {}, {}, std::vector<i64>(static_cast<std::size_t>(shape.first), 1)};
+    d.V.assign(static_cast<std::size_t>(2) * shape.first * shape.second, T(0.5));
+    d.r.assign(static_cast<std::size_t>(shape.first) * shape.second, T(1));
+    d.m.assign(static_cast<std::size_t>(shape.first) * shape.second, 0);
+    for (auto scope : {mask_scope::batch, mask_scope::sequence}) {
+      advantage_config cfg;
+      cfg.scope = scope;
+      check_step_to(d, cfg, run_step(d, cfg, 2), 2);
+    }
+  }
+  // With the finiteness check: one round trip, and NaN on a valid token throws before any output is
+  // written. Shards are not written: asking for them is an error.
+  auto d = make_data<T>(77, 2, 6, 40, false);
+  advantage_config cfg;
+  int trips = -1;
+  const auto checked = run_step_to(d, cfg, 2, &trips);
+  CHECK(trips == 1);
+  CHECK(checked.s.valid_tokens > 0);
+  std::size_t i = 0;
+  while (!d.m[i]) ++i;
+  d.r[i] = std::numeric_limits<T>::quiet_NaN();
+  REQUIRE_THROWS_WITH(run_step_to(d, cfg, 1), Catch::Contains("advantage_step_to") && Catch::Contains("NaN or Inf"));
+  std::vector<T> a(d.r.size(), T(9)), sh(12, T(9));
+  ref::bytes am(d.r.size(), 9);
+  const advantage_inputs<T> in{critic_view<const T>(d.V.data(), 2, 6, 40), token_view<const T>(d.r.data(), 6, 40),
+                               mask_view(d.m.data(), 6, 40), seq_view<const i64>(d.ids.data(), 6)};
+  const advantage_outputs<T> out{token_view<T>(a.data(), 6, 40), token_view<T>(a.data(), 6, 40), mask_out(am.data(), 6, 40),
+                                 mask_out(am.data(), 6, 40), view<T, 2>(sh.data(), 2, 6)};
+  REQUIRE_THROWS_WITH(advantage_step_to(cpu_backend(), in, out, nullptr, nullptr, cfg),
+                      Catch::Contains("out.shard_weights") && Catch::Contains("must be empty"));
+  for (auto x : a) REQUIRE(x == T(9));
+  for (auto x : am) REQUIRE(x == 9);
 }

@@ -95,16 +95,44 @@ TEST_CASE("entry points without host round trips (CUDA-graph capturable) make no
       critic_heads_backward(be, hv, wv, gv,
                             critic_head_gradients<double>{{dw.data(), K, D}, {dc.data(), K}, {dh.data(), K, N, D}}, ho);
     });
-    if (checks) {  // each finiteness check is one reduce
+    std::vector<std::uint8_t> am(m.size()), em(m.size());
+    std::vector<mask_counts> mc(1);
+    std::vector<advantage_step_result> res(1);
+    std::vector<double> ev(static_cast<std::size_t>(K));
+    const std::vector<std::int64_t> ids = {0, 0, 1, 1, 2};
+    int t_masks = 0, t_step = 0;
+    for (auto scope : {mask_scope::batch, mask_scope::sequence}) {
+      mask_options mo;
+      mo.check_finite = checks;
+      mo.scope = scope;
+      t_masks += trips([&] {
+        uncertainty_masks_to(be, token_view<const double>(r.data(), B, Tn), mask, mask_out(am.data(), B, Tn),
+                             mask_out(em.data(), B, Tn), mc.data(), mo);
+      });
+      advantage_config ac;
+      ac.check_finite = checks;
+      ac.scope = scope;
+      ac.whiten_advantages = true;
+      t_step += trips([&] {
+        advantage_step_to(be, advantage_inputs<double>{values, rewards, mask, seq_view<const std::int64_t>(ids.data(), B)},
+                          advantage_outputs<double>{{a.data(), B, Tn}, {ret.data(), B, Tn}, {am.data(), B, Tn}, {em.data(), B, Tn}},
+                          res.data(), ev.data(), ac);
+      });
+    }
+    if (checks) {  // each finiteness check is one reduce (or one copy of the row tallies)
       CHECK(t_gae == 1);
       CHECK(t_ens == 1);
       CHECK(t_fwd == 2);
       CHECK(t_bwd == 2);
+      CHECK(t_masks == 2);
+      CHECK(t_step == 2);
     } else {
       CHECK(t_gae == 0);
       CHECK(t_ens == 0);
       CHECK(t_fwd == 0);
       CHECK(t_bwd == 0);
+      CHECK(t_masks == 0);
+      CHECK(t_step == 0);
     }
   }
 }

@@ -11,6 +11,7 @@
 
 #include "asyppo/asyppo.hpp"
 #include "reference.hpp"
+#include "round_trip_backend.hpp"
 
 using namespace asyppo;
 
@@ -21,20 +22,53 @@ struct mask_run {
   mask_counts counts;
 };
 
-template <class T>
-mask_run run(const std::vector<T>& sigma, const ref::bytes& m, int B, int Tn, double k, double h, mask_scope scope,
-             int threads = 1) {
+// Masks filled with 77 (untouched entries show) and the options of one call.
+mask_run blank_run(int B, int Tn) {
   mask_run r;
   r.adv.assign(static_cast<std::size_t>(B) * Tn, 77);
   r.ent.assign(static_cast<std::size_t>(B) * Tn, 77);
+  return r;
+}
+mask_options options(double k, double h, mask_scope scope) {
   mask_options o;
   o.adv_fraction = k;
   o.entropy_fraction = h;
   o.scope = scope;
+  return o;
+}
+
+template <class T>
+mask_run run(const std::vector<T>& sigma, const ref::bytes& m, int B, int Tn, double k, double h, mask_scope scope,
+             int threads = 1) {
+  mask_run r = blank_run(B, Tn);
+  const mask_options o = options(k, h, scope);
   r.counts = uncertainty_masks(cpu_backend(threads), token_view<const T>(sigma.data(), B, Tn), mask_view(m.data(), B, Tn),
                                mask_out(r.adv.data(), B, Tn), mask_out(r.ent.data(), B, Tn), o);
   return r;
 }
+
+// uncertainty_masks_to on the CPU backend posing as a device (its device paths, counted): the counts
+// land in "device memory" and no call may wait for the device.
+template <class T>
+mask_run run_to(const std::vector<T>& sigma, const ref::bytes& m, int B, int Tn, double k, double h, mask_scope scope,
+                int threads = 1, bool host_path = false) {
+  mask_run r = blank_run(B, Tn);
+  mask_options o = options(k, h, scope);
+  o.check_finite = false;
+  const token_view<const T> sv(sigma.data(), B, Tn);
+  if (host_path) {  // a host-memory backend takes uncertainty_masks' path
+    uncertainty_masks_to(cpu_backend(threads), sv, mask_view(m.data(), B, Tn), mask_out(r.adv.data(), B, Tn),
+                         mask_out(r.ent.data(), B, Tn), &r.counts, o);
+    return r;
+  }
+  const asyppo_test::round_trip_backend be(threads);
+  uncertainty_masks_to(be, sv, mask_view(m.data(), B, Tn), mask_out(r.adv.data(), B, Tn), mask_out(r.ent.data(), B, Tn),
+                       &r.counts, o);
+  REQUIRE(be.round_trips() == 0);
+  return r;
+}
+
+bool same_double(double a, double b) { return (std::isnan(a) && std::isnan(b)) || a == b; }
 
 // First index where two masks differ (or -1), for readable failures.
 long first_diff(const ref::bytes& a, const ref::bytes& b) {
@@ -65,6 +99,18 @@ void check(const std::vector<T>& sigma, const ref::bytes& m, int B, int Tn, doub
   }
   REQUIRE(za == want.adv_masked);
   REQUIRE(ze == want.ent_masked);
+  // uncertainty_masks_to, its resident selection (a device backend) and its host path: the same masks,
+  // counts and thresholds.
+  for (bool host_path : {false, true}) {
+    const auto dev = run_to(sigma, m, B, Tn, k, h, scope, threads, host_path);
+    REQUIRE(dev.adv == got.adv);
+    REQUIRE(dev.ent == got.ent);
+    REQUIRE(dev.counts.valid == got.counts.valid);
+    REQUIRE(dev.counts.adv_masked == got.counts.adv_masked);
+    REQUIRE(dev.counts.entropy_masked == got.counts.entropy_masked);
+    REQUIRE(same_double(dev.counts.adv_threshold, got.counts.adv_threshold));
+    REQUIRE(same_double(dev.counts.entropy_threshold, got.counts.entropy_threshold));
+  }
   if (scope == mask_scope::batch) {
     // Thresholds: largest masked sigma / smallest filtered sigma (NaN when nothing is masked).
     double amax = -std::numeric_limits<double>::infinity(), emin = std::numeric_limits<double>::infinity();

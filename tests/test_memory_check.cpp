@@ -168,6 +168,15 @@ TEST_CASE("memory check: advantage-side entry points check every view before any
                 [&](const checking_backend& be) {
                   uncertainty_masks(be, d.tok(d.H), d.msk(d.m), mask_out(m1.data(), B, Tn), mask_out(m2.data(), B, Tn));
                 });
+    mask_counts mc{};
+    out.bufs.emplace_back(&mc, sizeof mc);
+    check_entry("asyppo::uncertainty_masks_to",
+                {{"sigma", d.H.data()}, {"mask", d.m.data()}, {"adv_mask", m1.data()}, {"entropy_mask", m2.data()},
+                 {"counts", &mc}},
+                out, [&](const checking_backend& be) {
+                  uncertainty_masks_to(be, d.tok(d.H), d.msk(d.m), mask_out(m1.data(), B, Tn), mask_out(m2.data(), B, Tn),
+                                       &mc);
+                });
   }
   {
     outputs out;
@@ -208,6 +217,20 @@ TEST_CASE("memory check: advantage-side entry points check every view before any
                   advantage_step(be, advantage_inputs<double>{d.values(), d.tok(d.r), d.msk(d.m), d.group_ids()},
                                  advantage_outputs<double>{out_tok(o1), out_tok(o2), mask_out(m1.data(), B, Tn),
                                                            mask_out(m2.data(), B, Tn), view<double, 2>(kw.data(), K, B), out_tok(o3)});
+                });
+    advantage_step_result res{};
+    std::vector<double> ev(static_cast<std::size_t>(K));
+    out.bufs.emplace_back(&res, sizeof res);
+    out.add(ev);
+    check_entry("asyppo::advantage_step_to",
+                {{"values", d.V.data()}, {"rewards", d.r.data()}, {"mask", d.m.data()}, {"group_ids", d.ids.data()},
+                 {"out.advantages", o1.data()}, {"out.returns", o2.data()}, {"out.adv_mask", m1.data()},
+                 {"out.entropy_mask", m2.data()}, {"out.std", o3.data()}, {"result", &res}, {"explained_variance", ev.data()}},
+                out, [&](const checking_backend& be) {
+                  advantage_step_to(be, advantage_inputs<double>{d.values(), d.tok(d.r), d.msk(d.m), d.group_ids()},
+                                    advantage_outputs<double>{out_tok(o1), out_tok(o2), mask_out(m1.data(), B, Tn),
+                                                              mask_out(m2.data(), B, Tn), {}, out_tok(o3)},
+                                    &res, ev.data());
                 });
   }
 }

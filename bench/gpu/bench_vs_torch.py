@@ -13,7 +13,8 @@ docs/peer-semantics.md (not copied from verl):
                   [B] step per token position, gamma = lambda = 1), the AsyPPO masks from one stable sort
                   of the valid tokens' std (the bottom floor(k N) tokens masked out of the advantages, the
                   top floor(h N) out of the entropy bonus; k = h = 0.2), advantages times the mask;
-                  asyppo: advantage_step (statistics off).
+                  asyppo: advantage_step (statistics off), and advantage_step_to (the selection's
+                  digits chosen on the device, the summary left there: no wait for the stream).
   actor loss      verl's vanilla clipped surrogate (clip 0.2, log-ratio clamp 20, token-mean over the
                   response mask, AsyPPO's advantage mask on the per-token loss), forward and backward
                   through autograd to d loss / d logp; asyppo: actor_objective (token-mean, the same
@@ -49,10 +50,11 @@ def load(lib_path):
     lib.asyppo_bench_backend.restype = ctypes.c_char_p
     lib.asyppo_bench_last_error.restype = ctypes.c_char_p
     lib.asyppo_bench_advantage_step_f32.argtypes = [p, i64, i64, i64, p, p, p, p, p, p, p, p, i32, f64p]
+    lib.asyppo_bench_advantage_step_to_f32.argtypes = [p, i64, i64, i64, p, p, p, p, p, p, p, p, i32, p]
     lib.asyppo_bench_actor_objective_f32.argtypes = [p, i64, i64, p, p, p, p, p, p, i32, i32, f64p]
     lib.asyppo_bench_actor_objective_to_f32.argtypes = [p, i64, i64, p, p, p, p, p, p, ctypes.c_double, p]
     lib.asyppo_bench_critic_heads_f32.argtypes = [p, i64, i64, i64, p, p, p, p, p, p, p, p]
-    for f in ("asyppo_bench_advantage_step_f32", "asyppo_bench_actor_objective_f32",
+    for f in ("asyppo_bench_advantage_step_f32", "asyppo_bench_advantage_step_to_f32", "asyppo_bench_actor_objective_f32",
               "asyppo_bench_actor_objective_to_f32", "asyppo_bench_critic_heads_f32"):
         getattr(lib, f).restype = i32
     return lib
@@ -185,8 +187,22 @@ def advantage_case(lib, stream, d, K, B, T, timer, repeat, torch_repeat):
         "adv mask agreement": agree(am, t_am),
         "entropy mask agreement": agree(em, t_em),
     }
+    # The device-result variant (advantage_step_to: digits of the selection chosen on the device, the
+    # summary left there, no finiteness check): what a CUDA-graph step would call. Same outputs expected.
+    summary_to = torch.zeros(4, dtype=torch.float64, device=dev)
+    adv2, ret2, am2, em2 = (torch.empty_like(adv), torch.empty_like(ret), torch.empty_like(am), torch.empty_like(em))
+
+    def run_to():
+        check(lib, lib.asyppo_bench_advantage_step_to_f32(stream, K, B, T, ptr(d["values"]), ptr(d["rewards"]),
+                                                           ptr(d["mask_u8"]), ptr(d["group_ids"]), ptr(adv2), ptr(ret2),
+                                                           ptr(am2), ptr(em2), 0, ptr(summary_to)))
+
+    ours_to = timer.best_ms(run_to, repeat)
+    checks["device-result variant: same advantages, masks and summary"] = bool(
+        torch.equal(adv2, adv) and torch.equal(ret2, ret) and torch.equal(am2, am) and torch.equal(em2, em)
+        and all(x == y or (math.isnan(x) and math.isnan(y)) for x, y in zip(summary_to.tolist(), list(summary))))
     bytes_min = B * T * (4 * K + 4 + 1 + 4 + 4 + 1 + 1)  # V, r, m in; A, R, I^A, I^H out
-    return ours, theirs, bytes_min, checks
+    return ours, ours_to, theirs, bytes_min, checks
 
 
 def actor_case(lib, stream, d, B, T, timer, repeat):
@@ -271,8 +287,10 @@ def main():
     copy_bps = copy_bandwidth(device, timer, a.repeat)
     d = make_rollout(a.B, a.T, a.K, device)
     rows = []
-    ours, theirs, nbytes, ck = advantage_case(lib, stream, d, a.K, a.B, a.T, timer, a.repeat, a.torch_gae_repeat)
+    ours, ours_to, theirs, nbytes, ck = advantage_case(lib, stream, d, a.K, a.B, a.T, timer, a.repeat,
+                                                        a.torch_gae_repeat)
     rows.append(("advantage step", ours, theirs, nbytes, ck))
+    rows.append(("advantage step (device result)", ours_to, theirs, nbytes, {}))
     ours, ours_to, theirs, nbytes, ck = actor_case(lib, stream, d, a.B, a.T, timer, a.repeat)
     rows.append(("actor loss + gradient", ours, theirs, nbytes, ck))
     rows.append(("actor loss + gradient (device result)", ours_to, theirs, nbytes, {}))

@@ -1,4 +1,5 @@
-// bench/gpu/capi.hpp: a C interface to the advantage step, the actor objective and the critic heads,
+// bench/gpu/capi.hpp: a C interface to the advantage step, the actor objective (each also as its
+// device-result variant) and the critic heads,
 // for benchmark and comparison scripts that call asyppo through ctypes on buffers they own
 // (PyTorch tensors: data_ptr()), on the CPU (capi_cpu.cpp) or on a GPU (capi_cuda.cu, on the caller's
 // CUDA stream). Not a public API: a test harness (float32, contiguous row-major buffers).
@@ -34,32 +35,67 @@ int guarded(F&& f) {
   }
 }
 
-/// The advantage step (defaults of the paper: k = h = 0.2, gamma = lambda = 1, batch scope), with
-/// the summary's statistics off unless asked for. summary_out (host, 4 doubles): the advantage-mask
-/// and entropy-filter fractions and thresholds.
+/// The views and config of both advantage-step entry points (defaults of the paper: k = h = 0.2,
+/// gamma = lambda = 1, batch scope; the summary's statistics off unless asked for).
+struct step_call {
+  asyppo::advantage_inputs<float> in;
+  asyppo::advantage_outputs<float> out;
+  asyppo::advantage_config cfg;
+};
+inline step_call step_call_of(std::int64_t K, std::int64_t B, std::int64_t T, const float* values, const float* rewards,
+                              const std::uint8_t* mask, const std::int64_t* group_ids, float* advantages, float* returns,
+                              std::uint8_t* adv_mask, std::uint8_t* entropy_mask, int statistics) {
+  using namespace asyppo;
+  step_call c{advantage_inputs<float>{critic_view<const float>(values, K, B, T), token_view<const float>(rewards, B, T),
+                                      mask_view(mask, B, T), seq_view<const std::int64_t>(group_ids, B)},
+              advantage_outputs<float>{token_view<float>(advantages, B, T), token_view<float>(returns, B, T),
+                                       mask_out(adv_mask, B, T), mask_out(entropy_mask, B, T)},
+              advantage_config{}};
+  c.cfg.critics = K;
+  c.cfg.statistics = statistics != 0;
+  return c;
+}
+
+/// The advantage step. summary_out (host, 4 doubles): the advantage-mask and entropy-filter fractions
+/// and thresholds.
 template <class Backend>
 int advantage_step(const Backend& be, std::int64_t K, std::int64_t B, std::int64_t T, const float* values,
                    const float* rewards, const std::uint8_t* mask, const std::int64_t* group_ids, float* advantages,
                    float* returns, std::uint8_t* adv_mask, std::uint8_t* entropy_mask, int statistics,
                    double* summary_out) {
   return guarded([&] {
-    using namespace asyppo;
-    advantage_config cfg;
-    cfg.critics = K;
-    cfg.statistics = statistics != 0;
-    const advantage_summary s = asyppo::advantage_step(
-        be,
-        advantage_inputs<float>{critic_view<const float>(values, K, B, T), token_view<const float>(rewards, B, T),
-                                mask_view(mask, B, T), seq_view<const std::int64_t>(group_ids, B)},
-        advantage_outputs<float>{token_view<float>(advantages, B, T), token_view<float>(returns, B, T),
-                                 mask_out(adv_mask, B, T), mask_out(entropy_mask, B, T)},
-        cfg);
+    const step_call c = step_call_of(K, B, T, values, rewards, mask, group_ids, advantages, returns, adv_mask,
+                                     entropy_mask, statistics);
+    const asyppo::advantage_summary s = asyppo::advantage_step(be, c.in, c.out, c.cfg);
     if (summary_out) {
       summary_out[0] = s.adv_mask_fraction;
       summary_out[1] = s.entropy_filter_fraction;
       summary_out[2] = s.adv_threshold;
       summary_out[3] = s.entropy_threshold;
     }
+  });
+}
+
+/// The same through advantage_step_to (no finiteness check): nothing waits for the stream; the four
+/// summary values are copied (stream-ordered) to summary_out, which lives where the buffers live
+/// (device memory on a GPU).
+template <class Backend>
+int advantage_step_to(const Backend& be, std::int64_t K, std::int64_t B, std::int64_t T, const float* values,
+                      const float* rewards, const std::uint8_t* mask, const std::int64_t* group_ids, float* advantages,
+                      float* returns, std::uint8_t* adv_mask, std::uint8_t* entropy_mask, int statistics,
+                      double* summary_out) {
+  return guarded([&] {
+    using asyppo::index_t;
+    step_call c = step_call_of(K, B, T, values, rewards, mask, group_ids, advantages, returns, adv_mask, entropy_mask,
+                               statistics);
+    c.cfg.check_finite = false;
+    auto result = be.template allocate<asyppo::advantage_step_result>(1);
+    asyppo::advantage_step_to(be, c.in, c.out, result.data(), nullptr, c.cfg);
+    if (!summary_out) return;
+    // adv_mask_fraction, entropy_filter_fraction, adv_threshold, entropy_threshold: adjacent doubles.
+    const double* first = &result.data()->adv_mask_fraction;
+    if constexpr (requires { be.copy(first, index_t(4), summary_out); }) be.copy(first, 4, summary_out);
+    else std::memcpy(summary_out, first, 4 * sizeof(double));
   });
 }
 
@@ -141,6 +177,15 @@ int critic_heads(const Backend& be, std::int64_t K, std::int64_t N, std::int64_t
                                       double* summary_out) {                                                         \
     return asyppo_bench_capi::advantage_step(MAKE_BACKEND(stream), K, B, T, values, rewards, mask, group_ids,       \
                                              advantages, returns, adv_mask, entropy_mask, statistics, summary_out); \
+  }                                                                                                                   \
+  int asyppo_bench_advantage_step_to_f32(void* stream, std::int64_t K, std::int64_t B, std::int64_t T,               \
+                                         const float* values, const float* rewards, const std::uint8_t* mask,        \
+                                         const std::int64_t* group_ids, float* advantages, float* returns,           \
+                                         std::uint8_t* adv_mask, std::uint8_t* entropy_mask, int statistics,         \
+                                         double* summary_out) {                                                      \
+    return asyppo_bench_capi::advantage_step_to(MAKE_BACKEND(stream), K, B, T, values, rewards, mask, group_ids,    \
+                                                advantages, returns, adv_mask, entropy_mask, statistics,             \
+                                                summary_out);                                                        \
   }                                                                                                                   \
   int asyppo_bench_actor_objective_f32(void* stream, std::int64_t B, std::int64_t T, const float* logp,              \
                                        const float* old_logp, const float* advantages, const std::uint8_t* mask,     \

@@ -592,6 +592,21 @@ TEMPLATE_TEST_CASE("cuda algorithms: uncertainty_masks, grpo_advantages, advanta
         REQUIRE(g.adv_threshold == c.adv_threshold);
         REQUIRE(g.entropy_threshold == c.entropy_threshold);
       }
+      // The resident variant: digits chosen on the device, counts left in device memory.
+      opt.check_finite = false;
+      auto dmasks2 = gpu.allocate<u8>(2 * static_cast<index_t>(n));
+      auto dcounts = gpu.allocate<mask_counts>(1);
+      uncertainty_masks_to(gpu, token_view<const T>(ds.data(), B, Tn), dm, mask_out(dmasks2.data(), B, Tn),
+                           mask_out(dmasks2.data() + n, B, Tn), dcounts.data(), opt);
+      REQUIRE(download(gpu, dmasks2) == all);
+      const auto g2 = download(gpu, dcounts)[0];
+      REQUIRE(g2.valid == c.valid);
+      REQUIRE(g2.adv_masked == c.adv_masked);
+      REQUIRE(g2.entropy_masked == c.entropy_masked);
+      if (scope == mask_scope::batch) {
+        REQUIRE(g2.adv_threshold == c.adv_threshold);
+        REQUIRE(g2.entropy_threshold == c.entropy_threshold);
+      }
     }
   }
   SECTION("grpo_advantages") {
@@ -645,6 +660,35 @@ TEMPLATE_TEST_CASE("cuda algorithms: uncertainty_masks, grpo_advantages, advanta
     REQUIRE(sg.explained_variance.size() == sc.explained_variance.size());
     for (std::size_t k = 0; k < sc.explained_variance.size(); ++k)
       REQUIRE(rel_err(sg.explained_variance[k], sc.explained_variance[k]) <= 1e-9);
+
+    // advantage_step_to (sequence scope too): the device's own advantage_step, with the summary and the
+    // explained variances left in device memory (no shards).
+    for (auto scope : {mask_scope::batch, mask_scope::sequence}) {
+      advantage_config c2 = cfg;
+      c2.scope = scope;
+      c2.check_finite = false;
+      auto o1 = gpu.allocate<T>(3 * static_cast<index_t>(n)), o2 = gpu.allocate<T>(3 * static_cast<index_t>(n));
+      auto m1 = gpu.allocate<u8>(2 * static_cast<index_t>(n)), m2 = gpu.allocate<u8>(2 * static_cast<index_t>(n));
+      auto outs = [&](T* q, u8* mq) {
+        return advantage_outputs<T>{{q, B, Tn}, {q + n, B, Tn}, {mq, B, Tn}, {mq + n, B, Tn}, {}, {q + 2 * n, B, Tn}};
+      };
+      const auto s1 = advantage_step(gpu, din, outs(o1.data(), m1.data()), c2);
+      auto dres = gpu.allocate<advantage_step_result>(1);
+      auto dev = gpu.allocate<double>(K);
+      advantage_step_to(gpu, din, outs(o2.data(), m2.data()), dres.data(), dev.data(), c2);
+      REQUIRE(download(gpu, m2) == download(gpu, m1));
+      REQUIRE(download(gpu, o2) == download(gpu, o1));  // the same patterns on the same device
+      const auto s2 = download(gpu, dres)[0];
+      const auto ev = download(gpu, dev);
+      REQUIRE(s2.valid_tokens == s1.valid_tokens);
+      REQUIRE(s2.adv_masked == s1.adv_masked);
+      REQUIRE(s2.entropy_masked == s1.entropy_masked);
+      if (scope == mask_scope::batch) REQUIRE(s2.adv_threshold == s1.adv_threshold);
+      for (int q = 0; q < 5; ++q) REQUIRE(s2.std_quantiles[q] == s1.std_quantiles[q]);
+      REQUIRE(rel_err(s2.advantage_mean, s1.advantage_mean) <= 1e-12);
+      REQUIRE(rel_err(s2.return_std, s1.return_std) <= 1e-12);
+      for (int k = 0; k < K; ++k) REQUIRE(rel_err(ev[static_cast<std::size_t>(k)], s1.explained_variance[static_cast<std::size_t>(k)]) <= 1e-12);
+    }
   }
 }
 

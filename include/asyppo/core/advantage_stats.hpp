@@ -9,7 +9,10 @@
 // exact two-pass moments of core/moments.hpp.
 #pragma once
 
+#include <algorithm>
 #include <cmath>
+#include <limits>
+#include <type_traits>
 #include <vector>
 
 #include "asyppo/backend/patterns.hpp"
@@ -101,18 +104,37 @@ struct summary_reducer {
   }
 };
 
+/// Count, mean and M2 of each series from a reducer's value: local = {n, mean_0, M2_0, ...}.
+template <class V>
+ASYPPO_HD void local_moments(const V& acc, int series, double* local) {
+  local[0] = acc.n;
+  for (int j = 0; j < series; ++j) {
+    local[1 + 2 * j] = acc.n > 0 ? acc.shift[j] + acc.s1[j] / acc.n : 0.0;
+    local[2 + 2 * j] = acc.n > 0 ? acc.s2[j] - acc.s1[j] * acc.s1[j] / acc.n : 0.0;
+  }
+}
+
+/// Merges one rank's {n, mean_j, M2_j} into the running out (Chan's formula; ranks in rank order,
+/// out starting at zeros).
+ASYPPO_INLINE void merge_moments(double* out, const double* p, int series) {
+  const double nb = p[0];
+  if (nb == 0) return;
+  const double na = out[0], n = na + nb;
+  for (int j = 0; j < series; ++j) {
+    const double ma = out[1 + 2 * j], mb = p[1 + 2 * j], d = mb - ma;
+    out[1 + 2 * j] = ma + d * nb / n;
+    out[2 + 2 * j] += p[2 + 2 * j] + d * d * na * nb / n;
+  }
+  out[0] = n;
+}
+
 /// Count, mean and M2 of each series over the valid tokens of this rank: {n, mean_0, M2_0, ...}.
 template <int NC, class Backend, class T, class Range>
 std::vector<double> summary_moments(const Backend& be, const summary_reducer<T, NC>& red, index_t B, index_t Tn,
                                     Range range) {
   const auto acc = be.reduce(B, Tn, red, range);
-  const int series = red.series();
-  std::vector<double> local(static_cast<std::size_t>(1 + 2 * series), 0.0);
-  local[0] = acc.n;
-  for (int j = 0; j < series && acc.n > 0; ++j) {
-    local[static_cast<std::size_t>(1 + 2 * j)] = acc.shift[j] + acc.s1[j] / acc.n;
-    local[static_cast<std::size_t>(2 + 2 * j)] = acc.s2[j] - acc.s1[j] * acc.s1[j] / acc.n;
-  }
+  std::vector<double> local(static_cast<std::size_t>(1 + 2 * red.series()), 0.0);
+  local_moments(acc, red.series(), local.data());
   return local;
 }
 
@@ -124,19 +146,41 @@ std::vector<double> merge_over_ranks(const std::vector<double>& local, int serie
   std::vector<double> all(static_cast<std::size_t>(width * R));
   comm.allgather(local.data(), width, all.data());
   std::vector<double> out(static_cast<std::size_t>(width), 0.0);
-  for (int r = 0; r < R; ++r) {
-    const double* p = all.data() + r * width;
-    const double nb = p[0];
-    if (nb == 0) continue;
-    const double na = out[0], n = na + nb;
-    for (int j = 0; j < series; ++j) {
-      const double ma = out[1 + 2 * j], mb = p[1 + 2 * j], d = mb - ma;
-      out[1 + 2 * j] = ma + d * nb / n;
-      out[2 + 2 * j] += p[2 + 2 * j] + d * d * na * nb / n;
-    }
-    out[0] = n;
-  }
+  for (int r = 0; r < R; ++r) merge_moments(out.data(), all.data() + r * width, series);
   return out;
+}
+
+/// From the merged moments g of a pass over the critics [k0, k0 + nk) with valid tokens (g[0] > 0):
+/// the advantage and return moments into s (first pass, which also sets var_ret) and each critic's
+/// explained variance into ev[k0 + k]. S: advantage_summary or advantage_step_result.
+template <class S>
+ASYPPO_HD void finish_summary_pass(const double* g, index_t k0, index_t nk, double& var_ret, S& s, double* ev) {
+  const double n = g[0];
+  if (k0 == 0) {
+    s.advantage_mean = g[1];
+    s.advantage_std = sqrt(g[2] / n);
+    s.return_mean = g[3];
+    s.return_std = sqrt(g[4] / n);
+    var_ret = g[4] / n;
+  }
+  for (index_t k = 0; k < nk; ++k)
+    ev[k0 + k] = var_ret > 0 ? 1.0 - (g[2 + 2 * (2 + k)] / n) / var_ret : std::numeric_limits<double>::quiet_NaN();
+}
+
+/// Runs f(reducer, k0, nk) for each pass of the summary: critics [k0, k0 + nk), at most
+/// stats_critics_per_pass each (at least one pass); the I^A store (apply_mask) in the first only.
+template <class T, class F>
+void for_each_summary_pass(critic_view<const T> values, token_view<T> adv, token_view<const T> ret, mask_view mask,
+                           view<const std::uint8_t, 2> adv_mask, bool apply_mask, F&& f) {
+  const index_t K = values.extent[0];
+  for (index_t k0 = 0; k0 < K || k0 == 0; k0 += stats_critics_per_pass) {
+    const index_t nk = std::min<index_t>(stats_critics_per_pass, K - k0);
+    const bool apply = apply_mask && k0 == 0;
+    if (nk == 2) f(summary_reducer<T, 2>{values, adv, ret, mask, adv_mask, k0, 2, apply}, k0, nk);
+    else if (nk == 1) f(summary_reducer<T, 1>{values, adv, ret, mask, adv_mask, k0, 1, apply}, k0, nk);
+    else f(summary_reducer<T>{values, adv, ret, mask, adv_mask, k0, nk, apply}, k0, nk);
+    if (K == 0) break;
+  }
 }
 
 /// range: columns holding every valid token of each row (backend/patterns.hpp, ragged rows).
@@ -144,30 +188,44 @@ template <class Backend, class T, class Summary, class Comm, class Range>
 void advantage_moments(const Backend& be, critic_view<const T> values, token_view<T> adv, token_view<const T> ret,
                        mask_view mask, view<const std::uint8_t, 2> adv_mask, bool apply_mask, Summary& s,
                        const Comm& comm, Range range) {
-  const index_t K = values.extent[0], B = adv.extent[0], Tn = adv.extent[1];
-  s.explained_variance.assign(static_cast<std::size_t>(K), NAN);
+  const index_t B = adv.extent[0], Tn = adv.extent[1];
+  s.explained_variance.assign(static_cast<std::size_t>(values.extent[0]), NAN);
   double var_ret = 0;
-  for (index_t k0 = 0; k0 < K || k0 == 0; k0 += stats_critics_per_pass) {
-    const index_t nk = std::min<index_t>(stats_critics_per_pass, K - k0);
-    const bool apply = apply_mask && k0 == 0;
-    const auto local = nk == 2   ? summary_moments(be, summary_reducer<T, 2>{values, adv, ret, mask, adv_mask, k0, 2, apply}, B, Tn, range)
-                       : nk == 1 ? summary_moments(be, summary_reducer<T, 1>{values, adv, ret, mask, adv_mask, k0, 1, apply}, B, Tn, range)
-                                 : summary_moments(be, summary_reducer<T>{values, adv, ret, mask, adv_mask, k0, nk, apply}, B, Tn, range);
-    const auto g = merge_over_ranks(local, 2 + static_cast<int>(nk), comm);
-    const double n = g[0];
-    if (n <= 0) break;
-    auto var = [&](int j) { return g[static_cast<std::size_t>(2 + 2 * j)] / n; };
-    if (k0 == 0) {
-      s.advantage_mean = g[1];
-      s.advantage_std = std::sqrt(var(0));
-      s.return_mean = g[3];
-      s.return_std = std::sqrt(var(1));
-      var_ret = var(1);
-    }
-    for (index_t k = 0; k < nk; ++k)
-      s.explained_variance[static_cast<std::size_t>(k0 + k)] = var_ret > 0 ? 1.0 - var(2 + static_cast<int>(k)) / var_ret : NAN;
-    if (K == 0) break;
+  for_each_summary_pass(values, adv, ret, mask, adv_mask, apply_mask, [&](const auto& red, index_t k0, index_t nk) {
+    const auto g = merge_over_ranks(summary_moments(be, red, B, Tn, range), red.series(), comm);
+    if (g[0] > 0) finish_summary_pass(g.data(), k0, nk, var_ret, s, s.explained_variance.data());
+  });
+}
+
+/// The device-result twin: the same passes through reduce_to, each finished by one device thread
+/// (one process: the merge is the single rank's). ev [K] and var_ret [1] in backend memory; ev must
+/// hold NaN beforehand (critics of a pass without valid tokens keep it).
+template <class R, class S>
+struct store_summary_pass {
+  index_t k0, nk;
+  int series;
+  double* var_ret;
+  S* s;
+  double* ev;
+  ASYPPO_HD void operator()(const typename R::value_type& acc) const {
+    double local[1 + 2 * R::cap], g[1 + 2 * R::cap];
+    for (int j = 0; j < 1 + 2 * R::cap; ++j) g[j] = 0;
+    local_moments(acc, series, local);
+    merge_moments(g, local, series);
+    if (g[0] > 0) finish_summary_pass(g, k0, nk, *var_ret, *s, ev);
   }
+};
+
+template <class Backend, class T, class S, class Range>
+void advantage_moments_to(const Backend& be, critic_view<const T> values, token_view<T> adv, token_view<const T> ret,
+                          mask_view mask, view<const std::uint8_t, 2> adv_mask, bool apply_mask, S* s, double* ev,
+                          Range range) {
+  const index_t B = adv.extent[0], Tn = adv.extent[1];
+  auto var_ret = be.template allocate<double>(1);
+  for_each_summary_pass(values, adv, ret, mask, adv_mask, apply_mask, [&](const auto& red, index_t k0, index_t nk) {
+    using R = std::decay_t<decltype(red)>;
+    reduce_to(be, B, Tn, red, range, store_summary_pass<R, S>{k0, nk, red.series(), var_ret.data(), s, ev});
+  });
 }
 
 }  // namespace asyppo::detail

@@ -20,9 +20,14 @@
 // whitening, shard positions) is that of the concatenated batch of all ranks (collective).
 // Validation (shapes, K, fractions, gamma/lambda, finiteness of V and r on valid tokens) happens
 // before any output is written. Every output is deterministic and independent of thread count.
+// advantage_step_to (docs/algorithm.md, A5): the same outputs, bit for bit, with the summary left in
+// backend memory and the selection resident there (no host round trip once checks are off); one
+// process, no shard weights.
 #pragma once
 
 #include <cmath>
+#include <limits>
+#include <utility>
 #include <vector>
 
 #include "asyppo/core/advantage_stats.hpp"
@@ -88,6 +93,22 @@ struct advantage_summary {
   double advantage_mean = 0, advantage_std = 0;  ///< of the written advantages, valid tokens
   double return_mean = 0, return_std = 0;
   std::vector<double> explained_variance;  ///< per critic (NaN when Var(R) = 0)
+};
+
+/// What advantage_step_to leaves in backend memory: advantage_summary's fields but the explained
+/// variances (a separate [K] array), with the same meaning.
+struct advantage_step_result {
+  std::int64_t sequences = 0;
+  std::int64_t valid_tokens = 0;
+  std::int64_t adv_masked = 0;
+  std::int64_t entropy_masked = 0;
+  double adv_mask_fraction = 0;
+  double entropy_filter_fraction = 0;
+  double adv_threshold = NAN;
+  double entropy_threshold = NAN;
+  double std_quantiles[5] = {NAN, NAN, NAN, NAN, NAN};
+  double advantage_mean = 0, advantage_std = 0;
+  double return_mean = 0, return_std = 0;
 };
 
 namespace detail {
@@ -182,11 +203,19 @@ struct apply_adv_mask {
 
 }  // namespace detail
 
-template <class Backend, class T, class Comm = single_process>
-advantage_summary advantage_step(const Backend& be, const advantage_inputs<T>& in, const advantage_outputs<T>& out,
-                                 const advantage_config& cfg = {}, const Comm& comm = {}) {
-  constexpr const char* where = "asyppo::advantage_step";
-  detail::check_view(where, "values", in.values);
+namespace detail {
+
+/// The options of the step's GAE and masks.
+struct advantage_step_options {
+  gae_options gae;
+  mask_options masks;
+};
+
+/// Checks of advantage_step and advantage_step_to (before any backend call that writes).
+template <class Backend, class T>
+advantage_step_options check_advantage_step(const Backend& be, const char* where, const advantage_inputs<T>& in,
+                                            const advantage_outputs<T>& out, const advantage_config& cfg) {
+  check_view(where, "values", in.values);
   const index_t K = in.values.extent[0], B = in.values.extent[1], Tn = in.values.extent[2];
   if (cfg.critics < 1) detail::fail(where, "critics", "needs at least one critic (K >= 1), got ", cfg.critics);
   if (K != cfg.critics) detail::fail(where, "values", "extent 0 is ", K, ", expected K = config.critics = ", cfg.critics);
@@ -220,6 +249,41 @@ advantage_summary advantage_step(const Backend& be, const advantage_inputs<T>& i
   detail::check_memory(be, where, "values", in.values, "rewards", in.rewards, "mask", in.mask, "group_ids", in.group_ids,
                        "out.advantages", out.advantages, "out.returns", out.returns, "out.adv_mask", out.adv_mask,
                        "out.entropy_mask", out.entropy_mask, "out.shard_weights", out.shard_weights, "out.std", out.std);
+  return {g, mo};
+}
+
+/// Pass A: sigma of every valid token (a [B,T] temporary) and each row's tally (valid and non-finite
+/// tokens), both in backend memory.
+template <class Backend, class T>
+struct sigma_tallies {
+  decltype(std::declval<const Backend&>().template allocate<T>(0)) sigma;
+  decltype(std::declval<const Backend&>().template allocate<token_tally>(0)) tallies;
+};
+template <class Backend, class T>
+sigma_tallies<Backend, T> sigma_pass_of(const Backend& be, const advantage_inputs<T>& in, const advantage_config& cfg,
+                                        row_heads heads) {
+  const index_t B = in.values.extent[1], Tn = in.values.extent[2];
+  const ensemble_point<T> point{in.values, cfg.std == std_kind::unbiased};
+  sigma_tallies<Backend, T> r{be.template allocate<T>(B * Tn), be.template allocate<token_tally>(B)};
+  be.row_reduce(B, Tn, sigma_pass<T>{point, in.rewards, in.mask, r.sigma.data(), Tn, cfg.check_finite},
+                store_row<token_tally>{r.tallies.data()}, heads);
+  return r;
+}
+
+inline void fail_if_nonfinite(const char* where, const std::vector<token_tally>& tally) {
+  std::int64_t n = 0;
+  for (const auto& t : tally) n += t.nonfinite;
+  if (n > 0) fail(where, "values or rewards", n, " valid token(s) hold NaN or Inf");
+}
+
+/// advantage_step after its checks (where: the entry point named in errors).
+template <class Backend, class T, class Comm>
+advantage_summary advantage_step_checked(const Backend& be, const char* where, const advantage_inputs<T>& in,
+                                         const advantage_outputs<T>& out, const advantage_config& cfg,
+                                         const advantage_step_options& opts, const Comm& comm) {
+  const gae_options& g = opts.gae;
+  const mask_options& mo = opts.masks;
+  const index_t K = in.values.extent[0], B = in.values.extent[1], Tn = in.values.extent[2];
 
   // Every pass visits only the columns up to each row's last valid token (core/row_span.hpp); the
   // padding after it is written once, after the checks.
@@ -227,20 +291,13 @@ advantage_summary advantage_step(const Backend& be, const advantage_inputs<T>& i
   const row_heads heads = span.heads();
 
   // A. sigma (temporary), finiteness, valid tokens per row.
-  const detail::ensemble_point<T> point{in.values, cfg.std == std_kind::unbiased};
-  auto sigma = be.template allocate<T>(B * Tn);
-  auto tallies = be.template allocate<detail::token_tally>(B);
-  be.row_reduce(B, Tn, detail::sigma_pass<T>{point, in.rewards, in.mask, sigma.data(), Tn, cfg.check_finite},
-                detail::store_row<detail::token_tally>{tallies.data()}, heads);
+  const auto pass_a = detail::sigma_pass_of(be, in, cfg, heads);
+  const auto& sigma = pass_a.sigma;
   std::vector<detail::token_tally> tally(static_cast<std::size_t>(B));
-  be.copy_to_host(tallies.data(), B, tally.data());
+  be.copy_to_host(pass_a.tallies.data(), B, tally.data());
+  detail::fail_if_nonfinite(where, tally);
   std::vector<index_t> row_valid(static_cast<std::size_t>(B));
-  std::int64_t nonfinite = 0;
-  for (index_t b = 0; b < B; ++b) {
-    row_valid[static_cast<std::size_t>(b)] = tally[static_cast<std::size_t>(b)].valid;
-    nonfinite += tally[static_cast<std::size_t>(b)].nonfinite;
-  }
-  if (nonfinite > 0) detail::fail(where, "values or rewards", nonfinite, " valid token(s) hold NaN or Inf");
+  for (index_t b = 0; b < B; ++b) row_valid[static_cast<std::size_t>(b)] = tally[static_cast<std::size_t>(b)].valid;
 
   // B, C. Thresholds of both masks and the sigma quantiles from one radix selection.
   const token_view<const T> csigma(sigma.data(), B, Tn);
@@ -249,10 +306,9 @@ advantage_summary advantage_step(const Backend& be, const advantage_inputs<T>& i
   for (auto v : row_valid) n_global[0] += static_cast<std::uint64_t>(v);
   comm.allreduce_sum(n_global, 2);
   const std::uint64_t n_valid = n_global[0];
-  static constexpr double qs[5] = {0.0, 0.25, 0.5, 0.75, 1.0};
   std::vector<std::uint64_t> qranks;
   if (n_valid > 0)
-    for (double q : qs) qranks.push_back(static_cast<std::uint64_t>(std::floor(q * static_cast<double>(n_valid - 1))));
+    for (int j = 0; j < detail::std_quantile_count; ++j) qranks.push_back(detail::std_quantile_rank(j, n_valid));
   const bool batch_scope = cfg.scope == mask_scope::batch;
   auto plan = detail::plan_masks(be, csigma, in.mask, mo, comm, row_valid,  // sequence scope: comm for counts only
                                  batch_scope ? qranks : std::vector<std::uint64_t>{}, heads);
@@ -311,6 +367,149 @@ advantage_summary advantage_step(const Backend& be, const advantage_inputs<T>& i
     detail::shard_weights_unchecked(be, in.group_ids, make_group_layout(be, in.group_ids), K, out.shard_weights,
                                     cfg.shards, {}, comm);
   return s;
+}
+
+}  // namespace detail
+
+template <class Backend, class T, class Comm = single_process>
+advantage_summary advantage_step(const Backend& be, const advantage_inputs<T>& in, const advantage_outputs<T>& out,
+                                 const advantage_config& cfg = {}, const Comm& comm = {}) {
+  constexpr const char* where = "asyppo::advantage_step";
+  return detail::advantage_step_checked(be, where, in, out, cfg, detail::check_advantage_step(be, where, in, out, cfg),
+                                        comm);
+}
+
+
+namespace detail {
+
+/// advantage_summary's fields in an advantage_step_result (the explained variances aside).
+inline advantage_step_result result_of(const advantage_summary& s) {
+  advantage_step_result r;
+  r.sequences = s.sequences;
+  r.valid_tokens = s.valid_tokens;
+  r.adv_masked = s.adv_masked;
+  r.entropy_masked = s.entropy_masked;
+  r.adv_mask_fraction = s.adv_mask_fraction;
+  r.entropy_filter_fraction = s.entropy_filter_fraction;
+  r.adv_threshold = s.adv_threshold;
+  r.entropy_threshold = s.entropy_threshold;
+  for (int q = 0; q < std_quantile_count; ++q) r.std_quantiles[q] = s.std_quantiles[q];
+  r.advantage_mean = s.advantage_mean;
+  r.advantage_std = s.advantage_std;
+  r.return_mean = s.return_mean;
+  r.return_std = s.return_std;
+  return r;
+}
+
+/// One thread: the counts, fractions, thresholds and quantiles of advantage_step_to's result (moments
+/// zero: the summary pass writes them after).
+template <class T>
+struct store_step_counts {
+  const mask_totals* totals;
+  const resident_request* masks;      // the mask requests of the plan (batch scope: thresholds)
+  const resident_request* quantiles;  // [std_quantile_count]
+  index_t sequences;
+  bool per_row;
+  advantage_step_result* out;
+  ASYPPO_HD void operator()(index_t, index_t) const {
+    const mask_counts mc = mask_counts_of<T>(*totals, masks, per_row);
+    advantage_step_result s;
+    s.sequences = sequences;
+    s.valid_tokens = mc.valid;
+    s.adv_masked = mc.adv_masked;
+    s.entropy_masked = mc.entropy_masked;
+    if (mc.valid > 0) {
+      s.adv_mask_fraction = static_cast<double>(mc.adv_masked) / static_cast<double>(mc.valid);
+      s.entropy_filter_fraction = static_cast<double>(mc.entropy_masked) / static_cast<double>(mc.valid);
+    }
+    s.adv_threshold = mc.adv_threshold;
+    s.entropy_threshold = mc.entropy_threshold;
+    for (int j = 0; j < std_quantile_count; ++j) s.std_quantiles[j] = selected_value<T>(quantiles[j]);
+    *out = s;
+  }
+};
+
+}  // namespace detail
+
+/// advantage_step with nothing read on the host (docs/algorithm.md, "Device-result variants"): the
+/// same outputs, bit for bit, and the summary written to *result and the critics' explained variances
+/// to explained_variance [K] (both backend memory, both optional; explained_variance is written only
+/// with cfg.statistics). The masks' thresholds, ties and the sigma quantiles come from the resident
+/// selection (core/select.hpp), whitening from masked_whiten_to's device state. One process. It writes
+/// no shard weights (their group layout is made on the host): out.shard_weights must be empty (call
+/// shard_weights once per batch of group ids). With cfg.check_finite the NaN/Inf check waits for the
+/// device (one round trip); without it nothing does, so a CUDA graph can hold the call. A host-memory
+/// backend (the CPU's), where nothing waits, takes advantage_step's path. Throws like advantage_step.
+template <class Backend, class T>
+void advantage_step_to(const Backend& be, const advantage_inputs<T>& in, const advantage_outputs<T>& out,
+                       advantage_step_result* result, double* explained_variance, const advantage_config& cfg = {}) {
+  constexpr const char* where = "asyppo::advantage_step_to";
+  const auto [g, mo] = detail::check_advantage_step(be, where, in, out, cfg);
+  const index_t K = in.values.extent[0], B = in.values.extent[1], Tn = in.values.extent[2];
+  if (detail::present(out.shard_weights))
+    detail::fail(where, "out.shard_weights", "must be empty: advantage_step_to writes no shard weights (call shard_weights)");
+  if (result) detail::check_memory(be, where, "result", seq_view<advantage_step_result>(result, 1));
+  if (explained_variance) detail::check_memory(be, where, "explained_variance", seq_view<double>(explained_variance, K));
+  if constexpr (detail::host_memory_backend<Backend>) {  // nothing to wait for: the host path, its summary copied
+    const advantage_summary s = detail::advantage_step_checked(be, where, in, out, cfg, {g, mo}, single_process{});
+    if (result) *result = detail::result_of(s);
+    if (explained_variance)
+      for (std::size_t k = 0; k < s.explained_variance.size(); ++k) explained_variance[k] = s.explained_variance[k];
+    return;
+  }
+
+  const auto span = detail::make_row_span(be, in.mask);
+  const row_heads heads = span.heads();
+  // A. sigma, valid tokens per row (and the finiteness check, the only wait).
+  const auto pass_a = detail::sigma_pass_of(be, in, cfg, heads);
+  if (cfg.check_finite) {
+    std::vector<detail::token_tally> tally(static_cast<std::size_t>(B));
+    be.copy_to_host(pass_a.tallies.data(), B, tally.data());
+    detail::fail_if_nonfinite(where, tally);
+  }
+  // B, C. The resident plan of both masks (batch scope: with the quantiles); sequence scope: the
+  // quantiles by a selection over the whole batch.
+  const token_view<const T> csigma(pass_a.sigma.data(), B, Tn);
+  const detail::row_count_tally count{pass_a.tallies.data()};
+  const bool per_row = cfg.scope == mask_scope::sequence;
+  const auto plan = detail::plan_masks_resident(be, csigma, in.mask, mo, count, detail::std_quantile_count, heads);
+  const detail::resident_request* quantiles = plan.results + 2;
+  auto qa = be.template allocate<detail::resident_request>(per_row ? detail::std_quantile_count : 0);
+  auto qb = be.template allocate<detail::resident_request>(per_row ? detail::std_quantile_count : 0);
+  if (per_row) {
+    be.for_each(1, 1, detail::mask_request_setup<detail::row_count_tally>{count, plan.totals.data(), qa.data(),
+                                                                           detail::std_quantile_count, 0, 0, false, false,
+                                                                           detail::std_quantile_count});
+    quantiles = radix_select_resident(be, B, Tn, detail::std_key_of<T>{csigma, in.mask, false}, 8 * int(sizeof(T)), 1,
+                                      detail::std_quantile_count, qa.data(), qb.data(), heads);
+  }
+  detail::write_masks(be, csigma, in.mask, out.adv_mask, out.entropy_mask, plan.rows.data(), true, heads);
+
+  // D. GAE with sigma and I^A fused into its sink (the masks are written); the padding of every output.
+  const bool apply_in_gae = cfg.mask_advantages && !cfg.whiten_advantages;
+  const detail::mask_hook<T> hook{pass_a.sigma.data(), Tn, plan.rows.data(), out.adv_mask, out.entropy_mask, out.std,
+                                  true, apply_in_gae};
+  detail::gae_unchecked(be, in.values, in.rewards, in.mask, g, gae_outputs<T>{out.advantages, out.returns, {}}, cfg.std,
+                        hook, heads);
+  detail::write_zero(be, B, Tn, span.tails(), out.advantages, out.returns, out.std, out.adv_mask, out.entropy_mask);
+  if (cfg.whiten_advantages)
+    detail::whiten_resident(be, token_view<const T>(out.advantages), in.mask, out.advantages, nullptr, cfg.whiten, heads);
+  const bool apply_later = cfg.mask_advantages && cfg.whiten_advantages;
+
+  // E. The summary: counts first, then the moments pass (which also applies I^A after whitening).
+  auto own_result = be.template allocate<advantage_step_result>(result ? 0 : 1);
+  advantage_step_result* res = result ? result : own_result.data();
+  be.for_each(1, 1, detail::store_step_counts<T>{plan.totals.data(), plan.results, quantiles, B, per_row, res});
+  if (cfg.statistics) {
+    auto own_ev = be.template allocate<double>(explained_variance ? 0 : K);
+    double* ev = explained_variance ? explained_variance : own_ev.data();
+    be.fill(ev, K, std::numeric_limits<double>::quiet_NaN());
+    detail::advantage_moments_to(be, in.values, out.advantages, token_view<const T>(out.returns), in.mask,
+                                 view<const std::uint8_t, 2>(out.adv_mask), apply_later, res, ev, heads);
+  } else if (apply_later) {
+    be.for_each(B, Tn, detail::apply_adv_mask<T>{out.advantages, in.mask, view<const std::uint8_t, 2>(out.adv_mask)},
+                heads);
+  }
 }
 
 }  // namespace asyppo

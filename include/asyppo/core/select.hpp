@@ -23,6 +23,7 @@
 #include <cstdint>
 #include <cstring>
 #include <type_traits>
+#include <utility>
 #include <vector>
 
 #include "asyppo/backend/patterns.hpp"
@@ -52,14 +53,23 @@ ASYPPO_INLINE key_bits_t<T> ordered_key(T x) {
 
 /// Inverse of ordered_key.
 template <class T>
-inline T key_value(std::uint64_t key) {
+ASYPPO_INLINE T key_value(std::uint64_t key) {
   using U = key_bits_t<T>;
   constexpr U sign = U(1) << (8 * sizeof(U) - 1);
   U k = static_cast<U>(key);
   U u = (k & sign) ? U(k & ~sign) : U(~k);
   T x;
-  std::memcpy(&x, &u, sizeof(U));
+  memcpy(&x, &u, sizeof(U));
   return x;
+}
+
+/// One digit of a selection: from digit d on, while the rank lies beyond the keys counted so far (acc
+/// plus bin d), add bin d and move on; the digit where it stops holds the rank. h: the radix bins of
+/// the request's prefix.
+ASYPPO_INLINE index_t advance_digit(const std::uint64_t* h, index_t radix, std::uint64_t rank, index_t d,
+                                    std::uint64_t& acc) {
+  while (d < radix - 1 && acc + h[d] <= rank) acc += h[d++];
+  return d;
 }
 
 /// f(seg, key) for the valid elements of [t0, t1) of row b, in order: through the key function's own
@@ -74,6 +84,30 @@ void for_each_key(const KeyOf& key_of, index_t b, index_t t0, index_t t1, F&& f)
     if (key_of(b, t, seg, key)) f(seg, key);
 }
 
+/// The digit of a pass (digit_bits bits above shift) and the bits above it (the prefix it extends).
+ASYPPO_INLINE std::uint64_t split_digit(std::uint64_t key, int shift, int digit_bits, std::uint64_t& above) {
+  above = (shift + digit_bits >= 64) ? 0 : key >> (shift + digit_bits);
+  return (key >> shift) & ((std::uint64_t(1) << digit_bits) - 1);
+}
+
+/// A histogram bin's value at (b, t): bin.bin_of(seg, key) for a valid element, else -1.
+template <class KeyOf, class Bin>
+ASYPPO_HD index_t bin_of_element(const KeyOf& key_of, const Bin& bin, index_t b, index_t t) {
+  index_t seg;
+  std::uint64_t key;
+  if (!key_of(b, t, seg, key)) return -1;
+  return bin.bin_of(seg, key);
+}
+
+/// ++counts[bin.bin_of(seg, key)] over the valid elements of [t0, t1) of row b (the CPU's count_span).
+template <class KeyOf, class Bin, class Count>
+void count_keys(const KeyOf& key_of, const Bin& bin, index_t b, index_t t0, index_t t1, Count* counts) {
+  for_each_key(key_of, b, t0, t1, [&](index_t sg, std::uint64_t key) {
+    const index_t k = bin.bin_of(sg, key);
+    if (k >= 0) ++counts[k];
+  });
+}
+
 /// Histogram bin of element i for one pass: looks the element's segment up in the slot table
 /// and bins its next digit under the slot whose prefix it matches.
 template <class KeyOf>
@@ -83,15 +117,10 @@ struct radix_bin {
   const std::uint64_t* slot_prefix; // [nslots]
   int shift;                        // bits below the digit of this pass
   int digit_bits;
-  ASYPPO_HD index_t operator()(index_t b, index_t t) const {
-    index_t seg;
-    std::uint64_t key;
-    if (!key_of(b, t, seg, key)) return -1;
-    return bin_of(seg, key);
-  }
+  ASYPPO_HD index_t operator()(index_t b, index_t t) const { return bin_of_element(key_of, *this, b, t); }
   ASYPPO_HD index_t bin_of(index_t seg, std::uint64_t key) const {
-    const std::uint64_t above = (shift + digit_bits >= 64) ? 0 : key >> (shift + digit_bits);
-    const std::uint64_t digit = (key >> shift) & ((std::uint64_t(1) << digit_bits) - 1);
+    std::uint64_t above;
+    const std::uint64_t digit = split_digit(key, shift, digit_bits, above);
     for (index_t j = slot_begin[seg]; j < slot_begin[seg + 1]; ++j)
       if (slot_prefix[j] == above) return (j << digit_bits) + static_cast<index_t>(digit);
     return -1;
@@ -106,10 +135,7 @@ struct radix_bin {
     if (float_first_pass(key_of, shift + digit_bits, b, seg, s, m) && slot_begin[seg + 1] - slot_begin[seg] == 1 &&
         slot_prefix[slot_begin[seg]] == 0)  // eight keys per vector (core/simd/select_lanes.hpp)
       t0 = select_lanes::count_digits(s, m, t0, t1, shift, slot_begin[seg] << digit_bits, counts);
-    for_each_key(key_of, b, t0, t1, [&](index_t sg, std::uint64_t key) {
-      const index_t k = bin_of(sg, key);
-      if (k >= 0) ++counts[k];
-    });
+    count_keys(key_of, *this, b, t0, t1, counts);
   }
 };
 
@@ -290,7 +316,7 @@ void radix_select(const Backend& be, index_t rows, index_t cols, KeyOf key_of, i
         slot = slot_of[static_cast<std::size_t>(r)], d = 0;
         acc = below[static_cast<std::size_t>(r)];
       }
-      while (d < radix - 1 && acc + h[d] <= req[r].rank) acc += h[d++];
+      d = detail::advance_digit(h, radix, req[r].rank, d, acc);
       below[static_cast<std::size_t>(r)] = acc;
       prefix[static_cast<std::size_t>(r)] = (prefix[static_cast<std::size_t>(r)] << digit_bits) | static_cast<std::uint64_t>(d);
       if (shift == 0) res[r] = {prefix[static_cast<std::size_t>(r)], acc, h[d]};
@@ -306,6 +332,110 @@ template <class Backend, class KeyOf, class Comm = single_process>
 void radix_select(const Backend& be, index_t rows, index_t cols, KeyOf key_of, int key_bits, int digit_bits, index_t nseg,
                   const select_request* req, index_t nreq, select_result* res, const Comm& comm = {}) {
   radix_select(be, rows, cols, key_of, key_bits, digit_bits, nseg, req, nreq, res, comm, full_rows{cols});
+}
+
+// ---- Resident selection: requests, digits and results stay in the backend's memory --------------
+//
+// The same MSD radix selection with nothing read on the host, so that a device backend never waits
+// (a CUDA graph can hold it; docs/algorithm.md, S4): the ranks are written by an earlier device pass
+// (they depend on counts that live there), each digit is chosen by one thread per request
+// (resident_choose) from the pass's histogram, and the results are read by later device passes. One
+// process. Digits of resident_digit_bits (8) bits: key_bits / 8 streaming passes (4 for float, 8 for
+// double) and a 256-bin sweep per request and pass. Segment s owns the request slots [s R, s R + R)
+// (R per segment, in any rank order; inactive slots take no part). A request counts in the bins of
+// its leader, the first active request of its segment with the same prefix, so requests with equal
+// prefixes share one histogram row. Results (key, less, equal) equal radix_select's.
+
+inline constexpr int resident_digit_bits = 8;
+
+namespace detail {
+
+/// One request of a resident selection (backend memory). The caller sets rank and active and zeroes
+/// prefix and below; after the last pass prefix is the selected key, below the valid keys of the
+/// segment strictly smaller, equal those equal to it.
+struct resident_request {
+  std::uint64_t rank = 0;
+  std::uint64_t prefix = 0;
+  std::uint64_t below = 0;
+  std::uint64_t equal = 0;
+  std::uint32_t active = 0;
+};
+
+/// Index of the first active request of r's segment whose prefix is r's (r itself if none before).
+ASYPPO_INLINE index_t resident_leader(const resident_request* req, index_t per_segment, index_t r) {
+  index_t j = r - r % per_segment;
+  while (!(req[j].active && req[j].prefix == req[r].prefix)) ++j;
+  return j;
+}
+
+/// Histogram bin of element (b, t) in one pass: its digit under the first active request of its
+/// segment whose prefix its leading bits match.
+template <class KeyOf>
+struct resident_bin {
+  KeyOf key_of;
+  const resident_request* req;
+  index_t per_segment;
+  int shift, digit_bits;
+  ASYPPO_HD index_t operator()(index_t b, index_t t) const { return bin_of_element(key_of, *this, b, t); }
+  ASYPPO_HD index_t bin_of(index_t seg, std::uint64_t key) const {
+    std::uint64_t above;
+    const std::uint64_t digit = split_digit(key, shift, digit_bits, above);
+    for (index_t j = seg * per_segment; j < (seg + 1) * per_segment; ++j)
+      if (req[j].active && req[j].prefix == above) return (j << digit_bits) + static_cast<index_t>(digit);
+    return -1;
+  }
+  /// The CPU backend's span: through the key function's own row loop.
+  template <class Count>
+  void count_span(index_t b, index_t t0, index_t t1, Count* counts) const {
+    count_keys(key_of, *this, b, t0, t1, counts);
+  }
+};
+
+/// One thread per request (a for_each over [requests, 1]): fixes the next digit from the leader's
+/// bins, reading cur and writing next (other requests read their leader's prefix in cur meanwhile).
+struct resident_choose {
+  const resident_request* cur;
+  resident_request* next;
+  const std::uint64_t* hist;
+  index_t per_segment;
+  int digit_bits;
+  ASYPPO_HD void operator()(index_t r, index_t) const {
+    resident_request q = cur[r];
+    if (q.active) {
+      const std::uint64_t* h = hist + (resident_leader(cur, per_segment, r) << digit_bits);
+      std::uint64_t acc = q.below;
+      const index_t d = advance_digit(h, index_t(1) << digit_bits, q.rank, 0, acc);
+      q.below = acc;
+      q.prefix = (q.prefix << digit_bits) | static_cast<std::uint64_t>(d);
+      q.equal = h[d];
+    }
+    next[r] = q;
+  }
+};
+
+}  // namespace detail
+
+/// Resident radix selection over [rows, cols] (the columns range selects; key_of as radix_select's,
+/// segments in [0, nseg)). a and b: two backend arrays of nseg * per_segment requests, a set up by
+/// the caller (rank, active; prefix = below = 0); the passes alternate between them. Returns the one
+/// that holds the results. Enqueues only backend patterns: no host round trip.
+template <class Backend, class KeyOf, class Range>
+detail::resident_request* radix_select_resident(const Backend& be, index_t rows, index_t cols, KeyOf key_of, int key_bits,
+                                                index_t nseg, index_t per_segment, detail::resident_request* a,
+                                                detail::resident_request* b, Range range) {
+  constexpr int digit_bits = resident_digit_bits;
+  const index_t nreq = nseg * per_segment;
+  if (nreq == 0) return a;
+  const index_t nbins = nreq << digit_bits;
+  auto hist = be.template allocate<std::uint64_t>(nbins);
+  for (int shift = key_bits - digit_bits; shift >= 0; shift -= digit_bits) {
+    be.fill(hist.data(), nbins, std::uint64_t(0));
+    be.histogram(rows, cols, detail::resident_bin<KeyOf>{key_of, a, per_segment, shift, digit_bits}, nbins, hist.data(),
+                 range);
+    be.for_each(nreq, 1, detail::resident_choose{a, b, hist.data(), per_segment, digit_bits});
+    std::swap(a, b);
+  }
+  return a;
 }
 
 }  // namespace asyppo

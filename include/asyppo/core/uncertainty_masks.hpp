@@ -18,10 +18,13 @@
 // all-reduce of requests x 256 counters) plus one streaming pass that writes both masks. No sort.
 // The plan (thresholds, and tie offsets when a threshold value is only partly taken) is separate from
 // the writing so that the advantage step can fuse the writing into its GAE pass.
+// uncertainty_masks_to: the same masks and counts from the resident plan (thresholds, ties and counts
+// decided in backend memory: docs/algorithm.md, S4), so a device backend never waits; one process.
 #pragma once
 
 #include <cmath>
 #include <cstdint>
+#include <limits>
 #include <type_traits>
 #include <utility>
 #include <vector>
@@ -172,8 +175,30 @@ int selection_digit_bits(const Comm& comm) {
   return comm.size() > 1 ? 8 : 16;
 }
 
-inline std::int64_t fraction_count(double frac, std::int64_t n) {
-  return static_cast<std::int64_t>(std::floor(frac * static_cast<double>(n)));
+ASYPPO_INLINE std::int64_t fraction_count(double frac, std::int64_t n) {
+  return static_cast<std::int64_t>(floor(frac * static_cast<double>(n)));
+}
+
+/// The n_k smallest keys are masked: every key below the selected one (rank n_k - 1), then the first
+/// n_k - less of its ties. Returns whether that threshold value is only partly taken (ties ranked).
+ASYPPO_INLINE bool take_lowest(mask_row_params& p, std::uint64_t rank, std::uint64_t key, std::uint64_t less,
+                               std::uint64_t equal) {
+  p.has_k = 1;
+  p.key_k = key;
+  p.need_k = rank + 1 - less;  // n_k - less, in [1, equal]
+  return p.need_k < equal;
+}
+
+/// The n_h largest keys are filtered (rank total - n_h selected): every key above it, then the last
+/// n_h - greater of its ties, i.e. all but the first skip_h. Returns whether ties are ranked.
+ASYPPO_INLINE bool take_highest(mask_row_params& p, std::uint64_t total, std::uint64_t rank, std::uint64_t key,
+                                std::uint64_t less, std::uint64_t equal) {
+  p.has_h = 1;
+  p.key_h = key;
+  const std::uint64_t nh = total - rank;
+  const std::uint64_t need = nh - (total - less - equal);  // n_h - greater, in [1, equal]
+  p.skip_h = equal - need;
+  return p.skip_h > 0;
 }
 
 /// Thresholds and tie bookkeeping of the two masks, in backend memory (rows) and on the host.
@@ -249,19 +274,11 @@ mask_plan<Backend> plan_masks(const Backend& be, token_view<const T> sigma, mask
     const select_result& s = res[r];
     const std::uint64_t total = per_row ? static_cast<std::uint64_t>(row_valid[static_cast<std::size_t>(req_row[r])])
                                         : static_cast<std::uint64_t>(counts.valid);
-    if (which[r] == 0) {  // the n_k smallest: all keys below, then the first (n_k - less) ties
-      p.has_k = 1;
-      p.key_k = s.key;
-      p.need_k = req[r].rank + 1 - s.less;  // n_k - less, in [1, equal]
-      plan.ranked = plan.ranked || p.need_k < s.equal;
+    if (which[r] == 0) {
+      plan.ranked = take_lowest(p, req[r].rank, s.key, s.less, s.equal) || plan.ranked;
       if (!per_row) counts.adv_threshold = static_cast<double>(key_value<T>(s.key));
-    } else if (which[r] == 1) {  // the n_h largest: all keys above, then the first ties
-      p.has_h = 1;
-      p.key_h = s.key;
-      const std::uint64_t nh = total - req[r].rank;
-      const std::uint64_t need = nh - (total - s.less - s.equal);  // n_h - greater, in [1, equal]
-      p.skip_h = s.equal - need;
-      plan.ranked = plan.ranked || p.skip_h > 0;
+    } else if (which[r] == 1) {
+      plan.ranked = take_highest(p, total, req[r].rank, s.key, s.less, s.equal) || plan.ranked;
       if (!per_row) counts.entropy_threshold = static_cast<double>(key_value<T>(s.key));
     } else {
       plan.quantiles.push_back(static_cast<double>(key_value<T>(s.key)));
@@ -312,6 +329,193 @@ void write_masks(const Backend& be, token_view<const T> sigma, mask_view mask, m
     be.for_each(sigma.extent[0], sigma.extent[1], unranked_mask_writer<T>{w}, range);
 }
 
+// ---- The resident plan: thresholds and ties decided in the backend's memory ----------------------
+// (uncertainty_masks_to, advantage_step_to: no host round trip). The same selection results and
+// decisions as plan_masks, so the same masks. Single process. Ties are always ranked (the tie offsets
+// are one more pass over sigma in batch scope; the masks are then written by the forward tie scan),
+// since whether they must be is known only on the device.
+
+/// Valid tokens of the scope and the two mask sizes (backend memory).
+struct mask_totals {
+  std::int64_t valid, adv_masked, entropy_masked;
+};
+
+/// Row counts through a row's count function: counts(b) = valid tokens of row b.
+struct row_count_array {
+  const index_t* n;
+  ASYPPO_HD std::int64_t operator()(index_t b) const { return n[b]; }
+};
+struct row_count_tally {
+  const token_tally* n;
+  ASYPPO_HD std::int64_t operator()(index_t b) const { return n[b].valid; }
+};
+
+/// Reduce over [B, 1]: the scope's totals (batch scope: floor of the fractions of the sum, in the
+/// sink; sequence scope: the sum of each row's floors).
+template <class RowCount>
+struct mask_total_reducer {
+  RowCount count;
+  double k, h;
+  bool per_row;
+  using value_type = mask_totals;
+  ASYPPO_HD value_type identity() const { return {0, 0, 0}; }
+  ASYPPO_HD void add(value_type& a, index_t b, index_t) const {
+    const std::int64_t n = count(b);
+    a.valid += n;
+    if (per_row) a.adv_masked += fraction_count(k, n), a.entropy_masked += fraction_count(h, n);
+  }
+  ASYPPO_HD value_type combine(const value_type& a, const value_type& b) const {
+    return {a.valid + b.valid, a.adv_masked + b.adv_masked, a.entropy_masked + b.entropy_masked};
+  }
+};
+struct store_mask_totals {
+  mask_totals* out;
+  double k, h;
+  bool per_row;
+  ASYPPO_HD void operator()(mask_totals v) const {
+    if (!per_row) v.adv_masked = fraction_count(k, v.valid), v.entropy_masked = fraction_count(h, v.valid);
+    *out = v;
+  }
+};
+
+/// Rank of the q-th summary quantile of sigma (q = j / 4, j = 0..4) among n >= 1 valid tokens.
+ASYPPO_INLINE std::uint64_t std_quantile_rank(int j, std::uint64_t n) {
+  return static_cast<std::uint64_t>(floor(0.25 * j * static_cast<double>(n - 1)));
+}
+inline constexpr int std_quantile_count = 5;
+
+/// One thread per segment (for_each over [nseg, 1]): its requests, [the n_k-th smallest, the
+/// (n - n_h)-th smallest] when masks, then the `quantiles` summary quantiles of sigma.
+template <class RowCount>
+struct mask_request_setup {
+  RowCount count;
+  const mask_totals* totals;
+  resident_request* req;
+  index_t per_segment;
+  double k, h;
+  bool per_row, masks;
+  int quantiles;
+  ASYPPO_HD void operator()(index_t s, index_t) const {
+    const std::int64_t n = per_row ? count(s) : totals->valid;
+    resident_request* q = req + s * per_segment;
+    int i = 0;
+    if (masks) {
+      const std::int64_t nk = fraction_count(k, n), nh = fraction_count(h, n);
+      q[i++] = resident_request{static_cast<std::uint64_t>(nk - 1), 0, 0, 0, nk > 0};
+      q[i++] = resident_request{static_cast<std::uint64_t>(n - nh), 0, 0, 0, nh > 0};
+    }
+    for (int j = 0; j < quantiles; ++j)
+      q[i++] = resident_request{n > 0 ? std_quantile_rank(j, static_cast<std::uint64_t>(n)) : 0, 0, 0, 0, n > 0};
+  }
+};
+
+/// One thread per row: its decision parameters from its segment's first two requests.
+template <class RowCount>
+struct mask_row_setup {
+  RowCount count;
+  const mask_totals* totals;
+  const resident_request* res;
+  mask_row_params* rows;
+  index_t per_segment;
+  bool per_row;
+  ASYPPO_HD void operator()(index_t b, index_t) const {
+    const resident_request* q = res + (per_row ? b * per_segment : 0);
+    const std::uint64_t total = static_cast<std::uint64_t>(per_row ? count(b) : totals->valid);
+    mask_row_params p{};
+    if (q[0].active) take_lowest(p, q[0].rank, q[0].prefix, q[0].below, q[0].equal);
+    if (q[1].active) take_highest(p, total, q[1].rank, q[1].prefix, q[1].below, q[1].equal);
+    rows[b] = p;
+  }
+};
+
+/// Batch scope: each row's tie offsets, the ties at the thresholds in the rows before it (a forward
+/// scan over the rows' tie counts).
+struct row_ties {
+  const tie_counts* ties;
+  ASYPPO_HD tie_counts operator()(index_t, index_t b) const { return ties[b]; }
+};
+struct store_tie_offsets {
+  const tie_counts* ties;
+  mask_row_params* rows;
+  ASYPPO_HD void operator()(index_t, index_t b, const tie_counts& upto) const {
+    rows[b].off_k = upto.k - ties[b].k;
+    rows[b].off_h = upto.h - ties[b].h;
+  }
+};
+
+/// What the resident plan leaves in backend memory for the passes after it.
+template <class Backend>
+struct resident_mask_plan {
+  using row_buffer = decltype(std::declval<const Backend&>().template allocate<mask_row_params>(0));
+  using totals_buffer = decltype(std::declval<const Backend&>().template allocate<mask_totals>(0));
+  using request_buffer = decltype(std::declval<const Backend&>().template allocate<resident_request>(0));
+  row_buffer rows;          ///< [B] per-row decision parameters, tie offsets included
+  totals_buffer totals;     ///< [1]
+  request_buffer req_a, req_b;
+  const resident_request* results = nullptr;  ///< [nseg * per_segment]: masks' requests, then quantiles
+  index_t per_segment = 0;
+};
+
+/// Resident selection and decision parameters of both masks (batch scope: also the `quantiles`
+/// summary quantiles, as requests 2.. of the one segment). count: valid tokens per row, in backend
+/// memory (a RowCount functor). range: the columns holding every valid token of each row.
+template <class Backend, class T, class RowCount, class Range>
+resident_mask_plan<Backend> plan_masks_resident(const Backend& be, token_view<const T> sigma, mask_view mask,
+                                                const mask_options& opt, RowCount count, int quantiles, Range range) {
+  const index_t B = sigma.extent[0], Tn = sigma.extent[1];
+  const bool per_row = opt.scope == mask_scope::sequence;
+  resident_mask_plan<Backend> plan;
+  plan.totals = be.template allocate<mask_totals>(1);
+  reduce_to(be, B, 1, mask_total_reducer<RowCount>{count, opt.adv_fraction, opt.entropy_fraction, per_row}, full_rows{1},
+            store_mask_totals{plan.totals.data(), opt.adv_fraction, opt.entropy_fraction, per_row});
+  const index_t nseg = per_row ? B : 1;
+  plan.per_segment = 2 + (per_row ? 0 : quantiles);
+  plan.req_a = be.template allocate<resident_request>(nseg * plan.per_segment);
+  plan.req_b = be.template allocate<resident_request>(nseg * plan.per_segment);
+  be.for_each(nseg, 1,
+              mask_request_setup<RowCount>{count, plan.totals.data(), plan.req_a.data(), plan.per_segment, opt.adv_fraction,
+                                           opt.entropy_fraction, per_row, true, per_row ? 0 : quantiles});
+  plan.results = radix_select_resident(be, B, Tn, std_key_of<T>{sigma, mask, per_row}, 8 * int(sizeof(T)), nseg,
+                                       plan.per_segment, plan.req_a.data(), plan.req_b.data(), range);
+  plan.rows = be.template allocate<mask_row_params>(B);
+  be.for_each(B, 1, mask_row_setup<RowCount>{count, plan.totals.data(), plan.results, plan.rows.data(), plan.per_segment,
+                                             per_row});
+  if (!per_row && B > 0) {
+    auto ties = be.template allocate<tie_counts>(B);
+    be.row_reduce(B, Tn, tie_row_reducer<T>{{sigma, mask, plan.rows.data()}}, store_row<tie_counts>{ties.data()}, range);
+    be.row_scan(scan_direction::forward, 1, B, row_ties{ties.data()}, tie_sum{},
+                store_tie_offsets{ties.data(), plan.rows.data()});
+  }
+  return plan;
+}
+
+/// The sigma a resident request selected (NaN when it was not active).
+template <class T>
+ASYPPO_INLINE double selected_value(const resident_request& q) {
+  return q.active ? static_cast<double>(key_value<T>(q.prefix)) : std::numeric_limits<double>::quiet_NaN();
+}
+
+/// mask_counts from the resident plan (batch scope: the thresholds' sigma).
+template <class T>
+ASYPPO_INLINE mask_counts mask_counts_of(const mask_totals& totals, const resident_request* res, bool per_row) {
+  mask_counts c;
+  c.valid = totals.valid;
+  c.adv_masked = totals.adv_masked;
+  c.entropy_masked = totals.entropy_masked;
+  if (!per_row) c.adv_threshold = selected_value<T>(res[0]), c.entropy_threshold = selected_value<T>(res[1]);
+  return c;
+}
+
+/// One thread: the caller's mask_counts.
+template <class T>
+struct store_mask_counts {
+  const mask_totals* totals;
+  const resident_request* res;
+  mask_counts* out;
+  bool per_row;
+  ASYPPO_HD void operator()(index_t, index_t) const { *out = mask_counts_of<T>(*totals, res, per_row); }
+};
+
 template <class Backend, class Range>
 std::vector<index_t> valid_per_row(const Backend& be, mask_view mask, Range range) {
   const index_t B = mask.extent[0], Tn = mask.extent[1];
@@ -329,6 +533,39 @@ inline void check_mask_options(const char* where, const mask_options& o) {
 
 }  // namespace detail
 
+namespace detail {
+
+/// Checks of uncertainty_masks and uncertainty_masks_to, then the row span of the mask and (check_finite)
+/// the NaN/Inf check of sigma on valid tokens.
+template <class Backend, class T>
+auto checked_mask_span(const Backend& be, const char* where, token_view<const T> sigma, mask_view mask, mask_out adv_mask,
+                       mask_out entropy_mask, const mask_options& opt) {
+  check_view(where, "sigma", sigma);
+  const index_t B = sigma.extent[0], Tn = sigma.extent[1];
+  check_input(where, "mask", mask, {B, Tn});
+  if (!present(mask) && B * Tn > 0) fail(where, "mask", "is required");
+  check_optional_output(where, "adv_mask", adv_mask, {B, Tn});
+  check_optional_output(where, "entropy_mask", entropy_mask, {B, Tn});
+  check_memory(be, where, "sigma", sigma, "mask", mask, "adv_mask", adv_mask, "entropy_mask", entropy_mask);
+  check_mask_options(where, opt);
+  auto span = make_row_span(be, mask);  // every pass stops at each row's last valid token
+  if (opt.check_finite)
+    check_finite(be, where, "sigma", B, Tn, count_nonfinite_tokens<T, 1, 1>{{}, {sigma}, mask}, span.heads());
+  return span;
+}
+
+/// The masks after the checks, through the host plan (S2, S3).
+template <class Backend, class T, class Comm, class Span>
+mask_counts masks_by_host_plan(const Backend& be, token_view<const T> sigma, mask_view mask, mask_out adv_mask,
+                               mask_out entropy_mask, const mask_options& opt, const Comm& comm, const Span& span) {
+  const auto plan = plan_masks(be, sigma, mask, opt, comm, valid_per_row(be, mask, span.heads()), {}, span.heads());
+  write_masks(be, sigma, mask, adv_mask, entropy_mask, plan.rows.data(), plan.ranked, span.heads());
+  write_zero(be, sigma.extent[0], sigma.extent[1], span.tails(), adv_mask, entropy_mask);
+  return plan.counts;
+}
+
+}  // namespace detail
+
 /// AsyPPO masks from the critic std sigma [B,T] and the response mask [B,T]. adv_mask and
 /// entropy_mask [B,T] (uint8) are outputs; either may be empty to skip it. Collective over comm
 /// (batch scope: the selection; sequence scope: only the returned counts, which are global).
@@ -337,23 +574,37 @@ inline void check_mask_options(const char* where, const mask_options& o) {
 template <class Backend, class T, class Comm = single_process>
 mask_counts uncertainty_masks(const Backend& be, token_view<const T> sigma, mask_view mask, mask_out adv_mask,
                               mask_out entropy_mask, const mask_options& opt = {}, const Comm& comm = {}) {
-  constexpr const char* where = "asyppo::uncertainty_masks";
-  detail::check_view(where, "sigma", sigma);
-  const index_t B = sigma.extent[0], Tn = sigma.extent[1];
-  detail::check_input(where, "mask", mask, {B, Tn});
-  if (!detail::present(mask) && B * Tn > 0) detail::fail(where, "mask", "is required");
-  detail::check_optional_output(where, "adv_mask", adv_mask, {B, Tn});
-  detail::check_optional_output(where, "entropy_mask", entropy_mask, {B, Tn});
-  detail::check_memory(be, where, "sigma", sigma, "mask", mask, "adv_mask", adv_mask, "entropy_mask", entropy_mask);
-  detail::check_mask_options(where, opt);
-  const auto span = detail::make_row_span(be, mask);  // every pass stops at each row's last valid token
-  if (opt.check_finite)
-    detail::check_finite(be, where, "sigma", B, Tn, detail::count_nonfinite_tokens<T, 1, 1>{{}, {sigma}, mask}, span.heads());
-  const auto plan = detail::plan_masks(be, sigma, mask, opt, comm, detail::valid_per_row(be, mask, span.heads()), {},
-                                       span.heads());
-  detail::write_masks(be, sigma, mask, adv_mask, entropy_mask, plan.rows.data(), plan.ranked, span.heads());
-  detail::write_zero(be, B, Tn, span.tails(), adv_mask, entropy_mask);
-  return plan.counts;
+  const auto span = detail::checked_mask_span(be, "asyppo::uncertainty_masks", sigma, mask, adv_mask, entropy_mask, opt);
+  return detail::masks_by_host_plan(be, sigma, mask, adv_mask, entropy_mask, opt, comm, span);
+}
+
+/// uncertainty_masks with nothing read on the host (docs/algorithm.md, S4): the counts and thresholds go
+/// to *counts in backend memory (optional: null skips them), the selection's digits are chosen there
+/// (core/select.hpp, resident selection). The same masks and counts. One process. With
+/// opt.check_finite the NaN/Inf check waits for the device (one round trip); without it nothing does,
+/// so a CUDA graph can hold the call. A host-memory backend (the CPU's), where nothing waits, takes
+/// uncertainty_masks' path. Throws like uncertainty_masks.
+template <class Backend, class T>
+void uncertainty_masks_to(const Backend& be, token_view<const T> sigma, mask_view mask, mask_out adv_mask,
+                          mask_out entropy_mask, mask_counts* counts, const mask_options& opt = {}) {
+  constexpr const char* where = "asyppo::uncertainty_masks_to";
+  if (counts) detail::check_memory(be, where, "counts", seq_view<mask_counts>(counts, 1));
+  const auto span = detail::checked_mask_span(be, where, sigma, mask, adv_mask, entropy_mask, opt);
+  if constexpr (detail::host_memory_backend<Backend>) {
+    const mask_counts c = detail::masks_by_host_plan(be, sigma, mask, adv_mask, entropy_mask, opt, single_process{}, span);
+    if (counts) *counts = c;
+  } else {
+    const index_t B = sigma.extent[0], Tn = sigma.extent[1];
+    auto row_valid = be.template allocate<index_t>(B);
+    if (B > 0) be.row_reduce(B, Tn, detail::count_valid{mask}, detail::store_row<index_t>{row_valid.data()}, span.heads());
+    const auto plan = detail::plan_masks_resident(be, sigma, mask, opt, detail::row_count_array{row_valid.data()}, 0,
+                                                  span.heads());
+    detail::write_masks(be, sigma, mask, adv_mask, entropy_mask, plan.rows.data(), true, span.heads());
+    detail::write_zero(be, B, Tn, span.tails(), adv_mask, entropy_mask);
+    if (counts)
+      be.for_each(1, 1,
+                  detail::store_mask_counts<T>{plan.totals.data(), plan.results, counts, opt.scope == mask_scope::sequence});
+  }
 }
 
 }  // namespace asyppo

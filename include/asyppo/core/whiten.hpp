@@ -157,6 +157,21 @@ struct whiten_from_state {
   ASYPPO_HD void span(index_t b, index_t t0, index_t t1) const { with_coeffs().span(b, t0, t1); }
 };
 
+/// masked_whiten_to after its checks: two reduce_to passes leave the moments and coefficients in a
+/// backend state, then the whitening pass reads them. range: the columns holding every valid token.
+template <class Backend, class T, class Range>
+void whiten_resident(const Backend& be, token_view<const T> x, mask_view mask, token_view<T> out, masked_moments* moments,
+                     const whiten_options& opt, Range range) {
+  const index_t B = x.extent[0], Tn = x.extent[1];
+  using R = masked_sum_reducer<T>;
+  using V = typename R::value_type;
+  auto state = be.template allocate<whiten_state>(1);
+  reduce_to(be, B, Tn, R{x, mask, 0.0, false}, range, whiten_first_sink<V>{state.data()});
+  reduce_to(be, B, Tn, sum_about_state_mean<T>{R{x, mask, 0.0, true}, state.data()}, range,
+            whiten_second_sink<V>{state.data(), moments, opt});
+  be.for_each(B, Tn, whiten_from_state<T>{whiten_kernel_of(x, mask, out, {}, opt), state.data()});
+}
+
 template <class Backend, class T>
 void check_whiten(const Backend& be, const char* where, token_view<const T> x, mask_view mask, token_view<T> out,
                   const whiten_options& opt) {
@@ -197,14 +212,7 @@ void masked_whiten_to(const Backend& be, token_view<const T> x, mask_view mask, 
   if (moments) detail::check_memory(be, where, "moments", seq_view<masked_moments>(moments, 1));
   const index_t B = x.extent[0], Tn = x.extent[1];
   if (opt.check_finite) detail::check_finite_tokens<Backend, T>(be, where, "x", B, Tn, {}, x, mask);
-  using R = detail::masked_sum_reducer<T>;
-  using V = typename R::value_type;
-  auto state = be.template allocate<detail::whiten_state>(1);
-  const auto span = detail::make_row_span(be, mask);
-  detail::reduce_to(be, B, Tn, R{x, mask, 0.0, false}, span.heads(), detail::whiten_first_sink<V>{state.data()});
-  detail::reduce_to(be, B, Tn, detail::sum_about_state_mean<T>{R{x, mask, 0.0, true}, state.data()}, span.heads(),
-                    detail::whiten_second_sink<V>{state.data(), moments, opt});
-  be.for_each(B, Tn, detail::whiten_from_state<T>{detail::whiten_kernel_of(x, mask, out, {}, opt), state.data()});
+  detail::whiten_resident(be, x, mask, out, moments, opt, detail::make_row_span(be, mask).heads());
 }
 
 }  // namespace asyppo

@@ -40,6 +40,7 @@
 #include <cstdint>
 #include <memory>
 #include <type_traits>
+#include <utility>
 #include <vector>
 
 #include "asyppo/backend/patterns.hpp"
@@ -200,13 +201,8 @@ class cuda_backend : public detail::ragged_by_wrapping<cuda_backend> {
   void for_each(index_t rows, index_t cols, F f) const {
     if (rows <= 0 || cols <= 0) return;
     device_guard g(device_);
-    // Threads along columns: as many as a row needs, up to the whole block; the rest along rows.
-    unsigned bx = 32;
-    while (bx < static_cast<unsigned>(cuda_detail::kBlock) && static_cast<index_t>(bx) < cols) bx *= 2;
-    const unsigned by = static_cast<unsigned>(cuda_detail::kBlock) / bx;
-    const index_t gx = (cols + bx - 1) / bx, gy = (rows + by - 1) / by;
-    const dim3 grid(static_cast<unsigned>(gx < 65535 ? gx : 65535), static_cast<unsigned>(gy < 65535 ? gy : 65535));
-    cuda_detail::for_each_2d_kernel<<<grid, dim3(bx, by), 0, stream_>>>(rows, cols, f);
+    const auto [grid, block] = grid_2d(rows, cols);
+    cuda_detail::for_each_2d_kernel<<<grid, block, 0, stream_>>>(rows, cols, f);
     cuda_detail::check_launch("for_each_2d_kernel");
   }
 
@@ -258,8 +254,15 @@ class cuda_backend : public detail::ragged_by_wrapping<cuda_backend> {
 
   template <class Bin>
   void histogram(index_t rows, index_t cols, Bin bin, index_t nbins, std::uint64_t* counts) const {
-    (void)nbins;
-    for_each(rows, cols, cuda_detail::histogram_2d_fn<Bin>{bin, as_ull(counts)});
+    if (nbins > cuda_detail::kSharedBins) {
+      for_each(rows, cols, cuda_detail::histogram_2d_fn<Bin>{bin, as_ull(counts)});
+      return;
+    }
+    if (rows <= 0 || cols <= 0) return;
+    device_guard g(device_);
+    const auto [grid, block] = grid_2d(rows, cols);
+    cuda_detail::histogram_2d_shared_kernel<<<grid, block, 0, stream_>>>(rows, cols, bin, nbins, as_ull(counts));
+    cuda_detail::check_launch("histogram_2d_shared_kernel");
   }
 
   /// The v with pick(b, t, v) true, in row-major order, on the host. Waits for the stream.
@@ -294,6 +297,17 @@ class cuda_backend : public detail::ragged_by_wrapping<cuda_backend> {
   }
 
  private:
+  /// Grid and block of the 2-D grid-stride kernels: threads along columns, as many as a row needs up
+  /// to the whole block; the rest along rows.
+  static std::pair<dim3, dim3> grid_2d(index_t rows, index_t cols) {
+    unsigned bx = 32;
+    while (bx < static_cast<unsigned>(cuda_detail::kBlock) && static_cast<index_t>(bx) < cols) bx *= 2;
+    const unsigned by = static_cast<unsigned>(cuda_detail::kBlock) / bx;
+    const index_t gx = (cols + bx - 1) / bx, gy = (rows + by - 1) / by;
+    return {dim3(static_cast<unsigned>(gx < 65535 ? gx : 65535), static_cast<unsigned>(gy < 65535 ? gy : 65535)),
+            dim3(bx, by)};
+  }
+
   /// Makes `device` current for the scope (restores the previous one).
   class device_guard {
    public:

@@ -13,7 +13,8 @@
 //     order, each thread a contiguous run of `items` positions; cub::BlockScan of the threads'
 //     aggregates, plus the running prefix of the earlier tiles. Scan values are wrapped in
 //     maybe<V> (an explicit "empty" element), because the scan operators have no identity;
-//   * histogram: atomicAdd on 64-bit bins (integers: exact whatever the order);
+//   * histogram: atomicAdd on 64-bit bins (integers: exact whatever the order); up to kSharedBins
+//     bins, per-block 32-bit shared counters first;
 //   * collect: per-thread counts, an exclusive scan of the counts, then each thread writes its
 //     picks at its offset: row-major order, as the CPU backend.
 // Only valid under nvcc.
@@ -318,6 +319,31 @@ struct histogram_2d_fn {
     if (k >= 0) atomicAdd(counts + k, 1ull);
   }
 };
+
+/// Histograms of at most kSharedBins bins count in shared memory first: a pass whose elements fall in a
+/// few bins (the first digits of a selection over similar values) would otherwise serialise on a few
+/// global atomics.
+inline constexpr index_t kSharedBins = 4096;
+
+/// The 2-D for_each's grid-stride loop, each block counting into its own 32-bit shared bins, then adding
+/// the nonzero ones to the 64-bit global bins (integers: exact in any order). nbins <= kSharedBins.
+template <class Bin>
+__global__ void __launch_bounds__(kBlock) histogram_2d_shared_kernel(index_t rows, index_t cols, Bin bin, index_t nbins,
+                                                                     unsigned long long* counts) {
+  __shared__ unsigned int local[kSharedBins];
+  const index_t tid = index_t(threadIdx.y) * blockDim.x + threadIdx.x;
+  for (index_t k = tid; k < nbins; k += kBlock) local[k] = 0;
+  __syncthreads();
+  const index_t sx = index_t(gridDim.x) * blockDim.x, sy = index_t(gridDim.y) * blockDim.y;
+  for (index_t b = index_t(blockIdx.y) * blockDim.y + threadIdx.y; b < rows; b += sy)
+    for (index_t t = index_t(blockIdx.x) * blockDim.x + threadIdx.x; t < cols; t += sx) {
+      const index_t k = bin(b, t);
+      if (k >= 0) atomicAdd(local + k, 1u);
+    }
+  __syncthreads();
+  for (index_t k = tid; k < nbins; k += kBlock)
+    if (local[k] != 0) atomicAdd(counts + k, static_cast<unsigned long long>(local[k]));
+}
 
 template <class T>
 struct fill_fn {

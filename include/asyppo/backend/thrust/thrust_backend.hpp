@@ -14,6 +14,7 @@
 //   histogram                thrust::transform of the bins, thrust::sort, thrust::reduce_by_key
 //   sort_indices             thrust::stable_sort_by_key of (key(i), i)
 //   collect                  a flag and a value per position, thrust::copy_if
+//   reduce_to                reduce, then the sink as a one-element thrust::for_each
 // Memory is the host's (allocate gives host_buffer); copies are std::copy.
 //
 // Why it exists: the CUDA backend is built from kernels plus CUB, and no GPU is available in CI.
@@ -122,6 +123,14 @@ struct bin2 {
   index_t operator()(index_t i) const { return bin(i / cols, i % cols); }
 };
 
+/// reduce_to's last step: the sink on the reduced value, as one element of a for_each.
+template <class Sink, class V>
+struct apply_sink {
+  Sink sink;
+  V value;
+  ASYPPO_HD void operator()(index_t) const { sink(value); }
+};
+
 }  // namespace thrust_detail
 
 /// Policy: a Thrust host execution policy (default thrust::cpp::par).
@@ -218,6 +227,13 @@ class thrust_backend : public detail::ragged_by_wrapping<thrust_backend<Policy>>
     if (rows <= 0 || cols <= 0) return r.identity();
     return thrust::transform_reduce(policy_, counting(0), counting(rows * cols), thrust_detail::lift2<R>{r, cols},
                                     r.identity(), thrust_detail::combine_fn<R>{r});
+  }
+  /// The optional reduce_to (backend/patterns.hpp): the reduction, then the sink as a one-element
+  /// thrust::for_each, so that it runs in the policy's system.
+  template <class R, class Range, class Sink>
+  void reduce_to(index_t rows, index_t cols, R r, Range range, Sink sink) const {
+    const auto v = this->reduce(rows, cols, r, range);
+    thrust::for_each(policy_, counting(0), counting(1), thrust_detail::apply_sink<Sink, typename R::value_type>{sink, v});
   }
   template <class R, class Sink>
   void row_reduce(index_t rows, index_t cols, R r, Sink sink) const {
