@@ -373,3 +373,104 @@ TEST_CASE("a critic update without host round trips: heads forward, value_loss_t
   CHECK(met[0].loss == r.critics[0].loss);
   CHECK(met[1].loss == r.critics[1].loss);
 }
+
+TEST_CASE("the whole AsyPPO step without host round trips: heads, advantage_step_to, both losses, heads backward",
+          "[round_trips]") {
+  // What the GPU suite captures in a CUDA graph (tests/gpu, "cuda graph"): shard weights and normalisers
+  // are made before, once per rollout batch; then nothing in the step waits for the device. The same
+  // step through the host-returning calls on the CPU backend gives the same bits.
+  const int K = 2, B = 8, Tn = 40, N = B * Tn, D = 12;
+  std::mt19937_64 rng(43);
+  const auto h = random_vec(rng, static_cast<std::size_t>(K) * N * D), w = random_vec(rng, static_cast<std::size_t>(K) * D),
+             r = random_vec(rng, N), lp = random_vec(rng, N), olp = random_vec(rng, N), ent = random_vec(rng, N);
+  std::vector<std::uint8_t> m(static_cast<std::size_t>(N));
+  for (int i = 0; i < N; ++i) m[static_cast<std::size_t>(i)] = (i % Tn) < 36 - 4 * (i / Tn) ? 1 : 0;
+  const std::vector<std::int64_t> ids = {3, 3, 3, 3, 9, 9, 9, 9};
+  double tokens = 0;
+  for (auto x : m) tokens += x;
+  std::vector<double> shard(static_cast<std::size_t>(K) * B);
+  shard_weights(cpu_backend(1), seq_view<const std::int64_t>(ids.data(), B), K, view<double, 2>(shard.data(), K, B));
+  const view<const double, 3> hv(h.data(), K, N, D);
+  const view<const double, 2> wv(w.data(), K, D);
+  const mask_view mv(m.data(), B, Tn);
+  auto tv = [&](const std::vector<double>& x) { return token_view<const double>(x.data(), B, Tn); };
+
+  struct outputs {
+    std::vector<double> V, adv, ret, gl, gv, dw;
+    std::vector<std::uint8_t> am, em;
+    double actor_total = 0;
+    std::vector<double> critic_loss;
+  };
+  auto blank = [&] {
+    return outputs{std::vector<double>(static_cast<std::size_t>(K) * N), std::vector<double>(N), std::vector<double>(N),
+                   std::vector<double>(N), std::vector<double>(static_cast<std::size_t>(K) * N), std::vector<double>(w.size()),
+                   std::vector<std::uint8_t>(N), std::vector<std::uint8_t>(N), 0, {}};
+  };
+  advantage_config cfg;
+  cfg.lambda_actor = 0.95;
+  actor_objective_options ao;
+  ao.aggregation = loss_aggregation::token_mean;
+  ao.normalizer.tokens = tokens;
+  ao.entropy_coef = 0.01;
+  value_loss_options vo;
+  vo.aggregation = loss_aggregation::token_mean;
+  vo.normalizers.assign(K, loss_normalizer{tokens, -1, -1});
+  auto actor_in = [&](outputs& o) {
+    return actor_objective_inputs<double>{tv(lp), tv(olp), tv(o.adv), mv, mask_view(o.am.data(), B, Tn), tv(ent),
+                                          mask_view(o.em.data(), B, Tn), {}};
+  };
+  auto critic_in = [&](outputs& o) {
+    const critic_view<const double> values(o.V.data(), K, B, Tn);
+    return value_loss_inputs<double>{values, values, tv(o.ret), {}, mv, view<const double, 2>(shard.data(), K, B)};
+  };
+  auto step_out = [&](outputs& o) {
+    return advantage_outputs<double>{{o.adv.data(), B, Tn}, {o.ret.data(), B, Tn}, {o.am.data(), B, Tn}, {o.em.data(), B, Tn}};
+  };
+  auto step_in = [&](outputs& o) {
+    return advantage_inputs<double>{critic_view<const double>(o.V.data(), K, B, Tn), tv(r), mv,
+                                    seq_view<const std::int64_t>(ids.data(), B)};
+  };
+
+  outputs dev = blank();
+  {
+    const round_trip_backend be(2);
+    critic_heads_options ho;
+    ho.check_finite = false;
+    cfg.check_finite = ao.check_finite = vo.check_finite = false;
+    std::vector<advantage_step_result> summary(1);
+    std::vector<actor_objective_result> actor(1);
+    std::vector<critic_loss_metrics> critic(K);
+    critic_heads_forward(be, hv, wv, {}, view<double, 2>(dev.V.data(), K, N), ho);
+    advantage_step_to(be, step_in(dev), step_out(dev), summary.data(), nullptr, cfg);
+    actor_objective_to(be, actor_in(dev), actor_objective_outputs<double>{{dev.gl.data(), B, Tn}}, actor.data(), ao);
+    value_loss_to(be, critic_in(dev), critic_view<double>(dev.gv.data(), K, B, Tn), critic.data(), vo);
+    critic_heads_backward(be, hv, wv, view<const double, 2>(dev.gv.data(), K, N),
+                          critic_head_gradients<double>{{dev.dw.data(), K, D}}, ho);
+    CHECK(be.round_trips() == 0);
+    dev.actor_total = actor[0].total;
+    for (const auto& c : critic) dev.critic_loss.push_back(c.loss);
+    CHECK(summary[0].valid_tokens == static_cast<std::int64_t>(tokens));
+  }
+  outputs host = blank();
+  {
+    const cpu_backend be(1);
+    cfg.check_finite = ao.check_finite = vo.check_finite = true;
+    critic_heads_forward(be, hv, wv, {}, view<double, 2>(host.V.data(), K, N));
+    advantage_step(be, step_in(host), step_out(host), cfg);
+    host.actor_total = actor_objective(be, actor_in(host), actor_objective_outputs<double>{{host.gl.data(), B, Tn}}, ao).total;
+    const auto vl = value_loss(be, critic_in(host), critic_view<double>(host.gv.data(), K, B, Tn), vo);
+    for (const auto& c : vl.critics) host.critic_loss.push_back(c.loss);
+    critic_heads_backward(be, hv, wv, view<const double, 2>(host.gv.data(), K, N),
+                          critic_head_gradients<double>{{host.dw.data(), K, D}});
+  }
+  CHECK(dev.V == host.V);
+  CHECK(dev.adv == host.adv);
+  CHECK(dev.ret == host.ret);
+  CHECK(dev.am == host.am);
+  CHECK(dev.em == host.em);
+  CHECK(dev.gl == host.gl);
+  CHECK(dev.gv == host.gv);
+  CHECK(dev.dw == host.dw);
+  CHECK(dev.actor_total == host.actor_total);
+  CHECK(dev.critic_loss == host.critic_loss);
+}

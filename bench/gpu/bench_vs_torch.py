@@ -14,12 +14,13 @@ docs/peer-semantics.md (not copied from verl):
                   of the valid tokens' std (the bottom floor(k N) tokens masked out of the advantages, the
                   top floor(h N) out of the entropy bonus; k = h = 0.2), advantages times the mask;
                   asyppo: advantage_step (statistics off), and advantage_step_to (the selection's
-                  digits chosen on the device, the summary left there: no wait for the stream).
+                  digits chosen on the device, the summary left there: no wait for the stream), also
+                  captured once in a CUDA graph and replayed (on a GPU).
   actor loss      verl's vanilla clipped surrogate (clip 0.2, log-ratio clamp 20, token-mean over the
                   response mask, AsyPPO's advantage mask on the per-token loss), forward and backward
                   through autograd to d loss / d logp; asyppo: actor_objective (token-mean, the same
                   masks), which returns that gradient, and actor_objective_to (the loss left in device
-                  memory: no wait for the stream).
+                  memory: no wait for the stream; also as a CUDA graph replay on a GPU).
   critic heads    (information) V = H W + c for K trunks and its backward, torch.einsum with autograd;
                   asyppo: critic_heads_forward / _backward (cuBLAS on a GPU).
 
@@ -93,6 +94,24 @@ class Timer:
 
 
 # ---- inputs --------------------------------------------------------------------------------------------
+
+def graph_replay_ms(call, timer, repeat):
+    """call(stream) captured once in a CUDA graph (torch.cuda.graph, on its capture stream) and timed by
+    replaying it: what a trainer capturing the step pays per step. Returns (ms, None), or (None, the
+    error) when the capture fails (a call that waits for the device cannot be captured)."""
+    try:
+        side = torch.cuda.Stream()
+        side.wait_stream(torch.cuda.current_stream())
+        with torch.cuda.stream(side):  # warm-up off the default stream, as torch.cuda.graph asks
+            call(ctypes.c_void_p(side.cuda_stream))
+        torch.cuda.current_stream().wait_stream(side)
+        g = torch.cuda.CUDAGraph()
+        with torch.cuda.graph(g):
+            call(ctypes.c_void_p(torch.cuda.current_stream().cuda_stream))
+        return timer.best_ms(g.replay, repeat), None
+    except Exception as e:  # noqa: BLE001  (reported in the checks)
+        return None, repr(e)
+
 
 def make_rollout(B, T, K, device, seed=1):
     g = torch.Generator().manual_seed(seed)
@@ -192,17 +211,26 @@ def advantage_case(lib, stream, d, K, B, T, timer, repeat, torch_repeat):
     summary_to = torch.zeros(4, dtype=torch.float64, device=dev)
     adv2, ret2, am2, em2 = (torch.empty_like(adv), torch.empty_like(ret), torch.empty_like(am), torch.empty_like(em))
 
-    def run_to():
-        check(lib, lib.asyppo_bench_advantage_step_to_f32(stream, K, B, T, ptr(d["values"]), ptr(d["rewards"]),
+    def run_to(st=stream):
+        check(lib, lib.asyppo_bench_advantage_step_to_f32(st, K, B, T, ptr(d["values"]), ptr(d["rewards"]),
                                                            ptr(d["mask_u8"]), ptr(d["group_ids"]), ptr(adv2), ptr(ret2),
                                                            ptr(am2), ptr(em2), 0, ptr(summary_to)))
 
+    def same_as_eager():
+        return bool(torch.equal(adv2, adv) and torch.equal(ret2, ret) and torch.equal(am2, am) and torch.equal(em2, em)
+                    and all(x == y or (math.isnan(x) and math.isnan(y))
+                            for x, y in zip(summary_to.tolist(), list(summary))))
+
     ours_to = timer.best_ms(run_to, repeat)
-    checks["device-result variant: same advantages, masks and summary"] = bool(
-        torch.equal(adv2, adv) and torch.equal(ret2, ret) and torch.equal(am2, am) and torch.equal(em2, em)
-        and all(x == y or (math.isnan(x) and math.isnan(y)) for x, y in zip(summary_to.tolist(), list(summary))))
+    checks["device-result variant: same advantages, masks and summary"] = same_as_eager()
+    graph_ms = None
+    if dev.type == "cuda":
+        for t in (adv2, ret2, am2, em2, summary_to):
+            t.zero_()
+        graph_ms, err = graph_replay_ms(run_to, timer, repeat)
+        checks["CUDA graph replay: same advantages, masks and summary"] = same_as_eager() if err is None else err
     bytes_min = B * T * (4 * K + 4 + 1 + 4 + 4 + 1 + 1)  # V, r, m in; A, R, I^A, I^H out
-    return ours, ours_to, theirs, bytes_min, checks
+    return ours, ours_to, graph_ms, theirs, bytes_min, checks
 
 
 def actor_case(lib, stream, d, B, T, timer, repeat):
@@ -229,15 +257,20 @@ def actor_case(lib, stream, d, B, T, timer, repeat):
     total = torch.zeros(1, dtype=torch.float64, device=dev)
     tokens = float(d["mask_f"].sum())
 
-    def run_to():
-        check(lib, lib.asyppo_bench_actor_objective_to_f32(stream, B, T, ptr(d["logp"]), ptr(d["old_logp"]),
+    def run_to(st=stream):
+        check(lib, lib.asyppo_bench_actor_objective_to_f32(st, B, T, ptr(d["logp"]), ptr(d["old_logp"]),
                                                             ptr(d["adv"]), ptr(d["mask_u8"]), ptr(am), ptr(grad), tokens,
                                                             ptr(total)))
 
     ours_to = timer.best_ms(run_to, repeat)
     checks["device-result loss"] = float(total[0])
+    graph_ms = None
+    if dev.type == "cuda":
+        total.zero_()
+        graph_ms, err = graph_replay_ms(run_to, timer, repeat)
+        checks["CUDA graph replay loss"] = float(total[0]) if err is None else err
     bytes_min = B * T * (4 * 3 + 1 + 1 + 4)  # logp, old_logp, A, m, I^A in; dL/dlogp out
-    return ours, ours_to, theirs, bytes_min, checks
+    return ours, ours_to, graph_ms, theirs, bytes_min, checks
 
 
 def heads_case(lib, stream, K, N, D, device, timer, repeat):
@@ -287,13 +320,17 @@ def main():
     copy_bps = copy_bandwidth(device, timer, a.repeat)
     d = make_rollout(a.B, a.T, a.K, device)
     rows = []
-    ours, ours_to, theirs, nbytes, ck = advantage_case(lib, stream, d, a.K, a.B, a.T, timer, a.repeat,
-                                                        a.torch_gae_repeat)
+    ours, ours_to, graph_ms, theirs, nbytes, ck = advantage_case(lib, stream, d, a.K, a.B, a.T, timer, a.repeat,
+                                                                  a.torch_gae_repeat)
     rows.append(("advantage step", ours, theirs, nbytes, ck))
     rows.append(("advantage step (device result)", ours_to, theirs, nbytes, {}))
-    ours, ours_to, theirs, nbytes, ck = actor_case(lib, stream, d, a.B, a.T, timer, a.repeat)
+    if graph_ms is not None:
+        rows.append(("advantage step (device result, CUDA graph replay)", graph_ms, theirs, nbytes, {}))
+    ours, ours_to, graph_ms, theirs, nbytes, ck = actor_case(lib, stream, d, a.B, a.T, timer, a.repeat)
     rows.append(("actor loss + gradient", ours, theirs, nbytes, ck))
     rows.append(("actor loss + gradient (device result)", ours_to, theirs, nbytes, {}))
+    if graph_ms is not None:
+        rows.append(("actor loss + gradient (device result, CUDA graph replay)", graph_ms, theirs, nbytes, {}))
     if a.heads:
         N, D = (int(x) for x in a.heads.split("x"))
         ours, theirs, nbytes, ck = heads_case(lib, stream, a.K, N, D, device, timer, a.repeat)

@@ -17,6 +17,7 @@
 #include <algorithm>
 #include <cmath>
 #include <cstdint>
+#include <cstring>
 #include <random>
 #include <vector>
 
@@ -941,4 +942,129 @@ TEST_CASE("cuda backend: errors name the failing call; host pointers are rejecte
   }
   REQUIRE(ws.used == 0);
   gpu.synchronize();
+}
+
+// ---- CUDA graph: the whole AsyPPO step captured once and replayed ---------------------------------
+// The issue's point of the device-result variants: heads forward, advantage_step_to, actor_objective_to,
+// value_loss_to and heads backward (checks off; shard weights and normalisers computed before, as a
+// trainer does once per rollout batch) queue work without a host round trip, so one stream capture
+// holds them (their temporaries become the graph's allocation nodes: cudaMallocAsync/cudaFreeAsync;
+// cuBLAS from CUDA 12.2 allocates its workspace stream-ordered too). Each replay must give the eager
+// run's bits (the same kernels on the same data; integer atomics only).
+namespace {
+template <class T>
+bool same_bytes(const std::vector<T>& a, const std::vector<T>& b) {
+  return a.size() == b.size() && std::memcmp(a.data(), b.data(), a.size() * sizeof(T)) == 0;
+}
+}  // namespace
+
+TEST_CASE("cuda graph: one AsyPPO step captured and replayed gives the eager bits", "[cuda][graph]") {
+  using T = float;
+  const int K = 2, B = 24, Tn = 700, D = 96;
+  const index_t N = static_cast<index_t>(B) * Tn;
+  cudaStream_t stream = nullptr;
+  ASYPPO_CUDA_CHECK(cudaStreamCreateWithFlags(&stream, cudaStreamNonBlocking));
+  {
+    const cuda_backend gpu(stream);
+    const auto h = make_batch<T>(21, K, B, Tn);
+    const device_batch<T> d(gpu, h);
+    std::mt19937_64 rng(5);
+    const auto hid = upload(gpu, as<T>(random_values(rng, static_cast<std::size_t>(K) * N * D)));
+    const auto w = upload(gpu, as<T>(random_values(rng, static_cast<std::size_t>(K) * D, -0.1, 0.1)));
+    const auto c = upload(gpu, as<T>(random_values(rng, K, -0.1, 0.1)));
+    auto shard = gpu.allocate<T>(K * B);
+    shard_weights(gpu, seq_view<const i64>(d.ids.data(), B), K, view<T, 2>(shard.data(), K, B));
+    double tokens = 0;
+    for (u8 x : h.m) tokens += x != 0;
+    const mask_view dm(d.m.data(), B, Tn);
+    auto tv = [&](const device_buffer<T>& v) { return token_view<const T>(v.data(), B, Tn); };
+
+    struct step_buffers {
+      device_buffer<T> V, adv, ret, gl, gv, dw, dc;
+      device_buffer<u8> am, em;
+      device_buffer<advantage_step_result> summary;
+      device_buffer<actor_objective_result> actor;
+      device_buffer<critic_loss_metrics> critic;
+    };
+    auto buffers = [&] {
+      return step_buffers{gpu.allocate<T>(K * N), gpu.allocate<T>(N), gpu.allocate<T>(N), gpu.allocate<T>(N),
+                          gpu.allocate<T>(K * N), gpu.allocate<T>(K * D), gpu.allocate<T>(K), gpu.allocate<u8>(N),
+                          gpu.allocate<u8>(N), gpu.allocate<advantage_step_result>(1),
+                          gpu.allocate<actor_objective_result>(1), gpu.allocate<critic_loss_metrics>(K)};
+    };
+    const view<const T, 3> hv(hid.data(), K, N, D);
+    const view<const T, 2> wv(w.data(), K, D);
+    auto step = [&](step_buffers& o) {
+      critic_heads_options ho;
+      ho.check_finite = false;
+      critic_heads_forward(gpu, hv, wv, seq_view<const T>(c.data(), K), view<T, 2>(o.V.data(), K, N), ho);
+      const critic_view<const T> values(o.V.data(), K, B, Tn);
+      advantage_config cfg;
+      cfg.lambda_actor = 0.95;
+      cfg.check_finite = false;
+      advantage_step_to(gpu, advantage_inputs<T>{values, tv(d.r), dm, seq_view<const i64>(d.ids.data(), B)},
+                        advantage_outputs<T>{{o.adv.data(), B, Tn}, {o.ret.data(), B, Tn}, {o.am.data(), B, Tn},
+                                             {o.em.data(), B, Tn}},
+                        o.summary.data(), nullptr, cfg);
+      actor_objective_options ao;
+      ao.check_finite = false;
+      ao.aggregation = loss_aggregation::token_mean;
+      ao.normalizer.tokens = tokens;
+      ao.entropy_coef = 0.01;
+      actor_objective_to(gpu,
+                         actor_objective_inputs<T>{tv(d.logp), tv(d.old_logp), tv(o.adv), dm, mask_view(o.am.data(), B, Tn),
+                                                   tv(d.ent), mask_view(o.em.data(), B, Tn), {}},
+                         actor_objective_outputs<T>{{o.gl.data(), B, Tn}}, o.actor.data(), ao);
+      value_loss_options vo;
+      vo.check_finite = false;
+      vo.aggregation = loss_aggregation::token_mean;
+      vo.normalizers.assign(K, loss_normalizer{tokens, -1, -1});
+      value_loss_to(gpu,
+                    value_loss_inputs<T>{values, values, tv(o.ret), {}, dm, view<const T, 2>(shard.data(), K, B)},
+                    critic_view<T>(o.gv.data(), K, B, Tn), o.critic.data(), vo);
+      critic_heads_backward(gpu, hv, wv, view<const T, 2>(o.gv.data(), K, N),
+                            critic_head_gradients<T>{{o.dw.data(), K, D}, {o.dc.data(), K}}, ho);
+    };
+    auto eager = buffers();
+    step(eager);  // also creates the cuBLAS handle and loads every kernel before the capture
+    ASYPPO_CUDA_CHECK(cudaStreamSynchronize(stream));
+
+    auto graphed = buffers();
+    cudaGraph_t graph = nullptr;
+    ASYPPO_CUDA_CHECK(cudaStreamBeginCapture(stream, cudaStreamCaptureModeGlobal));
+    try {
+      step(graphed);
+    } catch (...) {
+      cudaGraph_t broken = nullptr;
+      cudaStreamEndCapture(stream, &broken);  // leave the stream usable, then report
+      if (broken) cudaGraphDestroy(broken);
+      throw;
+    }
+    ASYPPO_CUDA_CHECK(cudaStreamEndCapture(stream, &graph));
+    cudaGraphExec_t exec = nullptr;
+    ASYPPO_CUDA_CHECK(cudaGraphInstantiate(&exec, graph, 0));
+    for (int replay = 0; replay < 2; ++replay) {
+      CAPTURE(replay);
+      ASYPPO_CUDA_CHECK(cudaGraphLaunch(exec, stream));
+      ASYPPO_CUDA_CHECK(cudaStreamSynchronize(stream));
+      CHECK(same_bytes(download(gpu, graphed.V), download(gpu, eager.V)));
+      CHECK(same_bytes(download(gpu, graphed.adv), download(gpu, eager.adv)));
+      CHECK(same_bytes(download(gpu, graphed.ret), download(gpu, eager.ret)));
+      CHECK(same_bytes(download(gpu, graphed.am), download(gpu, eager.am)));
+      CHECK(same_bytes(download(gpu, graphed.em), download(gpu, eager.em)));
+      CHECK(same_bytes(download(gpu, graphed.gl), download(gpu, eager.gl)));
+      CHECK(same_bytes(download(gpu, graphed.gv), download(gpu, eager.gv)));
+      CHECK(same_bytes(download(gpu, graphed.dw), download(gpu, eager.dw)));
+      CHECK(same_bytes(download(gpu, graphed.dc), download(gpu, eager.dc)));
+      CHECK(same_bytes(download(gpu, graphed.summary), download(gpu, eager.summary)));
+      CHECK(same_bytes(download(gpu, graphed.actor), download(gpu, eager.actor)));
+      CHECK(same_bytes(download(gpu, graphed.critic), download(gpu, eager.critic)));
+    }
+    const auto s = download(gpu, eager.summary)[0];
+    CHECK(s.valid_tokens == static_cast<std::int64_t>(tokens));
+    CHECK(s.adv_masked == static_cast<std::int64_t>(std::floor(0.2 * tokens)));
+    ASYPPO_CUDA_CHECK(cudaGraphExecDestroy(exec));
+    ASYPPO_CUDA_CHECK(cudaGraphDestroy(graph));
+  }
+  ASYPPO_CUDA_CHECK(cudaStreamDestroy(stream));
 }

@@ -260,7 +260,11 @@ class cuda_backend : public detail::ragged_by_wrapping<cuda_backend> {
     }
     if (rows <= 0 || cols <= 0) return;
     device_guard g(device_);
-    const auto [grid, block] = grid_2d(rows, cols);
+    // At most 1024 blocks (the grid-stride loop covers the rest), so that each block's clearing and
+    // flushing of its shared bins is spread over many elements.
+    auto [grid, block] = grid_2d(rows, cols);
+    grid.x = grid.x < 1024u ? grid.x : 1024u;
+    grid.y = grid.y < 1024u / grid.x ? grid.y : 1024u / grid.x;
     cuda_detail::histogram_2d_shared_kernel<<<grid, block, 0, stream_>>>(rows, cols, bin, nbins, as_ull(counts));
     cuda_detail::check_launch("histogram_2d_shared_kernel");
   }
