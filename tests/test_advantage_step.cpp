@@ -107,16 +107,17 @@ step_out<T> run_step(const step_data<T>& d, const advantage_config& cfg, int thr
 }
 
 // advantage_step_to on the CPU backend posing as a device backend (its device paths; round trips
-// counted): the summary read back from "device memory" into a step_out like run_step's. It writes no
-// shards (left at 9) and, without statistics, no explained variance (the [K] array is checked untouched).
+// counted), or on the CPU backend (its host path): the summary read back from "device memory" into a
+// step_out like run_step's. Without statistics it writes no explained variance (the [K] array is
+// checked untouched).
 template <class T>
 step_out<T> run_step_to(const step_data<T>& d, advantage_config cfg, int threads, int* trips = nullptr,
                         bool host_path = false) {
   step_out<T> o = blank_out(d);
   const advantage_inputs<T> in = inputs_of(d);
   advantage_outputs<T> out{token_view<T>(o.adv.data(), d.B, d.Tn), token_view<T>(o.ret.data(), d.B, d.Tn),
-                           mask_out(o.am.data(), d.B, d.Tn), mask_out(o.em.data(), d.B, d.Tn), view<T, 2>{},
-                           token_view<T>(o.sd.data(), d.B, d.Tn)};
+                           mask_out(o.am.data(), d.B, d.Tn), mask_out(o.em.data(), d.B, d.Tn),
+                           view<T, 2>(o.shards.data(), d.K, d.B), token_view<T>(o.sd.data(), d.B, d.Tn)};
   advantage_step_result res;
   res.sequences = -5;  // overwritten
   std::vector<double> ev(static_cast<std::size_t>(d.K), 123.0);
@@ -149,22 +150,18 @@ step_out<T> run_step_to(const step_data<T>& d, advantage_config cfg, int threads
 template <class T>
 std::vector<unsigned char> bytes_of(const step_out<T>& o);
 
-// advantage_step_to gives advantage_step's bits (shards aside) and, without the finiteness check,
-// makes no host round trip.
+// advantage_step_to gives advantage_step's bits and, without the finiteness check, makes no host round
+// trip.
 template <class T>
 void check_step_to(const step_data<T>& d, advantage_config cfg, const step_out<T>& want, int threads) {
   cfg.check_finite = false;
   int trips = -1;
   auto got = run_step_to(d, cfg, threads, &trips);
   REQUIRE(trips == 0);
-  for (auto w : got.shards) REQUIRE(w == T(9));
-  got.shards = want.shards;
   const auto a = bytes_of(want), b = bytes_of(got);
   REQUIRE(a.size() == b.size());
   REQUIRE(std::memcmp(a.data(), b.data(), a.size()) == 0);
-  auto host = run_step_to(d, cfg, threads, nullptr, true);
-  host.shards = want.shards;
-  const auto c = bytes_of(host);
+  const auto c = bytes_of(run_step_to(d, cfg, threads, nullptr, true));
   REQUIRE(a.size() == c.size());
   REQUIRE(std::memcmp(a.data(), c.data(), a.size()) == 0);
 }
@@ -496,7 +493,7 @@ TEMPLATE_TEST_CASE("advantage_step_to: advantage_step's bits, many critics, thre
     }
   }
   // With the finiteness check: one round trip, and NaN on a valid token throws before any output is
-  // written. Shards are not written: asking for them is an error.
+  // written.
   auto d = make_data<T>(77, 2, 6, 40, false);
   advantage_config cfg;
   int trips = -1;
@@ -506,15 +503,18 @@ TEMPLATE_TEST_CASE("advantage_step_to: advantage_step's bits, many critics, thre
   std::size_t i = 0;
   while (!d.m[i]) ++i;
   d.r[i] = std::numeric_limits<T>::quiet_NaN();
-  REQUIRE_THROWS_WITH(run_step_to(d, cfg, 1), Catch::Contains("advantage_step_to") && Catch::Contains("NaN or Inf"));
-  std::vector<T> a(d.r.size(), T(9)), sh(12, T(9));
-  ref::bytes am(d.r.size(), 9);
-  const advantage_inputs<T> in{critic_view<const T>(d.V.data(), 2, 6, 40), token_view<const T>(d.r.data(), 6, 40),
-                               mask_view(d.m.data(), 6, 40), seq_view<const i64>(d.ids.data(), 6)};
-  const advantage_outputs<T> out{token_view<T>(a.data(), 6, 40), token_view<T>(a.data(), 6, 40), mask_out(am.data(), 6, 40),
-                                 mask_out(am.data(), 6, 40), view<T, 2>(sh.data(), 2, 6)};
-  REQUIRE_THROWS_WITH(advantage_step_to(cpu_backend(), in, out, nullptr, nullptr, cfg),
-                      Catch::Contains("out.shard_weights") && Catch::Contains("must be empty"));
-  for (auto x : a) REQUIRE(x == T(9));
-  for (auto x : am) REQUIRE(x == 9);
+  for (bool host_path : {false, true}) {
+    step_out<T> o = blank_out(d);
+    const advantage_outputs<T> out{{o.adv.data(), 6, 40}, {o.ret.data(), 6, 40}, {o.am.data(), 6, 40},
+                                   {o.em.data(), 6, 40}, {o.shards.data(), 2, 6}, {o.sd.data(), 6, 40}};
+    std::vector<double> ev(2, 5.0);
+    auto call = [&] {
+      if (host_path) advantage_step_to(cpu_backend(1), inputs_of(d), out, nullptr, ev.data(), cfg);
+      else advantage_step_to(asyppo_test::round_trip_backend(1), inputs_of(d), out, nullptr, ev.data(), cfg);
+    };
+    REQUIRE_THROWS_WITH(call(), Catch::Contains("advantage_step_to") && Catch::Contains("NaN or Inf"));
+    const auto untouched = blank_out(d);
+    REQUIRE(bytes_of(o) == bytes_of(untouched));
+    REQUIRE(ev == std::vector<double>(2, 5.0));
+  }
 }

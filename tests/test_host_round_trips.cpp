@@ -98,7 +98,7 @@ TEST_CASE("entry points without host round trips (CUDA-graph capturable) make no
     std::vector<std::uint8_t> am(m.size()), em(m.size());
     std::vector<mask_counts> mc(1);
     std::vector<advantage_step_result> res(1);
-    std::vector<double> ev(static_cast<std::size_t>(K));
+    std::vector<double> ev(static_cast<std::size_t>(K)), shards(static_cast<std::size_t>(K) * B);
     const std::vector<std::int64_t> ids = {0, 0, 1, 1, 2};
     int t_masks = 0, t_step = 0;
     for (auto scope : {mask_scope::batch, mask_scope::sequence}) {
@@ -115,7 +115,8 @@ TEST_CASE("entry points without host round trips (CUDA-graph capturable) make no
       ac.whiten_advantages = true;
       t_step += trips([&] {
         advantage_step_to(be, advantage_inputs<double>{values, rewards, mask, seq_view<const std::int64_t>(ids.data(), B)},
-                          advantage_outputs<double>{{a.data(), B, Tn}, {ret.data(), B, Tn}, {am.data(), B, Tn}, {em.data(), B, Tn}},
+                          advantage_outputs<double>{{a.data(), B, Tn}, {ret.data(), B, Tn}, {am.data(), B, Tn},
+                                                    {em.data(), B, Tn}, {shards.data(), K, B}},
                           res.data(), ev.data(), ac);
       });
     }
@@ -376,8 +377,8 @@ TEST_CASE("a critic update without host round trips: heads forward, value_loss_t
 
 TEST_CASE("the whole AsyPPO step without host round trips: heads, advantage_step_to, both losses, heads backward",
           "[round_trips]") {
-  // What the GPU suite captures in a CUDA graph (tests/gpu, "cuda graph"): shard weights and normalisers
-  // are made before, once per rollout batch; then nothing in the step waits for the device. The same
+  // What the GPU suite captures in a CUDA graph (tests/gpu, "cuda graph"): with the normalisers given
+  // (the caller's counts), nothing in the step waits for the device, shard weights included. The same
   // step through the host-returning calls on the CPU backend gives the same bits.
   const int K = 2, B = 8, Tn = 40, N = B * Tn, D = 12;
   std::mt19937_64 rng(43);
@@ -388,15 +389,13 @@ TEST_CASE("the whole AsyPPO step without host round trips: heads, advantage_step
   const std::vector<std::int64_t> ids = {3, 3, 3, 3, 9, 9, 9, 9};
   double tokens = 0;
   for (auto x : m) tokens += x;
-  std::vector<double> shard(static_cast<std::size_t>(K) * B);
-  shard_weights(cpu_backend(1), seq_view<const std::int64_t>(ids.data(), B), K, view<double, 2>(shard.data(), K, B));
   const view<const double, 3> hv(h.data(), K, N, D);
   const view<const double, 2> wv(w.data(), K, D);
   const mask_view mv(m.data(), B, Tn);
   auto tv = [&](const std::vector<double>& x) { return token_view<const double>(x.data(), B, Tn); };
 
   struct outputs {
-    std::vector<double> V, adv, ret, gl, gv, dw;
+    std::vector<double> V, adv, ret, gl, gv, dw, shard;
     std::vector<std::uint8_t> am, em;
     double actor_total = 0;
     std::vector<double> critic_loss;
@@ -404,7 +403,8 @@ TEST_CASE("the whole AsyPPO step without host round trips: heads, advantage_step
   auto blank = [&] {
     return outputs{std::vector<double>(static_cast<std::size_t>(K) * N), std::vector<double>(N), std::vector<double>(N),
                    std::vector<double>(N), std::vector<double>(static_cast<std::size_t>(K) * N), std::vector<double>(w.size()),
-                   std::vector<std::uint8_t>(N), std::vector<std::uint8_t>(N), 0, {}};
+                   std::vector<double>(static_cast<std::size_t>(K) * B), std::vector<std::uint8_t>(N),
+                   std::vector<std::uint8_t>(N), 0, {}};
   };
   advantage_config cfg;
   cfg.lambda_actor = 0.95;
@@ -421,10 +421,11 @@ TEST_CASE("the whole AsyPPO step without host round trips: heads, advantage_step
   };
   auto critic_in = [&](outputs& o) {
     const critic_view<const double> values(o.V.data(), K, B, Tn);
-    return value_loss_inputs<double>{values, values, tv(o.ret), {}, mv, view<const double, 2>(shard.data(), K, B)};
+    return value_loss_inputs<double>{values, values, tv(o.ret), {}, mv, view<const double, 2>(o.shard.data(), K, B)};
   };
   auto step_out = [&](outputs& o) {
-    return advantage_outputs<double>{{o.adv.data(), B, Tn}, {o.ret.data(), B, Tn}, {o.am.data(), B, Tn}, {o.em.data(), B, Tn}};
+    return advantage_outputs<double>{{o.adv.data(), B, Tn}, {o.ret.data(), B, Tn}, {o.am.data(), B, Tn},
+                                     {o.em.data(), B, Tn}, {o.shard.data(), K, B}};
   };
   auto step_in = [&](outputs& o) {
     return advantage_inputs<double>{critic_view<const double>(o.V.data(), K, B, Tn), tv(r), mv,
@@ -471,6 +472,7 @@ TEST_CASE("the whole AsyPPO step without host round trips: heads, advantage_step
   CHECK(dev.gl == host.gl);
   CHECK(dev.gv == host.gv);
   CHECK(dev.dw == host.dw);
+  CHECK(dev.shard == host.shard);
   CHECK(dev.actor_total == host.actor_total);
   CHECK(dev.critic_loss == host.critic_loss);
 }

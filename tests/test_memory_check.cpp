@@ -225,11 +225,13 @@ TEST_CASE("memory check: advantage-side entry points check every view before any
     check_entry("asyppo::advantage_step_to",
                 {{"values", d.V.data()}, {"rewards", d.r.data()}, {"mask", d.m.data()}, {"group_ids", d.ids.data()},
                  {"out.advantages", o1.data()}, {"out.returns", o2.data()}, {"out.adv_mask", m1.data()},
-                 {"out.entropy_mask", m2.data()}, {"out.std", o3.data()}, {"result", &res}, {"explained_variance", ev.data()}},
+                 {"out.entropy_mask", m2.data()}, {"out.shard_weights", kw.data()}, {"out.std", o3.data()},
+                 {"result", &res}, {"explained_variance", ev.data()}},
                 out, [&](const checking_backend& be) {
                   advantage_step_to(be, advantage_inputs<double>{d.values(), d.tok(d.r), d.msk(d.m), d.group_ids()},
                                     advantage_outputs<double>{out_tok(o1), out_tok(o2), mask_out(m1.data(), B, Tn),
-                                                              mask_out(m2.data(), B, Tn), {}, out_tok(o3)},
+                                                              mask_out(m2.data(), B, Tn), view<double, 2>(kw.data(), K, B),
+                                                              out_tok(o3)},
                                     &res, ev.data());
                 });
   }

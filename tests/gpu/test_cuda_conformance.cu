@@ -945,10 +945,9 @@ TEST_CASE("cuda backend: errors name the failing call; host pointers are rejecte
 }
 
 // ---- CUDA graph: the whole AsyPPO step captured once and replayed ---------------------------------
-// The issue's point of the device-result variants: heads forward, advantage_step_to, actor_objective_to,
-// value_loss_to and heads backward (checks off; shard weights and normalisers computed before, as a
-// trainer does once per rollout batch) queue work without a host round trip, so one stream capture
-// holds them (their temporaries become the graph's allocation nodes: cudaMallocAsync/cudaFreeAsync;
+// The issue's point of the device-result variants: heads forward, advantage_step_to (shard weights
+// included), actor_objective_to, value_loss_to and heads backward (checks off; the normalisers are the
+// caller's counts) queue work without a host round trip, so one stream capture holds them (their temporaries become the graph's allocation nodes: cudaMallocAsync/cudaFreeAsync;
 // cuBLAS from CUDA 12.2 allocates its workspace stream-ordered too). Each replay must give the eager
 // run's bits (the same kernels on the same data; integer atomics only).
 namespace {
@@ -972,15 +971,13 @@ TEST_CASE("cuda graph: one AsyPPO step captured and replayed gives the eager bit
     const auto hid = upload(gpu, as<T>(random_values(rng, static_cast<std::size_t>(K) * N * D)));
     const auto w = upload(gpu, as<T>(random_values(rng, static_cast<std::size_t>(K) * D, -0.1, 0.1)));
     const auto c = upload(gpu, as<T>(random_values(rng, K, -0.1, 0.1)));
-    auto shard = gpu.allocate<T>(K * B);
-    shard_weights(gpu, seq_view<const i64>(d.ids.data(), B), K, view<T, 2>(shard.data(), K, B));
     double tokens = 0;
     for (u8 x : h.m) tokens += x != 0;
     const mask_view dm(d.m.data(), B, Tn);
     auto tv = [&](const device_buffer<T>& v) { return token_view<const T>(v.data(), B, Tn); };
 
     struct step_buffers {
-      device_buffer<T> V, adv, ret, gl, gv, dw, dc;
+      device_buffer<T> V, adv, ret, gl, gv, dw, dc, shard;
       device_buffer<u8> am, em;
       device_buffer<advantage_step_result> summary;
       device_buffer<actor_objective_result> actor;
@@ -988,7 +985,8 @@ TEST_CASE("cuda graph: one AsyPPO step captured and replayed gives the eager bit
     };
     auto buffers = [&] {
       return step_buffers{gpu.allocate<T>(K * N), gpu.allocate<T>(N), gpu.allocate<T>(N), gpu.allocate<T>(N),
-                          gpu.allocate<T>(K * N), gpu.allocate<T>(K * D), gpu.allocate<T>(K), gpu.allocate<u8>(N),
+                          gpu.allocate<T>(K * N), gpu.allocate<T>(K * D), gpu.allocate<T>(K), gpu.allocate<T>(K * B),
+                          gpu.allocate<u8>(N),
                           gpu.allocate<u8>(N), gpu.allocate<advantage_step_result>(1),
                           gpu.allocate<actor_objective_result>(1), gpu.allocate<critic_loss_metrics>(K)};
     };
@@ -1004,7 +1002,7 @@ TEST_CASE("cuda graph: one AsyPPO step captured and replayed gives the eager bit
       cfg.check_finite = false;
       advantage_step_to(gpu, advantage_inputs<T>{values, tv(d.r), dm, seq_view<const i64>(d.ids.data(), B)},
                         advantage_outputs<T>{{o.adv.data(), B, Tn}, {o.ret.data(), B, Tn}, {o.am.data(), B, Tn},
-                                             {o.em.data(), B, Tn}},
+                                             {o.em.data(), B, Tn}, {o.shard.data(), K, B}},
                         o.summary.data(), nullptr, cfg);
       actor_objective_options ao;
       ao.check_finite = false;
@@ -1020,7 +1018,7 @@ TEST_CASE("cuda graph: one AsyPPO step captured and replayed gives the eager bit
       vo.aggregation = loss_aggregation::token_mean;
       vo.normalizers.assign(K, loss_normalizer{tokens, -1, -1});
       value_loss_to(gpu,
-                    value_loss_inputs<T>{values, values, tv(o.ret), {}, dm, view<const T, 2>(shard.data(), K, B)},
+                    value_loss_inputs<T>{values, values, tv(o.ret), {}, dm, view<const T, 2>(o.shard.data(), K, B)},
                     critic_view<T>(o.gv.data(), K, B, Tn), o.critic.data(), vo);
       critic_heads_backward(gpu, hv, wv, view<const T, 2>(o.gv.data(), K, N),
                             critic_head_gradients<T>{{o.dw.data(), K, D}, {o.dc.data(), K}}, ho);
@@ -1056,6 +1054,7 @@ TEST_CASE("cuda graph: one AsyPPO step captured and replayed gives the eager bit
       CHECK(same_bytes(download(gpu, graphed.gv), download(gpu, eager.gv)));
       CHECK(same_bytes(download(gpu, graphed.dw), download(gpu, eager.dw)));
       CHECK(same_bytes(download(gpu, graphed.dc), download(gpu, eager.dc)));
+      CHECK(same_bytes(download(gpu, graphed.shard), download(gpu, eager.shard)));
       CHECK(same_bytes(download(gpu, graphed.summary), download(gpu, eager.summary)));
       CHECK(same_bytes(download(gpu, graphed.actor), download(gpu, eager.actor)));
       CHECK(same_bytes(download(gpu, graphed.critic), download(gpu, eager.critic)));

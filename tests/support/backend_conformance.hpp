@@ -67,8 +67,7 @@ batch<T> make(std::uint64_t seed, int K, int B, int Tn, int distinct_sigma = 0) 
   return d;
 }
 
-/// advantage_step, or (resident) advantage_step_to with its result read back into a summary (no shards:
-/// their outputs stay 0).
+/// advantage_step, or (resident) advantage_step_to with its result read back into a summary.
 template <class T, class Backend>
 std::pair<advantage_summary, std::vector<std::vector<double>>> step(const Backend& be, const batch<T>& d,
                                                                      const advantage_config& cfg, bool resident = false) {
@@ -81,7 +80,6 @@ std::pair<advantage_summary, std::vector<std::vector<double>>> step(const Backen
                            {em.data(), d.B, d.Tn}, {w.data(), d.K, d.B}, {sd.data(), d.B, d.Tn}};
   advantage_summary s;
   if (resident) {
-    out.shard_weights = {};
     advantage_step_result r;
     s.explained_variance.assign(static_cast<std::size_t>(d.K), 0.0);
     advantage_step_to(be, in, out, &r, s.explained_variance.data(), cfg);
@@ -112,14 +110,14 @@ void conformance_advantage_step(const Make& backend_at) {
         INFO("seed " << seed << " ties " << ties << " variant " << variant);
         const auto [s0, o0] = step(cpu_backend(1), d, cfg);
         // The resident variant (advantage_step_to, every other configuration; checks off) on this
-        // backend: the same checks but the shards, which it does not write.
+        // backend: the same checks.
         const bool resident = (seed + static_cast<std::uint64_t>(variant)) % 2 == 1;
         INFO("resident " << resident);
         if (resident) cfg.check_finite = false;
         const auto [s1, o1] = step(backend_at(seed * 11 + static_cast<std::uint64_t>(variant)), d, cfg, resident);
         for (int k = 0; k < 2; ++k) require_close(o1[static_cast<std::size_t>(k)], o0[static_cast<std::size_t>(k)], k ? "returns" : "advantages", 50 * tol<T>());
         CHECK(o1[2] == o0[2]);  // sigma: per token, no sum
-        if (!resident) CHECK(o1[3] == o0[3]);  // shards
+        CHECK(o1[3] == o0[3]);  // shards
         CHECK(o1[4] == o0[4]);  // advantage mask
         CHECK(o1[5] == o0[5]);  // entropy mask
         CHECK(s1.valid_tokens == s0.valid_tokens);

@@ -22,7 +22,7 @@
 // before any output is written. Every output is deterministic and independent of thread count.
 // advantage_step_to (docs/algorithm.md, A5): the same outputs, bit for bit, with the summary left in
 // backend memory and the selection resident there (no host round trip once checks are off); one
-// process, no shard weights.
+// process.
 #pragma once
 
 #include <cmath>
@@ -435,9 +435,8 @@ struct store_step_counts {
 /// same outputs, bit for bit, and the summary written to *result and the critics' explained variances
 /// to explained_variance [K] (both backend memory, both optional; explained_variance is written only
 /// with cfg.statistics). The masks' thresholds, ties and the sigma quantiles come from the resident
-/// selection (core/select.hpp), whitening from masked_whiten_to's device state. One process. It writes
-/// no shard weights (their group layout is made on the host): out.shard_weights must be empty (call
-/// shard_weights once per batch of group ids). With cfg.check_finite the NaN/Inf check waits for the
+/// selection (core/select.hpp), whitening from masked_whiten_to's device state, the shard weights from
+/// the group layout's sort and scan (core/shards.hpp). One process. With cfg.check_finite the NaN/Inf check waits for the
 /// device (one round trip); without it nothing does, so a CUDA graph can hold the call. A host-memory
 /// backend (the CPU's), where nothing waits, takes advantage_step's path. Throws like advantage_step.
 template <class Backend, class T>
@@ -446,8 +445,6 @@ void advantage_step_to(const Backend& be, const advantage_inputs<T>& in, const a
   constexpr const char* where = "asyppo::advantage_step_to";
   const auto [g, mo] = detail::check_advantage_step(be, where, in, out, cfg);
   const index_t K = in.values.extent[0], B = in.values.extent[1], Tn = in.values.extent[2];
-  if (detail::present(out.shard_weights))
-    detail::fail(where, "out.shard_weights", "must be empty: advantage_step_to writes no shard weights (call shard_weights)");
   if (result) detail::check_memory(be, where, "result", seq_view<advantage_step_result>(result, 1));
   if (explained_variance) detail::check_memory(be, where, "explained_variance", seq_view<double>(explained_variance, K));
   if constexpr (detail::host_memory_backend<Backend>) {  // nothing to wait for: the host path, its summary copied
@@ -510,6 +507,8 @@ void advantage_step_to(const Backend& be, const advantage_inputs<T>& in, const a
     be.for_each(B, Tn, detail::apply_adv_mask<T>{out.advantages, in.mask, view<const std::uint8_t, 2>(out.adv_mask)},
                 heads);
   }
+  if (detail::present(out.shard_weights))
+    detail::shard_weights_resident(be, in.group_ids, K, out.shard_weights, cfg.shards);
 }
 
 }  // namespace asyppo

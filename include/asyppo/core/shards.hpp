@@ -38,16 +38,16 @@ template <class T>
 struct shard_kernel {
   const index_t* group_of;  // local dense group of b
   const index_t* position;  // local position of b in its group
-  const index_t* number;    // [G] group number among all ranks' groups
+  const index_t* number;    // [G] group number among all ranks' groups (null: one process, g itself)
   const index_t* size;      // [G] group size over all ranks
-  const index_t* before;    // [G] members of the group on lower ranks
+  const index_t* before;    // [G] members of the group on lower ranks (null: one process, none)
   index_t K;
   shard_mode mode;
   view<T, 2> weights;
   seq_view<std::int64_t> critic_of;
   ASYPPO_HD void operator()(index_t b) const {
     const index_t g = group_of[b];
-    const index_t c = shard_critic(before[g] + position[b], size[g], number[g], K, mode);
+    const index_t c = shard_critic((before ? before[g] : 0) + position[b], size[g], number ? number[g] : g, K, mode);
     if (weights.data)
       for (index_t k = 0; k < K; ++k) weights(k, b) = k == c ? T(1) : T(0);
     if (critic_of.data) critic_of(b) = c;
@@ -69,6 +69,37 @@ void shard_weights_unchecked(const Backend& be, seq_view<const std::int64_t> gro
   be.copy_from_host(place.before.data(), G, d.data() + 2 * G);
   be.for_each(L.sequences, shard_kernel<T>{L.group_of.data(), L.position.data(), d.data(), d.data() + G,
                                            d.data() + 2 * G, K, mode, weights, critic_of});
+}
+
+/// Sorted position p that ends its group (the last, or followed by another id): the group's size is
+/// its position + 1.
+struct store_group_size {
+  seq_view<const std::int64_t> ids;
+  const index_t* perm;
+  const index_t* group_of;
+  const index_t* position;
+  index_t* size;
+  ASYPPO_HD void operator()(index_t p) const {
+    const index_t b = perm[p];
+    if (p + 1 == ids.extent[0] || ids(perm[p + 1]) != ids(b)) size[group_of[b]] = position[b] + 1;
+  }
+};
+
+/// One process, nothing read on the host (advantage_step_to): the group layout's sort and head scan,
+/// each group's size from its last member, then the shard kernel with the local group numbers. The
+/// same weights as shard_weights_unchecked with one rank.
+template <class Backend, class T>
+void shard_weights_resident(const Backend& be, seq_view<const std::int64_t> ids, index_t K, view<T, 2> weights,
+                            shard_mode mode) {
+  const index_t B = ids.extent[0];
+  if (B == 0) return;
+  auto work = be.template allocate<index_t>(5 * B);  // perm, group heads, group of b, position of b, group size
+  index_t *perm = work.data(), *heads = perm + B, *group_of = heads + B, *position = group_of + B, *size = position + B;
+  be.sort_indices(B, group_key{ids}, perm);
+  be.segmented_scan(scan_direction::forward, 1, row_segments{B}, head_elem{ids, perm}, head_op{},
+                    head_sink{perm, heads, group_of, position});
+  be.for_each(B, store_group_size{ids, perm, group_of, position, size});
+  be.for_each(B, shard_kernel<T>{group_of, position, nullptr, size, nullptr, K, mode, weights, {}});
 }
 
 }  // namespace detail
