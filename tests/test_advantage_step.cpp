@@ -1,5 +1,6 @@
 // Tests of asyppo::advantage_step: the one-call step against the composition of the reference
-// pieces (ensemble sigma, GAE on the mean, masks, I^A, optional whitening, shards, summary).
+// pieces (ensemble sigma, GAE on the mean, masks, I^A, optional whitening, shards, summary); and of
+// advantage_step_to (A5) against advantage_step, byte for byte, on both of its paths.
 #include <catch2/catch.hpp>
 
 #include <cmath>

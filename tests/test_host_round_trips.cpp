@@ -120,6 +120,10 @@ TEST_CASE("entry points without host round trips (CUDA-graph capturable) make no
                           res.data(), ev.data(), ac);
       });
     }
+    const int t_shards = trips([&] {  // one process: the layout's sort and scan, no group counts on the host
+      shard_weights(be, seq_view<const std::int64_t>(ids.data(), B), K, view<double, 2>(shards.data(), K, B));
+    });
+    CHECK(t_shards == 0);
     if (checks) {  // each finiteness check is one reduce (or one copy of the row tallies)
       CHECK(t_gae == 1);
       CHECK(t_ens == 1);

@@ -1,6 +1,7 @@
-// Tests of asyppo::uncertainty_masks (E10, E11, D2-D4) against a full-sort reference. Masks and
-// counts are exact, so every comparison here is ==. Tie rule (header): one total order by
-// (sigma, flat index); I^A = 0 on its first floor(kN) tokens, I^H = 0 on its last floor(hN).
+// Tests of asyppo::uncertainty_masks (E10, E11, D2-D4) and uncertainty_masks_to (S4) against a
+// full-sort reference. Masks and counts are exact, so every comparison here is ==. Tie rule (header):
+// one total order by (sigma, flat index); I^A = 0 on its first floor(kN) tokens, I^H = 0 on its last
+// floor(hN).
 #include <catch2/catch.hpp>
 
 #include <cmath>

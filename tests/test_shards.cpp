@@ -11,6 +11,7 @@
 
 #include "asyppo/asyppo.hpp"
 #include "reference.hpp"
+#include "round_trip_backend.hpp"
 
 using namespace asyppo;
 using i64 = std::int64_t;
@@ -22,13 +23,22 @@ struct shard_run {
   std::vector<i64> critic_of;   // [B]
 };
 
-shard_run run(const std::vector<i64>& ids, i64 K, shard_mode mode, int threads = 1) {
+// device: the CPU backend posing as a device backend, where one process takes the path without host
+// round trips (the layout's sort and scan, group sizes from each group's last member); asserted.
+shard_run run(const std::vector<i64>& ids, i64 K, shard_mode mode, int threads = 1, bool device = false) {
   const i64 B = static_cast<i64>(ids.size());
   shard_run r;
   r.weights.assign(static_cast<std::size_t>(K * B), -1.0);
   r.critic_of.assign(static_cast<std::size_t>(B), -7);
-  shard_weights(cpu_backend(threads), seq_view<const i64>(ids.data(), B), K,
-                view<double, 2>(r.weights.data(), K, B), mode, seq_view<i64>(r.critic_of.data(), B));
+  const seq_view<const i64> iv(ids.data(), B);
+  const view<double, 2> wv(r.weights.data(), K, B);
+  if (device) {
+    const asyppo_test::round_trip_backend be(threads);
+    shard_weights(be, iv, K, wv, mode, seq_view<i64>(r.critic_of.data(), B));
+    REQUIRE(be.round_trips() == 0);
+  } else {
+    shard_weights(cpu_backend(threads), iv, K, wv, mode, seq_view<i64>(r.critic_of.data(), B));
+  }
   return r;
 }
 
@@ -58,12 +68,14 @@ void check_structure(const std::vector<i64>& ids, i64 K, const shard_run& r) {
 }
 
 void check_against_reference(const std::vector<i64>& ids, i64 K) {
-  for (auto mode : {shard_mode::contiguous, shard_mode::strided}) {
-    const auto r = run(ids, K, mode);
-    check_structure(ids, K, r);
-    const auto want = ref::shards(ids, K, mode == shard_mode::strided);
-    REQUIRE(r.critic_of == want);
-  }
+  for (auto mode : {shard_mode::contiguous, shard_mode::strided})
+    for (bool device : {false, true}) {
+      INFO("device path " << device);
+      const auto r = run(ids, K, mode, 1 + static_cast<int>(ids.size() % 3), device);
+      check_structure(ids, K, r);
+      const auto want = ref::shards(ids, K, mode == shard_mode::strided);
+      REQUIRE(r.critic_of == want);
+    }
 }
 
 }  // namespace

@@ -201,10 +201,6 @@ struct apply_adv_mask {
   }
 };
 
-}  // namespace detail
-
-namespace detail {
-
 /// The options of the step's GAE and masks.
 struct advantage_step_options {
   gae_options gae;
@@ -364,8 +360,7 @@ advantage_summary advantage_step_checked(const Backend& be, const char* where, c
   // Shards are requested by a [K,B] view; with B = 0 on some rank its data may be null, and every
   // rank must still take part in the collective group placement.
   if (detail::present(out.shard_weights) || out.shard_weights.extent[0] == K)
-    detail::shard_weights_unchecked(be, in.group_ids, make_group_layout(be, in.group_ids), K, out.shard_weights,
-                                    cfg.shards, {}, comm);
+    detail::shard_weights_of(be, in.group_ids, K, out.shard_weights, cfg.shards, {}, comm);
   return s;
 }
 
@@ -378,7 +373,6 @@ advantage_summary advantage_step(const Backend& be, const advantage_inputs<T>& i
   return detail::advantage_step_checked(be, where, in, out, cfg, detail::check_advantage_step(be, where, in, out, cfg),
                                         comm);
 }
-
 
 namespace detail {
 
@@ -429,86 +423,92 @@ struct store_step_counts {
   }
 };
 
-}  // namespace detail
-
-/// advantage_step with nothing read on the host (docs/algorithm.md, "Device-result variants"): the
-/// same outputs, bit for bit, and the summary written to *result and the critics' explained variances
-/// to explained_variance [K] (both backend memory, both optional; explained_variance is written only
-/// with cfg.statistics). The masks' thresholds, ties and the sigma quantiles come from the resident
-/// selection (core/select.hpp), whitening from masked_whiten_to's device state, the shard weights from
-/// the group layout's sort and scan (core/shards.hpp). One process. With cfg.check_finite the NaN/Inf check waits for the
-/// device (one round trip); without it nothing does, so a CUDA graph can hold the call. A host-memory
-/// backend (the CPU's), where nothing waits, takes advantage_step's path. Throws like advantage_step.
+/// advantage_step_to's device path after its checks: every decision in backend memory.
 template <class Backend, class T>
-void advantage_step_to(const Backend& be, const advantage_inputs<T>& in, const advantage_outputs<T>& out,
-                       advantage_step_result* result, double* explained_variance, const advantage_config& cfg = {}) {
-  constexpr const char* where = "asyppo::advantage_step_to";
-  const auto [g, mo] = detail::check_advantage_step(be, where, in, out, cfg);
+void advantage_step_resident(const Backend& be, const advantage_inputs<T>& in, const advantage_outputs<T>& out,
+                             advantage_step_result* result, double* explained_variance, const advantage_config& cfg,
+                             const advantage_step_options& opts, const char* where) {
   const index_t K = in.values.extent[0], B = in.values.extent[1], Tn = in.values.extent[2];
-  if (result) detail::check_memory(be, where, "result", seq_view<advantage_step_result>(result, 1));
-  if (explained_variance) detail::check_memory(be, where, "explained_variance", seq_view<double>(explained_variance, K));
-  if constexpr (detail::host_memory_backend<Backend>) {  // nothing to wait for: the host path, its summary copied
-    const advantage_summary s = detail::advantage_step_checked(be, where, in, out, cfg, {g, mo}, single_process{});
-    if (result) *result = detail::result_of(s);
-    if (explained_variance)
-      for (std::size_t k = 0; k < s.explained_variance.size(); ++k) explained_variance[k] = s.explained_variance[k];
-    return;
-  }
-
-  const auto span = detail::make_row_span(be, in.mask);
+  const auto span = make_row_span(be, in.mask);
   const row_heads heads = span.heads();
   // A. sigma, valid tokens per row (and the finiteness check, the only wait).
-  const auto pass_a = detail::sigma_pass_of(be, in, cfg, heads);
+  const auto pass_a = sigma_pass_of(be, in, cfg, heads);
   if (cfg.check_finite) {
-    std::vector<detail::token_tally> tally(static_cast<std::size_t>(B));
+    std::vector<token_tally> tally(static_cast<std::size_t>(B));
     be.copy_to_host(pass_a.tallies.data(), B, tally.data());
-    detail::fail_if_nonfinite(where, tally);
+    fail_if_nonfinite(where, tally);
   }
   // B, C. The resident plan of both masks (batch scope: with the quantiles); sequence scope: the
   // quantiles by a selection over the whole batch.
-  const token_view<const T> csigma(pass_a.sigma.data(), B, Tn);
-  const detail::row_count_tally count{pass_a.tallies.data()};
+  const token_view<const T> sigma(pass_a.sigma.data(), B, Tn);
+  const row_count_tally count{pass_a.tallies.data()};
   const bool per_row = cfg.scope == mask_scope::sequence;
-  const auto plan = detail::plan_masks_resident(be, csigma, in.mask, mo, count, detail::std_quantile_count, heads);
-  const detail::resident_request* quantiles = plan.results + 2;
-  auto qa = be.template allocate<detail::resident_request>(per_row ? detail::std_quantile_count : 0);
-  auto qb = be.template allocate<detail::resident_request>(per_row ? detail::std_quantile_count : 0);
+  const auto plan = plan_masks_resident(be, sigma, in.mask, opts.masks, count, std_quantile_count, heads);
+  const resident_request* quantiles = plan.results + 2;
+  auto qa = be.template allocate<resident_request>(per_row ? std_quantile_count : 0);
+  auto qb = be.template allocate<resident_request>(per_row ? std_quantile_count : 0);
   if (per_row) {
-    be.for_each(1, 1, detail::mask_request_setup<detail::row_count_tally>{count, plan.totals.data(), qa.data(),
-                                                                           detail::std_quantile_count, 0, 0, false, false,
-                                                                           detail::std_quantile_count});
-    quantiles = radix_select_resident(be, B, Tn, detail::std_key_of<T>{csigma, in.mask, false}, 8 * int(sizeof(T)), 1,
-                                      detail::std_quantile_count, qa.data(), qb.data(), heads);
+    be.for_each(1, 1, mask_request_setup<row_count_tally>{count, plan.totals.data(), qa.data(), std_quantile_count, 0, 0,
+                                                          false, false, std_quantile_count});
+    quantiles = radix_select_resident(be, B, Tn, std_key_of<T>{sigma, in.mask, false}, 8 * int(sizeof(T)), 1,
+                                      std_quantile_count, qa.data(), qb.data(), heads);
   }
-  detail::write_masks(be, csigma, in.mask, out.adv_mask, out.entropy_mask, plan.rows.data(), true, heads);
+  write_masks(be, sigma, in.mask, out.adv_mask, out.entropy_mask, plan.rows.data(), true, heads);
 
   // D. GAE with sigma and I^A fused into its sink (the masks are written); the padding of every output.
   const bool apply_in_gae = cfg.mask_advantages && !cfg.whiten_advantages;
-  const detail::mask_hook<T> hook{pass_a.sigma.data(), Tn, plan.rows.data(), out.adv_mask, out.entropy_mask, out.std,
-                                  true, apply_in_gae};
-  detail::gae_unchecked(be, in.values, in.rewards, in.mask, g, gae_outputs<T>{out.advantages, out.returns, {}}, cfg.std,
-                        hook, heads);
-  detail::write_zero(be, B, Tn, span.tails(), out.advantages, out.returns, out.std, out.adv_mask, out.entropy_mask);
+  const mask_hook<T> hook{pass_a.sigma.data(), Tn, plan.rows.data(), out.adv_mask, out.entropy_mask, out.std,
+                          true, apply_in_gae};
+  gae_unchecked(be, in.values, in.rewards, in.mask, opts.gae, gae_outputs<T>{out.advantages, out.returns, {}}, cfg.std,
+                hook, heads);
+  write_zero(be, B, Tn, span.tails(), out.advantages, out.returns, out.std, out.adv_mask, out.entropy_mask);
   if (cfg.whiten_advantages)
-    detail::whiten_resident(be, token_view<const T>(out.advantages), in.mask, out.advantages, nullptr, cfg.whiten, heads);
+    whiten_resident(be, token_view<const T>(out.advantages), in.mask, out.advantages, nullptr, cfg.whiten, heads);
   const bool apply_later = cfg.mask_advantages && cfg.whiten_advantages;
 
   // E. The summary: counts first, then the moments pass (which also applies I^A after whitening).
   auto own_result = be.template allocate<advantage_step_result>(result ? 0 : 1);
   advantage_step_result* res = result ? result : own_result.data();
-  be.for_each(1, 1, detail::store_step_counts<T>{plan.totals.data(), plan.results, quantiles, B, per_row, res});
+  be.for_each(1, 1, store_step_counts<T>{plan.totals.data(), plan.results, quantiles, B, per_row, res});
   if (cfg.statistics) {
     auto own_ev = be.template allocate<double>(explained_variance ? 0 : K);
     double* ev = explained_variance ? explained_variance : own_ev.data();
     be.fill(ev, K, std::numeric_limits<double>::quiet_NaN());
-    detail::advantage_moments_to(be, in.values, out.advantages, token_view<const T>(out.returns), in.mask,
-                                 view<const std::uint8_t, 2>(out.adv_mask), apply_later, res, ev, heads);
+    advantage_moments_to(be, in.values, out.advantages, token_view<const T>(out.returns), in.mask,
+                         view<const std::uint8_t, 2>(out.adv_mask), apply_later, res, ev, heads);
   } else if (apply_later) {
-    be.for_each(B, Tn, detail::apply_adv_mask<T>{out.advantages, in.mask, view<const std::uint8_t, 2>(out.adv_mask)},
-                heads);
+    be.for_each(B, Tn, apply_adv_mask<T>{out.advantages, in.mask, view<const std::uint8_t, 2>(out.adv_mask)}, heads);
   }
-  if (detail::present(out.shard_weights))
-    detail::shard_weights_resident(be, in.group_ids, K, out.shard_weights, cfg.shards);
+  // F. Shards.
+  if (present(out.shard_weights)) shard_weights_of(be, in.group_ids, K, out.shard_weights, cfg.shards, {}, single_process{});
+}
+
+}  // namespace detail
+
+/// advantage_step with nothing read on the host (docs/algorithm.md, A5): the same outputs, bit for bit,
+/// and the summary written to *result and the critics' explained variances to explained_variance [K]
+/// (both backend memory, both optional; explained_variance is written only with cfg.statistics). The
+/// masks' thresholds, ties and the sigma quantiles come from the resident selection (core/select.hpp),
+/// whitening from masked_whiten_to's device state, the shard weights from the group layout's sort and
+/// scan (core/shards.hpp). One process. With cfg.check_finite the NaN/Inf check waits for the device
+/// (one round trip); without it nothing does, so a CUDA graph can hold the call. A host-memory backend
+/// (the CPU's), where nothing waits, takes advantage_step's path. Throws like advantage_step.
+template <class Backend, class T>
+void advantage_step_to(const Backend& be, const advantage_inputs<T>& in, const advantage_outputs<T>& out,
+                       advantage_step_result* result, double* explained_variance, const advantage_config& cfg = {}) {
+  constexpr const char* where = "asyppo::advantage_step_to";
+  const detail::advantage_step_options opts = detail::check_advantage_step(be, where, in, out, cfg);
+  if (result) detail::check_memory(be, where, "result", seq_view<advantage_step_result>(result, 1));
+  if (explained_variance)
+    detail::check_memory(be, where, "explained_variance", seq_view<double>(explained_variance, in.values.extent[0]));
+  if constexpr (detail::host_memory_backend<Backend>) {  // nothing to wait for: the host path, its summary copied
+    const advantage_summary s = detail::advantage_step_checked(be, where, in, out, cfg, opts, single_process{});
+    if (result) *result = detail::result_of(s);
+    if (explained_variance)
+      for (std::size_t k = 0; k < s.explained_variance.size(); ++k) explained_variance[k] = s.explained_variance[k];
+  } else {
+    detail::advantage_step_resident(be, in, out, result, explained_variance, cfg, opts, where);
+  }
 }
 
 }  // namespace asyppo

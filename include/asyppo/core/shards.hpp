@@ -9,8 +9,12 @@
 //   contiguous: critic 0 takes the first share of the group (by batch index), critic 1 the next...
 //   strided:    position j goes to critic (j + g*e) mod K.
 // Output: weights[k,b] = 1 if sequence b trains critic k, else 0 (exactly one 1 per column),
-// and optionally critic_of[b]. Deterministic and exact.
+// and optionally critic_of[b]. Deterministic and exact. In one process on a device backend nothing is
+// read on the host (the layout's sort and head scan, each group's size from its last member): the call
+// can be captured in a CUDA graph, and advantage_step_to writes the weights the same way.
 #pragma once
+
+#include <type_traits>
 
 #include "asyppo/core/groups.hpp"
 #include "asyppo/core/validate.hpp"
@@ -90,7 +94,7 @@ struct store_group_size {
 /// same weights as shard_weights_unchecked with one rank.
 template <class Backend, class T>
 void shard_weights_resident(const Backend& be, seq_view<const std::int64_t> ids, index_t K, view<T, 2> weights,
-                            shard_mode mode) {
+                            shard_mode mode, seq_view<std::int64_t> critic_of = {}) {
   const index_t B = ids.extent[0];
   if (B == 0) return;
   auto work = be.template allocate<index_t>(5 * B);  // perm, group heads, group of b, position of b, group size
@@ -99,7 +103,18 @@ void shard_weights_resident(const Backend& be, seq_view<const std::int64_t> ids,
   be.segmented_scan(scan_direction::forward, 1, row_segments{B}, head_elem{ids, perm}, head_op{},
                     head_sink{perm, heads, group_of, position});
   be.for_each(B, store_group_size{ids, perm, group_of, position, size});
-  be.for_each(B, shard_kernel<T>{group_of, position, nullptr, size, nullptr, K, mode, weights, {}});
+  be.for_each(B, shard_kernel<T>{group_of, position, nullptr, size, nullptr, K, mode, weights, critic_of});
+}
+
+/// The shard weights after the checks: on a device backend in one process without a host round trip
+/// (shard_weights_resident), else through the group layout and the groups' places among the ranks.
+template <class Backend, class T, class Comm>
+void shard_weights_of(const Backend& be, seq_view<const std::int64_t> group_ids, index_t K, view<T, 2> weights,
+                      shard_mode mode, seq_view<std::int64_t> critic_of, const Comm& comm) {
+  if constexpr (!host_memory_backend<Backend> && std::is_same_v<Comm, single_process>)
+    shard_weights_resident(be, group_ids, K, weights, mode, critic_of);
+  else
+    shard_weights_unchecked(be, group_ids, make_group_layout(be, group_ids), K, weights, mode, critic_of, comm);
 }
 
 }  // namespace detail
@@ -117,8 +132,7 @@ void shard_weights(const Backend& be, seq_view<const std::int64_t> group_ids, in
   detail::check_optional_output(where, "weights", weights, {K, B});
   detail::check_memory(be, where, "group_ids", group_ids, "weights", weights, "critic_of", critic_of);
   detail::check_optional_output(where, "critic_of", critic_of, {B});
-  const auto L = make_group_layout(be, group_ids);
-  detail::shard_weights_unchecked(be, group_ids, L, K, weights, mode, critic_of, comm);
+  detail::shard_weights_of(be, group_ids, K, weights, mode, critic_of, comm);
 }
 
 }  // namespace asyppo

@@ -531,10 +531,6 @@ inline void check_mask_options(const char* where, const mask_options& o) {
   check_fraction(where, "entropy_fraction", o.entropy_fraction);
 }
 
-}  // namespace detail
-
-namespace detail {
-
 /// Checks of uncertainty_masks and uncertainty_masks_to, then the row span of the mask and (check_finite)
 /// the NaN/Inf check of sigma on valid tokens.
 template <class Backend, class T>
