@@ -10,6 +10,7 @@
 #include "asyppo/asyppo.hpp"
 #include "check.hpp"
 #include "reference.hpp"
+#include "round_trip_backend.hpp"
 
 using namespace asyppo;
 using i64 = std::int64_t;
@@ -45,27 +46,43 @@ batch random_batch(std::uint64_t seed, int B, int Tn, int labels) {
   return x;
 }
 
+// call(backend, options, advantages, sequence) on the CPU backend, checked against want; then on the CPU
+// backend posing as a device backend (one process: the group slots, no group count read on the host;
+// checks off: no round trip at all), which must give the same bits.
+template <class T, class Options, class Call>
+void check_both_paths(const batch& x, Options o, const ref::vec& want, Call call) {
+  std::vector<T> adv(static_cast<std::size_t>(x.B) * x.Tn, T(5)), seq(static_cast<std::size_t>(x.B), T(5));
+  call(cpu_backend(2), o, adv, seq);
+  require_close(seq, want, "sequence", tol<T>());
+  require_close(adv, ref::broadcast(want, x.m, x.B, x.Tn), "advantages", tol<T>());
+  std::vector<T> adv2(adv.size(), T(5)), seq2(seq.size(), T(5));
+  o.check_finite = false;
+  const asyppo_test::round_trip_backend be(3);
+  call(be, o, adv2, seq2);
+  CHECK(be.round_trips() == 0);
+  REQUIRE(adv2 == adv);
+  REQUIRE(seq2 == seq);
+}
+
 template <class T>
 void check_grpo(const batch& x, const grpo_options& o) {
   const auto s = ref::as<T>(x.scores);
-  std::vector<T> adv(static_cast<std::size_t>(x.B) * x.Tn, T(5)), seq(static_cast<std::size_t>(x.B), T(5));
-  grpo_advantages(cpu_backend(2), seq_view<const T>(s.data(), x.B), seq_view<const i64>(x.ids.data(), x.B),
-                  mask_view(x.m.data(), x.B, x.Tn), outcome_outputs<T>{{adv.data(), x.B, x.Tn}, {seq.data(), x.B}}, o);
   const auto want = ref::outcome_sequence(ref::widen(s), x.ids, o.norm_by_std ? ref::outcome::grpo : ref::outcome::dr_grpo,
                                           o.eps, o.std == std_kind::unbiased, o.singleton == singleton_rule::zero);
-  require_close(seq, want, "sequence", tol<T>());
-  require_close(adv, ref::broadcast(want, x.m, x.B, x.Tn), "advantages", tol<T>());
+  check_both_paths<T>(x, o, want, [&](const auto& be, const grpo_options& oo, std::vector<T>& adv, std::vector<T>& seq) {
+    grpo_advantages(be, seq_view<const T>(s.data(), x.B), seq_view<const i64>(x.ids.data(), x.B),
+                    mask_view(x.m.data(), x.B, x.Tn), outcome_outputs<T>{{adv.data(), x.B, x.Tn}, {seq.data(), x.B}}, oo);
+  });
 }
 
 template <class T>
 void check_rloo(const batch& x, const rloo_options& o) {
   const auto s = ref::as<T>(x.scores);
-  std::vector<T> adv(static_cast<std::size_t>(x.B) * x.Tn, T(5)), seq(static_cast<std::size_t>(x.B), T(5));
-  rloo_advantages(cpu_backend(3), seq_view<const T>(s.data(), x.B), seq_view<const i64>(x.ids.data(), x.B),
-                  mask_view(x.m.data(), x.B, x.Tn), outcome_outputs<T>{{adv.data(), x.B, x.Tn}, {seq.data(), x.B}}, o);
   const auto want = ref::outcome_sequence(ref::widen(s), x.ids, ref::outcome::rloo, 0, false, o.singleton == singleton_rule::zero);
-  require_close(seq, want, "sequence", tol<T>());
-  require_close(adv, ref::broadcast(want, x.m, x.B, x.Tn), "advantages", tol<T>());
+  check_both_paths<T>(x, o, want, [&](const auto& be, const rloo_options& oo, std::vector<T>& adv, std::vector<T>& seq) {
+    rloo_advantages(be, seq_view<const T>(s.data(), x.B), seq_view<const i64>(x.ids.data(), x.B),
+                    mask_view(x.m.data(), x.B, x.Tn), outcome_outputs<T>{{adv.data(), x.B, x.Tn}, {seq.data(), x.B}}, oo);
+  });
 }
 
 }  // namespace

@@ -4,7 +4,9 @@
 // the members sit in the batch (contiguous or not). The layout numbers the G distinct groups
 // densely in ascending label order, and numbers the members of a group by ascending batch
 // index (their position j). It is built with one stable sort and one forward scan, so it is
-// exact and deterministic; outcome baselines and shard assignment reduce over it.
+// exact and deterministic; outcome baselines and shard assignment reduce over it. make_group_layout
+// reads the group count G on the host; make_group_slots (one process, what a device backend uses)
+// does not: B slots, those past the last group empty.
 #pragma once
 
 #include <algorithm>
@@ -87,9 +89,11 @@ struct group_label {
 
 }  // namespace detail
 
-/// Builds the group layout of ids [B]. Callers validate the view; B = 0 gives G = 0.
+namespace detail {
+
+/// The layout's buffers (uninitialised), for B = ids.extent[0] sequences.
 template <class Backend>
-group_layout<Backend> make_group_layout(const Backend& be, seq_view<const std::int64_t> ids) {
+group_layout<Backend> layout_buffers(const Backend& be, seq_view<const std::int64_t> ids) {
   group_layout<Backend> L;
   const index_t B = ids.extent[0];
   L.sequences = B;
@@ -97,16 +101,47 @@ group_layout<Backend> make_group_layout(const Backend& be, seq_view<const std::i
   L.offsets = be.template allocate<index_t>(B + 1);
   L.group_of = be.template allocate<index_t>(B);
   L.position = be.template allocate<index_t>(B);
+  return L;
+}
+/// The stable sort by id and the head scan: offsets written at the groups' heads, group_of and position
+/// for every sequence (B > 0).
+template <class Backend>
+void sort_and_scan_groups(const Backend& be, seq_view<const std::int64_t> ids, group_layout<Backend>& L) {
+  const index_t B = ids.extent[0];
+  be.sort_indices(B, group_key{ids}, L.perm.data());
+  be.segmented_scan(scan_direction::forward, 1, row_segments{B}, head_elem{ids, L.perm.data()}, head_op{},
+                    head_sink{L.perm.data(), L.offsets.data(), L.group_of.data(), L.position.data()});
+}
+
+}  // namespace detail
+
+/// Builds the group layout of ids [B]. Callers validate the view; B = 0 gives G = 0.
+template <class Backend>
+group_layout<Backend> make_group_layout(const Backend& be, seq_view<const std::int64_t> ids) {
+  group_layout<Backend> L = detail::layout_buffers(be, ids);
+  const index_t B = ids.extent[0];
   if (B == 0) {
     const index_t zero = 0;
     be.copy_from_host(&zero, 1, L.offsets.data());
     return L;
   }
-  be.sort_indices(B, detail::group_key{ids}, L.perm.data());
-  be.segmented_scan(scan_direction::forward, 1, row_segments{B}, detail::head_elem{ids, L.perm.data()},
-                    detail::head_op{}, detail::head_sink{L.perm.data(), L.offsets.data(), L.group_of.data(), L.position.data()});
-  L.count = be.reduce(B, detail::count_heads{ids, L.perm.data()});
+  detail::sort_and_scan_groups(be, ids, L);
+  L.count = be.reduce(B, detail::count_heads{ids, L.perm.data()});  // G, on the host
   be.copy_from_host(&B, 1, L.offsets.data() + L.count);
+  return L;
+}
+
+/// The same layout without reading G on the host (one process; what a device backend uses so that
+/// nothing waits for it): count is B, an upper bound of G, and the offsets of the slots g >= G are B,
+/// so a segmented pass over all count slots visits every group once and the slots past the last group
+/// as empty segments. Group numbers, positions and perm are those of make_group_layout.
+template <class Backend>
+group_layout<Backend> make_group_slots(const Backend& be, seq_view<const std::int64_t> ids) {
+  group_layout<Backend> L = detail::layout_buffers(be, ids);
+  const index_t B = ids.extent[0];
+  L.count = B;
+  be.fill(L.offsets.data(), B + 1, B);
+  if (B > 0) detail::sort_and_scan_groups(be, ids, L);
   return L;
 }
 

@@ -27,6 +27,7 @@
 #include <algorithm>
 #include <cmath>
 #include <cstdint>
+#include <type_traits>
 #include <vector>
 
 #include "asyppo/comm/communicator.hpp"
@@ -279,7 +280,12 @@ void group_baseline(const Backend& be, seq_view<const T> scores, seq_view<const 
                     const outcome_outputs<T>& out, baseline_kind kind, singleton_rule singleton, double eps,
                     bool unbiased, const Comm& comm) {
   const index_t B = scores.extent[0], Tn = mask.extent[1];
-  auto L = make_group_layout(be, ids);
+  // One process on a device backend: group slots (no group count read on the host; the empty slots
+  // past the last group reduce to nothing).
+  auto L = [&] {
+    if constexpr (!host_memory_backend<Backend> && std::is_same_v<Comm, single_process>) return make_group_slots(be, ids);
+    else return make_group_layout(be, ids);
+  }();
   auto stats = be.template allocate<group_stats>(L.count);
   be.segmented_reduce(L.count, offset_segments{L.offsets.data()}, group_welford<T>{scores, L.perm.data()},
                       store_group_stats{stats.data()});

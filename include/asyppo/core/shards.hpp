@@ -10,8 +10,9 @@
 //   strided:    position j goes to critic (j + g*e) mod K.
 // Output: weights[k,b] = 1 if sequence b trains critic k, else 0 (exactly one 1 per column),
 // and optionally critic_of[b]. Deterministic and exact. In one process on a device backend nothing is
-// read on the host (the layout's sort and head scan, each group's size from its last member): the call
-// can be captured in a CUDA graph, and advantage_step_to writes the weights the same way.
+// read on the host (the group slots of core/groups.hpp: sizes from offsets padded with B, no group
+// count): the call can be captured in a CUDA graph, and advantage_step_to writes the weights the same
+// way.
 #pragma once
 
 #include <type_traits>
@@ -75,35 +76,26 @@ void shard_weights_unchecked(const Backend& be, seq_view<const std::int64_t> gro
                                            d.data() + 2 * G, K, mode, weights, critic_of});
 }
 
-/// Sorted position p that ends its group (the last, or followed by another id): the group's size is
-/// its position + 1.
-struct store_group_size {
-  seq_view<const std::int64_t> ids;
-  const index_t* perm;
-  const index_t* group_of;
-  const index_t* position;
+/// Group g's size from the padded offsets of make_group_slots (0 for the empty slots).
+struct slot_size {
+  const index_t* offsets;
   index_t* size;
-  ASYPPO_HD void operator()(index_t p) const {
-    const index_t b = perm[p];
-    if (p + 1 == ids.extent[0] || ids(perm[p + 1]) != ids(b)) size[group_of[b]] = position[b] + 1;
-  }
+  ASYPPO_HD void operator()(index_t g) const { size[g] = offsets[g + 1] - offsets[g]; }
 };
 
-/// One process, nothing read on the host (advantage_step_to): the group layout's sort and head scan,
-/// each group's size from its last member, then the shard kernel with the local group numbers. The
-/// same weights as shard_weights_unchecked with one rank.
+/// One process, nothing read on the host (advantage_step_to, shard_weights on a device backend): the
+/// group slots of make_group_slots, each group's size from its offsets, then the shard kernel with the
+/// local group numbers. The same weights as shard_weights_unchecked with one rank.
 template <class Backend, class T>
 void shard_weights_resident(const Backend& be, seq_view<const std::int64_t> ids, index_t K, view<T, 2> weights,
                             shard_mode mode, seq_view<std::int64_t> critic_of = {}) {
   const index_t B = ids.extent[0];
   if (B == 0) return;
-  auto work = be.template allocate<index_t>(5 * B);  // perm, group heads, group of b, position of b, group size
-  index_t *perm = work.data(), *heads = perm + B, *group_of = heads + B, *position = group_of + B, *size = position + B;
-  be.sort_indices(B, group_key{ids}, perm);
-  be.segmented_scan(scan_direction::forward, 1, row_segments{B}, head_elem{ids, perm}, head_op{},
-                    head_sink{perm, heads, group_of, position});
-  be.for_each(B, store_group_size{ids, perm, group_of, position, size});
-  be.for_each(B, shard_kernel<T>{group_of, position, nullptr, size, nullptr, K, mode, weights, critic_of});
+  const auto L = make_group_slots(be, ids);
+  auto size = be.template allocate<index_t>(B);
+  be.for_each(B, slot_size{L.offsets.data(), size.data()});
+  be.for_each(B, shard_kernel<T>{L.group_of.data(), L.position.data(), nullptr, size.data(), nullptr, K, mode, weights,
+                                 critic_of});
 }
 
 /// The shard weights after the checks: on a device backend in one process without a host round trip
