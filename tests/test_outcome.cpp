@@ -213,6 +213,17 @@ TEMPLATE_TEST_CASE("reinforce++-baseline vs reference (group mean, broadcast, ma
           const auto w = ref::whiten(tok, x.m, unbiased, 1e-8, false, true, false);
           INFO("B=" << B << " labels=" << labels);
           require_close(adv, w.out, "advantages", tol<TestType>());
+          // The device path (one process: group slots, whitening through the device state): same bits,
+          // no round trip with the checks off.
+          std::vector<TestType> adv2(adv.size(), TestType(5)), seq2(seq.size(), TestType(5));
+          o.whiten.check_finite = false;
+          const asyppo_test::round_trip_backend be(2);
+          reinforce_pp_baseline_advantages(be, seq_view<const TestType>(s.data(), x.B), seq_view<const i64>(x.ids.data(), x.B),
+                                           mask_view(x.m.data(), x.B, x.Tn),
+                                           outcome_outputs<TestType>{{adv2.data(), x.B, x.Tn}, {seq2.data(), x.B}}, o);
+          CHECK(be.round_trips() == 0);
+          REQUIRE(adv2 == adv);
+          REQUIRE(seq2 == seq);
         }
     }
 }
@@ -238,6 +249,13 @@ TEMPLATE_TEST_CASE("reinforce++ vs reference (discounted returns over valid toke
         const auto w = ref::whiten(G, m, true, 1e-8, floor_mode, true, false);
         INFO("gamma=" << gamma << " B=" << B);
         require_close(adv, w.out, "advantages", tol<TestType>());
+        std::vector<TestType> adv2(adv.size(), TestType(5));  // the device path: same bits, no round trip
+        o.whiten.check_finite = false;
+        const asyppo_test::round_trip_backend be(3);
+        reinforce_pp_advantages(be, token_view<const TestType>(r.data(), B, Tn), mask_view(m.data(), B, Tn),
+                                token_view<TestType>(adv2.data(), B, Tn), o);
+        CHECK(be.round_trips() == 0);
+        REQUIRE(adv2 == adv);
       }
     }
 }

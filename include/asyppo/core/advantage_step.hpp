@@ -331,7 +331,7 @@ advantage_summary advantage_step_checked(const Backend& be, const char* where, c
 
   // Optional whitening (in place); I^A is applied after it.
   if (cfg.whiten_advantages)
-    detail::whiten_unchecked(be, token_view<const T>(out.advantages), in.mask, out.advantages, cfg.whiten, comm);
+    detail::whiten_no_moments(be, token_view<const T>(out.advantages), in.mask, out.advantages, cfg.whiten, comm);
   const bool apply_later = cfg.mask_advantages && cfg.whiten_advantages;
 
   advantage_summary s;

@@ -372,7 +372,7 @@ void reinforce_pp_baseline_advantages(const Backend& be, seq_view<const T> score
   detail::check_whiten_options(where, opt.whiten);
   detail::group_baseline(be, scores, group_ids, mask, out, detail::baseline_kind::mean, opt.singleton, 0.0, false,
                          comm);
-  detail::whiten_unchecked(be, token_view<const T>(out.advantages), mask, out.advantages, opt.whiten, comm);
+  detail::whiten_no_moments(be, token_view<const T>(out.advantages), mask, out.advantages, opt.whiten, comm);
 }
 
 /// REINFORCE++: discounted returns of token rewards [B,T] over valid tokens, then masked whitening.
@@ -391,7 +391,7 @@ void reinforce_pp_advantages(const Backend& be, token_view<const T> rewards, mas
   if (opt.whiten.check_finite) detail::check_finite_tokens<Backend, T>(be, where, "rewards", B, Tn, {}, rewards, mask);
   be.row_scan(scan_direction::reverse, B, Tn, detail::discount_element<T>{rewards, mask, opt.gamma},
               detail::discount_compose{}, detail::discount_sink<T>{mask, advantages});
-  detail::whiten_unchecked(be, token_view<const T>(advantages), mask, advantages, opt.whiten, comm);
+  detail::whiten_no_moments(be, token_view<const T>(advantages), mask, advantages, opt.whiten, comm);
 }
 
 /// Sequence scores as verl forms them: s_b = sum_t rewards[b,t] over every position.

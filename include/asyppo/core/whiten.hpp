@@ -11,9 +11,12 @@
 #pragma once
 
 #include <cmath>
+#include <type_traits>
 
+#include "asyppo/comm/communicator.hpp"
 #include "asyppo/core/modes.hpp"
 #include "asyppo/core/moments.hpp"
+#include "asyppo/core/row_span.hpp"
 #include "asyppo/core/validate.hpp"
 
 namespace asyppo {
@@ -170,6 +173,17 @@ void whiten_resident(const Backend& be, token_view<const T> x, mask_view mask, t
   reduce_to(be, B, Tn, sum_about_state_mean<T>{R{x, mask, 0.0, true}, state.data()}, range,
             whiten_second_sink<V>{state.data(), moments, opt});
   be.for_each(B, Tn, whiten_from_state<T>{whiten_kernel_of(x, mask, out, {}, opt), state.data()});
+}
+
+/// Whitening whose moments the caller does not need: in one process on a device backend through the
+/// device state (whiten_resident: no host round trip), else whiten_unchecked. The same outputs.
+template <class Backend, class T, class Comm>
+void whiten_no_moments(const Backend& be, token_view<const T> x, mask_view mask, token_view<T> out,
+                       const whiten_options& opt, const Comm& comm) {
+  if constexpr (!host_memory_backend<Backend> && std::is_same_v<Comm, single_process>)
+    whiten_resident(be, x, mask, out, nullptr, opt, make_row_span(be, mask).heads());
+  else
+    whiten_unchecked(be, x, mask, out, opt, comm);
 }
 
 template <class Backend, class T>
