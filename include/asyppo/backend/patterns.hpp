@@ -81,7 +81,9 @@
 
 #include <concepts>
 #include <cstdint>
+#include <type_traits>
 
+#include "asyppo/comm/communicator.hpp"
 #include "asyppo/config.hpp"
 
 namespace asyppo {
@@ -161,6 +163,12 @@ inline constexpr bool host_memory_backend = [] {
   else
     return false;
 }();
+
+/// Whether an algorithm may take its path without host round trips (the group slots, whitening through
+/// a device state): a device backend in one process, where reading a count on the host means waiting
+/// for the device and no communicator needs it there.
+template <class Backend, class Comm>
+inline constexpr bool device_in_one_process = !host_memory_backend<Backend> && std::is_same_v<Comm, single_process>;
 
 /// reduce_to when the backend offers it, else sink(reduce(...)) on the host (host-memory backends
 /// only: there the sink's stores are plain host stores).

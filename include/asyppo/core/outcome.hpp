@@ -27,7 +27,6 @@
 #include <algorithm>
 #include <cmath>
 #include <cstdint>
-#include <type_traits>
 #include <vector>
 
 #include "asyppo/comm/communicator.hpp"
@@ -283,7 +282,7 @@ void group_baseline(const Backend& be, seq_view<const T> scores, seq_view<const 
   // One process on a device backend: group slots (no group count read on the host; the empty slots
   // past the last group reduce to nothing).
   auto L = [&] {
-    if constexpr (!host_memory_backend<Backend> && std::is_same_v<Comm, single_process>) return make_group_slots(be, ids);
+    if constexpr (device_in_one_process<Backend, Comm>) return make_group_slots(be, ids);
     else return make_group_layout(be, ids);
   }();
   auto stats = be.template allocate<group_stats>(L.count);

@@ -15,8 +15,6 @@
 // way.
 #pragma once
 
-#include <type_traits>
-
 #include "asyppo/core/groups.hpp"
 #include "asyppo/core/validate.hpp"
 
@@ -103,7 +101,7 @@ void shard_weights_resident(const Backend& be, seq_view<const std::int64_t> ids,
 template <class Backend, class T, class Comm>
 void shard_weights_of(const Backend& be, seq_view<const std::int64_t> group_ids, index_t K, view<T, 2> weights,
                       shard_mode mode, seq_view<std::int64_t> critic_of, const Comm& comm) {
-  if constexpr (!host_memory_backend<Backend> && std::is_same_v<Comm, single_process>)
+  if constexpr (device_in_one_process<Backend, Comm>)
     shard_weights_resident(be, group_ids, K, weights, mode, critic_of);
   else
     shard_weights_unchecked(be, group_ids, make_group_layout(be, group_ids), K, weights, mode, critic_of, comm);

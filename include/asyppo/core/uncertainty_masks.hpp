@@ -516,13 +516,21 @@ struct store_mask_counts {
   ASYPPO_HD void operator()(index_t, index_t) const { *out = mask_counts_of<T>(*totals, res, per_row); }
 };
 
+/// Valid tokens of each row, in backend memory.
+template <class Backend, class Range>
+auto row_valid_counts(const Backend& be, mask_view mask, Range range) {
+  const index_t B = mask.extent[0], Tn = mask.extent[1];
+  auto d = be.template allocate<index_t>(B);
+  if (B > 0) be.row_reduce(B, Tn, count_valid{mask}, store_row<index_t>{d.data()}, range);
+  return d;
+}
+
+/// The same on the host.
 template <class Backend, class Range>
 std::vector<index_t> valid_per_row(const Backend& be, mask_view mask, Range range) {
-  const index_t B = mask.extent[0], Tn = mask.extent[1];
+  const index_t B = mask.extent[0];
   std::vector<index_t> host(static_cast<std::size_t>(B));
-  auto d = be.template allocate<index_t>(B);
-  be.row_reduce(B, Tn, count_valid{mask}, store_row<index_t>{d.data()}, range);
-  be.copy_to_host(d.data(), B, host.data());
+  be.copy_to_host(row_valid_counts(be, mask, range).data(), B, host.data());
   return host;
 }
 
@@ -591,8 +599,7 @@ void uncertainty_masks_to(const Backend& be, token_view<const T> sigma, mask_vie
     if (counts) *counts = c;
   } else {
     const index_t B = sigma.extent[0], Tn = sigma.extent[1];
-    auto row_valid = be.template allocate<index_t>(B);
-    if (B > 0) be.row_reduce(B, Tn, detail::count_valid{mask}, detail::store_row<index_t>{row_valid.data()}, span.heads());
+    const auto row_valid = detail::row_valid_counts(be, mask, span.heads());
     const auto plan = detail::plan_masks_resident(be, sigma, mask, opt, detail::row_count_array{row_valid.data()}, 0,
                                                   span.heads());
     detail::write_masks(be, sigma, mask, adv_mask, entropy_mask, plan.rows.data(), true, span.heads());

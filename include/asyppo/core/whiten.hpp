@@ -11,9 +11,7 @@
 #pragma once
 
 #include <cmath>
-#include <type_traits>
 
-#include "asyppo/comm/communicator.hpp"
 #include "asyppo/core/modes.hpp"
 #include "asyppo/core/moments.hpp"
 #include "asyppo/core/row_span.hpp"
@@ -180,7 +178,7 @@ void whiten_resident(const Backend& be, token_view<const T> x, mask_view mask, t
 template <class Backend, class T, class Comm>
 void whiten_no_moments(const Backend& be, token_view<const T> x, mask_view mask, token_view<T> out,
                        const whiten_options& opt, const Comm& comm) {
-  if constexpr (!host_memory_backend<Backend> && std::is_same_v<Comm, single_process>)
+  if constexpr (device_in_one_process<Backend, Comm>)
     whiten_resident(be, x, mask, out, nullptr, opt, make_row_span(be, mask).heads());
   else
     whiten_unchecked(be, x, mask, out, opt, comm);
