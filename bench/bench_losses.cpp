@@ -23,6 +23,8 @@
 //   aggregate_loss   Agg(l) with the weights output dAgg/dl
 //   kl_loss          k3 (low_var_kl, clamped) with grad_logp
 //   entropy_bonus    -beta Agg(I^H H) with grad_entropy
+// actor_objective/256x4096/bfloat16/threads:N: the same call on bfloat16 inputs (the batch rounded; read
+// exactly, computed as float, per-token code on the CPU).
 // <loss>/256x4096/simd:W/threads:1 (W = 1, 2, 4) caps the SIMD width of the per-token kernels of
 // policy_loss, actor_objective and value_loss (core/simd/; 1 = the scalar code; the CPU's widest is
 // the default above), plus loss_part/... (policy_loss pieces through the public API, and two hand-fused reference loops that
@@ -68,6 +70,7 @@
 #include <random>
 #include <string>
 #include <thread>
+#include <type_traits>
 #include <vector>
 
 #include "asyppo/asyppo.hpp"
@@ -177,8 +180,35 @@ asyppo::policy_loss_result lib_policy(const asyppo::cpu_backend& be, const batch
       tok_out(grad, d), o);
 }
 
+/// The actor objective's inputs in In (F, or bfloat16: the batch's values rounded, what a bf16 policy
+/// would hand over); the masks are the batch's.
+template <class In>
+struct actor_tensors {
+  std::vector<In> logp, old_logp, adv, entropy, ref_logp;
+  asyppo::actor_objective_inputs<In> inputs(const batch& d) const {
+    const auto v = [&](const std::vector<In>& x) { return asyppo::token_view<const In>(x.data(), d.B, d.T); };
+    return {v(logp),         v(old_logp), v(adv), msk(d.mask, d), msk(d.adv_mask, d), v(entropy),
+            msk(d.ent_mask, d), v(ref_logp)};
+  }
+};
+const actor_tensors<asyppo::bfloat16>& get_bf16_actor(const batch& d) {
+  static std::map<const batch*, std::unique_ptr<actor_tensors<asyppo::bfloat16>>> cache;
+  auto& p = cache[&d];
+  if (!p) {
+    p = std::make_unique<actor_tensors<asyppo::bfloat16>>();
+    const auto round = [](const std::vector<F>& x) {
+      std::vector<asyppo::bfloat16> r(x.size());
+      for (std::size_t i = 0; i < x.size(); ++i) r[i] = asyppo::bfloat16::from_float(x[i]);
+      return r;
+    };
+    *p = {round(d.logp), round(d.old_logp), round(d.adv), round(d.entropy), round(d.ref_logp)};
+  }
+  return *p;
+}
+
+template <class In = F>
 asyppo::actor_objective_result lib_actor(const asyppo::cpu_backend& be, const batch& d, std::vector<F>& gl,
-                                         std::vector<F>& gh) {
+                                         std::vector<F>& gh, const actor_tensors<In>* in16 = nullptr) {
   asyppo::actor_objective_options o;
   o.clip_low = kClipLow;
   o.clip_high = kClipHigh;
@@ -186,10 +216,15 @@ asyppo::actor_objective_result lib_actor(const asyppo::cpu_backend& be, const ba
   o.log_ratio_clamp = kLogRatioClamp;
   o.entropy_coef = kBeta;
   o.kl_coef = kKappa;  // kl estimator: k3 with clamps (default)
-  asyppo::actor_objective_inputs<F> in{tok(d.logp, d),    tok(d.old_logp, d),  tok(d.adv, d),
-                                       msk(d.mask, d),    msk(d.adv_mask, d),  tok(d.entropy, d),
-                                       msk(d.ent_mask, d), tok(d.ref_logp, d)};
-  return asyppo::actor_objective(be, in, asyppo::actor_objective_outputs<F>{tok_out(gl, d), tok_out(gh, d)}, o);
+  const asyppo::actor_objective_outputs<F> out{tok_out(gl, d), tok_out(gh, d)};
+  if constexpr (!std::is_same_v<In, F>) {
+    return asyppo::actor_objective(be, in16->inputs(d), out, o);
+  } else {
+    asyppo::actor_objective_inputs<F> in{tok(d.logp, d),    tok(d.old_logp, d),  tok(d.adv, d),
+                                         msk(d.mask, d),    msk(d.adv_mask, d),  tok(d.entropy, d),
+                                         msk(d.ent_mask, d), tok(d.ref_logp, d)};
+    return asyppo::actor_objective(be, in, out, o);
+  }
 }
 
 asyppo::value_loss_result lib_value(const asyppo::cpu_backend& be, const batch& d, std::vector<F>& grad) {
@@ -663,6 +698,21 @@ LOSS_BENCH(kl, bytes_kl, lib_kl(be, d, g1), naive_kl(d, tmp, g1.data()))
 LOSS_BENCH(entropy, bytes_entropy, lib_entropy(be, d, g1), naive_entropy(d, tmp, g1.data()))
 #undef LOSS_BENCH
 
+// actor_objective on bfloat16 inputs (the batch's values rounded): read exactly, computed as float, on the
+// CPU through the per-token code (not the SIMD lanes). Bytes: the five inputs at 2 bytes.
+void BM_actor_bf16(benchmark::State& st, index_t B, index_t T, int threads) {
+  const batch& d = get_batch(B, T);
+  const auto& in16 = get_bf16_actor(d);
+  const asyppo::cpu_backend be(threads);
+  std::vector<F> gl(static_cast<std::size_t>(B * T)), gh(static_cast<std::size_t>(B * T));
+  for (auto _ : st) {
+    auto r = lib_actor(be, d, gl, gh, &in16);
+    benchmark::DoNotOptimize(r);
+    benchmark::ClobberMemory();
+  }
+  set_counters(st, BTof(d) * (5 * 2 + 3 + 2 * s), BTof(d));
+}
+
 // Pieces of policy_loss (public API only):
 //   loss_part/policy_loss/full             == policy_loss/.../asyppo
 //   loss_part/policy_loss/no_finite_check  check_finite = false  -> cost of the finiteness pass
@@ -831,6 +881,12 @@ void register_all() {
           ->MinTime(0.25)
           ->Unit(benchmark::kMicrosecond);
     }
+  for (int th : {1, 2})
+    benchmark::RegisterBenchmark(("actor_objective/256x4096/bfloat16/threads:" + std::to_string(th)).c_str(),
+                                 BM_actor_bf16, index_t(256), index_t(4096), th)
+        ->UseRealTime()
+        ->MinTime(0.25)
+        ->Unit(benchmark::kMicrosecond);
   const std::pair<const char*, part> parts[] = {{"policy_loss/full", part::full},
                                                 {"policy_loss/no_finite_check", part::no_finite_check},
                                                 {"row_weights", part::row_weights},

@@ -480,3 +480,7 @@ TEST_CASE("the whole AsyPPO step without host round trips: heads, advantage_step
   CHECK(dev.actor_total == host.actor_total);
   CHECK(dev.critic_loss == host.critic_loss);
 }
+
+TEMPLATE_TEST_CASE("device paths on the CPU: 16-bit inputs give the float inputs' bits", "[round_trips][half]", bfloat16, float16) {
+  asyppo_conformance::conformance_half_inputs<TestType>(make_round_trip);
+}

@@ -46,3 +46,7 @@ TEST_CASE("tiled_backend really re-associates (the test can fail)", "[reassociat
 TEMPLATE_TEST_CASE("critic heads do not depend on the evaluation order", "[reassociation]", float, double) {
   asyppo_conformance::conformance_critic_heads<TestType>(make_tiled);
 }
+
+TEMPLATE_TEST_CASE("16-bit inputs give the float inputs' bits under any evaluation order", "[reassociation][half]", bfloat16, float16) {
+  asyppo_conformance::conformance_half_inputs<TestType>(make_tiled);
+}

@@ -47,3 +47,7 @@ TEMPLATE_TEST_CASE("thrust backend: losses against the CPU backend", "[thrust][c
 TEMPLATE_TEST_CASE("thrust backend: critic heads against the CPU backend", "[thrust][conformance]", float, double) {
   asyppo_conformance::conformance_critic_heads<TestType>(make_thrust);
 }
+
+TEMPLATE_TEST_CASE("thrust backend: 16-bit inputs give the float inputs' bits", "[thrust][conformance][half]", bfloat16, float16) {
+  asyppo_conformance::conformance_half_inputs<TestType>(make_thrust);
+}

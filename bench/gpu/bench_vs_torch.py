@@ -15,7 +15,9 @@ docs/peer-semantics.md (not copied from verl):
                   top floor(h N) out of the entropy bonus; k = h = 0.2), advantages times the mask;
                   asyppo: advantage_step (statistics off), and advantage_step_to (the selection's
                   digits chosen on the device, the summary left there: no wait for the stream), also
-                  captured once in a CUDA graph and replayed (on a GPU).
+                  captured once in a CUDA graph and replayed (on a GPU); advantage_step_to also on
+                  bfloat16 values and rewards (what a bf16 critic hands over; computed in float, checked
+                  against the float call on the widened values).
   actor loss      verl's vanilla clipped surrogate (clip 0.2, log-ratio clamp 20, token-mean over the
                   response mask, AsyPPO's advantage mask on the per-token loss), forward and backward
                   through autograd to d loss / d logp; asyppo: actor_objective (token-mean, the same
@@ -52,10 +54,12 @@ def load(lib_path):
     lib.asyppo_bench_last_error.restype = ctypes.c_char_p
     lib.asyppo_bench_advantage_step_f32.argtypes = [p, i64, i64, i64, p, p, p, p, p, p, p, p, i32, f64p]
     lib.asyppo_bench_advantage_step_to_f32.argtypes = [p, i64, i64, i64, p, p, p, p, p, p, p, p, i32, p]
+    lib.asyppo_bench_advantage_step_to_bf16.argtypes = [p, i64, i64, i64, p, p, p, p, p, p, p, p, i32, p]
     lib.asyppo_bench_actor_objective_f32.argtypes = [p, i64, i64, p, p, p, p, p, p, i32, i32, f64p]
     lib.asyppo_bench_actor_objective_to_f32.argtypes = [p, i64, i64, p, p, p, p, p, p, ctypes.c_double, p]
     lib.asyppo_bench_critic_heads_f32.argtypes = [p, i64, i64, i64, p, p, p, p, p, p, p, p]
-    for f in ("asyppo_bench_advantage_step_f32", "asyppo_bench_advantage_step_to_f32", "asyppo_bench_actor_objective_f32",
+    for f in ("asyppo_bench_advantage_step_f32", "asyppo_bench_advantage_step_to_f32",
+              "asyppo_bench_advantage_step_to_bf16", "asyppo_bench_actor_objective_f32",
               "asyppo_bench_actor_objective_to_f32", "asyppo_bench_critic_heads_f32"):
         getattr(lib, f).restype = i32
     return lib
@@ -233,6 +237,29 @@ def advantage_case(lib, stream, d, K, B, T, timer, repeat, torch_repeat):
     return ours, ours_to, graph_ms, theirs, bytes_min, checks
 
 
+def advantage_bf16_case(lib, stream, d, K, B, T, timer, repeat):
+    """advantage_step_to on bfloat16 values and rewards; the float call on the widened values must give the
+    same bits."""
+    v16, r16 = d["values"].to(torch.bfloat16), d["rewards"].to(torch.bfloat16)
+    wide = dict(values=v16.float(), rewards=r16.float())
+    dev = v16.device
+    outs = [(torch.empty(B, T, device=dev), torch.empty(B, T, device=dev),
+             torch.empty(B, T, dtype=torch.uint8, device=dev), torch.empty(B, T, dtype=torch.uint8, device=dev),
+             torch.zeros(4, dtype=torch.float64, device=dev)) for _ in range(2)]
+
+    def call(fn, v, r, o, st=stream):
+        check(lib, fn(st, K, B, T, ptr(v), ptr(r), ptr(d["mask_u8"]), ptr(d["group_ids"]), *(ptr(x) for x in o[:4]), 0,
+                      ptr(o[4])))
+
+    ours = timer.best_ms(lambda: call(lib.asyppo_bench_advantage_step_to_bf16, v16, r16, outs[0]), repeat)
+    call(lib.asyppo_bench_advantage_step_to_f32, wide["values"], wide["rewards"], outs[1])
+    timer.sync()
+    same = all(torch.equal(x, y) or (x.dtype == torch.float64 and torch.equal(x.isnan(), y.isnan()) and
+                                     torch.equal(x.nan_to_num(), y.nan_to_num())) for x, y in zip(*outs))
+    bytes_min = B * T * (2 * K + 2 + 1 + 4 + 4 + 1 + 1)  # V, r (bf16), m in; A, R, I^A, I^H out
+    return ours, bytes_min, {"the float call's bits on the widened values": same}
+
+
 def actor_case(lib, stream, d, B, T, timer, repeat):
     dev = d["logp"].device
     grad = torch.empty(B, T, device=dev)
@@ -326,6 +353,8 @@ def main():
     rows.append(("advantage step (device result)", ours_to, theirs, nbytes, {}))
     if graph_ms is not None:
         rows.append(("advantage step (device result, CUDA graph replay)", graph_ms, theirs, nbytes, {}))
+    ours16, nbytes16, ck16 = advantage_bf16_case(lib, stream, d, a.K, a.B, a.T, timer, a.repeat)
+    rows.append(("advantage step (device result, bfloat16 values and rewards)", ours16, theirs, nbytes16, ck16))
     ours, ours_to, graph_ms, theirs, nbytes, ck = actor_case(lib, stream, d, a.B, a.T, timer, a.repeat)
     rows.append(("actor loss + gradient", ours, theirs, nbytes, ck))
     rows.append(("actor loss + gradient (device result)", ours_to, theirs, nbytes, {}))

@@ -2,7 +2,8 @@
 // device-result variant) and the critic heads,
 // for benchmark and comparison scripts that call asyppo through ctypes on buffers they own
 // (PyTorch tensors: data_ptr()), on the CPU (capi_cpu.cpp) or on a GPU (capi_cuda.cu, on the caller's
-// CUDA stream). Not a public API: a test harness (float32, contiguous row-major buffers).
+// CUDA stream). Not a public API: a test harness (float32, contiguous row-major buffers; the
+// advantage step's device-result variant also with bfloat16 values and rewards, `_bf16`).
 //
 // Every function returns 0, or 1 with the message in asyppo_bench_last_error(). The backend of one
 // library is fixed at build time; asyppo_bench_backend() names it.
@@ -37,17 +38,20 @@ int guarded(F&& f) {
 
 /// The views and config of both advantage-step entry points (defaults of the paper: k = h = 0.2,
 /// gamma = lambda = 1, batch scope; the summary's statistics off unless asked for).
+/// In: the element type of values and rewards (float or asyppo::bfloat16); the outputs are float.
+template <class In = float>
 struct step_call {
-  asyppo::advantage_inputs<float> in;
+  asyppo::advantage_inputs<In> in;
   asyppo::advantage_outputs<float> out;
   asyppo::advantage_config cfg;
 };
-inline step_call step_call_of(std::int64_t K, std::int64_t B, std::int64_t T, const float* values, const float* rewards,
-                              const std::uint8_t* mask, const std::int64_t* group_ids, float* advantages, float* returns,
-                              std::uint8_t* adv_mask, std::uint8_t* entropy_mask, int statistics) {
+template <class In = float>
+step_call<In> step_call_of(std::int64_t K, std::int64_t B, std::int64_t T, const In* values, const In* rewards,
+                           const std::uint8_t* mask, const std::int64_t* group_ids, float* advantages, float* returns,
+                           std::uint8_t* adv_mask, std::uint8_t* entropy_mask, int statistics) {
   using namespace asyppo;
-  step_call c{advantage_inputs<float>{critic_view<const float>(values, K, B, T), token_view<const float>(rewards, B, T),
-                                      mask_view(mask, B, T), seq_view<const std::int64_t>(group_ids, B)},
+  step_call<In> c{advantage_inputs<In>{critic_view<const In>(values, K, B, T), token_view<const In>(rewards, B, T),
+                                       mask_view(mask, B, T), seq_view<const std::int64_t>(group_ids, B)},
               advantage_outputs<float>{token_view<float>(advantages, B, T), token_view<float>(returns, B, T),
                                        mask_out(adv_mask, B, T), mask_out(entropy_mask, B, T)},
               advantage_config{}};
@@ -64,8 +68,8 @@ int advantage_step(const Backend& be, std::int64_t K, std::int64_t B, std::int64
                    float* returns, std::uint8_t* adv_mask, std::uint8_t* entropy_mask, int statistics,
                    double* summary_out) {
   return guarded([&] {
-    const step_call c = step_call_of(K, B, T, values, rewards, mask, group_ids, advantages, returns, adv_mask,
-                                     entropy_mask, statistics);
+    const step_call<> c = step_call_of(K, B, T, values, rewards, mask, group_ids, advantages, returns, adv_mask,
+                                       entropy_mask, statistics);
     const asyppo::advantage_summary s = asyppo::advantage_step(be, c.in, c.out, c.cfg);
     if (summary_out) {
       summary_out[0] = s.adv_mask_fraction;
@@ -78,16 +82,16 @@ int advantage_step(const Backend& be, std::int64_t K, std::int64_t B, std::int64
 
 /// The same through advantage_step_to (no finiteness check): nothing waits for the stream; the four
 /// summary values are copied (stream-ordered) to summary_out, which lives where the buffers live
-/// (device memory on a GPU).
-template <class Backend>
-int advantage_step_to(const Backend& be, std::int64_t K, std::int64_t B, std::int64_t T, const float* values,
-                      const float* rewards, const std::uint8_t* mask, const std::int64_t* group_ids, float* advantages,
+/// (device memory on a GPU). In: float or asyppo::bfloat16 values and rewards.
+template <class Backend, class In>
+int advantage_step_to(const Backend& be, std::int64_t K, std::int64_t B, std::int64_t T, const In* values,
+                      const In* rewards, const std::uint8_t* mask, const std::int64_t* group_ids, float* advantages,
                       float* returns, std::uint8_t* adv_mask, std::uint8_t* entropy_mask, int statistics,
                       double* summary_out) {
   return guarded([&] {
     using asyppo::index_t;
-    step_call c = step_call_of(K, B, T, values, rewards, mask, group_ids, advantages, returns, adv_mask, entropy_mask,
-                               statistics);
+    step_call<In> c = step_call_of<In>(K, B, T, values, rewards, mask, group_ids, advantages, returns, adv_mask,
+                                       entropy_mask, statistics);
     c.cfg.check_finite = false;
     auto result = be.template allocate<asyppo::advantage_step_result>(1);
     asyppo::advantage_step_to(be, c.in, c.out, result.data(), nullptr, c.cfg);
@@ -184,6 +188,17 @@ int critic_heads(const Backend& be, std::int64_t K, std::int64_t N, std::int64_t
                                          std::uint8_t* adv_mask, std::uint8_t* entropy_mask, int statistics,         \
                                          double* summary_out) {                                                      \
     return asyppo_bench_capi::advantage_step_to(MAKE_BACKEND(stream), K, B, T, values, rewards, mask, group_ids,    \
+                                                advantages, returns, adv_mask, entropy_mask, statistics,             \
+                                                summary_out);                                                        \
+  }                                                                                                                   \
+  int asyppo_bench_advantage_step_to_bf16(void* stream, std::int64_t K, std::int64_t B, std::int64_t T,              \
+                                          const void* values, const void* rewards, const std::uint8_t* mask,         \
+                                          const std::int64_t* group_ids, float* advantages, float* returns,          \
+                                          std::uint8_t* adv_mask, std::uint8_t* entropy_mask, int statistics,        \
+                                          double* summary_out) {                                                     \
+    return asyppo_bench_capi::advantage_step_to(MAKE_BACKEND(stream), K, B, T,                                       \
+                                                static_cast<const asyppo::bfloat16*>(values),                        \
+                                                static_cast<const asyppo::bfloat16*>(rewards), mask, group_ids,      \
                                                 advantages, returns, adv_mask, entropy_mask, statistics,             \
                                                 summary_out);                                                        \
   }                                                                                                                   \

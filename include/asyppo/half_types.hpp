@@ -12,6 +12,7 @@
 
 #include <cstdint>
 #include <cstring>
+#include <type_traits>
 
 #include "asyppo/config.hpp"
 
@@ -85,5 +86,15 @@ struct float16 {
 };
 
 static_assert(sizeof(bfloat16) == 2 && sizeof(float16) == 2, "16-bit storage types");
+
+/// Whether T is one of the 16-bit input types.
+template <class T>
+inline constexpr bool is_half_type_v = std::is_same_v<T, bfloat16> || std::is_same_v<T, float16>;
+
+/// The element type an entry point computes in and writes when its inputs are T: float for the
+/// 16-bit input types (their outputs and gradients are float32, as under autocast's upcast), T
+/// itself for float and double.
+template <class T>
+using compute_type_t = std::conditional_t<is_half_type_v<T>, float, T>;
 
 }  // namespace asyppo

@@ -19,6 +19,9 @@
 #include <cstdint>
 #include <cstring>
 #include <random>
+#include <tuple>
+#include <type_traits>
+#include <utility>
 #include <vector>
 
 // The CPU backend (the reference here) uses Eigen's thread pool: compile Eigen as plain host code
@@ -824,6 +827,112 @@ TEMPLATE_TEST_CASE("cuda algorithms: policy_loss, value_loss, actor_objective", 
   }
 }
 
+// ---- 16-bit inputs: the float inputs' bits -------------------------------------------------------
+// A call on bfloat16 / float16 inputs reads them exactly and computes as on float inputs (half_types.hpp,
+// compute_type_t): on the same device its outputs are the float call's on the widened values, bit for
+// bit (the same kernels and launch shapes; only the loads differ).
+namespace {
+/// The float batch's tensors rounded to H, and those values widened back to float (exact).
+template <class H>
+std::pair<batch<H>, batch<float>> narrowed(const batch<float>& f) {
+  batch<H> h{f.K, f.B, f.Tn, {}, {}, {}, {}, {}, {}, {}, {}, f.m, f.adv_mask, f.ent_mask, f.ids, {}};
+  batch<float> w = f;
+  const auto round = [](const std::vector<float>& x, std::vector<H>& n, std::vector<float>& back) {
+    n.resize(x.size());
+    for (std::size_t i = 0; i < x.size(); ++i) n[i] = H::from_float(x[i]), back[i] = static_cast<float>(n[i]);
+  };
+  round(f.V, h.V, w.V), round(f.V2, h.V2, w.V2), round(f.r, h.r, w.r), round(f.logp, h.logp, w.logp);
+  round(f.old_logp, h.old_logp, w.old_logp), round(f.ref_logp, h.ref_logp, w.ref_logp), round(f.adv, h.adv, w.adv);
+  round(f.ent, h.ent, w.ent), round(f.scores, h.scores, w.scores);
+  return {h, w};
+}
+template <class T>
+bool same_bytes(const std::vector<T>& a, const std::vector<T>& b) {
+  return a.size() == b.size() && std::memcmp(a.data(), b.data(), a.size() * sizeof(T)) == 0;
+}
+template <class T>
+bool same_object_bytes(const T& a, const T& b) {
+  return std::memcmp(&a, &b, sizeof(T)) == 0;
+}
+}  // namespace
+
+TEMPLATE_TEST_CASE("cuda algorithms: bfloat16 and float16 inputs give the float inputs' bits", "[cuda][algorithms][half]",
+                   bfloat16, float16) {
+  using H = TestType;
+  cuda_backend gpu;
+  const int K = 2, B = 40, Tn = 1500;
+  const auto [h16, h32] = narrowed<H>(make_batch<float>(31, K, B, Tn));
+  const device_batch<H> d16(gpu, h16);
+  const device_batch<float> d32(gpu, h32);
+  const std::size_t n = static_cast<std::size_t>(B) * Tn;
+  const mask_view dm(d32.m.data(), B, Tn);
+
+  SECTION("advantage_step_to (both scopes, shards)") {
+    for (auto scope : {mask_scope::batch, mask_scope::sequence}) {
+      advantage_config cfg;
+      cfg.lambda_actor = 0.95;
+      cfg.scope = scope;
+      cfg.check_finite = false;
+      auto run = [&](const auto& in) {
+        auto o = gpu.allocate<float>(3 * static_cast<index_t>(n) + K * B);
+        auto om = gpu.allocate<u8>(2 * static_cast<index_t>(n));
+        auto res = gpu.allocate<advantage_step_result>(1);
+        auto ev = gpu.allocate<double>(K);
+        float* p = o.data();
+        advantage_step_to(gpu, in,
+                          advantage_outputs<float>{{p, B, Tn}, {p + n, B, Tn}, {om.data(), B, Tn}, {om.data() + n, B, Tn},
+                                                   {p + 3 * n, K, B}, {p + 2 * n, B, Tn}},
+                          res.data(), ev.data(), cfg);
+        return std::tuple{download(gpu, o), download(gpu, om), download(gpu, res)[0], download(gpu, ev)};
+      };
+      const auto [o16, m16, r16, e16] = run(advantage_inputs<H>{critic_view<const H>(d16.V.data(), K, B, Tn),
+                                                                token_view<const H>(d16.r.data(), B, Tn), dm,
+                                                                seq_view<const i64>(d16.ids.data(), B)});
+      const auto [o32, m32, r32, e32] = run(advantage_inputs<float>{critic_view<const float>(d32.V.data(), K, B, Tn),
+                                                                    token_view<const float>(d32.r.data(), B, Tn), dm,
+                                                                    seq_view<const i64>(d32.ids.data(), B)});
+      REQUIRE(same_bytes(o16, o32));
+      REQUIRE(m16 == m32);
+      REQUIRE(same_object_bytes(r16, r32));
+      REQUIRE(same_bytes(e16, e32));
+    }
+  }
+  SECTION("actor_objective_to and value_loss_to") {
+    actor_objective_options ao;
+    ao.entropy_coef = 0.01;
+    ao.kl_coef = 0.001;
+    ao.dual_clip = 3.0;
+    ao.check_finite = false;
+    ao.aggregation = loss_aggregation::token_mean;
+    ao.normalizer.tokens = static_cast<double>(n);
+    value_loss_options vo;
+    vo.check_finite = false;
+    vo.normalizers.assign(K, loss_normalizer{static_cast<double>(n), static_cast<double>(B), static_cast<double>(Tn)});
+    auto run = [&](const auto& d) {
+      using In = std::remove_cv_t<std::remove_pointer_t<decltype(d.V.data())>>;
+      auto tv = [&](const device_buffer<In>& v) { return token_view<const In>(v.data(), B, Tn); };
+      auto g = gpu.allocate<float>(2 * static_cast<index_t>(n) + K * static_cast<index_t>(n));
+      auto ares = gpu.allocate<actor_objective_result>(1);
+      auto vmet = gpu.allocate<critic_loss_metrics>(K);
+      actor_objective_to(gpu,
+                         actor_objective_inputs<In>{tv(d.logp), tv(d.old_logp), tv(d.adv), dm,
+                                                    mask_view(d.adv_mask.data(), B, Tn), tv(d.ent),
+                                                    mask_view(d.ent_mask.data(), B, Tn), tv(d.ref_logp)},
+                         actor_objective_outputs<float>{{g.data(), B, Tn}, {g.data() + n, B, Tn}}, ares.data(), ao);
+      value_loss_to(gpu,
+                    value_loss_inputs<In>{critic_view<const In>(d.V.data(), K, B, Tn),
+                                          critic_view<const In>(d.V2.data(), K, B, Tn), tv(d.r), {}, dm, {}},
+                    critic_view<float>(g.data() + 2 * n, K, B, Tn), vmet.data(), vo);
+      return std::tuple{download(gpu, g), download(gpu, ares)[0], download(gpu, vmet)};
+    };
+    const auto [g16, a16, v16] = run(d16);
+    const auto [g32, a32, v32] = run(d32);
+    REQUIRE(same_bytes(g16, g32));
+    REQUIRE(same_object_bytes(a16, a32));
+    for (int k = 0; k < K; ++k) REQUIRE(same_object_bytes(v16[static_cast<std::size_t>(k)], v32[static_cast<std::size_t>(k)]));
+  }
+}
+
 TEMPLATE_TEST_CASE("cuda algorithms: critic heads (cuBLAS and the pattern path)", "[cuda][algorithms][critic_heads]",
                    float, double) {
   // cuBLAS accumulates in T (float: FP32 FMA, no TF32 with the default handle), the CPU in double:
@@ -950,13 +1059,6 @@ TEST_CASE("cuda backend: errors name the failing call; host pointers are rejecte
 // caller's counts) queue work without a host round trip, so one stream capture holds them (their temporaries become the graph's allocation nodes: cudaMallocAsync/cudaFreeAsync;
 // cuBLAS from CUDA 12.2 allocates its workspace stream-ordered too). Each replay must give the eager
 // run's bits (the same kernels on the same data; integer atomics only).
-namespace {
-template <class T>
-bool same_bytes(const std::vector<T>& a, const std::vector<T>& b) {
-  return a.size() == b.size() && std::memcmp(a.data(), b.data(), a.size() * sizeof(T)) == 0;
-}
-}  // namespace
-
 TEST_CASE("cuda graph: one AsyPPO step captured and replayed gives the eager bits", "[cuda][graph]") {
   using T = float;
   const int K = 2, B = 24, Tn = 700, D = 96;

@@ -16,6 +16,7 @@
 #include <cstring>
 #include <random>
 #include <tuple>
+#include <type_traits>
 #include <utility>
 #include <vector>
 
@@ -67,16 +68,18 @@ batch<T> make(std::uint64_t seed, int K, int B, int Tn, int distinct_sigma = 0) 
   return d;
 }
 
-/// advantage_step, or (resident) advantage_step_to with its result read back into a summary.
+/// advantage_step, or (resident) advantage_step_to with its result read back into a summary. T: any
+/// input type (the outputs are compute_type_t<T>).
 template <class T, class Backend>
 std::pair<advantage_summary, std::vector<std::vector<double>>> step(const Backend& be, const batch<T>& d,
                                                                      const advantage_config& cfg, bool resident = false) {
+  using C = compute_type_t<T>;
   const std::size_t n = static_cast<std::size_t>(d.B) * d.Tn;
-  std::vector<T> adv(n), ret(n), sd(n), w(static_cast<std::size_t>(d.K) * d.B);
+  std::vector<C> adv(n), ret(n), sd(n), w(static_cast<std::size_t>(d.K) * d.B);
   ref::bytes am(n), em(n);
   const advantage_inputs<T> in{
       {d.V.data(), d.K, d.B, d.Tn}, {d.r.data(), d.B, d.Tn}, {d.m.data(), d.B, d.Tn}, {d.ids.data(), d.B}};
-  advantage_outputs<T> out{{adv.data(), d.B, d.Tn}, {ret.data(), d.B, d.Tn}, {am.data(), d.B, d.Tn},
+  advantage_outputs<C> out{{adv.data(), d.B, d.Tn}, {ret.data(), d.B, d.Tn}, {am.data(), d.B, d.Tn},
                            {em.data(), d.B, d.Tn}, {w.data(), d.K, d.B}, {sd.data(), d.B, d.Tn}};
   advantage_summary s;
   if (resident) {
@@ -211,6 +214,67 @@ void conformance_losses(const Make& backend_at) {
         CHECK(v1.critics[static_cast<std::size_t>(k)].clipped_tokens == v0.critics[static_cast<std::size_t>(k)].clipped_tokens);
       }
     }
+}
+
+/// 16-bit inputs (half_types.hpp) on the backend under test: advantage_step (and advantage_step_to),
+/// actor_objective and value_loss on bfloat16 / float16 inputs give the bits of the same backend's call
+/// on the float values they widen to (both make the same backend calls in the same order, so a backend
+/// made from the same seed tiles them alike).
+template <class H, class Make>
+void conformance_half_inputs(const Make& backend_at) {
+  for (std::uint64_t seed : {8u, 9u}) {
+    const auto f = make<float>(seed, 2, 9, 70, seed == 9 ? 3 : 0);  // seed 9: heavy sigma ties
+    batch<H> h{f.K, f.B, f.Tn, {}, {}, {}, {}, {}, {}, {}, f.m, f.ids, {}};
+    batch<float> w = f;  // the 16-bit values, widened (exact)
+    const auto narrow = [](const std::vector<float>& x, std::vector<H>& n, std::vector<float>& back) {
+      n.resize(x.size());
+      for (std::size_t i = 0; i < x.size(); ++i) n[i] = H::from_float(x[i]), back[i] = static_cast<float>(n[i]);
+    };
+    narrow(f.V, h.V, w.V), narrow(f.V2, h.V2, w.V2), narrow(f.r, h.r, w.r), narrow(f.lp, h.lp, w.lp);
+    narrow(f.olp, h.olp, w.olp), narrow(f.H, h.H, w.H), narrow(f.ref, h.ref, w.ref);
+    INFO("seed " << seed);
+    for (bool resident : {false, true}) {
+      advantage_config cfg;
+      cfg.lambda_actor = 0.95;
+      cfg.check_finite = !resident;
+      cfg.scope = seed == 9 ? mask_scope::sequence : mask_scope::batch;
+      const auto [s16, o16] = step(backend_at(seed), h, cfg, resident);
+      const auto [s32, o32] = step(backend_at(seed), w, cfg, resident);
+      CHECK(o16 == o32);
+      CHECK(s16.adv_masked == s32.adv_masked);
+      for (int q = 0; q < 5; ++q) CHECK(std::memcmp(&s16.std_quantiles[q], &s32.std_quantiles[q], sizeof(double)) == 0);
+      CHECK(std::memcmp(&s16.advantage_std, &s32.advantage_std, sizeof(double)) == 0);
+    }
+    const std::size_t n = static_cast<std::size_t>(f.B) * f.Tn;
+    const mask_view mv(f.m.data(), f.B, f.Tn);
+    std::vector<float> shard(static_cast<std::size_t>(f.K) * f.B);
+    shard_weights(cpu_backend(1), seq_view<const i64>(f.ids.data(), f.B), f.K, view<float, 2>(shard.data(), f.K, f.B));
+    const auto losses = [&](const auto& d) {
+      using In = typename std::decay_t<decltype(d.V)>::value_type;
+      const auto tv = [&](const std::vector<In>& x) { return token_view<const In>(x.data(), d.B, d.Tn); };
+      std::vector<float> gl(n), gh(n), gv(static_cast<std::size_t>(d.K) * n);
+      actor_objective_options ao;
+      ao.dual_clip = 3;
+      ao.entropy_coef = 0.01;
+      ao.kl_coef = 0.1;
+      const auto a = actor_objective(backend_at(seed + 1),
+                                     actor_objective_inputs<In>{tv(d.lp), tv(d.olp), tv(d.r), mv, {}, tv(d.H), {}, tv(d.ref)},
+                                     actor_objective_outputs<float>{{gl.data(), d.B, d.Tn}, {gh.data(), d.B, d.Tn}}, ao);
+      const auto v = value_loss(backend_at(seed + 2),
+                                value_loss_inputs<In>{{d.V.data(), d.K, d.B, d.Tn}, {d.V2.data(), d.K, d.B, d.Tn}, tv(d.r),
+                                                      {}, mv, {shard.data(), d.K, d.B}},
+                                critic_view<float>(gv.data(), d.K, d.B, d.Tn));
+      return std::make_tuple(std::vector<double>{a.total, a.policy.metrics.approx_kl_sum, a.entropy.entropy, a.kl.kl,
+                                                 v.critics[0].loss, v.critics[1].explained_variance},
+                             gl, gh, gv);
+    };
+    const auto r16 = losses(h);
+    const auto r32 = losses(w);
+    CHECK(std::memcmp(std::get<0>(r16).data(), std::get<0>(r32).data(), 6 * sizeof(double)) == 0);
+    CHECK(std::get<1>(r16) == std::get<1>(r32));
+    CHECK(std::get<2>(r16) == std::get<2>(r32));
+    CHECK(std::get<3>(r16) == std::get<3>(r32));
+  }
 }
 
 /// The critic heads (H1-H4), a trunk per critic and a shared trunk: values, dW, dc, dH against the CPU

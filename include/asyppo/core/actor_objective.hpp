@@ -17,6 +17,8 @@
 // gradients at position i only (every i is visited exactly once). Double accumulation; the CPU
 // backend's results are bit-identical for any thread count, and for any SIMD width (contiguous rows
 // run on SIMD lanes on x86-64: core/simd/token_kernels.inc).
+// Inputs in float, double, bfloat16 or float16 (read exactly); outputs and gradients in
+// compute_type_t of the input type (half_types.hpp: float for the 16-bit types): the float call's bits.
 #pragma once
 
 #include <cmath>
@@ -80,7 +82,7 @@ struct actor_reducer {
   token_view<const T> logp, old_logp, adv, entropy, ref;
   mask_view mask, adv_mask, entropy_mask;
   const double* w;
-  token_view<T> grad_logp, grad_entropy;  // optional each
+  token_view<compute_type_t<T>> grad_logp, grad_entropy;  // optional each
   surrogate_params sp;
   kl_params kp;
   double beta, kappa;
@@ -115,20 +117,22 @@ struct actor_reducer {
         if (kappa != 0.0) gl += kappa * wb * k.ddelta;
       }
     }
-    if (grad_logp.data) grad_logp(b, t) = static_cast<T>(gl);
-    if (grad_entropy.data) grad_entropy(b, t) = static_cast<T>(gh);
+    if (grad_logp.data) grad_logp(b, t) = static_cast<compute_type_t<T>>(gl);
+    if (grad_entropy.data) grad_entropy(b, t) = static_cast<compute_type_t<T>>(gh);
   }
   /// add() over [t0, t1) on contiguous rows: SIMD lanes for whole lane groups, then add() (same bits).
   ASYPPO_HD void add_span(actor_acc& acc, index_t b, index_t t0, index_t t1) const {
     index_t t = t0;
 #if defined(ASYPPO_SIMD_SSE2)  // host x86-64, not nvcc
-    if (unit_inner_stride(logp) && unit_inner_stride(old_logp) && unit_inner_stride(adv) && unit_inner_stride(entropy) &&
-        unit_inner_stride(ref) && unit_inner_stride(mask) && unit_inner_stride(adv_mask) &&
-        unit_inner_stride(entropy_mask) && unit_inner_stride(grad_logp) && unit_inner_stride(grad_entropy)) {
-      const auto row = [b](auto v) { return v.data ? &v(b, 0) : nullptr; };
-      t = actor_span_simd(acc.pg, acc.ent, acc.kl, row(logp), row(old_logp), row(adv), row(entropy), row(ref), row(mask),
-                          row(adv_mask), row(entropy_mask), row(grad_logp), row(grad_entropy), w[b], beta, kappa, t0, t1,
-                          sp, kp);
+    if constexpr (!is_half_type_v<T>) {  // 16-bit inputs: the per-token code
+      if (unit_inner_stride(logp) && unit_inner_stride(old_logp) && unit_inner_stride(adv) && unit_inner_stride(entropy) &&
+          unit_inner_stride(ref) && unit_inner_stride(mask) && unit_inner_stride(adv_mask) &&
+          unit_inner_stride(entropy_mask) && unit_inner_stride(grad_logp) && unit_inner_stride(grad_entropy)) {
+        const auto row = [b](auto v) { return v.data ? &v(b, 0) : nullptr; };
+        t = actor_span_simd(acc.pg, acc.ent, acc.kl, row(logp), row(old_logp), row(adv), row(entropy), row(ref),
+                            row(mask), row(adv_mask), row(entropy_mask), row(grad_logp), row(grad_entropy), w[b], beta,
+                            kappa, t0, t1, sp, kp);
+      }
     }
 #endif
     for (; t < t1; ++t) add(acc, b, t);
@@ -146,7 +150,7 @@ namespace detail {
 /// Every check of actor_objective and actor_objective_to that reads no data (shapes, options, memory).
 template <class Backend, class T>
 void check_actor_objective(const Backend& be, const char* where, const actor_objective_inputs<T>& in,
-                           const actor_objective_outputs<T>& out, const actor_objective_options& opt) {
+                           const actor_objective_outputs<compute_type_t<T>>& out, const actor_objective_options& opt) {
   check_view(where, "logp", in.logp);
   const index_t B = in.logp.extent[0], Tn = in.logp.extent[1];
   check_input(where, "old_logp", in.old_logp, {B, Tn});
@@ -180,8 +184,9 @@ void check_actor_finite(const Backend& be, const char* where, const actor_object
 }
 
 template <class T>
-actor_reducer<T> actor_reducer_of(const actor_objective_inputs<T>& in, const actor_objective_outputs<T>& out,
-                                  const actor_objective_options& opt, const double* weights) {
+actor_reducer<T> actor_reducer_of(const actor_objective_inputs<T>& in,
+                                  const actor_objective_outputs<compute_type_t<T>>& out, const actor_objective_options& opt,
+                                  const double* weights) {
   return {in.logp,      in.old_logp,     in.advantages,  in.entropy, in.ref_logp,  in.mask, in.adv_mask,
           in.entropy_mask, weights,      out.grad_logp,  out.grad_entropy,
           {opt.clip_low, opt.clip_high, opt.dual_clip, opt.log_ratio_clamp}, kl_params_of(opt.kl), opt.entropy_coef,
@@ -225,7 +230,7 @@ struct store_actor_result {
 /// on a valid token.
 template <class Backend, class T>
 actor_objective_result actor_objective(const Backend& be, const actor_objective_inputs<T>& in,
-                                       const actor_objective_outputs<T>& out = {},
+                                       const actor_objective_outputs<compute_type_t<T>>& out = {},
                                        const actor_objective_options& opt = {}) {
   constexpr const char* where = "asyppo::actor_objective";
   detail::check_actor_objective(be, where, in, out, opt);
@@ -248,7 +253,8 @@ actor_objective_result actor_objective(const Backend& be, const actor_objective_
 /// token-mean, sequences for the seq-mean modes, norm_length > 0 for seq-mean-token-sum-norm), and it
 /// is not checked against this call's own counts. Throws like actor_objective, and on a null result.
 template <class Backend, class T>
-void actor_objective_to(const Backend& be, const actor_objective_inputs<T>& in, const actor_objective_outputs<T>& out,
+void actor_objective_to(const Backend& be, const actor_objective_inputs<T>& in,
+                        const actor_objective_outputs<compute_type_t<T>>& out,
                         actor_objective_result* result, const actor_objective_options& opt = {}) {
   constexpr const char* where = "asyppo::actor_objective_to";
   detail::check_actor_objective(be, where, in, out, opt);

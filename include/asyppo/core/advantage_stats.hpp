@@ -26,13 +26,15 @@ namespace asyppo::detail {
 inline constexpr int stats_critics_per_pass = 8;
 
 /// NC: critics per pass known at compile time (1 or 2, the common cases: the accumulators then
-/// live in registers), or 0: ncritics at run time, up to stats_critics_per_pass.
+/// live in registers), or 0: ncritics at run time, up to stats_critics_per_pass. Values in T (any
+/// input type), advantages and returns in its compute type.
 template <class T, int NC = 0>
 struct summary_reducer {
   static constexpr int cap = 2 + (NC > 0 ? NC : stats_critics_per_pass);  // advantages, returns, R - V_k
+  using C = compute_type_t<T>;
   critic_view<const T> values;
-  token_view<T> adv;
-  token_view<const T> ret;
+  token_view<C> adv;
+  token_view<const C> ret;
   mask_view mask;
   view<const std::uint8_t, 2> adv_mask;
   index_t first_critic, ncritics;
@@ -54,7 +56,7 @@ struct summary_reducer {
     double x[cap];
     double A = static_cast<double>(adv(b, t));
     if (apply_mask && !adv_mask(b, t)) {
-      adv(b, t) = T(0);
+      adv(b, t) = C(0);
       A = 0;
     }
     x[0] = A;
@@ -75,7 +77,7 @@ struct summary_reducer {
   ASYPPO_HD void add_span(value_type& a, index_t b, index_t t0, index_t t1) const {
     index_t t = t0;
 #if defined(ASYPPO_SIMD_SSE2)  // host x86-64, not nvcc
-    if constexpr (NC == 1 || NC == 2) {
+    if constexpr ((NC == 1 || NC == 2) && !is_half_type_v<T>) {  // 16-bit values: add() per token
       const bool unit = unit_inner_stride(values) && unit_inner_stride(adv) && unit_inner_stride(ret) &&
                         unit_inner_stride(mask) && (!apply_mask || unit_inner_stride(adv_mask));
       for (; t < t1 && a.n == 0; ++t) add(a, b, t);  // the first valid token sets the shifts
@@ -170,8 +172,9 @@ ASYPPO_HD void finish_summary_pass(const double* g, index_t k0, index_t nk, doub
 /// Runs f(reducer, k0, nk) for each pass of the summary: critics [k0, k0 + nk), at most
 /// stats_critics_per_pass each (at least one pass); the I^A store (apply_mask) in the first only.
 template <class T, class F>
-void for_each_summary_pass(critic_view<const T> values, token_view<T> adv, token_view<const T> ret, mask_view mask,
-                           view<const std::uint8_t, 2> adv_mask, bool apply_mask, F&& f) {
+void for_each_summary_pass(critic_view<const T> values, token_view<compute_type_t<T>> adv,
+                           token_view<const compute_type_t<T>> ret, mask_view mask, view<const std::uint8_t, 2> adv_mask,
+                           bool apply_mask, F&& f) {
   const index_t K = values.extent[0];
   for (index_t k0 = 0; k0 < K || k0 == 0; k0 += stats_critics_per_pass) {
     const index_t nk = std::min<index_t>(stats_critics_per_pass, K - k0);
@@ -185,9 +188,9 @@ void for_each_summary_pass(critic_view<const T> values, token_view<T> adv, token
 
 /// range: columns holding every valid token of each row (backend/patterns.hpp, ragged rows).
 template <class Backend, class T, class Summary, class Comm, class Range>
-void advantage_moments(const Backend& be, critic_view<const T> values, token_view<T> adv, token_view<const T> ret,
-                       mask_view mask, view<const std::uint8_t, 2> adv_mask, bool apply_mask, Summary& s,
-                       const Comm& comm, Range range) {
+void advantage_moments(const Backend& be, critic_view<const T> values, token_view<compute_type_t<T>> adv,
+                       token_view<const compute_type_t<T>> ret, mask_view mask, view<const std::uint8_t, 2> adv_mask,
+                       bool apply_mask, Summary& s, const Comm& comm, Range range) {
   const index_t B = adv.extent[0], Tn = adv.extent[1];
   s.explained_variance.assign(static_cast<std::size_t>(values.extent[0]), NAN);
   double var_ret = 0;
@@ -217,9 +220,9 @@ struct store_summary_pass {
 };
 
 template <class Backend, class T, class S, class Range>
-void advantage_moments_to(const Backend& be, critic_view<const T> values, token_view<T> adv, token_view<const T> ret,
-                          mask_view mask, view<const std::uint8_t, 2> adv_mask, bool apply_mask, S* s, double* ev,
-                          Range range) {
+void advantage_moments_to(const Backend& be, critic_view<const T> values, token_view<compute_type_t<T>> adv,
+                          token_view<const compute_type_t<T>> ret, mask_view mask, view<const std::uint8_t, 2> adv_mask,
+                          bool apply_mask, S* s, double* ev, Range range) {
   const index_t B = adv.extent[0], Tn = adv.extent[1];
   auto var_ret = be.template allocate<double>(1);
   for_each_summary_pass(values, adv, ret, mask, adv_mask, apply_mask, [&](const auto& red, index_t k0, index_t nk) {

@@ -23,6 +23,8 @@
 // advantage_step_to (docs/algorithm.md, A5): the same outputs, bit for bit, with the summary left in
 // backend memory and the selection resident there (no host round trip once checks are off); one
 // process.
+// Inputs in float, double, bfloat16 or float16 (read exactly); outputs and gradients in
+// compute_type_t of the input type (half_types.hpp: float for the 16-bit types): the float call's bits.
 #pragma once
 
 #include <cmath>
@@ -61,6 +63,7 @@ struct advantage_config {
   bool check_finite = true;
 };
 
+/// T: float, double, bfloat16 or float16 (the outputs: advantage_outputs<compute_type_t<T>>).
 template <class T>
 struct advantage_inputs {
   critic_view<const T> values;             ///< [K,B,T]
@@ -69,6 +72,7 @@ struct advantage_inputs {
   seq_view<const std::int64_t> group_ids;  ///< [B]
 };
 
+/// T: the inputs' compute type (compute_type_t, half_types.hpp).
 template <class T>
 struct advantage_outputs {
   token_view<T> advantages;         ///< [B,T] required
@@ -121,10 +125,11 @@ struct sigma_pass {
   ensemble_point<T> point;
   token_view<const T> rewards;
   mask_view mask;
-  T* sigma;  // [B,T] contiguous temporary
+  compute_type_t<T>* sigma;  // [B,T] contiguous temporary
   index_t cols;
   bool check;
   using value_type = token_tally;
+  using C = compute_type_t<T>;
   ASYPPO_HD value_type identity() const { return {0, 0}; }
   ASYPPO_HD void add(value_type& acc, index_t b, index_t t) const {
     if (!mask(b, t)) return;  // sigma is never read at invalid tokens
@@ -134,7 +139,7 @@ struct sigma_pass {
       for (index_t k = 0; k < point.values.extent[0]; ++k) ok = ok && is_finite_value(point.values(k, b, t));
       acc.nonfinite += ok ? 0 : 1;
     }
-    sigma[b * cols + t] = static_cast<T>(point.std(b, t));
+    sigma[b * cols + t] = static_cast<C>(point.std(b, t));
   }
   /// add() over [t0, t1). K = 2 with contiguous rows: one vectorisable loop (sigma is also written
   /// at the invalid tokens of the span, which nothing reads).
@@ -146,11 +151,11 @@ struct sigma_pass {
     }
     const T *v0 = &v(0, b, 0), *v1 = &v(1, b, 0), *r = &rewards(b, 0);
     const std::uint8_t* m = &mask(b, 0);
-    T* s = sigma + b * cols;
+    C* s = sigma + b * cols;
     const double half = point.half_span;
     std::int64_t valid = 0, bad = 0;
     for (index_t t = t0; t < t1; ++t) {
-      s[t] = static_cast<T>(fabs(static_cast<double>(v0[t]) - static_cast<double>(v1[t])) * half);  // Eq. E4, K = 2
+      s[t] = static_cast<C>(fabs(static_cast<double>(v0[t]) - static_cast<double>(v1[t])) * half);  // Eq. E4, K = 2
       valid += m[t] != 0;
     }
     if (check)
@@ -210,7 +215,8 @@ struct advantage_step_options {
 /// Checks of advantage_step and advantage_step_to (before any backend call that writes).
 template <class Backend, class T>
 advantage_step_options check_advantage_step(const Backend& be, const char* where, const advantage_inputs<T>& in,
-                                            const advantage_outputs<T>& out, const advantage_config& cfg) {
+                                            const advantage_outputs<compute_type_t<T>>& out,
+                                            const advantage_config& cfg) {
   check_view(where, "values", in.values);
   const index_t K = in.values.extent[0], B = in.values.extent[1], Tn = in.values.extent[2];
   if (cfg.critics < 1) detail::fail(where, "critics", "needs at least one critic (K >= 1), got ", cfg.critics);
@@ -248,11 +254,11 @@ advantage_step_options check_advantage_step(const Backend& be, const char* where
   return {g, mo};
 }
 
-/// Pass A: sigma of every valid token (a [B,T] temporary) and each row's tally (valid and non-finite
-/// tokens), both in backend memory.
+/// Pass A: sigma of every valid token (a [B,T] temporary, in the compute type) and each row's tally
+/// (valid and non-finite tokens), both in backend memory.
 template <class Backend, class T>
 struct sigma_tallies {
-  decltype(std::declval<const Backend&>().template allocate<T>(0)) sigma;
+  decltype(std::declval<const Backend&>().template allocate<compute_type_t<T>>(0)) sigma;
   decltype(std::declval<const Backend&>().template allocate<token_tally>(0)) tallies;
 };
 template <class Backend, class T>
@@ -260,7 +266,7 @@ sigma_tallies<Backend, T> sigma_pass_of(const Backend& be, const advantage_input
                                         row_heads heads) {
   const index_t B = in.values.extent[1], Tn = in.values.extent[2];
   const ensemble_point<T> point{in.values, cfg.std == std_kind::unbiased};
-  sigma_tallies<Backend, T> r{be.template allocate<T>(B * Tn), be.template allocate<token_tally>(B)};
+  sigma_tallies<Backend, T> r{be.template allocate<compute_type_t<T>>(B * Tn), be.template allocate<token_tally>(B)};
   be.row_reduce(B, Tn, sigma_pass<T>{point, in.rewards, in.mask, r.sigma.data(), Tn, cfg.check_finite},
                 store_row<token_tally>{r.tallies.data()}, heads);
   return r;
@@ -275,8 +281,9 @@ inline void fail_if_nonfinite(const char* where, const std::vector<token_tally>&
 /// advantage_step after its checks (where: the entry point named in errors).
 template <class Backend, class T, class Comm>
 advantage_summary advantage_step_checked(const Backend& be, const char* where, const advantage_inputs<T>& in,
-                                         const advantage_outputs<T>& out, const advantage_config& cfg,
+                                         const advantage_outputs<compute_type_t<T>>& out, const advantage_config& cfg,
                                          const advantage_step_options& opts, const Comm& comm) {
+  using C = compute_type_t<T>;  // sigma and every output
   const gae_options& g = opts.gae;
   const mask_options& mo = opts.masks;
   const index_t K = in.values.extent[0], B = in.values.extent[1], Tn = in.values.extent[2];
@@ -296,7 +303,7 @@ advantage_summary advantage_step_checked(const Backend& be, const char* where, c
   for (index_t b = 0; b < B; ++b) row_valid[static_cast<std::size_t>(b)] = tally[static_cast<std::size_t>(b)].valid;
 
   // B, C. Thresholds of both masks and the sigma quantiles from one radix selection.
-  const token_view<const T> csigma(sigma.data(), B, Tn);
+  const token_view<const C> csigma(sigma.data(), B, Tn);
   // Global valid tokens and sequences (one all-reduce; the summary reports whole-batch counts).
   std::uint64_t n_global[2] = {0, static_cast<std::uint64_t>(B)};
   for (auto v : row_valid) n_global[0] += static_cast<std::uint64_t>(v);
@@ -312,26 +319,26 @@ advantage_summary advantage_step_checked(const Backend& be, const char* where, c
     std::vector<select_request> req;
     for (auto r : qranks) req.push_back({0, r});
     std::vector<select_result> res(req.size());
-    radix_select(be, B, Tn, detail::std_key_of<T>{csigma, in.mask, false}, 8 * int(sizeof(T)),
+    radix_select(be, B, Tn, detail::std_key_of<C>{csigma, in.mask, false}, 8 * int(sizeof(C)),
                  detail::selection_digit_bits(comm), 1, req.data(),
                  static_cast<index_t>(req.size()), res.data(), comm, heads);
-    for (auto& r : res) plan.quantiles.push_back(static_cast<double>(detail::key_value<T>(r.key)));
+    for (auto& r : res) plan.quantiles.push_back(static_cast<double>(detail::key_value<C>(r.key)));
   }
   if (plan.ranked)
     detail::write_masks(be, csigma, in.mask, out.adv_mask, out.entropy_mask, plan.rows.data(), true, heads);
 
   // D. GAE, with the masks, sigma and I^A fused into its sink; then the padding of every output.
   const bool apply_in_gae = cfg.mask_advantages && !cfg.whiten_advantages;
-  const detail::mask_hook<T> hook{sigma.data(), Tn, plan.rows.data(), out.adv_mask, out.entropy_mask, out.std,
+  const detail::mask_hook<C> hook{sigma.data(), Tn, plan.rows.data(), out.adv_mask, out.entropy_mask, out.std,
                                   plan.ranked, apply_in_gae};
-  const gae_outputs<T> gout{out.advantages, out.returns, {}};
+  const gae_outputs<C> gout{out.advantages, out.returns, {}};
   detail::gae_unchecked(be, in.values, in.rewards, in.mask, g, gout, cfg.std, hook, heads);
   detail::write_zero(be, B, Tn, span.tails(), out.advantages, out.returns, out.std, out.adv_mask,
                      out.entropy_mask);
 
   // Optional whitening (in place); I^A is applied after it.
   if (cfg.whiten_advantages)
-    detail::whiten_no_moments(be, token_view<const T>(out.advantages), in.mask, out.advantages, cfg.whiten, comm);
+    detail::whiten_no_moments(be, token_view<const C>(out.advantages), in.mask, out.advantages, cfg.whiten, comm);
   const bool apply_later = cfg.mask_advantages && cfg.whiten_advantages;
 
   advantage_summary s;
@@ -350,10 +357,10 @@ advantage_summary advantage_step_checked(const Backend& be, const char* where, c
 
   // E. Summary moments (and I^A after whitening).
   if (cfg.statistics)
-    detail::advantage_moments(be, in.values, out.advantages, token_view<const T>(out.returns), in.mask,
+    detail::advantage_moments(be, in.values, out.advantages, token_view<const C>(out.returns), in.mask,
                               view<const std::uint8_t, 2>(out.adv_mask), apply_later, s, comm, heads);
   else if (apply_later)
-    be.for_each(B, Tn, detail::apply_adv_mask<T>{out.advantages, in.mask, view<const std::uint8_t, 2>(out.adv_mask)},
+    be.for_each(B, Tn, detail::apply_adv_mask<C>{out.advantages, in.mask, view<const std::uint8_t, 2>(out.adv_mask)},
                 heads);
 
   // Shards.
@@ -367,8 +374,9 @@ advantage_summary advantage_step_checked(const Backend& be, const char* where, c
 }  // namespace detail
 
 template <class Backend, class T, class Comm = single_process>
-advantage_summary advantage_step(const Backend& be, const advantage_inputs<T>& in, const advantage_outputs<T>& out,
-                                 const advantage_config& cfg = {}, const Comm& comm = {}) {
+advantage_summary advantage_step(const Backend& be, const advantage_inputs<T>& in,
+                                 const advantage_outputs<compute_type_t<T>>& out, const advantage_config& cfg = {},
+                                 const Comm& comm = {}) {
   constexpr const char* where = "asyppo::advantage_step";
   return detail::advantage_step_checked(be, where, in, out, cfg, detail::check_advantage_step(be, where, in, out, cfg),
                                         comm);
@@ -425,9 +433,11 @@ struct store_step_counts {
 
 /// advantage_step_to's device path after its checks: every decision in backend memory.
 template <class Backend, class T>
-void advantage_step_resident(const Backend& be, const advantage_inputs<T>& in, const advantage_outputs<T>& out,
-                             advantage_step_result* result, double* explained_variance, const advantage_config& cfg,
+void advantage_step_resident(const Backend& be, const advantage_inputs<T>& in,
+                             const advantage_outputs<compute_type_t<T>>& out, advantage_step_result* result,
+                             double* explained_variance, const advantage_config& cfg,
                              const advantage_step_options& opts, const char* where) {
+  using C = compute_type_t<T>;  // sigma and every output
   const index_t K = in.values.extent[0], B = in.values.extent[1], Tn = in.values.extent[2];
   const auto span = make_row_span(be, in.mask);
   const row_heads heads = span.heads();
@@ -440,7 +450,7 @@ void advantage_step_resident(const Backend& be, const advantage_inputs<T>& in, c
   }
   // B, C. The resident plan of both masks (batch scope: with the quantiles); sequence scope: the
   // quantiles by a selection over the whole batch.
-  const token_view<const T> sigma(pass_a.sigma.data(), B, Tn);
+  const token_view<const C> sigma(pass_a.sigma.data(), B, Tn);
   const row_count_tally count{pass_a.tallies.data()};
   const bool per_row = cfg.scope == mask_scope::sequence;
   const auto plan = plan_masks_resident(be, sigma, in.mask, opts.masks, count, std_quantile_count, heads);
@@ -450,34 +460,34 @@ void advantage_step_resident(const Backend& be, const advantage_inputs<T>& in, c
   if (per_row) {
     be.for_each(1, 1, mask_request_setup<row_count_tally>{count, plan.totals.data(), qa.data(), std_quantile_count, 0, 0,
                                                           false, false, std_quantile_count});
-    quantiles = radix_select_resident(be, B, Tn, std_key_of<T>{sigma, in.mask, false}, 8 * int(sizeof(T)), 1,
+    quantiles = radix_select_resident(be, B, Tn, std_key_of<C>{sigma, in.mask, false}, 8 * int(sizeof(C)), 1,
                                       std_quantile_count, qa.data(), qb.data(), heads);
   }
   write_masks(be, sigma, in.mask, out.adv_mask, out.entropy_mask, plan.rows.data(), true, heads);
 
   // D. GAE with sigma and I^A fused into its sink (the masks are written); the padding of every output.
   const bool apply_in_gae = cfg.mask_advantages && !cfg.whiten_advantages;
-  const mask_hook<T> hook{pass_a.sigma.data(), Tn, plan.rows.data(), out.adv_mask, out.entropy_mask, out.std,
+  const mask_hook<C> hook{pass_a.sigma.data(), Tn, plan.rows.data(), out.adv_mask, out.entropy_mask, out.std,
                           true, apply_in_gae};
-  gae_unchecked(be, in.values, in.rewards, in.mask, opts.gae, gae_outputs<T>{out.advantages, out.returns, {}}, cfg.std,
+  gae_unchecked(be, in.values, in.rewards, in.mask, opts.gae, gae_outputs<C>{out.advantages, out.returns, {}}, cfg.std,
                 hook, heads);
   write_zero(be, B, Tn, span.tails(), out.advantages, out.returns, out.std, out.adv_mask, out.entropy_mask);
   if (cfg.whiten_advantages)
-    whiten_resident(be, token_view<const T>(out.advantages), in.mask, out.advantages, nullptr, cfg.whiten, heads);
+    whiten_resident(be, token_view<const C>(out.advantages), in.mask, out.advantages, nullptr, cfg.whiten, heads);
   const bool apply_later = cfg.mask_advantages && cfg.whiten_advantages;
 
   // E. The summary: counts first, then the moments pass (which also applies I^A after whitening).
   auto own_result = be.template allocate<advantage_step_result>(result ? 0 : 1);
   advantage_step_result* res = result ? result : own_result.data();
-  be.for_each(1, 1, store_step_counts<T>{plan.totals.data(), plan.results, quantiles, B, per_row, res});
+  be.for_each(1, 1, store_step_counts<C>{plan.totals.data(), plan.results, quantiles, B, per_row, res});
   if (cfg.statistics) {
     auto own_ev = be.template allocate<double>(explained_variance ? 0 : K);
     double* ev = explained_variance ? explained_variance : own_ev.data();
     be.fill(ev, K, std::numeric_limits<double>::quiet_NaN());
-    advantage_moments_to(be, in.values, out.advantages, token_view<const T>(out.returns), in.mask,
+    advantage_moments_to(be, in.values, out.advantages, token_view<const C>(out.returns), in.mask,
                          view<const std::uint8_t, 2>(out.adv_mask), apply_later, res, ev, heads);
   } else if (apply_later) {
-    be.for_each(B, Tn, apply_adv_mask<T>{out.advantages, in.mask, view<const std::uint8_t, 2>(out.adv_mask)}, heads);
+    be.for_each(B, Tn, apply_adv_mask<C>{out.advantages, in.mask, view<const std::uint8_t, 2>(out.adv_mask)}, heads);
   }
   // F. Shards.
   if (present(out.shard_weights)) shard_weights_of(be, in.group_ids, K, out.shard_weights, cfg.shards, {}, single_process{});
@@ -494,7 +504,7 @@ void advantage_step_resident(const Backend& be, const advantage_inputs<T>& in, c
 /// (one round trip); without it nothing does, so a CUDA graph can hold the call. A host-memory backend
 /// (the CPU's), where nothing waits, takes advantage_step's path. Throws like advantage_step.
 template <class Backend, class T>
-void advantage_step_to(const Backend& be, const advantage_inputs<T>& in, const advantage_outputs<T>& out,
+void advantage_step_to(const Backend& be, const advantage_inputs<T>& in, const advantage_outputs<compute_type_t<T>>& out,
                        advantage_step_result* result, double* explained_variance, const advantage_config& cfg = {}) {
   constexpr const char* where = "asyppo::advantage_step_to";
   const detail::advantage_step_options opts = detail::check_advantage_step(be, where, in, out, cfg);

@@ -313,7 +313,7 @@ struct head_dims {
 template <class H, class T>
 inline constexpr bool head_types_ok =
     (std::is_same_v<T, float> || std::is_same_v<T, double>) &&
-    (std::is_same_v<H, T> || std::is_same_v<H, float> || std::is_same_v<H, bfloat16> || std::is_same_v<H, float16>);
+    (std::is_same_v<H, T> || std::is_same_v<H, float> || is_half_type_v<H>);
 
 template <class H, class T>
 head_dims check_head_inputs(const char* where, view<const H, 3> hidden, view<const T, 2> weight) {

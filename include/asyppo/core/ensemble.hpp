@@ -10,6 +10,8 @@
 // With a mask, masked-out tokens get 0 in every output and their values are never read.
 // Each output is optional (pass an empty view to skip it). Deterministic: every token is
 // computed independently with a fixed order over k.
+// Inputs in float, double, bfloat16 or float16 (read exactly); outputs and gradients in
+// compute_type_t of the input type (half_types.hpp: float for the 16-bit types): the float call's bits.
 #pragma once
 
 #include <cmath>
@@ -94,7 +96,7 @@ template <class T>
 struct ensemble_kernel {
   ensemble_point<T> point;
   mask_view mask;  // data may be null: every token valid
-  ensemble_outputs<T> out;
+  ensemble_outputs<compute_type_t<T>> out;
   ASYPPO_HD void operator()(index_t b, index_t t) const {
     const bool valid = mask.data == nullptr || mask(b, t) != 0;
     double mu = 0, sd = 0, lo = 0, hi = 0;
@@ -108,10 +110,11 @@ struct ensemble_kernel {
         hi = v > hi ? v : hi;
       }
     }
-    if (out.mean.data) out.mean(b, t) = static_cast<T>(mu);
-    if (out.std.data) out.std(b, t) = static_cast<T>(sd);
-    if (out.min.data) out.min(b, t) = static_cast<T>(lo);
-    if (out.max.data) out.max(b, t) = static_cast<T>(hi);
+    using C = compute_type_t<T>;
+    if (out.mean.data) out.mean(b, t) = static_cast<C>(mu);
+    if (out.std.data) out.std(b, t) = static_cast<C>(sd);
+    if (out.min.data) out.min(b, t) = static_cast<C>(lo);
+    if (out.max.data) out.max(b, t) = static_cast<C>(hi);
   }
 };
 
@@ -121,7 +124,7 @@ struct ensemble_kernel {
 /// valid). Throws asyppo::error on bad shapes, K < 1, or (check_finite) NaN/Inf on a valid token.
 template <class Backend, class T>
 void ensemble_stats(const Backend& be, critic_view<const T> values, mask_view mask,
-                    const ensemble_outputs<T>& out, std_kind kind = std_kind::population,
+                    const ensemble_outputs<compute_type_t<T>>& out, std_kind kind = std_kind::population,
                     bool check_finite = true) {
   constexpr const char* where = "asyppo::ensemble_stats";
   detail::check_view(where, "values", values);

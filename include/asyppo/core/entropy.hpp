@@ -9,6 +9,8 @@
 // the filtered tensor: not copied). Metrics: entropy = Agg(H) unfiltered (verl actor/entropy),
 // filtered_entropy = Agg(I^H H), and raw sums/counts that merge across micro-batches.
 // One fused reduce; add() writes grad_entropy at position i only (each i is visited once).
+// The entropy may be float, double, bfloat16 or float16 (read exactly; grad_entropy in
+// compute_type_t, half_types.hpp). The logits helper takes float or double.
 //
 // Helper for small vocabularies (tests, toy models, CPU reference of a fused kernel): from logits
 // z [B,T,V] (any strides; V contiguous is fastest) and taken token ids y [B,T] (int64), with
@@ -86,7 +88,7 @@ struct entropy_reducer {
   token_view<const T> entropy;
   mask_view mask, entropy_mask;
   const double* w;
-  token_view<T> grad;  // optional
+  token_view<compute_type_t<T>> grad;  // optional
   double beta;
   using value_type = entropy_acc;
   ASYPPO_HD entropy_acc identity() const { return {0, 0, 0, 0, 0}; }
@@ -103,7 +105,7 @@ struct entropy_reducer {
       acc.filtered_agg += keep ? w[b] * h : 0.0;
       g = keep ? -beta * w[b] : 0.0;
     }
-    if (grad.data) grad(b, t) = static_cast<T>(g);
+    if (grad.data) grad(b, t) = static_cast<compute_type_t<T>>(g);
   }
   ASYPPO_HD entropy_acc combine(const entropy_acc& a, const entropy_acc& b) const { return entropy_acc_combine(a, b); }
 };
@@ -231,7 +233,7 @@ void check_logits_args(const Backend& be, const char* where, view<const T, 3> lo
 /// a valid token.
 template <class Backend, class T>
 entropy_bonus_result entropy_bonus(const Backend& be, token_view<const T> entropy, mask_view mask,
-                                   mask_view entropy_mask = {}, token_view<T> grad_entropy = {},
+                                   mask_view entropy_mask = {}, token_view<compute_type_t<T>> grad_entropy = {},
                                    const entropy_bonus_options& opt = {}) {
   constexpr const char* where = "asyppo::entropy_bonus";
   detail::check_view(where, "entropy", entropy);

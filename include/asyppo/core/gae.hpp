@@ -22,6 +22,8 @@
 // associative and non-commutative (detail::gae_map), so a GPU may scan each row in
 // parallel. The CPU backend folds each row sequentially in double; rows run in parallel, and on AVX2
 // four rows share a vector (core/simd/gae_lanes.hpp, gae_sink::scan_rows; the same bits).
+// Inputs in float, double, bfloat16 or float16 (read exactly); outputs and gradients in
+// compute_type_t of the input type (half_types.hpp: float for the 16-bit types): the float call's bits.
 #pragma once
 
 #include <algorithm>
@@ -132,7 +134,7 @@ template <class T, class Hook = no_gae_hook, int NK = 0>
 struct gae_sink {
   ensemble_point<T, NK> point;
   mask_view mask;
-  gae_outputs<T> out;
+  gae_outputs<compute_type_t<T>> out;
   bool raw;
   bool skip;
   Hook hook = {};
@@ -146,18 +148,19 @@ struct gae_sink {
   }
 #endif
   ASYPPO_HD void operator()(index_t b, index_t t, const gae_state& x) const {
+    using C = compute_type_t<T>;
     const bool valid = mask(b, t) != 0;
     double a = valid || raw ? x.a : 0.0;
     hook(b, t, valid, a);
-    if (out.advantages.data) out.advantages(b, t) = static_cast<T>(a);
+    if (out.advantages.data) out.advantages(b, t) = static_cast<C>(a);
     if (valid) {  // at a valid token the state's s is V-bar[b,t] itself (both semantics)
-      if (out.returns.data) out.returns(b, t) = static_cast<T>(x.c + x.s);
-      if (out.std.data) out.std(b, t) = static_cast<T>(point.std_about(b, t, x.s));
+      if (out.returns.data) out.returns(b, t) = static_cast<C>(x.c + x.s);
+      if (out.std.data) out.std(b, t) = static_cast<C>(point.std_about(b, t, x.s));
     } else {
       // Raw returns: verl adds the value tensor as given (R = A + V); OpenRLHF adds V*m = 0.
       const double v = raw && skip ? point.mean(b, t) : 0.0;
-      if (out.returns.data) out.returns(b, t) = raw ? static_cast<T>(x.c + v) : T(0);
-      if (out.std.data) out.std(b, t) = T(0);
+      if (out.returns.data) out.returns(b, t) = raw ? static_cast<C>(x.c + v) : C(0);
+      if (out.std.data) out.std(b, t) = C(0);
     }
   }
 };
@@ -166,16 +169,17 @@ struct gae_sink {
 /// advantage 0, return 0 + V-bar (raw skip) or 0, std 0.
 template <class T>
 struct gae_initial_state {
+  using C = compute_type_t<T>;
   gae_sink<T> sink;
   ASYPPO_HD void operator()(index_t b, index_t t) const { sink(b, t, gae_state{0.0, 0.0, 0.0}); }
-  ASYPPO_HD static void zero(const token_view<T>& o, index_t b, index_t t0, index_t t1) {
+  ASYPPO_HD static void zero(const token_view<C>& o, index_t b, index_t t0, index_t t1) {
     if (!o.data) return;
-    T* p = &o(b, 0);
-    for (index_t t = t0; t < t1; ++t) p[t] = T(0);
+    C* p = &o(b, 0);
+    for (index_t t = t0; t < t1; ++t) p[t] = C(0);
   }
   /// The same over [t0, t1) for contiguous rows and K <= 2, in plain loops the compiler vectorises.
   ASYPPO_HD void span(index_t b, index_t t0, index_t t1) const {
-    const gae_outputs<T>& out = sink.out;
+    const gae_outputs<C>& out = sink.out;
     const critic_view<const T>& v = sink.point.values;
     const index_t K = v.extent[0];
     const bool mean_needed = sink.raw && sink.skip && out.returns.data;
@@ -187,15 +191,15 @@ struct gae_initial_state {
     zero(out.advantages, b, t0, t1);
     zero(out.std, b, t0, t1);
     if (!out.returns.data) return;
-    T* r = &out.returns(b, 0);
+    C* r = &out.returns(b, 0);
     if (!mean_needed) {
-      for (index_t t = t0; t < t1; ++t) r[t] = T(0);
+      for (index_t t = t0; t < t1; ++t) r[t] = C(0);
     } else if (K == 1) {  // 0.0 + V, as the sink computes it (so -0 becomes +0 there too)
       const T* v0 = &v(0, b, 0);
-      for (index_t t = t0; t < t1; ++t) r[t] = static_cast<T>(0.0 + static_cast<double>(v0[t]) * sink.point.inv_k);
+      for (index_t t = t0; t < t1; ++t) r[t] = static_cast<C>(0.0 + static_cast<double>(v0[t]) * sink.point.inv_k);
     } else {
       const T *v0 = &v(0, b, 0), *v1 = &v(1, b, 0);
-      for (index_t t = t0; t < t1; ++t) r[t] = static_cast<T>(0.0 + 0.5 * (static_cast<double>(v0[t]) + static_cast<double>(v1[t])));
+      for (index_t t = t0; t < t1; ++t) r[t] = static_cast<C>(0.0 + 0.5 * (static_cast<double>(v0[t]) + static_cast<double>(v1[t])));
     }
   }
 };
@@ -208,7 +212,7 @@ template <class T, class Hook, int NK, class Range>
 bool gae_scan_rows_simd(const gae_sink<T, Hook, NK>& sk, const gae_element<T, NK>& el, const gae_compose& op,
                         scan_direction dir, index_t lo, index_t hi, const Range& range) {
   using hook_lanes = gae_hook_lanes<Hook>;
-  if constexpr ((NK != 1 && NK != 2) || !hook_lanes::available) {
+  if constexpr ((NK != 1 && NK != 2) || !hook_lanes::available || is_half_type_v<T>) {  // 16-bit: scalar rows
     return false;
   } else {
     const critic_view<const T>& v = el.point.values;
@@ -294,7 +298,8 @@ inline void check_gae_options(const char* where, const gae_options& o) {
 /// already validated.
 template <class Backend, class T, class Hook, class Range>
 void gae_unchecked(const Backend& be, critic_view<const T> values, token_view<const T> rewards, mask_view mask,
-                   const gae_options& opt, const gae_outputs<T>& out, std_kind kind, Hook hook, Range range) {
+                   const gae_options& opt, const gae_outputs<compute_type_t<T>>& out, std_kind kind, Hook hook,
+                   Range range) {
   const index_t B = rewards.extent[0], Tn = rewards.extent[1];
   if (B * Tn == 0) return;
   ensemble_point<T> point{values, kind == std_kind::unbiased};
@@ -322,7 +327,7 @@ void gae_unchecked(const Backend& be, critic_view<const T> values, token_view<co
 /// settings, or (check_finite) NaN/Inf in values or rewards on a valid token.
 template <class Backend, class T>
 void gae(const Backend& be, critic_view<const T> values, token_view<const T> rewards, mask_view mask,
-         const gae_options& opt, const gae_outputs<T>& out, std_kind kind = std_kind::population) {
+         const gae_options& opt, const gae_outputs<compute_type_t<T>>& out, std_kind kind = std_kind::population) {
   constexpr const char* where = "asyppo::gae";
   detail::check_view(where, "values", values);
   const index_t K = values.extent[0], B = values.extent[1], Tn = values.extent[2];

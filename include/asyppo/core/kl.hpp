@@ -19,6 +19,8 @@
 // and grad_logp = coef * w_b * dkl/ddelta (exactly 0 on masked/padded tokens) in one fused reduce
 // that writes only position i inside add(). Computed in double (k3's exp is exp_ratio, core/exp.hpp);
 // the CPU backend's results are bit-identical for any thread count.
+// Inputs in float, double, bfloat16 or float16 (read exactly); outputs and gradients in
+// compute_type_t of the input type (half_types.hpp: float for the 16-bit types): the float call's bits.
 #pragma once
 
 #include <cmath>
@@ -91,11 +93,12 @@ template <class T>
 struct kl_values_kernel {
   token_view<const T> logp, ref;
   mask_view mask;
-  token_view<T> out;
+  token_view<compute_type_t<T>> out;
   kl_params p;
   ASYPPO_HD void operator()(index_t b, index_t t) const {
-    out(b, t) = mask(b, t) ? static_cast<T>(kl_token(static_cast<double>(logp(b, t)) - static_cast<double>(ref(b, t)), p).value)
-                           : T(0);
+    using C = compute_type_t<T>;
+    out(b, t) = mask(b, t) ? static_cast<C>(kl_token(static_cast<double>(logp(b, t)) - static_cast<double>(ref(b, t)), p).value)
+                           : C(0);
   }
 };
 
@@ -104,7 +107,7 @@ struct kl_reducer {
   token_view<const T> logp, ref;
   mask_view mask;
   const double* w;
-  token_view<T> grad;  // optional
+  token_view<compute_type_t<T>> grad;  // optional
   kl_params p;
   double coef;
   using value_type = kl_acc;
@@ -119,14 +122,16 @@ struct kl_reducer {
       acc.valid += 1;
       g = coef * w[b] * k.ddelta;
     }
-    if (grad.data) grad(b, t) = static_cast<T>(g);
+    if (grad.data) grad(b, t) = static_cast<compute_type_t<T>>(g);
   }
   /// add() over [t0, t1) on contiguous rows: SIMD lanes for whole lane groups, then add() (same bits).
   ASYPPO_HD void add_span(kl_acc& acc, index_t b, index_t t0, index_t t1) const {
     index_t t = t0;
 #if defined(ASYPPO_SIMD_SSE2)  // host x86-64, not nvcc
-    if (unit_inner_stride(logp) && unit_inner_stride(ref) && unit_inner_stride(mask) && unit_inner_stride(grad))
-      t = kl_span_simd(acc, &logp(b, 0), &ref(b, 0), &mask(b, 0), grad.data ? &grad(b, 0) : nullptr, w[b], coef, t0, t1, p);
+    if constexpr (!is_half_type_v<T>) {  // 16-bit inputs: the per-token code
+      if (unit_inner_stride(logp) && unit_inner_stride(ref) && unit_inner_stride(mask) && unit_inner_stride(grad))
+        t = kl_span_simd(acc, &logp(b, 0), &ref(b, 0), &mask(b, 0), grad.data ? &grad(b, 0) : nullptr, w[b], coef, t0, t1, p);
+    }
 #endif
     for (; t < t1; ++t) add(acc, b, t);
   }
@@ -151,7 +156,7 @@ inline kl_params kl_params_of(const kl_options& o) { return {o.estimator, o.stra
 /// logp or ref_logp itself). Throws asyppo::error on bad shapes or options; NaN/Inf inputs propagate.
 template <class Backend, class T>
 void kl_values(const Backend& be, token_view<const T> logp, token_view<const T> ref_logp, mask_view mask,
-               token_view<T> out, const kl_options& opt = {}) {
+               token_view<compute_type_t<T>> out, const kl_options& opt = {}) {
   constexpr const char* where = "asyppo::kl_values";
   detail::check_view(where, "logp", logp);
   const index_t B = logp.extent[0], Tn = logp.extent[1];
@@ -170,7 +175,7 @@ void kl_values(const Backend& be, token_view<const T> logp, token_view<const T> 
 /// normaliser, or (check_finite) NaN/Inf logp or ref_logp on a valid token.
 template <class Backend, class T>
 kl_loss_result kl_loss(const Backend& be, token_view<const T> logp, token_view<const T> ref_logp, mask_view mask,
-                       token_view<T> grad_logp = {}, const kl_loss_options& opt = {}) {
+                       token_view<compute_type_t<T>> grad_logp = {}, const kl_loss_options& opt = {}) {
   constexpr const char* where = "asyppo::kl_loss";
   detail::check_view(where, "logp", logp);
   const index_t B = logp.extent[0], Tn = logp.extent[1];

@@ -39,6 +39,8 @@
 // Extremes: with the clamp on, any log-ratio gives a finite loss. With the clamp off (C = 0), a
 // ratio that overflows to +inf gives l = +inf where A < 0 and no dual clip (A > 0 is clipped and
 // finite); this is the documented price of turning the clamp off.
+// Inputs in float, double, bfloat16 or float16 (read exactly); outputs and gradients in
+// compute_type_t of the input type (half_types.hpp: float for the 16-bit types): the float call's bits.
 #pragma once
 
 #include <cmath>
@@ -116,9 +118,10 @@ struct policy_reducer {
   token_view<const T> logp, old_logp, adv;
   mask_view mask, adv_mask;
   const double* w;
-  token_view<T> grad;  // optional
+  token_view<compute_type_t<T>> grad;  // optional
   surrogate_params p;
   using value_type = policy_acc;
+  using C = compute_type_t<T>;
   ASYPPO_HD policy_acc identity() const { return {0, 0, 0, 0, 0, 0, 0}; }
   // Writes grad at position i only; every i is visited exactly once.
   ASYPPO_HD void add(policy_acc& acc, index_t b, index_t t) const {
@@ -126,7 +129,7 @@ struct policy_reducer {
     if (mask(b, t))  // masks are runs: a predictable branch
       g = policy_token(acc, w[b], static_cast<double>(logp(b, t)), static_cast<double>(old_logp(b, t)),
                        static_cast<double>(adv(b, t)), !adv_mask.data || adv_mask(b, t), p);
-    if (grad.data) grad(b, t) = static_cast<T>(g);
+    if (grad.data) grad(b, t) = static_cast<C>(g);
   }
   /// add() over [t0, t1) on contiguous rows through plain pointers (the same operations per token).
   ASYPPO_HD void add_span(policy_acc& acc_out, index_t b, index_t t0, index_t t1) const {
@@ -137,19 +140,20 @@ struct policy_reducer {
     }
     const T *pl = &logp(b, 0), *po = &old_logp(b, 0), *pa = &adv(b, 0);
     const std::uint8_t *m = &mask(b, 0), *am = adv_mask.data ? &adv_mask(b, 0) : nullptr;
-    T* g = grad.data ? &grad(b, 0) : nullptr;
+    C* g = grad.data ? &grad(b, 0) : nullptr;
     const double wb = w[b];
     policy_acc acc = acc_out;  // a local: its stores cannot alias the views
     index_t t = t0;
 #if defined(ASYPPO_SIMD_SSE2)  // host x86-64, not nvcc
-    t = policy_span_simd(acc, pl, po, pa, m, am, g, wb, t0, t1, p);  // whole lane groups, same bits
+    if constexpr (!is_half_type_v<T>)  // 16-bit inputs: the per-token code
+      t = policy_span_simd(acc, pl, po, pa, m, am, g, wb, t0, t1, p);  // whole lane groups, same bits
 #endif
     for (; t < t1; ++t) {
       double gv = 0.0;
       if (m[t])  // masks are runs: a predictable branch
         gv = policy_token(acc, wb, static_cast<double>(pl[t]), static_cast<double>(po[t]), static_cast<double>(pa[t]),
                           !am || am[t], p);
-      if (g) g[t] = static_cast<T>(gv);
+      if (g) g[t] = static_cast<C>(gv);
     }
     acc_out = acc;
   }
@@ -185,7 +189,7 @@ ASYPPO_HD inline policy_loss_metrics policy_metrics_of(const policy_acc& a) {
 /// dual_clip not 0 and <= 1, log_ratio_clamp < 0, non-finite options, a bad normaliser, or
 /// (check_finite) NaN/Inf in logp, old_logp or advantages on a valid token.
 template <class Backend, class T>
-policy_loss_result policy_loss(const Backend& be, const policy_loss_inputs<T>& in, token_view<T> grad_logp = {},
+policy_loss_result policy_loss(const Backend& be, const policy_loss_inputs<T>& in, token_view<compute_type_t<T>> grad_logp = {},
                                const policy_loss_options& opt = {}) {
   constexpr const char* where = "asyppo::policy_loss";
   detail::check_view(where, "logp", in.logp);

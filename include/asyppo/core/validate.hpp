@@ -13,6 +13,7 @@
 
 #include "asyppo/backend/patterns.hpp"
 #include "asyppo/error.hpp"
+#include "asyppo/half_types.hpp"
 #include "asyppo/views.hpp"
 
 namespace asyppo::detail {
@@ -111,19 +112,30 @@ inline void check_fraction(const char* where, const char* name, double x) {
 
 template <class T>
 ASYPPO_INLINE bool is_finite_value(T x) {
-  // x - x is 0 for finite x and NaN for inf/NaN; NaN != NaN. Works on host and device
-  // without <cmath> and survives -ffast-math better than std::isfinite.
-  const T z = x - x;
-  return z == z;
+  if constexpr (is_half_type_v<T>) {
+    return is_finite_value(static_cast<float>(x));  // the widening keeps Inf and NaN
+  } else {
+    // x - x is 0 for finite x and NaN for inf/NaN; NaN != NaN. Works on host and device
+    // without <cmath> and survives -ffast-math better than std::isfinite.
+    const T z = x - x;
+    return z == z;
+  }
 }
 
+/// The exponent bits of T (all ones: Inf or NaN).
+template <class T>
+inline constexpr std::uint64_t exponent_bits = std::is_same_v<T, bfloat16>  ? 0x7f80u
+                                               : std::is_same_v<T, float16> ? 0x7c00u
+                                               : sizeof(T) == 4             ? 0x7f800000u
+                                                                            : 0x7ff0000000000000ull;
+
 /// Inf or NaN: the exponent bits are all ones (the same test as is_finite_value, in integer
-/// operations a compiler vectorises).
+/// operations a compiler vectorises). T: float, double, bfloat16 or float16.
 template <class T>
 ASYPPO_INLINE bool nonfinite_bits(T x) {
-  using U = std::conditional_t<sizeof(T) == 4, std::uint32_t, std::uint64_t>;
-  static_assert(sizeof(T) == sizeof(U), "nonfinite_bits needs float or double");
-  constexpr U exponent = sizeof(T) == 4 ? U(0x7f800000u) : U(0x7ff0000000000000ull);
+  using U = std::conditional_t<sizeof(T) == 2, std::uint16_t, std::conditional_t<sizeof(T) == 4, std::uint32_t, std::uint64_t>>;
+  static_assert(sizeof(T) == sizeof(U), "nonfinite_bits needs float, double, bfloat16 or float16");
+  constexpr U exponent = static_cast<U>(exponent_bits<T>);
   U u;
   memcpy(&u, &x, sizeof(U));
   return (u & exponent) == exponent;

@@ -24,6 +24,8 @@
 // and NaN metrics (no division by zero). One fused reduce per critic computes loss, metrics and its
 // gradient slice (add() writes only position i). Double accumulation; bit-identical for any CPU
 // thread count and SIMD width (contiguous rows run on SIMD lanes on x86-64: core/simd/).
+// Inputs in float, double, bfloat16 or float16 (read exactly); outputs and gradients in
+// compute_type_t of the input type (half_types.hpp: float for the 16-bit types): the float call's bits.
 #pragma once
 
 #include <cmath>
@@ -58,7 +60,8 @@ struct value_loss_inputs {
   token_view<const T> returns{};           ///< [B,T] shared targets (exactly one of returns / critic_returns)
   critic_view<const T> critic_returns{};   ///< [K,B,T] per-critic targets
   mask_view mask;                          ///< [B,T] required
-  view<const T, 2> shard_weights{};        ///< [K,B] 0/1 (core/shards.hpp); absent = every row
+  /// [K,B] 0/1 (core/shards.hpp), in the compute type (float for 16-bit inputs); absent = every row
+  view<const compute_type_t<T>, 2> shard_weights{};
 };
 
 struct critic_loss_metrics {
@@ -84,11 +87,12 @@ template <class T, bool EV = true>
 struct value_reducer {
   token_view<const T> v, vold, ret;  // critic k's slices; vold may be absent when clip is off
   mask_view mask;
-  seq_view<const T> shard;  // critic k's row of the shard weights (absent: every row)
-  const double* w;          // critic k's row weights
-  token_view<T> grad;       // critic k's gradient slice (optional)
+  seq_view<const compute_type_t<T>> shard;  // critic k's row of the shard weights (absent: every row)
+  const double* w;                          // critic k's row weights
+  token_view<compute_type_t<T>> grad;       // critic k's gradient slice (optional)
   double clip, scale;  // clip > 0: clipping on; scale = 0.5 or 1
   using value_type = value_acc;
+  using C = compute_type_t<T>;
   ASYPPO_HD value_acc identity() const { return {0, 0, 0, 0, {0, 0}, {0, 0}, {0, 0}}; }
   /// One valid on-shard token (new value x, target R, old value xo) into acc; returns dL/dx
   /// (wb = w_b * scale).
@@ -123,14 +127,14 @@ struct value_reducer {
     acc.n += 1;
     return wb * de;
   }
-  ASYPPO_HD bool on_shard(index_t b) const { return shard.data == nullptr || shard(b) != T(0); }
+  ASYPPO_HD bool on_shard(index_t b) const { return shard.data == nullptr || shard(b) != C(0); }
   // Writes grad at position i only; every i is visited exactly once.
   ASYPPO_HD void add(value_acc& acc, index_t b, index_t t) const {
     double g = 0.0;
     if (mask(b, t) && on_shard(b))
       g = token(acc, static_cast<double>(v(b, t)), static_cast<double>(ret(b, t)),
                 clip > 0 ? static_cast<double>(vold(b, t)) : 0.0, w[b] * scale);
-    if (grad.data) grad(b, t) = static_cast<T>(g);
+    if (grad.data) grad(b, t) = static_cast<C>(g);
   }
   /// add() over [t0, t1) on contiguous rows through plain pointers (the same operations per token).
   ASYPPO_HD void add_span(value_acc& acc_out, index_t b, index_t t0, index_t t1) const {
@@ -139,10 +143,10 @@ struct value_reducer {
       for (index_t t = t0; t < t1; ++t) add(acc_out, b, t);
       return;
     }
-    T* g = grad.data ? &grad(b, 0) : nullptr;
+    C* g = grad.data ? &grad(b, 0) : nullptr;
     if (!on_shard(b)) {
       if (g)
-        for (index_t t = t0; t < t1; ++t) g[t] = T(0);
+        for (index_t t = t0; t < t1; ++t) g[t] = C(0);
       return;
     }
     const T *px = &v(b, 0), *pr = &ret(b, 0), *po = clip > 0 ? &vold(b, 0) : nullptr;
@@ -153,13 +157,14 @@ struct value_reducer {
       double gv = 0.0;
       if (m[t])  // masks are runs: a predictable branch
         gv = token(acc, static_cast<double>(px[t]), static_cast<double>(pr[t]), po ? static_cast<double>(po[t]) : 0.0, wb);
-      if (g) g[t] = static_cast<T>(gv);
+      if (g) g[t] = static_cast<C>(gv);
     };
     index_t t = t0;
     if constexpr (EV)
       for (; t < t1 && acc.n == 0; ++t) one(t);  // the first valid token sets the shifts
 #if defined(ASYPPO_SIMD_SSE2)  // host x86-64, not nvcc
-    t = value_span_simd<EV>(acc, px, pr, po, m, g, wb, clip, t, t1);  // whole lane groups, same bits
+    if constexpr (!is_half_type_v<T>)  // 16-bit inputs: the per-token code
+      t = value_span_simd<EV>(acc, px, pr, po, m, g, wb, clip, t, t1);  // whole lane groups, same bits
 #endif
     for (; t < t1; ++t) one(t);
     acc_out = acc;
@@ -202,7 +207,7 @@ struct value_loss_dims {
 /// Every check of value_loss and value_loss_to that reads no data (shapes, options, memory).
 template <class Backend, class T>
 value_loss_dims check_value_loss(const Backend& be, const char* where, const value_loss_inputs<T>& in,
-                                 critic_view<T> grad_values, const value_loss_options& opt) {
+                                 critic_view<compute_type_t<T>> grad_values, const value_loss_options& opt) {
   check_view(where, "values", in.values);
   const index_t K = in.values.extent[0], B = in.values.extent[1], Tn = in.values.extent[2];
   if (K < 1) fail(where, "values", "needs at least one critic (K >= 1), got K = ", K);
@@ -242,14 +247,15 @@ void check_value_finite(const Backend& be, const char* where, const value_loss_i
 /// Critic k's fused reducer (E9) with row weights w (B entries).
 template <bool EV, class T>
 value_reducer<T, EV> value_reducer_of(const value_loss_inputs<T>& in, const value_loss_dims& d, index_t k,
-                                      const double* w, critic_view<T> grad_values, const value_loss_options& opt) {
+                                      const double* w, critic_view<compute_type_t<T>> grad_values,
+                                      const value_loss_options& opt) {
   return {in.values[k],
           d.clip_on ? in.old_values[k] : token_view<const T>{},
           d.per_critic ? in.critic_returns[k] : in.returns,
           in.mask,
-          present(in.shard_weights) ? in.shard_weights[k] : seq_view<const T>{},
+          present(in.shard_weights) ? in.shard_weights[k] : seq_view<const compute_type_t<T>>{},
           w,
-          present(grad_values) ? grad_values[k] : token_view<T>{},
+          present(grad_values) ? grad_values[k] : token_view<compute_type_t<T>>{},
           d.clip_on ? opt.clip : 0.0,
           opt.half ? 0.5 : 1.0};
 }
@@ -306,7 +312,8 @@ struct shard_row_weight {
 /// with clip > 0, a non-finite clip, a bad normaliser, or (check_finite) NaN/Inf values, old values
 /// or targets on a valid token.
 template <class Backend, class T>
-value_loss_result value_loss(const Backend& be, const value_loss_inputs<T>& in, critic_view<T> grad_values = {},
+value_loss_result value_loss(const Backend& be, const value_loss_inputs<T>& in,
+                             critic_view<compute_type_t<T>> grad_values = {},
                              const value_loss_options& opt = {}) {
   constexpr const char* where = "asyppo::value_loss";
   const detail::value_loss_dims d = detail::check_value_loss(be, where, in, grad_values, opt);
@@ -314,7 +321,7 @@ value_loss_result value_loss(const Backend& be, const value_loss_inputs<T>& in, 
   const auto span = detail::make_row_span(be, in.mask);
   if (opt.check_finite) detail::check_value_finite(be, where, in, d, span.heads());
   const loss_normalizer local{};
-  auto tab = detail::make_row_weights<Backend, T>(be, where, "normalizers", in.mask, K, in.shard_weights,
+  auto tab = detail::make_row_weights<Backend, compute_type_t<T>>(be, where, "normalizers", in.mask, K, in.shard_weights,
                                                   opt.aggregation, nn ? opt.normalizers.data() : &local, nn ? nn : 1,
                                                   span.heads());
   value_loss_result r;
@@ -343,7 +350,7 @@ value_loss_result value_loss(const Backend& be, const value_loss_inputs<T>& in, 
 /// which must hold K normalisers whose fields the aggregation uses are given (>= 0), not checked
 /// against this call's counts. Throws like value_loss, and on a null metrics.
 template <class Backend, class T>
-void value_loss_to(const Backend& be, const value_loss_inputs<T>& in, critic_view<T> grad_values,
+void value_loss_to(const Backend& be, const value_loss_inputs<T>& in, critic_view<compute_type_t<T>> grad_values,
                    critic_loss_metrics* metrics, const value_loss_options& opt) {
   constexpr const char* where = "asyppo::value_loss_to";
   const detail::value_loss_dims d = detail::check_value_loss(be, where, in, grad_values, opt);
@@ -365,7 +372,7 @@ void value_loss_to(const Backend& be, const value_loss_inputs<T>& in, critic_vie
   for (index_t k = 0; k < K; ++k) {
     const loss_normalizer& nk = opt.normalizers[static_cast<std::size_t>(k)];
     if (B > 0)
-      be.for_each(1, B, detail::shard_row_weight<T>{len.data(), in.shard_weights, k, w.data() + k * B, opt.aggregation, nk});
+      be.for_each(1, B, detail::shard_row_weight<compute_type_t<T>>{len.data(), in.shard_weights, k, w.data() + k * B, opt.aggregation, nk});
     const double* wk = w.data() + k * B;
     const detail::store_critic_metrics sink{metrics + k, nk, opt.explained_variance};
     if (opt.explained_variance)
