@@ -317,6 +317,31 @@ TEST_CASE("errors: masked_whiten", "[errors]") {
   CHECK_NOTHROW(masked_whiten(cpu_backend(), x(g), g.mask(), g.out(g.o1), o));
 }
 
+TEST_CASE("errors: compute_masked_moments and masked_moments_to", "[errors]") {
+  auto x = [](fx& f) { return token_view<const double>(f.r.data(), fx::B, fx::T); };
+  masked_moments m{-1, -1, -1};
+  const std::vector<std::pair<const char*, std::function<void(fx&)>>> cases = {
+      {"x", [&](fx& f) { compute_masked_moments(cpu_backend(), fx::null_data(x(f)), f.mask(), true); }},
+      {"mask", [&](fx& f) { compute_masked_moments(cpu_backend(), x(f), fx::with_extent(f.mask(), 1, 2), true); }},
+      {"mask", [&](fx& f) { compute_masked_moments(cpu_backend(), x(f), fx::null_data(f.mask()), true); }},
+  };
+  for (const auto& [arg, call] : cases) {
+    fx f;
+    rejects([&] { call(f); }, "asyppo::compute_masked_moments", arg);
+  }
+  const std::vector<std::pair<const char*, std::function<void(fx&)>>> to_cases = {
+      {"x", [&](fx& f) { masked_moments_to(cpu_backend(), fx::null_data(x(f)), f.mask(), true, &m); }},
+      {"mask", [&](fx& f) { masked_moments_to(cpu_backend(), x(f), fx::with_extent(f.mask(), 1, 2), true, &m); }},
+      {"result", [&](fx& f) { masked_moments_to(cpu_backend(), x(f), f.mask(), true, nullptr); }},
+  };
+  for (const auto& [arg, call] : to_cases) {
+    fx f;
+    rejects([&] { call(f); }, "asyppo::masked_moments_to", arg);
+  }
+  CHECK(m.count == -1);
+  CHECK(m.mean == -1);
+}
+
 TEST_CASE("errors: grpo, rloo, reinforce++(-baseline), sequence_scores", "[errors]") {
   struct bad {
     const char* where;

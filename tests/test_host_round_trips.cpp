@@ -9,7 +9,10 @@
 
 #include <cmath>
 #include <cstdint>
+#include <cstring>
+#include <limits>
 #include <random>
+#include <type_traits>
 #include <vector>
 
 #include "asyppo/asyppo.hpp"
@@ -142,26 +145,41 @@ TEST_CASE("entry points without host round trips (CUDA-graph capturable) make no
   }
 }
 
+namespace {
+/// A 7 x 90 batch of the actor's inputs (row lengths 80 down to 26; I^A and I^H with holes) for the
+/// device-result tests of the losses.
+template <class T>
+struct actor_batch {
+  static constexpr int B = 7, Tn = 90, N = B * Tn;
+  std::vector<T> lp, olp, adv, H, ref;
+  std::vector<std::uint8_t> m, am, em;
+  explicit actor_batch(std::uint64_t seed) {
+    std::mt19937_64 rng(seed);
+    auto vec = [&](double scale) {
+      std::vector<T> v(static_cast<std::size_t>(N));
+      for (auto& x : v) x = static_cast<T>(scale * std::uniform_real_distribution<double>(-1, 1)(rng));
+      return v;
+    };
+    lp = vec(1), olp = vec(1), adv = vec(2), H = vec(3), ref = vec(1);
+    m.resize(static_cast<std::size_t>(N)), am.resize(m.size()), em.resize(m.size());
+    for (int i = 0; i < N; ++i) {
+      m[static_cast<std::size_t>(i)] = (i % Tn) < 80 - 9 * (i / Tn) ? 1 : 0;
+      am[static_cast<std::size_t>(i)] = i % 5 != 0;
+      em[static_cast<std::size_t>(i)] = i % 7 != 0;
+    }
+  }
+  token_view<const T> tok(const std::vector<T>& v) const { return {v.data(), B, Tn}; }
+  mask_view msk(const std::vector<std::uint8_t>& v) const { return {v.data(), B, Tn}; }
+};
+}  // namespace
+
 TEMPLATE_TEST_CASE("actor_objective_to: the device-result variant without host round trips", "[round_trips][losses]",
                    float, double) {
   using T = TestType;
-  const int B = 7, Tn = 90, N = B * Tn;
-  std::mt19937_64 rng(8);
-  auto vec = [&](double scale) {
-    std::vector<T> v(static_cast<std::size_t>(N));
-    for (auto& x : v) x = static_cast<T>(scale * std::uniform_real_distribution<double>(-1, 1)(rng));
-    return v;
-  };
-  const auto lp = vec(1), olp = vec(1), adv = vec(2), H = vec(3), ref = vec(1);
-  std::vector<std::uint8_t> m(static_cast<std::size_t>(N)), am(m.size()), em(m.size());
-  for (int i = 0; i < N; ++i) {
-    m[static_cast<std::size_t>(i)] = (i % Tn) < 80 - 9 * (i / Tn) ? 1 : 0;
-    am[static_cast<std::size_t>(i)] = i % 5 != 0;
-    em[static_cast<std::size_t>(i)] = i % 7 != 0;
-  }
-  const actor_objective_inputs<T> in{{lp.data(), B, Tn}, {olp.data(), B, Tn},  {adv.data(), B, Tn},
-                                     {m.data(), B, Tn},  {am.data(), B, Tn},   {H.data(), B, Tn},
-                                     {em.data(), B, Tn}, {ref.data(), B, Tn}};
+  const actor_batch<T> d(8);
+  constexpr int B = actor_batch<T>::B, Tn = actor_batch<T>::Tn, N = B * Tn;
+  const actor_objective_inputs<T> in{d.tok(d.lp), d.tok(d.olp), d.tok(d.adv), d.msk(d.m),
+                                     d.msk(d.am), d.tok(d.H),   d.msk(d.em),  d.tok(d.ref)};
   for (auto mode : {loss_aggregation::token_mean, loss_aggregation::seq_mean_token_mean,
                     loss_aggregation::seq_mean_token_sum_norm}) {
     CAPTURE(static_cast<int>(mode));
@@ -209,6 +227,138 @@ TEMPLATE_TEST_CASE("actor_objective_to: the device-result variant without host r
   CHECK(gl == std::vector<T>(static_cast<std::size_t>(N), T(9)));
 }
 
+// policy_loss_to, entropy_bonus_to, kl_loss_to and aggregate_loss_to: the host call's gradients and result,
+// bit for bit, on the device-posing backend (one round trip with the finiteness check, none without) and on
+// the CPU backend (its host path); errors before anything is written.
+namespace {
+std::vector<double> loss_fields(const policy_loss_result& r) {
+  const auto& m = r.metrics;
+  return {r.loss, static_cast<double>(m.valid_tokens), static_cast<double>(m.adv_masked_tokens),
+          static_cast<double>(m.clipped_high_tokens), static_cast<double>(m.clipped_low_tokens),
+          static_cast<double>(m.dual_clipped_tokens), m.approx_kl_sum, r.normalizer.tokens, r.normalizer.sequences,
+          r.normalizer.norm_length};
+}
+std::vector<double> loss_fields(const entropy_bonus_result& r) {
+  return {r.loss, r.entropy, r.filtered_entropy, static_cast<double>(r.metrics.valid_tokens),
+          static_cast<double>(r.metrics.filtered_tokens), r.metrics.entropy_sum, r.normalizer.tokens,
+          r.normalizer.sequences, r.normalizer.norm_length};
+}
+std::vector<double> loss_fields(const kl_loss_result& r) {
+  return {r.loss, r.kl, static_cast<double>(r.metrics.valid_tokens), r.metrics.kl_sum, r.normalizer.tokens,
+          r.normalizer.sequences, r.normalizer.norm_length};
+}
+std::vector<double> loss_fields(const aggregation_result& r) {
+  return {r.loss, r.normalizer.tokens, r.normalizer.sequences, r.normalizer.norm_length};
+}
+}  // namespace
+
+TEMPLATE_TEST_CASE("policy_loss_to, entropy_bonus_to, kl_loss_to, aggregate_loss_to: the host calls' bits without "
+                   "host round trips",
+                   "[round_trips][losses]", float, double) {
+  using T = TestType;
+  const actor_batch<T> d(18);
+  constexpr int B = actor_batch<T>::B, Tn = actor_batch<T>::Tn, N = B * Tn;
+  const token_view<const T> vlp = d.tok(d.lp), volp = d.tok(d.olp), vadv = d.tok(d.adv), vH = d.tok(d.H),
+                            vref = d.tok(d.ref);
+  const mask_view mask = d.msk(d.m), adv_mask = d.msk(d.am), ent_mask = d.msk(d.em);
+  const policy_loss_inputs<T> pin{vlp, volp, vadv, mask, adv_mask};
+  // Each call's host result and gradient, then its device-result variant on `be` into res / g.
+  const auto both = [&](auto&& host, auto&& to) {
+    std::vector<T> want_g(static_cast<std::size_t>(N), T(7));
+    const auto want = host(token_view<T>(want_g.data(), B, Tn));
+    for (bool checks : {false, true})
+      for (bool device : {true, false}) {
+        CAPTURE(checks, device);
+        std::vector<T> g(static_cast<std::size_t>(N), T(9));
+        std::decay_t<decltype(want)> res{};
+        int trips = 0;
+        if (device) {
+          const round_trip_backend be(2);
+          to(be, token_view<T>(g.data(), B, Tn), &res, checks);
+          trips = be.round_trips();
+        } else {
+          to(cpu_backend(2), token_view<T>(g.data(), B, Tn), &res, checks);
+        }
+        if (device) CHECK(trips == (checks ? 1 : 0));
+        CHECK(loss_fields(res) == loss_fields(want));
+        CHECK(g == want_g);
+      }
+  };
+  for (auto mode : {loss_aggregation::token_mean, loss_aggregation::seq_mean_token_mean,
+                    loss_aggregation::seq_mean_token_sum_norm}) {
+    CAPTURE(static_cast<int>(mode));
+    const loss_normalizer norm{1000, 12, 128};  // the whole mini-batch's counts (this call is a part)
+    policy_loss_options po;
+    po.aggregation = mode;
+    po.dual_clip = 3;
+    po.normalizer = norm;
+    both([&](token_view<T> g) { return policy_loss(cpu_backend(1), pin, g, po); },
+         [&](const auto& be, token_view<T> g, policy_loss_result* r, bool checks) {
+           policy_loss_options o = po;
+           o.check_finite = checks;
+           policy_loss_to(be, pin, g, r, o);
+         });
+    entropy_bonus_options eo;
+    eo.aggregation = mode;
+    eo.beta = 0.01;
+    eo.normalizer = norm;
+    both([&](token_view<T> g) { return entropy_bonus(cpu_backend(1), vH, mask, ent_mask, g, eo); },
+         [&](const auto& be, token_view<T> g, entropy_bonus_result* r, bool checks) {
+           entropy_bonus_options o = eo;
+           o.check_finite = checks;
+           entropy_bonus_to(be, vH, mask, ent_mask, g, r, o);
+         });
+    kl_loss_options ko;
+    ko.aggregation = mode;
+    ko.coef = 0.05;
+    ko.normalizer = norm;
+    both([&](token_view<T> g) { return kl_loss(cpu_backend(1), vlp, vref, mask, g, ko); },
+         [&](const auto& be, token_view<T> g, kl_loss_result* r, bool checks) {
+           kl_loss_options o = ko;
+           o.check_finite = checks;
+           kl_loss_to(be, vlp, vref, mask, g, r, o);
+         });
+    both([&](token_view<T> g) { return aggregate_loss(cpu_backend(1), vadv, mask, mode, norm, g); },
+         [&](const auto& be, token_view<T> g, aggregation_result* r, bool checks) {
+           aggregate_loss_to(be, vadv, mask, mode, norm, g, r, checks);
+         });
+  }
+  // The normaliser's fields must be given, and a null result is rejected; nothing is written.
+  std::vector<T> g(static_cast<std::size_t>(N), T(9));
+  const token_view<T> gv(g.data(), B, Tn);
+  policy_loss_result pr;
+  pr.loss = 42;
+  entropy_bonus_result er;
+  er.loss = 42;
+  kl_loss_result kr;
+  kr.loss = 42;
+  aggregation_result ar;
+  ar.loss = 42;
+  const round_trip_backend be(1);
+  CHECK_THROWS_WITH(policy_loss_to(be, pin, gv, &pr), Catch::Contains("policy_loss_to") && Catch::Contains("sequences must be given"));
+  CHECK_THROWS_WITH(entropy_bonus_to(be, vH, mask, ent_mask, gv, &er), Catch::Contains("sequences must be given"));
+  kl_loss_options ko;
+  ko.aggregation = loss_aggregation::token_mean;
+  CHECK_THROWS_WITH(kl_loss_to(be, vlp, vref, mask, gv, &kr, ko), Catch::Contains("tokens must be given"));
+  CHECK_THROWS_WITH(aggregate_loss_to(be, vadv, mask, loss_aggregation::seq_mean_token_sum_norm,
+                                      loss_normalizer{100, 7, -1}, gv, &ar),
+                    Catch::Contains("norm_length must be given"));
+  ko.normalizer.tokens = 500;
+  CHECK_THROWS_WITH(kl_loss_to(be, vlp, vref, mask, gv, nullptr, ko), Catch::Contains("result") && Catch::Contains("null"));
+  std::vector<T> bad = d.lp;
+  bad[3] = std::numeric_limits<T>::quiet_NaN();  // a valid token (row 0 holds 80)
+  policy_loss_options po;
+  po.aggregation = loss_aggregation::token_mean;
+  po.normalizer.tokens = 500;
+  CHECK_THROWS_WITH(policy_loss_to(be, policy_loss_inputs<T>{{bad.data(), B, Tn}, volp, vadv, mask}, gv, &pr, po),
+                    Catch::Contains("NaN or Inf"));
+  CHECK(pr.loss == 42);
+  CHECK(er.loss == 42);
+  CHECK(kr.loss == 42);
+  CHECK(ar.loss == 42);
+  CHECK(g == std::vector<T>(static_cast<std::size_t>(N), T(9)));
+}
+
 TEMPLATE_TEST_CASE("masked_whiten_to: the device-result variant without host round trips", "[round_trips][whiten]",
                    float, double) {
   // The same output bits and moments as masked_whiten, for every option; with check_finite off no
@@ -249,6 +399,15 @@ TEMPLATE_TEST_CASE("masked_whiten_to: the device-result variant without host rou
             CHECK(mg.count == mw.count);
             CHECK(mg.mean == mw.mean);
             CHECK(mg.var == mw.var);
+          }
+          // The moments alone: compute_masked_moments' bits, no round trip.
+          for (bool unbiased : {true, false}) {
+            const round_trip_backend be(2);
+            masked_moments mm;
+            masked_moments_to(be, xv, mv, unbiased, &mm);
+            CHECK(be.round_trips() == 0);
+            const masked_moments mc = compute_masked_moments(cpu_backend(1), xv, mv, unbiased);
+            CHECK(std::memcmp(&mm, &mc, sizeof mm) == 0);
           }
         }
   // The pipeline: GAE, then whitening in place, with no round trip.

@@ -159,6 +159,8 @@ TEST_CASE("memory check: advantage-side entry points check every view before any
     out.bufs.emplace_back(&mo, sizeof mo);
     check_entry("asyppo::masked_whiten_to", {{"x", d.A.data()}, {"mask", d.m.data()}, {"out", o1.data()}, {"moments", &mo}},
                 out, [&](const checking_backend& be) { masked_whiten_to(be, d.tok(d.A), d.msk(d.m), out_tok(o1), &mo); });
+    check_entry("asyppo::masked_moments_to", {{"x", d.A.data()}, {"mask", d.m.data()}, {"result", &mo}}, out,
+                [&](const checking_backend& be) { masked_moments_to(be, d.tok(d.A), d.msk(d.m), true, &mo); });
   }
   {
     outputs out;
@@ -264,6 +266,50 @@ TEST_CASE("memory check: loss entry points check every view before any work", "[
     check_entry("asyppo::aggregate_loss", {{"loss", d.loss.data()}, {"mask", d.m.data()}, {"weights", g1.data()}}, out,
                 [&](const checking_backend& be) {
                   aggregate_loss(be, d.tok(d.loss), d.msk(d.m), loss_aggregation::token_mean, loss_normalizer{}, out_tok(g1));
+                });
+  }
+  {
+    // The device-result variants of the same losses: one more view each, the result.
+    policy_loss_result pr{};
+    entropy_bonus_result er{};
+    kl_loss_result kr{};
+    aggregation_result ar{};
+    outputs out;
+    out.add(g1);
+    for (auto [p, n] : {std::pair<const void*, std::size_t>{&pr, sizeof pr}, {&er, sizeof er}, {&kr, sizeof kr},
+                        {&ar, sizeof ar}})
+      out.bufs.emplace_back(p, n);
+    const loss_normalizer norm{1000, -1, -1};  // token-mean: the tokens are given
+    policy_loss_options po;
+    po.aggregation = loss_aggregation::token_mean;
+    po.normalizer = norm;
+    check_entry("asyppo::policy_loss_to",
+                {{"logp", d.lp.data()}, {"old_logp", d.olp.data()}, {"advantages", d.A.data()}, {"mask", d.m.data()},
+                 {"adv_mask", d.am.data()}, {"grad_logp", g1.data()}, {"result", &pr}},
+                out, [&](const checking_backend& be) {
+                  policy_loss_to(be, policy_loss_inputs<double>{d.tok(d.lp), d.tok(d.olp), d.tok(d.A), d.msk(d.m), d.msk(d.am)},
+                                 out_tok(g1), &pr, po);
+                });
+    entropy_bonus_options eo;
+    eo.aggregation = loss_aggregation::token_mean;
+    eo.normalizer = norm;
+    check_entry("asyppo::entropy_bonus_to",
+                {{"entropy", d.H.data()}, {"mask", d.m.data()}, {"entropy_mask", d.hm.data()}, {"grad_entropy", g1.data()},
+                 {"result", &er}},
+                out, [&](const checking_backend& be) {
+                  entropy_bonus_to(be, d.tok(d.H), d.msk(d.m), d.msk(d.hm), out_tok(g1), &er, eo);
+                });
+    kl_loss_options ko;
+    ko.aggregation = loss_aggregation::token_mean;
+    ko.normalizer = norm;
+    check_entry("asyppo::kl_loss_to",
+                {{"logp", d.lp.data()}, {"ref_logp", d.ref.data()}, {"mask", d.m.data()}, {"grad_logp", g1.data()},
+                 {"result", &kr}},
+                out, [&](const checking_backend& be) { kl_loss_to(be, d.tok(d.lp), d.tok(d.ref), d.msk(d.m), out_tok(g1), &kr, ko); });
+    check_entry("asyppo::aggregate_loss_to",
+                {{"loss", d.loss.data()}, {"mask", d.m.data()}, {"weights", g1.data()}, {"result", &ar}}, out,
+                [&](const checking_backend& be) {
+                  aggregate_loss_to(be, d.tok(d.loss), d.msk(d.m), loss_aggregation::token_mean, norm, out_tok(g1), &ar);
                 });
   }
   {

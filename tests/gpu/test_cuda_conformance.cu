@@ -729,6 +729,59 @@ TEMPLATE_TEST_CASE("cuda algorithms: policy_loss, value_loss, actor_objective", 
     REQUIRE(rel_err(r.metrics.approx_kl_sum, c.metrics.approx_kl_sum) <= kSumTol * static_cast<double>(n));
     require_close(download(gpu, dg), g, out_tol<T>());
   }
+  SECTION("policy_loss_to, entropy_bonus_to, kl_loss_to, aggregate_loss_to, masked_moments_to") {
+    // The device-result variants against the host-returning calls on the same device (checks off:
+    // nothing waits), each result read back from device memory.
+    const loss_normalizer norm{static_cast<double>(n), static_cast<double>(B), static_cast<double>(Tn)};
+    auto dg = gpu.allocate<T>(static_cast<index_t>(n));
+    auto dg2 = gpu.allocate<T>(static_cast<index_t>(n));
+    const token_view<T> g1(dg.data(), B, Tn), g2(dg2.data(), B, Tn);
+    policy_loss_options po;
+    po.aggregation = loss_aggregation::seq_mean_token_mean;
+    po.normalizer = norm;
+    po.dual_clip = 3.0;
+    const policy_loss_inputs<T> pin{dtv(d.logp), dtv(d.old_logp), dtv(d.adv), dm, mask_view(d.adv_mask.data(), B, Tn)};
+    const auto pw = policy_loss(gpu, pin, g1, po);
+    po.check_finite = false;
+    auto pr = gpu.allocate<policy_loss_result>(1);
+    policy_loss_to(gpu, pin, g2, pr.data(), po);
+    const auto pg = download(gpu, pr)[0];
+    REQUIRE(rel_err(pg.loss, pw.loss) <= 1e-12);
+    REQUIRE(pg.metrics.clipped_tokens() == pw.metrics.clipped_tokens());
+    REQUIRE(download(gpu, dg2) == download(gpu, dg));
+    entropy_bonus_options eo;
+    eo.beta = 0.01;
+    eo.normalizer = norm;
+    const auto ew = entropy_bonus(gpu, dtv(d.ent), dm, mask_view(d.ent_mask.data(), B, Tn), g1, eo);
+    eo.check_finite = false;
+    auto er = gpu.allocate<entropy_bonus_result>(1);
+    entropy_bonus_to(gpu, dtv(d.ent), dm, mask_view(d.ent_mask.data(), B, Tn), g2, er.data(), eo);
+    const auto eg = download(gpu, er)[0];
+    REQUIRE(rel_err(eg.loss, ew.loss) <= 1e-12);
+    REQUIRE(eg.metrics.filtered_tokens == ew.metrics.filtered_tokens);
+    REQUIRE(download(gpu, dg2) == download(gpu, dg));
+    kl_loss_options ko;
+    ko.coef = 0.05;
+    ko.normalizer = norm;
+    const auto kw = kl_loss(gpu, dtv(d.logp), dtv(d.ref_logp), dm, g1, ko);
+    ko.check_finite = false;
+    auto kr = gpu.allocate<kl_loss_result>(1);
+    kl_loss_to(gpu, dtv(d.logp), dtv(d.ref_logp), dm, g2, kr.data(), ko);
+    REQUIRE(rel_err(download(gpu, kr)[0].loss, kw.loss) <= 1e-12);
+    REQUIRE(download(gpu, dg2) == download(gpu, dg));
+    const auto aw = aggregate_loss(gpu, dtv(d.adv), dm, loss_aggregation::token_mean, norm, g1);
+    auto ar = gpu.allocate<aggregation_result>(1);
+    aggregate_loss_to(gpu, dtv(d.adv), dm, loss_aggregation::token_mean, norm, g2, ar.data(), false);
+    REQUIRE(rel_err(download(gpu, ar)[0].loss, aw.loss) <= 1e-12);
+    REQUIRE(download(gpu, dg2) == download(gpu, dg));
+    const auto mw = compute_masked_moments(gpu, dtv(d.adv), dm, true);
+    auto mr = gpu.allocate<masked_moments>(1);
+    masked_moments_to(gpu, dtv(d.adv), dm, true, mr.data());
+    const auto mg = download(gpu, mr)[0];
+    REQUIRE(mg.count == mw.count);
+    REQUIRE(rel_err(mg.mean, mw.mean) <= 1e-12);
+    REQUIRE(rel_err(mg.var, mw.var) <= 1e-12);
+  }
   SECTION("value_loss (shared returns, shards)") {
     std::vector<T> shard(static_cast<std::size_t>(K) * B);
     for (int k = 0; k < K; ++k)

@@ -193,33 +193,19 @@ actor_reducer<T> actor_reducer_of(const actor_objective_inputs<T>& in,
           opt.kl_coef};
 }
 
-/// The result of the fused reduction (L5), on the host or on the device.
-ASYPPO_HD inline actor_objective_result actor_result_of(const actor_acc& a, double beta, double kappa,
-                                                        const loss_normalizer& norm) {
-  actor_objective_result r;
-  r.normalizer = r.policy.normalizer = r.entropy.normalizer = r.kl.normalizer = norm;
-  r.policy.loss = a.pg.loss;
-  r.policy.metrics = policy_metrics_of(a.pg);
-  r.entropy.entropy = a.ent.agg;
-  r.entropy.filtered_entropy = a.ent.filtered_agg;
-  r.entropy.loss = -beta * a.ent.filtered_agg;
-  r.entropy.metrics.valid_tokens = a.ent.valid;
-  r.entropy.metrics.filtered_tokens = a.ent.filtered;
-  r.entropy.metrics.entropy_sum = a.ent.sum;
-  r.kl.kl = a.kl.agg;
-  r.kl.loss = kappa * a.kl.agg;
-  r.kl.metrics.valid_tokens = a.kl.valid;
-  r.kl.metrics.kl_sum = a.kl.sum;
-  r.total = r.policy.loss + r.entropy.loss + r.kl.loss;
-  return r;
-}
-
-/// reduce_to sink: the result into the backend's memory.
-struct store_actor_result {
-  actor_objective_result* dst;
+/// The result of the fused reduction (L5), on the host or on the device: each part's as its own call gives.
+struct actor_result_of {
   double beta, kappa;
   loss_normalizer norm;
-  ASYPPO_HD void operator()(const actor_acc& a) const { *dst = actor_result_of(a, beta, kappa, norm); }
+  ASYPPO_HD actor_objective_result operator()(const actor_acc& a) const {
+    actor_objective_result r;
+    r.normalizer = norm;
+    r.policy = policy_result_of{norm}(a.pg);
+    r.entropy = entropy_result_of{beta, norm}(a.ent);
+    r.kl = kl_result_of{kappa, norm}(a.kl);
+    r.total = r.policy.loss + r.entropy.loss + r.kl.loss;
+    return r;
+  }
 };
 
 }  // namespace detail
@@ -234,15 +220,11 @@ actor_objective_result actor_objective(const Backend& be, const actor_objective_
                                        const actor_objective_options& opt = {}) {
   constexpr const char* where = "asyppo::actor_objective";
   detail::check_actor_objective(be, where, in, out, opt);
-  const index_t B = in.logp.extent[0], Tn = in.logp.extent[1];
-  const auto span = detail::make_row_span(be, in.mask);
-  if (opt.check_finite) detail::check_actor_finite(be, where, in, span.heads());
-  auto tab = detail::make_row_weights<Backend, double>(be, where, "normalizer", in.mask, 1, {}, opt.aggregation,
-                                                       &opt.normalizer, 1, span.heads());
-  if (B * Tn == 0) return detail::actor_result_of({}, opt.entropy_coef, opt.kl_coef, tab.resolved[0]);
-  const detail::actor_acc a = be.reduce(B, Tn, detail::actor_reducer_of(in, out, opt, tab.weights.data()), span.heads());
-  detail::write_zero(be, B, Tn, span.tails(), out.grad_logp, out.grad_entropy);
-  return detail::actor_result_of(a, opt.entropy_coef, opt.kl_coef, tab.resolved[0]);
+  const auto [acc, norm] = detail::fused_loss(
+      be, where, in.mask, opt.aggregation, opt.normalizer, opt.check_finite,
+      [&](auto range) { detail::check_actor_finite(be, where, in, range); },
+      [&](const double* w) { return detail::actor_reducer_of(in, out, opt, w); }, out.grad_logp, out.grad_entropy);
+  return detail::actor_result_of{opt.entropy_coef, opt.kl_coef, norm}(acc);
 }
 
 /// The device-result variant of actor_objective: the same gradients, and the result written to
@@ -258,16 +240,13 @@ void actor_objective_to(const Backend& be, const actor_objective_inputs<T>& in,
                         actor_objective_result* result, const actor_objective_options& opt = {}) {
   constexpr const char* where = "asyppo::actor_objective_to";
   detail::check_actor_objective(be, where, in, out, opt);
-  if (result == nullptr) detail::fail(where, "result", "is null");
-  detail::check_memory(be, where, "result", seq_view<actor_objective_result>(result, 1));
-  detail::check_explicit_normalizer(where, "normalizer", opt.aggregation, opt.normalizer);
-  const index_t B = in.logp.extent[0], Tn = in.logp.extent[1];
-  const auto span = detail::make_row_span(be, in.mask);
-  if (opt.check_finite) detail::check_actor_finite(be, where, in, span.heads());
-  auto w = detail::make_row_weights_in_place(be, in.mask, opt.aggregation, opt.normalizer, span.heads());
-  detail::reduce_to(be, B, Tn, detail::actor_reducer_of(in, out, opt, w.data()), span.heads(),
-                    detail::store_actor_result{result, opt.entropy_coef, opt.kl_coef, opt.normalizer});
-  detail::write_zero(be, B, Tn, span.tails(), out.grad_logp, out.grad_entropy);
+  detail::check_loss_to(be, where, result, opt.aggregation, opt.normalizer);
+  detail::fused_loss_to(
+      be, in.mask, opt.aggregation, opt.normalizer, opt.check_finite,
+      [&](auto range) { detail::check_actor_finite(be, where, in, range); },
+      [&](const double* w) { return detail::actor_reducer_of(in, out, opt, w); },
+      result, detail::actor_result_of{opt.entropy_coef, opt.kl_coef, opt.normalizer}, out.grad_logp,
+      out.grad_entropy);
 }
 
 }  // namespace asyppo

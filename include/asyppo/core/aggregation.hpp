@@ -40,6 +40,10 @@
 // are a [B] table in backend memory that the loss kernels read. Deterministic: counts are exact
 // integers, the weights are computed on the host, sums follow the backend's reduce contract
 // (bit-identical for any CPU thread count).
+// The losses share one body after their checks: detail::fused_loss (row span, finiteness check, row
+// weights, one fused reduce, zero gradients on the padding) and, for the device-result variants
+// (aggregate_loss_to and the losses' _to), detail::fused_loss_to (weights from the caller's normaliser
+// where the data is, the result written there by reduce_to's sink: no host round trip).
 #pragma once
 
 #include <cmath>
@@ -286,17 +290,62 @@ auto make_row_weights_in_place(const Backend& be, mask_view mask, loss_aggregati
   return w;
 }
 
-/// Optional input: absent (null data) is fine, present ones are checked like inputs.
-template <class T, int R>
-void check_optional_input(const char* where, const char* name, const view<T, R>& v, const index_t (&want)[R]) {
-  if (!present(v)) return;
-  check_input(where, name, v, want);
+/// The body every loss shares after its checks (Eq. E15, one fused pass): the row span, the optional
+/// finiteness check check(range) (range: the columns that hold every valid token), the row weights w_b, one
+/// reduce of reducer_of(w) (whose add() also writes the gradients at the tokens it visits) and zero
+/// gradients on each row's padding. fused_loss returns the reduction (the identity on an empty batch) and
+/// the resolved normaliser (this call's counts where the caller's fields are negative).
+template <class Backend, class Check, class ReducerOf, class... Grads>
+auto fused_loss(const Backend& be, const char* where, mask_view mask, loss_aggregation mode, const loss_normalizer& norm,
+                bool check_finite, Check check, ReducerOf reducer_of, Grads... grads) {
+  const index_t B = mask.extent[0], Tn = mask.extent[1];
+  const auto span = make_row_span(be, mask);
+  if (check_finite) check(span.heads());
+  auto tab = make_row_weights<Backend, double>(be, where, "normalizer", mask, 1, {}, mode, &norm, 1, span.heads());
+  const auto red = reducer_of(tab.weights.data());
+  auto acc = red.identity();
+  if (B * Tn > 0) {
+    acc = be.reduce(B, Tn, red, span.heads());
+    write_zero(be, B, Tn, span.tails(), grads...);
+  }
+  return std::pair{acc, tab.resolved[0]};
 }
 
-/// Required [B,T] mask: present when non-empty.
-inline void check_required_mask(const char* where, const char* name, mask_view mask, index_t B, index_t Tn) {
-  check_input(where, name, mask, {B, Tn});
-  if (!present(mask) && B * Tn > 0) fail(where, name, "is required");
+/// reduce_to sink of fused_loss_to: result_of(reduction) into *dst, in the backend's memory (one device
+/// thread on a GPU).
+template <class Result, class ResultOf>
+struct store_result {
+  Result* dst;
+  ResultOf result_of;
+  template <class Acc>
+  ASYPPO_HD void operator()(const Acc& a) const {
+    *dst = result_of(a);
+  }
+};
+
+/// The same body for the device-result variants (after check_loss_to): the caller's normaliser as given,
+/// the row weights made where the data is, and result_of(reduction) written to *result on the backend
+/// (reduce_to), so nothing waits for the device unless check is called.
+template <class Backend, class Check, class ReducerOf, class Result, class ResultOf, class... Grads>
+void fused_loss_to(const Backend& be, mask_view mask, loss_aggregation mode, const loss_normalizer& norm,
+                   bool check_finite, Check check, ReducerOf reducer_of, Result* result, ResultOf result_of,
+                   Grads... grads) {
+  const index_t B = mask.extent[0], Tn = mask.extent[1];
+  const auto span = make_row_span(be, mask);
+  if (check_finite) check(span.heads());
+  auto w = make_row_weights_in_place(be, mask, mode, norm, span.heads());
+  reduce_to(be, B, Tn, reducer_of(w.data()), span.heads(), store_result<Result, ResultOf>{result, result_of});
+  write_zero(be, B, Tn, span.tails(), grads...);
+}
+
+/// The checks every device-result variant of a loss adds: a result pointer (non-null, in the backend's
+/// memory) and a normaliser whose fields the aggregation uses are given.
+template <class Backend, class Result>
+void check_loss_to(const Backend& be, const char* where, const Result* result, loss_aggregation mode,
+                   const loss_normalizer& norm) {
+  if (result == nullptr) fail(where, "result", "is null");
+  check_memory(be, where, "result", seq_view<const Result>(result, 1));
+  check_explicit_normalizer(where, "normalizer", mode, norm);
 }
 
 template <class T>
@@ -343,6 +392,28 @@ loss_normalizer resolve_loss_normalizer(const Backend& be, mask_view mask, loss_
   return detail::resolve_normalizer(where, "normalizer", mode, norm, c);
 }
 
+namespace detail {
+
+template <class Backend, class T>
+void check_aggregate_loss(const Backend& be, const char* where, token_view<const T> loss, mask_view mask,
+                          loss_aggregation mode, const loss_normalizer& norm, token_view<T> weights) {
+  check_view(where, "loss", loss);
+  const index_t B = loss.extent[0], Tn = loss.extent[1];
+  check_required_mask(where, "mask", mask, B, Tn);
+  check_optional_output(where, "weights", weights, {B, Tn});
+  check_aggregation(where, mode);
+  check_memory(be, where, "loss", loss, "mask", mask, "weights", weights);
+  check_normalizer_fields(where, "normalizer", norm);
+}
+
+/// aggregate_loss's result from its reduction (on the host or on the device).
+struct aggregation_result_of {
+  loss_normalizer norm;
+  ASYPPO_HD aggregation_result operator()(double loss) const { return {loss, norm}; }
+};
+
+}  // namespace detail
+
 /// Agg(loss) over mask (see the header comment). weights [B,T] (optional) receives dAgg/dloss:
 /// w_b on valid tokens and exactly 0 on masked ones. Throws asyppo::error on bad shapes, a bad
 /// normaliser or (check_finite) NaN/Inf loss on a valid token; then nothing is written.
@@ -351,22 +422,31 @@ aggregation_result aggregate_loss(const Backend& be, token_view<const T> loss, m
                                   const loss_normalizer& norm = {}, token_view<T> weights = {},
                                   bool check_finite = true) {
   constexpr const char* where = "asyppo::aggregate_loss";
-  detail::check_view(where, "loss", loss);
-  const index_t B = loss.extent[0], Tn = loss.extent[1];
-  detail::check_required_mask(where, "mask", mask, B, Tn);
-  detail::check_optional_output(where, "weights", weights, {B, Tn});
-  detail::check_aggregation(where, mode);
-  detail::check_memory(be, where, "loss", loss, "mask", mask, "weights", weights);
-  detail::check_normalizer_fields(where, "normalizer", norm);
-  const auto span = detail::make_row_span(be, mask);
-  if (check_finite) detail::check_finite_views<Backend, T>(be, where, "loss", mask, span.heads(), loss);
-  auto tab = detail::make_row_weights<Backend, double>(be, where, "normalizer", mask, 1, {}, mode, &norm, 1, span.heads());
-  aggregation_result r;
-  r.normalizer = tab.resolved[0];
-  if (B * Tn == 0) return r;
-  r.loss = be.reduce(B, Tn, detail::aggregate_reducer<T>{loss, mask, tab.weights.data(), weights}, span.heads());
-  detail::write_zero(be, B, Tn, span.tails(), weights);
-  return r;
+  detail::check_aggregate_loss(be, where, loss, mask, mode, norm, weights);
+  const auto [acc, resolved] = detail::fused_loss(
+      be, where, mask, mode, norm, check_finite,
+      [&](auto range) { detail::check_finite_views<Backend, T>(be, where, "loss", mask, range, loss); },
+      [&](const double* w) { return detail::aggregate_reducer<T>{loss, mask, w, weights}; }, weights);
+  return detail::aggregation_result_of{resolved}(acc);
+}
+
+/// The device-result variant of aggregate_loss: the same weights, and the result written to *result in
+/// the backend's memory (device memory on a GPU; result->normalizer is norm) instead of returned. With
+/// check_finite = false it makes no host round trip; norm's fields that the mode uses must be given (the
+/// row weights are made where the data is, not checked against this call's counts). Throws like
+/// aggregate_loss, and on a null result.
+template <class Backend, class T>
+void aggregate_loss_to(const Backend& be, token_view<const T> loss, mask_view mask, loss_aggregation mode,
+                       const loss_normalizer& norm, token_view<T> weights, aggregation_result* result,
+                       bool check_finite = true) {
+  constexpr const char* where = "asyppo::aggregate_loss_to";
+  detail::check_aggregate_loss(be, where, loss, mask, mode, norm, weights);
+  detail::check_loss_to(be, where, result, mode, norm);
+  detail::fused_loss_to(
+      be, mask, mode, norm, check_finite,
+      [&](auto range) { detail::check_finite_views<Backend, T>(be, where, "loss", mask, range, loss); },
+      [&](const double* w) { return detail::aggregate_reducer<T>{loss, mask, w, weights}; },
+      result, detail::aggregation_result_of{norm}, weights);
 }
 
 }  // namespace asyppo

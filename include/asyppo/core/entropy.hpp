@@ -22,6 +22,9 @@
 //   dL/dz_v = ( g_l (1[v = y] - p_v) - g_h p_v (log p_v + H) ) / temperature.
 // Masked positions (optional mask) get logp = entropy = 0 and zero gradient, and their token ids
 // are not read for validation. Token ids of valid positions must lie in [0, V).
+// entropy_bonus_to, the device-result variant, writes the same result to the backend's memory (device memory on a
+// GPU) from an explicit normaliser; with check_finite off it waits for nothing (one body for every loss:
+// fused_loss_to in core/aggregation.hpp).
 #pragma once
 
 #include <cmath>
@@ -109,6 +112,39 @@ struct entropy_reducer {
   }
   ASYPPO_HD entropy_acc combine(const entropy_acc& a, const entropy_acc& b) const { return entropy_acc_combine(a, b); }
 };
+
+/// The result of the fused reduction (L3), on the host or on the device.
+struct entropy_result_of {
+  double beta;
+  loss_normalizer norm;
+  ASYPPO_HD entropy_bonus_result operator()(const entropy_acc& a) const {
+    entropy_bonus_result r;
+    r.entropy = a.agg;
+    r.filtered_entropy = a.filtered_agg;
+    r.loss = -beta * a.filtered_agg;
+    r.metrics.valid_tokens = a.valid;
+    r.metrics.filtered_tokens = a.filtered;
+    r.metrics.entropy_sum = a.sum;
+    r.normalizer = norm;
+    return r;
+  }
+};
+
+/// Every check of entropy_bonus and entropy_bonus_to that reads no data.
+template <class Backend, class T>
+void check_entropy_bonus(const Backend& be, const char* where, token_view<const T> entropy, mask_view mask,
+                         mask_view entropy_mask, token_view<compute_type_t<T>> grad_entropy,
+                         const entropy_bonus_options& opt) {
+  check_view(where, "entropy", entropy);
+  const index_t B = entropy.extent[0], Tn = entropy.extent[1];
+  check_required_mask(where, "mask", mask, B, Tn);
+  check_optional_input(where, "entropy_mask", entropy_mask, {B, Tn});
+  check_optional_output(where, "grad_entropy", grad_entropy, {B, Tn});
+  check_finite_scalar(where, "beta", opt.beta);
+  check_aggregation(where, opt.aggregation);
+  check_memory(be, where, "entropy", entropy, "mask", mask, "entropy_mask", entropy_mask, "grad_entropy", grad_entropy);
+  check_normalizer_fields(where, "normalizer", opt.normalizer);
+}
 
 /// Per-position log-softmax statistics of z / temperature: lse and the entropy H.
 struct softmax_stats {
@@ -236,33 +272,31 @@ entropy_bonus_result entropy_bonus(const Backend& be, token_view<const T> entrop
                                    mask_view entropy_mask = {}, token_view<compute_type_t<T>> grad_entropy = {},
                                    const entropy_bonus_options& opt = {}) {
   constexpr const char* where = "asyppo::entropy_bonus";
-  detail::check_view(where, "entropy", entropy);
-  const index_t B = entropy.extent[0], Tn = entropy.extent[1];
-  detail::check_required_mask(where, "mask", mask, B, Tn);
-  detail::check_optional_input(where, "entropy_mask", entropy_mask, {B, Tn});
-  detail::check_optional_output(where, "grad_entropy", grad_entropy, {B, Tn});
-  detail::check_finite_scalar(where, "beta", opt.beta);
-  detail::check_aggregation(where, opt.aggregation);
-  detail::check_memory(be, where, "entropy", entropy, "mask", mask, "entropy_mask", entropy_mask, "grad_entropy",
-                       grad_entropy);
-  detail::check_normalizer_fields(where, "normalizer", opt.normalizer);
-  const auto span = detail::make_row_span(be, mask);
-  if (opt.check_finite) detail::check_finite_views<Backend, T>(be, where, "entropy", mask, span.heads(), entropy);
-  auto tab = detail::make_row_weights<Backend, double>(be, where, "normalizer", mask, 1, {}, opt.aggregation,
-                                                       &opt.normalizer, 1, span.heads());
-  entropy_bonus_result r;
-  r.normalizer = tab.resolved[0];
-  if (B * Tn == 0) return r;
-  const detail::entropy_acc a = be.reduce(
-      B, Tn, detail::entropy_reducer<T>{entropy, mask, entropy_mask, tab.weights.data(), grad_entropy, opt.beta}, span.heads());
-  detail::write_zero(be, B, Tn, span.tails(), grad_entropy);
-  r.entropy = a.agg;
-  r.filtered_entropy = a.filtered_agg;
-  r.loss = -opt.beta * a.filtered_agg;
-  r.metrics.valid_tokens = a.valid;
-  r.metrics.filtered_tokens = a.filtered;
-  r.metrics.entropy_sum = a.sum;
-  return r;
+  detail::check_entropy_bonus(be, where, entropy, mask, entropy_mask, grad_entropy, opt);
+  const auto [acc, norm] = detail::fused_loss(
+      be, where, mask, opt.aggregation, opt.normalizer, opt.check_finite,
+      [&](auto range) { detail::check_finite_views<Backend, T>(be, where, "entropy", mask, range, entropy); },
+      [&](const double* w) { return detail::entropy_reducer<T>{entropy, mask, entropy_mask, w, grad_entropy, opt.beta}; },
+      grad_entropy);
+  return detail::entropy_result_of{opt.beta, norm}(acc);
+}
+
+/// The device-result variant of entropy_bonus: the same gradient, and the result written to *result in the
+/// backend's memory (result->normalizer is opt.normalizer) instead of returned. With opt.check_finite =
+/// false it makes no host round trip: the row weights come from opt.normalizer, whose fields the aggregation
+/// uses must be given. Throws like entropy_bonus, and on a null result.
+template <class Backend, class T>
+void entropy_bonus_to(const Backend& be, token_view<const T> entropy, mask_view mask, mask_view entropy_mask,
+                      token_view<compute_type_t<T>> grad_entropy, entropy_bonus_result* result,
+                      const entropy_bonus_options& opt = {}) {
+  constexpr const char* where = "asyppo::entropy_bonus_to";
+  detail::check_entropy_bonus(be, where, entropy, mask, entropy_mask, grad_entropy, opt);
+  detail::check_loss_to(be, where, result, opt.aggregation, opt.normalizer);
+  detail::fused_loss_to(
+      be, mask, opt.aggregation, opt.normalizer, opt.check_finite,
+      [&](auto range) { detail::check_finite_views<Backend, T>(be, where, "entropy", mask, range, entropy); },
+      [&](const double* w) { return detail::entropy_reducer<T>{entropy, mask, entropy_mask, w, grad_entropy, opt.beta}; },
+      result, detail::entropy_result_of{opt.beta, opt.normalizer}, grad_entropy);
 }
 
 /// From logits [B,T,V] and token ids [B,T]: logp of the taken token and the entropy of

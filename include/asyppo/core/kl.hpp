@@ -21,6 +21,9 @@
 // the CPU backend's results are bit-identical for any thread count.
 // Inputs in float, double, bfloat16 or float16 (read exactly); outputs and gradients in
 // compute_type_t of the input type (half_types.hpp: float for the 16-bit types): the float call's bits.
+// kl_loss_to, the device-result variant, writes the same result to the backend's memory (device memory on a
+// GPU) from an explicit normaliser; with check_finite off it waits for nothing (one body for every loss:
+// fused_loss_to in core/aggregation.hpp).
 #pragma once
 
 #include <cmath>
@@ -150,6 +153,37 @@ inline void check_kl_options(const char* where, const kl_options& o) {
 
 inline kl_params kl_params_of(const kl_options& o) { return {o.estimator, o.straight_through, o.clamp}; }
 
+/// The result of the fused reduction (L4), on the host or on the device.
+struct kl_result_of {
+  double coef;
+  loss_normalizer norm;
+  ASYPPO_HD kl_loss_result operator()(const kl_acc& a) const {
+    kl_loss_result r;
+    r.kl = a.agg;
+    r.loss = coef * a.agg;
+    r.metrics.valid_tokens = a.valid;
+    r.metrics.kl_sum = a.sum;
+    r.normalizer = norm;
+    return r;
+  }
+};
+
+/// Every check of kl_loss and kl_loss_to that reads no data.
+template <class Backend, class T>
+void check_kl_loss(const Backend& be, const char* where, token_view<const T> logp, token_view<const T> ref_logp,
+                   mask_view mask, token_view<compute_type_t<T>> grad_logp, const kl_loss_options& opt) {
+  check_view(where, "logp", logp);
+  const index_t B = logp.extent[0], Tn = logp.extent[1];
+  check_input(where, "ref_logp", ref_logp, {B, Tn});
+  check_required_mask(where, "mask", mask, B, Tn);
+  check_optional_output(where, "grad_logp", grad_logp, {B, Tn});
+  check_kl_options(where, opt.kl);
+  check_finite_scalar(where, "coef", opt.coef);
+  check_aggregation(where, opt.aggregation);
+  check_memory(be, where, "logp", logp, "ref_logp", ref_logp, "mask", mask, "grad_logp", grad_logp);
+  check_normalizer_fields(where, "normalizer", opt.normalizer);
+}
+
 }  // namespace detail
 
 /// Per-token estimator of delta = logp - ref_logp into out [B,T] (0 on masked tokens; out may be
@@ -177,33 +211,34 @@ template <class Backend, class T>
 kl_loss_result kl_loss(const Backend& be, token_view<const T> logp, token_view<const T> ref_logp, mask_view mask,
                        token_view<compute_type_t<T>> grad_logp = {}, const kl_loss_options& opt = {}) {
   constexpr const char* where = "asyppo::kl_loss";
-  detail::check_view(where, "logp", logp);
-  const index_t B = logp.extent[0], Tn = logp.extent[1];
-  detail::check_input(where, "ref_logp", ref_logp, {B, Tn});
-  detail::check_required_mask(where, "mask", mask, B, Tn);
-  detail::check_optional_output(where, "grad_logp", grad_logp, {B, Tn});
-  detail::check_kl_options(where, opt.kl);
-  detail::check_finite_scalar(where, "coef", opt.coef);
-  detail::check_aggregation(where, opt.aggregation);
-  detail::check_memory(be, where, "logp", logp, "ref_logp", ref_logp, "mask", mask, "grad_logp", grad_logp);
-  detail::check_normalizer_fields(where, "normalizer", opt.normalizer);
-  const auto span = detail::make_row_span(be, mask);
-  if (opt.check_finite)
-    detail::check_finite_views<Backend, T>(be, where, "logp or ref_logp", mask, span.heads(), logp, ref_logp);
-  auto tab = detail::make_row_weights<Backend, double>(be, where, "normalizer", mask, 1, {}, opt.aggregation,
-                                                       &opt.normalizer, 1, span.heads());
-  kl_loss_result r;
-  r.normalizer = tab.resolved[0];
-  if (B * Tn == 0) return r;
-  const detail::kl_acc a = be.reduce(B, Tn, detail::kl_reducer<T>{logp, ref_logp, mask, tab.weights.data(), grad_logp,
-                                                                   detail::kl_params_of(opt.kl), opt.coef},
-                                     span.heads());
-  detail::write_zero(be, B, Tn, span.tails(), grad_logp);
-  r.kl = a.agg;
-  r.loss = opt.coef * a.agg;
-  r.metrics.valid_tokens = a.valid;
-  r.metrics.kl_sum = a.sum;
-  return r;
+  detail::check_kl_loss(be, where, logp, ref_logp, mask, grad_logp, opt);
+  const auto [acc, norm] = detail::fused_loss(
+      be, where, mask, opt.aggregation, opt.normalizer, opt.check_finite,
+      [&](auto range) { detail::check_finite_views<Backend, T>(be, where, "logp or ref_logp", mask, range, logp, ref_logp); },
+      [&](const double* w) {
+        return detail::kl_reducer<T>{logp, ref_logp, mask, w, grad_logp, detail::kl_params_of(opt.kl), opt.coef};
+      },
+      grad_logp);
+  return detail::kl_result_of{opt.coef, norm}(acc);
+}
+
+/// The device-result variant of kl_loss: the same gradient, and the result written to *result in the
+/// backend's memory (result->normalizer is opt.normalizer) instead of returned. With opt.check_finite =
+/// false it makes no host round trip: the row weights come from opt.normalizer, whose fields the aggregation
+/// uses must be given. Throws like kl_loss, and on a null result.
+template <class Backend, class T>
+void kl_loss_to(const Backend& be, token_view<const T> logp, token_view<const T> ref_logp, mask_view mask,
+                token_view<compute_type_t<T>> grad_logp, kl_loss_result* result, const kl_loss_options& opt = {}) {
+  constexpr const char* where = "asyppo::kl_loss_to";
+  detail::check_kl_loss(be, where, logp, ref_logp, mask, grad_logp, opt);
+  detail::check_loss_to(be, where, result, opt.aggregation, opt.normalizer);
+  detail::fused_loss_to(
+      be, mask, opt.aggregation, opt.normalizer, opt.check_finite,
+      [&](auto range) { detail::check_finite_views<Backend, T>(be, where, "logp or ref_logp", mask, range, logp, ref_logp); },
+      [&](const double* w) {
+        return detail::kl_reducer<T>{logp, ref_logp, mask, w, grad_logp, detail::kl_params_of(opt.kl), opt.coef};
+      },
+      result, detail::kl_result_of{opt.coef, opt.normalizer}, grad_logp);
 }
 
 }  // namespace asyppo

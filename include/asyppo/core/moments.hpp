@@ -127,13 +127,23 @@ masked_moments masked_moments_unchecked(const Backend& be, token_view<const T> x
   return m;
 }
 
+/// The checks of compute_masked_moments and masked_moments_to: x [B,T] and a required mask of its shape.
+template <class Backend, class T>
+void check_moments_args(const Backend& be, const char* where, token_view<const T> x, mask_view mask) {
+  check_view(where, "x", x);
+  check_required_mask(where, "mask", mask, x.extent[0], x.extent[1]);
+  check_memory(be, where, "x", x, "mask", mask);
+}
+
 }  // namespace detail
 
-/// Moments of x over mask != 0, over the whole batch of every rank of comm.
+/// Moments of x [B,T] over mask [B,T] != 0 (required), over the whole batch of every rank of comm. Throws
+/// asyppo::error on bad shapes. NaN/Inf values propagate. Device-result variant (one process):
+/// masked_moments_to (core/whiten.hpp).
 template <class Backend, class T, class Comm = single_process>
 masked_moments compute_masked_moments(const Backend& be, token_view<const T> x, mask_view mask, bool unbiased,
                                       const Comm& comm = {}) {
-  detail::check_memory(be, "asyppo::compute_masked_moments", "x", x, "mask", mask);
+  detail::check_moments_args(be, "asyppo::compute_masked_moments", x, mask);
   return detail::masked_moments_unchecked(be, x, mask, unbiased, comm);
 }
 

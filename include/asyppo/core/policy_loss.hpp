@@ -41,6 +41,9 @@
 // finite); this is the documented price of turning the clamp off.
 // Inputs in float, double, bfloat16 or float16 (read exactly); outputs and gradients in
 // compute_type_t of the input type (half_types.hpp: float for the 16-bit types): the float call's bits.
+// policy_loss_to, the device-result variant, writes the same result to the backend's memory (device memory on a
+// GPU) from an explicit normaliser; with check_finite off it waits for nothing (one body for every loss:
+// fused_loss_to in core/aggregation.hpp).
 #pragma once
 
 #include <cmath>
@@ -182,6 +185,49 @@ ASYPPO_HD inline policy_loss_metrics policy_metrics_of(const policy_acc& a) {
   return m;
 }
 
+/// The result of the fused reduction (L2), on the host or on the device.
+struct policy_result_of {
+  loss_normalizer norm;
+  ASYPPO_HD policy_loss_result operator()(const policy_acc& a) const {
+    policy_loss_result r;
+    r.loss = a.loss;
+    r.metrics = policy_metrics_of(a);
+    r.normalizer = norm;
+    return r;
+  }
+};
+
+/// Every check of policy_loss and policy_loss_to that reads no data (shapes, options, memory).
+template <class Backend, class T>
+void check_policy_loss(const Backend& be, const char* where, const policy_loss_inputs<T>& in,
+                       token_view<compute_type_t<T>> grad_logp, const policy_loss_options& opt) {
+  check_view(where, "logp", in.logp);
+  const index_t B = in.logp.extent[0], Tn = in.logp.extent[1];
+  check_input(where, "old_logp", in.old_logp, {B, Tn});
+  check_input(where, "advantages", in.advantages, {B, Tn});
+  check_required_mask(where, "mask", in.mask, B, Tn);
+  check_optional_input(where, "adv_mask", in.adv_mask, {B, Tn});
+  check_optional_output(where, "grad_logp", grad_logp, {B, Tn});
+  check_surrogate_options(where, opt.clip_low, opt.clip_high, opt.dual_clip, opt.log_ratio_clamp);
+  check_aggregation(where, opt.aggregation);
+  check_memory(be, where, "logp", in.logp, "old_logp", in.old_logp, "advantages", in.advantages, "mask", in.mask,
+               "adv_mask", in.adv_mask, "grad_logp", grad_logp);
+  check_normalizer_fields(where, "normalizer", opt.normalizer);
+}
+
+/// policy_loss's finiteness check over range, and its reducer with row weights w.
+template <class Backend, class T, class Range>
+void check_policy_finite(const Backend& be, const char* where, const policy_loss_inputs<T>& in, Range range) {
+  check_finite_views<Backend, T>(be, where, "logp, old_logp or advantages", in.mask, range, in.logp, in.old_logp,
+                                 in.advantages);
+}
+template <class T>
+policy_reducer<T> policy_reducer_of(const policy_loss_inputs<T>& in, token_view<compute_type_t<T>> grad_logp,
+                                    const policy_loss_options& opt, const double* w) {
+  return {in.logp, in.old_logp, in.advantages, in.mask, in.adv_mask, w, grad_logp,
+          {opt.clip_low, opt.clip_high, opt.dual_clip, opt.log_ratio_clamp}};
+}
+
 }  // namespace detail
 
 /// Clipped surrogate loss Agg(l) of the inputs; grad_logp [B,T] (optional) receives dL/dlogp.
@@ -189,36 +235,33 @@ ASYPPO_HD inline policy_loss_metrics policy_metrics_of(const policy_acc& a) {
 /// dual_clip not 0 and <= 1, log_ratio_clamp < 0, non-finite options, a bad normaliser, or
 /// (check_finite) NaN/Inf in logp, old_logp or advantages on a valid token.
 template <class Backend, class T>
-policy_loss_result policy_loss(const Backend& be, const policy_loss_inputs<T>& in, token_view<compute_type_t<T>> grad_logp = {},
-                               const policy_loss_options& opt = {}) {
+policy_loss_result policy_loss(const Backend& be, const policy_loss_inputs<T>& in,
+                               token_view<compute_type_t<T>> grad_logp = {}, const policy_loss_options& opt = {}) {
   constexpr const char* where = "asyppo::policy_loss";
-  detail::check_view(where, "logp", in.logp);
-  const index_t B = in.logp.extent[0], Tn = in.logp.extent[1];
-  detail::check_input(where, "old_logp", in.old_logp, {B, Tn});
-  detail::check_input(where, "advantages", in.advantages, {B, Tn});
-  detail::check_required_mask(where, "mask", in.mask, B, Tn);
-  detail::check_optional_input(where, "adv_mask", in.adv_mask, {B, Tn});
-  detail::check_optional_output(where, "grad_logp", grad_logp, {B, Tn});
-  detail::check_surrogate_options(where, opt.clip_low, opt.clip_high, opt.dual_clip, opt.log_ratio_clamp);
-  detail::check_aggregation(where, opt.aggregation);
-  detail::check_memory(be, where, "logp", in.logp, "old_logp", in.old_logp, "advantages", in.advantages, "mask", in.mask,
-                       "adv_mask", in.adv_mask, "grad_logp", grad_logp);
-  detail::check_normalizer_fields(where, "normalizer", opt.normalizer);
-  const auto span = detail::make_row_span(be, in.mask);
-  if (opt.check_finite)
-    detail::check_finite_views<Backend, T>(be, where, "logp, old_logp or advantages", in.mask, span.heads(), in.logp,
-                                           in.old_logp, in.advantages);
-  auto tab = detail::make_row_weights<Backend, double>(be, where, "normalizer", in.mask, 1, {}, opt.aggregation,
-                                                       &opt.normalizer, 1, span.heads());
-  policy_loss_result r;
-  r.normalizer = tab.resolved[0];
-  if (B * Tn == 0) return r;
-  const detail::policy_acc a = be.reduce(B, Tn, detail::policy_reducer<T>{in.logp, in.old_logp, in.advantages, in.mask, in.adv_mask, tab.weights.data(),
-                                        grad_logp, {opt.clip_low, opt.clip_high, opt.dual_clip, opt.log_ratio_clamp}}, span.heads());
-  detail::write_zero(be, B, Tn, span.tails(), grad_logp);
-  r.loss = a.loss;
-  r.metrics = detail::policy_metrics_of(a);
-  return r;
+  detail::check_policy_loss(be, where, in, grad_logp, opt);
+  const auto [acc, norm] = detail::fused_loss(
+      be, where, in.mask, opt.aggregation, opt.normalizer, opt.check_finite,
+      [&](auto range) { detail::check_policy_finite(be, where, in, range); },
+      [&](const double* w) { return detail::policy_reducer_of(in, grad_logp, opt, w); }, grad_logp);
+  return detail::policy_result_of{norm}(acc);
+}
+
+/// The device-result variant of policy_loss: the same gradient, and the result written to *result in the
+/// backend's memory (device memory on a GPU; result->normalizer is opt.normalizer) instead of returned.
+/// With opt.check_finite = false it makes no host round trip (a CUDA graph can hold it): the row weights
+/// come from opt.normalizer, whose fields the aggregation uses must be given (as for actor_objective_to).
+/// Throws like policy_loss, and on a null result.
+template <class Backend, class T>
+void policy_loss_to(const Backend& be, const policy_loss_inputs<T>& in, token_view<compute_type_t<T>> grad_logp,
+                    policy_loss_result* result, const policy_loss_options& opt = {}) {
+  constexpr const char* where = "asyppo::policy_loss_to";
+  detail::check_policy_loss(be, where, in, grad_logp, opt);
+  detail::check_loss_to(be, where, result, opt.aggregation, opt.normalizer);
+  detail::fused_loss_to(
+      be, in.mask, opt.aggregation, opt.normalizer, opt.check_finite,
+      [&](auto range) { detail::check_policy_finite(be, where, in, range); },
+      [&](const double* w) { return detail::policy_reducer_of(in, grad_logp, opt, w); },
+      result, detail::policy_result_of{opt.normalizer}, grad_logp);
 }
 
 }  // namespace asyppo

@@ -89,6 +89,19 @@ void check_input(const char* where, const char* name, const view<T, R>& v, const
   check_extents(where, name, v, want);
 }
 
+/// Optional input: absent (null data) is fine, present ones are checked like inputs.
+template <class T, int R>
+void check_optional_input(const char* where, const char* name, const view<T, R>& v, const index_t (&want)[R]) {
+  if (!present(v)) return;
+  check_input(where, name, v, want);
+}
+
+/// Required [B,T] mask: present when non-empty.
+inline void check_required_mask(const char* where, const char* name, mask_view mask, index_t B, index_t Tn) {
+  check_input(where, name, mask, {B, Tn});
+  if (!present(mask) && B * Tn > 0) fail(where, name, "is required");
+}
+
 template <class T, int R>
 void check_output(const char* where, const char* name, const view<T, R>& v, const index_t (&want)[R]) {
   if (!present(v) && v.size() > 0) fail(where, name, "required output is missing");

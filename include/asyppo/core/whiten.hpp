@@ -158,11 +158,12 @@ struct whiten_from_state {
   ASYPPO_HD void span(index_t b, index_t t0, index_t t1) const { with_coeffs().span(b, t0, t1); }
 };
 
-/// masked_whiten_to after its checks: two reduce_to passes leave the moments and coefficients in a
-/// backend state, then the whitening pass reads them. range: the columns holding every valid token.
+/// The two moment passes of masked_whiten_to and masked_moments_to: reduce_to passes that leave the
+/// moments and the whitening coefficients in a backend state (returned), and a copy of the moments in
+/// *moments (optional). range: the columns holding every valid token.
 template <class Backend, class T, class Range>
-void whiten_resident(const Backend& be, token_view<const T> x, mask_view mask, token_view<T> out, masked_moments* moments,
-                     const whiten_options& opt, Range range) {
+auto moments_resident(const Backend& be, token_view<const T> x, mask_view mask, masked_moments* moments,
+                      const whiten_options& opt, Range range) {
   const index_t B = x.extent[0], Tn = x.extent[1];
   using R = masked_sum_reducer<T>;
   using V = typename R::value_type;
@@ -170,7 +171,16 @@ void whiten_resident(const Backend& be, token_view<const T> x, mask_view mask, t
   reduce_to(be, B, Tn, R{x, mask, 0.0, false}, range, whiten_first_sink<V>{state.data()});
   reduce_to(be, B, Tn, sum_about_state_mean<T>{R{x, mask, 0.0, true}, state.data()}, range,
             whiten_second_sink<V>{state.data(), moments, opt});
-  be.for_each(B, Tn, whiten_from_state<T>{whiten_kernel_of(x, mask, out, {}, opt), state.data()});
+  return state;
+}
+
+/// masked_whiten_to after its checks: the moments and coefficients in a backend state, then the
+/// whitening pass reads them.
+template <class Backend, class T, class Range>
+void whiten_resident(const Backend& be, token_view<const T> x, mask_view mask, token_view<T> out, masked_moments* moments,
+                     const whiten_options& opt, Range range) {
+  const auto state = moments_resident(be, x, mask, moments, opt, range);
+  be.for_each(x.extent[0], x.extent[1], whiten_from_state<T>{whiten_kernel_of(x, mask, out, {}, opt), state.data()});
 }
 
 /// Whitening whose moments the caller does not need: in one process on a device backend through the
@@ -189,8 +199,7 @@ void check_whiten(const Backend& be, const char* where, token_view<const T> x, m
                   const whiten_options& opt) {
   check_view(where, "x", x);
   const index_t B = x.extent[0], Tn = x.extent[1];
-  check_input(where, "mask", mask, {B, Tn});
-  if (!present(mask) && B * Tn > 0) fail(where, "mask", "is required");
+  check_required_mask(where, "mask", mask, B, Tn);
   check_output(where, "out", out, {B, Tn});
   check_memory(be, where, "x", x, "mask", mask, "out", out);
   check_whiten_options(where, opt);
@@ -225,6 +234,21 @@ void masked_whiten_to(const Backend& be, token_view<const T> x, mask_view mask, 
   const index_t B = x.extent[0], Tn = x.extent[1];
   if (opt.check_finite) detail::check_finite_tokens<Backend, T>(be, where, "x", B, Tn, {}, x, mask);
   detail::whiten_resident(be, x, mask, out, moments, opt, detail::make_row_span(be, mask).heads());
+}
+
+/// The device-result variant of compute_masked_moments (one process; here because the moment passes
+/// keep their state with the whitening's): the same moments, bit for bit, written to *result in the
+/// backend's memory instead of returned; nothing waits for the device. Throws asyppo::error (and writes
+/// nothing) on bad shapes or a null result.
+template <class Backend, class T>
+void masked_moments_to(const Backend& be, token_view<const T> x, mask_view mask, bool unbiased, masked_moments* result) {
+  constexpr const char* where = "asyppo::masked_moments_to";
+  detail::check_moments_args(be, where, x, mask);
+  if (result == nullptr) detail::fail(where, "result", "is null");
+  detail::check_memory(be, where, "result", seq_view<masked_moments>(result, 1));
+  whiten_options opt;
+  opt.unbiased = unbiased;
+  detail::moments_resident(be, x, mask, result, opt, detail::make_row_span(be, mask).heads());
 }
 
 }  // namespace asyppo
