@@ -4,11 +4,11 @@
 // float outputs; so a call on bfloat16 / float16 inputs gives, bit for bit, what the same call gives
 // on the inputs widened to float. Checked on random shapes, masks and layouts (the 16-bit inputs in
 // padded rows or with elements two apart, NaN in every gap, which no call may read; the float copies
-// contiguous, so the float call takes its SIMD paths and the 16-bit one the per-token code), for 1 and
-// 2 threads, and for advantage_step_to on the device-posing round-trip backend too (its resident
-// path). The losses are also checked against the plain references of loss_reference.hpp on the
-// widened values, and every finiteness check against 16-bit Inf / NaN: rejected on a valid token with
-// nothing written, ignored on a masked one.
+// contiguous, so the float call takes its SIMD paths directly and the 16-bit one through its widened
+// rows or the per-token code), for 1 and 2 threads, and for advantage_step_to on the device-posing
+// round-trip backend too (its resident path). The losses are also checked against the plain
+// references of loss_reference.hpp on the widened values, and every finiteness check against 16-bit
+// Inf / NaN: rejected on a valid token with nothing written, ignored on a masked one.
 #include <catch2/catch.hpp>
 
 #include <cmath>

@@ -124,7 +124,26 @@ struct actor_reducer {
   ASYPPO_HD void add_span(actor_acc& acc, index_t b, index_t t0, index_t t1) const {
     index_t t = t0;
 #if defined(ASYPPO_SIMD_SSE2)  // host x86-64, not nvcc
-    if constexpr (!is_half_type_v<T>) {  // 16-bit inputs: the per-token code
+    if constexpr (is_half_type_v<T>) {  // 16-bit inputs: the row widened, then the float span (same bits)
+      const actor_reducer<float> wide{widened_row(logp, b, t0, t1, 0),
+                                      widened_row(old_logp, b, t0, t1, 1),
+                                      widened_row(adv, b, t0, t1, 2),
+                                      widened_row(entropy, b, t0, t1, 3),
+                                      widened_row(ref, b, t0, t1, 4),
+                                      mask,
+                                      adv_mask,
+                                      entropy_mask,
+                                      w,
+                                      grad_logp,
+                                      grad_entropy,
+                                      sp,
+                                      kp,
+                                      beta,
+                                      kappa};
+      wide.add_span(acc, b, t0, t1);
+      return;
+    }
+    if constexpr (!is_half_type_v<T>) {  // (16-bit inputs took the widened path above)
       if (unit_inner_stride(logp) && unit_inner_stride(old_logp) && unit_inner_stride(adv) && unit_inner_stride(entropy) &&
           unit_inner_stride(ref) && unit_inner_stride(mask) && unit_inner_stride(adv_mask) &&
           unit_inner_stride(entropy_mask) && unit_inner_stride(grad_logp) && unit_inner_stride(grad_entropy)) {

@@ -131,7 +131,13 @@ struct kl_reducer {
   ASYPPO_HD void add_span(kl_acc& acc, index_t b, index_t t0, index_t t1) const {
     index_t t = t0;
 #if defined(ASYPPO_SIMD_SSE2)  // host x86-64, not nvcc
-    if constexpr (!is_half_type_v<T>) {  // 16-bit inputs: the per-token code
+    if constexpr (is_half_type_v<T>) {  // 16-bit inputs: the row widened, then the float span (same bits)
+      const kl_reducer<float> wide{widened_row(logp, b, t0, t1, 0), widened_row(ref, b, t0, t1, 1), mask, w, grad, p,
+                                   coef};
+      wide.add_span(acc, b, t0, t1);
+      return;
+    }
+    if constexpr (!is_half_type_v<T>) {  // (16-bit inputs took the widened path above)
       if (unit_inner_stride(logp) && unit_inner_stride(ref) && unit_inner_stride(mask) && unit_inner_stride(grad))
         t = kl_span_simd(acc, &logp(b, 0), &ref(b, 0), &mask(b, 0), grad.data ? &grad(b, 0) : nullptr, w[b], coef, t0, t1, p);
     }

@@ -136,6 +136,14 @@ struct policy_reducer {
   }
   /// add() over [t0, t1) on contiguous rows through plain pointers (the same operations per token).
   ASYPPO_HD void add_span(policy_acc& acc_out, index_t b, index_t t0, index_t t1) const {
+#if defined(ASYPPO_SIMD_SSE2)  // host x86-64, not nvcc
+    if constexpr (is_half_type_v<T>) {  // 16-bit inputs: the row widened, then the float span (same bits)
+      const policy_reducer<float> wide{widened_row(logp, b, t0, t1, 0), widened_row(old_logp, b, t0, t1, 1),
+                                       widened_row(adv, b, t0, t1, 2), mask, adv_mask, w, grad, p};
+      wide.add_span(acc_out, b, t0, t1);
+      return;
+    }
+#endif
     if (!unit_inner_stride(logp) || !unit_inner_stride(old_logp) || !unit_inner_stride(adv) ||
         !unit_inner_stride(mask) || !unit_inner_stride(adv_mask) || !unit_inner_stride(grad)) {
       for (index_t t = t0; t < t1; ++t) add(acc_out, b, t);
@@ -148,7 +156,7 @@ struct policy_reducer {
     policy_acc acc = acc_out;  // a local: its stores cannot alias the views
     index_t t = t0;
 #if defined(ASYPPO_SIMD_SSE2)  // host x86-64, not nvcc
-    if constexpr (!is_half_type_v<T>)  // 16-bit inputs: the per-token code
+    if constexpr (!is_half_type_v<T>)  // (16-bit inputs took the widened path above)
       t = policy_span_simd(acc, pl, po, pa, m, am, g, wb, t0, t1, p);  // whole lane groups, same bits
 #endif
     for (; t < t1; ++t) {

@@ -138,6 +138,14 @@ struct value_reducer {
   }
   /// add() over [t0, t1) on contiguous rows through plain pointers (the same operations per token).
   ASYPPO_HD void add_span(value_acc& acc_out, index_t b, index_t t0, index_t t1) const {
+#if defined(ASYPPO_SIMD_SSE2)  // host x86-64, not nvcc
+    if constexpr (is_half_type_v<T>) {  // 16-bit inputs: the row widened, then the float span (same bits)
+      const value_reducer<float, EV> wide{widened_row(v, b, t0, t1, 0), widened_row(vold, b, t0, t1, 1),
+                                          widened_row(ret, b, t0, t1, 2), mask, shard, w, grad, clip, scale};
+      wide.add_span(acc_out, b, t0, t1);
+      return;
+    }
+#endif
     if (!unit_inner_stride(v) || !unit_inner_stride(vold) || !unit_inner_stride(ret) || !unit_inner_stride(mask) ||
         !unit_inner_stride(grad)) {
       for (index_t t = t0; t < t1; ++t) add(acc_out, b, t);
@@ -163,7 +171,7 @@ struct value_reducer {
     if constexpr (EV)
       for (; t < t1 && acc.n == 0; ++t) one(t);  // the first valid token sets the shifts
 #if defined(ASYPPO_SIMD_SSE2)  // host x86-64, not nvcc
-    if constexpr (!is_half_type_v<T>)  // 16-bit inputs: the per-token code
+    if constexpr (!is_half_type_v<T>)  // (16-bit inputs took the widened path above)
       t = value_span_simd<EV>(acc, px, pr, po, m, g, wb, clip, t, t1);  // whole lane groups, same bits
 #endif
     for (; t < t1; ++t) one(t);

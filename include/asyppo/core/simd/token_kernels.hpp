@@ -10,6 +10,7 @@
 #pragma once
 
 #include <cstdint>
+#include <vector>
 
 #include "asyppo/core/entropy.hpp"
 #include "asyppo/core/kl_token.hpp"
@@ -36,6 +37,20 @@ ASYPPO_END_AVX2_CODE
 #endif
 
 #if defined(ASYPPO_SIMD_SSE2)  // else the reducers use their scalar code only
+/// Columns [t0, t1) of row b of a 16-bit view, widened (exactly) into this thread's float buffer `slot`
+/// and returned as a float view whose row b reads them (row stride 0): a reducer then runs its float
+/// span, SIMD lanes included, on 16-bit inputs, with the bits the per-token code gives. Absent stays absent.
+inline constexpr int widened_row_slots = 5;
+template <class H>
+token_view<const float> widened_row(token_view<const H> v, index_t b, index_t t0, index_t t1, int slot) {
+  if (v.data == nullptr) return {};
+  thread_local std::vector<float> buffers[widened_row_slots];
+  std::vector<float>& x = buffers[slot];
+  if (static_cast<index_t>(x.size()) < t1) x.resize(static_cast<std::size_t>(t1));
+  for (index_t t = t0; t < t1; ++t) x[static_cast<std::size_t>(t)] = static_cast<float>(v(b, t));
+  return token_view<const float>::strided(x.data(), {b + 1, t1}, {0, 1});
+}
+
 /// policy_reducer's span on SIMD lanes; returns the first token not processed.
 template <class T>
 inline index_t policy_span_simd(policy_acc& acc, const T* pl, const T* po, const T* pa, const std::uint8_t* m,
