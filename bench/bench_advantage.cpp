@@ -28,6 +28,7 @@
 #include <cstring>
 #include <map>
 #include <memory>
+#include <optional>
 #include <random>
 #include <thread>
 #include <vector>
@@ -488,10 +489,24 @@ void BM_step_naive(benchmark::State& st, index_t B, index_t T) {
 //   step_part/step_to_resident     the same on resident_cpu (the CPU backend as a device backend: the
 //                                  resident selection's passes, what a GPU runs; docs/algorithm.md S4)
 //   step_part/masks_to_resident    uncertainty_masks_to(check_finite = false) on resident_cpu, against masks
+//   step_part/bfloat16             advantage_step, default config, on bfloat16 values and rewards (the
+//                                  batch's rounded; outputs float): against full. Bytes: bytes_step
+//                                  with the values and rewards at 2 bytes.
 // The remainder (full - finite check - shards - gae - masks) is the valid-token count, the extra
 // quantile requests and the fused pass that applies I^A and gathers the summary moments.
 // Bytes: each piece's own minimum (inputs once + outputs once); full-step variants use bytes_step.
-enum class part { full, no_finite_check, no_shards, gae, masks, unchecked_no_shards, step_to, step_to_resident, masks_to_resident };
+enum class part { full, no_finite_check, no_shards, gae, masks, unchecked_no_shards, step_to, step_to_resident, masks_to_resident, bfloat16 };
+
+/// values and rewards of a batch rounded to bfloat16 (what a bf16 critic and reward model hand over).
+struct bf16_step_inputs {
+  std::vector<asyppo::bfloat16> values, rewards;
+  explicit bf16_step_inputs(const batch& d) : values(round(d.values)), rewards(round(d.rewards)) {}
+  static std::vector<asyppo::bfloat16> round(const std::vector<F>& x) {
+    std::vector<asyppo::bfloat16> r(x.size());
+    for (std::size_t i = 0; i < x.size(); ++i) r[i] = asyppo::bfloat16::from_float(x[i]);
+    return r;
+  }
+};
 
 // The CPU backend posing as a device backend (host_memory false): the device-result variants then take
 // their device paths (resident selection), with reduce_to's sink run on the host.
@@ -529,6 +544,10 @@ void BM_part(benchmark::State& st, index_t B, index_t T, int threads, part p) {
   if (p == part::no_shards || p == part::unchecked_no_shards || to) bytes -= double(d.K * B) * s + 8.0 * B;
   if (p == part::gae) bytes = bytes_gae(d);
   if (p == part::masks || p == part::masks_to_resident) bytes = bytes_masks(d);
+  const bool half = p == part::bfloat16;
+  if (half) bytes -= double(d.K + 1) * BT * (s - 2);
+  std::optional<bf16_step_inputs> h;
+  if (half) h.emplace(d);
   const resident_cpu rbe(threads);
   for (auto _ : st) {
     switch (p) {
@@ -537,6 +556,13 @@ void BM_part(benchmark::State& st, index_t B, index_t T, int threads, part p) {
       case part::no_shards:
       case part::unchecked_no_shards: {
         auto sum = asyppo::advantage_step(be, in, out, cfg);
+        benchmark::DoNotOptimize(sum);
+        break;
+      }
+      case part::bfloat16: {
+        const asyppo::advantage_inputs<asyppo::bfloat16> in16{
+            {h->values.data(), d.K, B, T}, {h->rewards.data(), B, T}, mask_of(d), ids_of(d)};
+        auto sum = asyppo::advantage_step(be, in16, out, cfg);
         benchmark::DoNotOptimize(sum);
         break;
       }
@@ -622,7 +648,8 @@ void register_all() {
                                                 {"unchecked_no_shards", part::unchecked_no_shards},
                                                 {"step_to", part::step_to},
                                                 {"step_to_resident", part::step_to_resident},
-                                                {"masks_to_resident", part::masks_to_resident}};
+                                                {"masks_to_resident", part::masks_to_resident},
+                                                {"bfloat16", part::bfloat16}};
   for (const auto& [name, p] : parts)
     for (int th : {1, 2})
       benchmark::RegisterBenchmark((std::string("step_part/") + name + "/256x4096/threads:" + std::to_string(th)).c_str(),

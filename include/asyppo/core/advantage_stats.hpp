@@ -77,14 +77,22 @@ struct summary_reducer {
   ASYPPO_HD void add_span(value_type& a, index_t b, index_t t0, index_t t1) const {
     index_t t = t0;
 #if defined(ASYPPO_SIMD_SSE2)  // host x86-64, not nvcc
-    if constexpr ((NC == 1 || NC == 2) && !is_half_type_v<T>) {  // 16-bit values: add() per token
+    if constexpr (NC == 1 || NC == 2) {
       const bool unit = unit_inner_stride(values) && unit_inner_stride(adv) && unit_inner_stride(ret) &&
                         unit_inner_stride(mask) && (!apply_mask || unit_inner_stride(adv_mask));
       for (; t < t1 && a.n == 0; ++t) add(a, b, t);  // the first valid token sets the shifts
-      if (unit && t < t1)
-        t = summary_span_simd<NC>(a.n, a.shift, a.s1, a.s2, &adv(b, 0), &ret(b, 0), &values(first_critic, b, 0),
-                                  NC == 2 ? &values(first_critic + 1, b, 0) : nullptr, &mask(b, 0),
-                                  apply_mask ? &adv_mask(b, 0) : nullptr, t, t1);
+      if (unit && t < t1) {
+        const T* v0 = &values(first_critic, b, 0);
+        const T* v1 = NC == 2 ? &values(first_critic + 1, b, 0) : nullptr;
+        const auto lanes = [&](const auto* w0, const auto* w1) {
+          return summary_span_simd<NC>(a.n, a.shift, a.s1, a.s2, &adv(b, 0), &ret(b, 0), w0, w1, &mask(b, 0),
+                                       apply_mask ? &adv_mask(b, 0) : nullptr, t, t1);
+        };
+        if constexpr (is_half_type_v<T>)  // 16-bit values widened into float rows first (same bits)
+          t = lanes(widened_span(v0, t, t1, 0), v1 ? widened_span(v1, t, t1, 1) : nullptr);
+        else
+          t = lanes(v0, v1);
+      }
     }
 #endif
     for (; t < t1; ++t) add(a, b, t);

@@ -35,6 +35,7 @@
 #include "asyppo/core/ensemble.hpp"
 #include "asyppo/core/row_span.hpp"
 #include "asyppo/core/simd/gae_lanes.hpp"
+#include "asyppo/core/simd/token_kernels.hpp"
 #include "asyppo/core/validate.hpp"
 
 namespace asyppo {
@@ -212,7 +213,7 @@ template <class T, class Hook, int NK, class Range>
 bool gae_scan_rows_simd(const gae_sink<T, Hook, NK>& sk, const gae_element<T, NK>& el, const gae_compose& op,
                         scan_direction dir, index_t lo, index_t hi, const Range& range) {
   using hook_lanes = gae_hook_lanes<Hook>;
-  if constexpr ((NK != 1 && NK != 2) || !hook_lanes::available || is_half_type_v<T>) {  // 16-bit: scalar rows
+  if constexpr ((NK != 1 && NK != 2) || !hook_lanes::available) {
     return false;
   } else {
     const critic_view<const T>& v = el.point.values;
@@ -235,20 +236,29 @@ bool gae_scan_rows_simd(const gae_sink<T, Hook, NK>& sk, const gae_element<T, NK
                      [](const row_range& x, const row_range& y) { return x.t1 - x.t0 > y.t1 - y.t0; });
     const auto row_ptr = [](const auto& view, index_t b) { return view.data ? &view(b, 0) : nullptr; };
     std::size_t g = 0;
+    // 16-bit values and rewards: the lanes read float rows, each group's columns widened first (same bits).
+    using L = std::conditional_t<is_half_type_v<T>, float, T>;
     for (; g + 4 <= rows.size(); g += 4) {
-      gae_lanes::rows4<T, NK> q{};
+      gae_lanes::rows4<L, NK> q{};
       index_t b4[4], C = rows[g + 3].t1 - rows[g + 3].t0;  // the shortest of the four
       C -= C % 4;
       for (int r = 0; r < 4; ++r) {
         const index_t b = b4[r] = rows[g + static_cast<std::size_t>(r)].b;
-        q.v0[r] = &v(0, b, 0);
-        q.v1[r] = NK == 2 ? &v(NK - 1, b, 0) : nullptr;
-        q.rw[r] = &el.rewards(b, 0);
+        const index_t end = rows[g + static_cast<std::size_t>(r)].t1;
+        if constexpr (is_half_type_v<T>) {
+          q.v0[r] = widened_span(&v(0, b, 0), end - C, end, 3 * r);
+          q.v1[r] = NK == 2 ? widened_span(&v(NK - 1, b, 0), end - C, end, 3 * r + 1) : nullptr;
+          q.rw[r] = widened_span(&el.rewards(b, 0), end - C, end, 3 * r + 2);
+        } else {
+          q.v0[r] = &v(0, b, 0);
+          q.v1[r] = NK == 2 ? &v(NK - 1, b, 0) : nullptr;
+          q.rw[r] = &el.rewards(b, 0);
+        }
         q.m[r] = &el.mask(b, 0);
         q.adv[r] = row_ptr(sk.out.advantages, b);
         q.ret[r] = row_ptr(sk.out.returns, b);
         q.sd[r] = row_ptr(sk.out.std, b);
-        q.end[r] = rows[g + static_cast<std::size_t>(r)].t1;
+        q.end[r] = end;
         q.gla[r] = op.gamma * (el.row_lambda_actor ? el.row_lambda_actor[b] : el.lambda_actor);
       }
       q.gamma = op.gamma, q.glc = op.gamma * op.lambda_critic;

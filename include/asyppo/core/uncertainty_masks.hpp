@@ -125,6 +125,12 @@ struct tie_sum {
   ASYPPO_HD tie_counts combine(const tie_counts& a, const tie_counts& b) const { return {a.k + b.k, a.h + b.h}; }
 };
 
+/// Whether a token with ordered key `key` ties with each threshold ({0|1, 0|1}; a valid token).
+ASYPPO_INLINE tie_counts threshold_ties(const mask_row_params& p, std::uint64_t key) {
+  return {static_cast<std::uint64_t>((p.has_k != 0) & (key == p.key_k)),
+          static_cast<std::uint64_t>((p.has_h != 0) & (key == p.key_h))};
+}
+
 template <class T>
 struct tie_element {
   token_view<const T> sigma;
@@ -132,10 +138,9 @@ struct tie_element {
   const mask_row_params* rows;
   ASYPPO_HD tie_counts operator()(index_t b, index_t t) const {
     if (!mask(b, t)) return {0, 0};
-    const mask_row_params& p = rows[b];
-    const std::uint64_t key = ordered_key(sigma(b, t));
-    return {p.has_k && key == p.key_k ? 1u : 0u, p.has_h && key == p.key_h ? 1u : 0u};
+    return threshold_ties(rows[b], ordered_key(sigma(b, t)));
   }
+  ASYPPO_HD bool contiguous() const { return unit_inner_stride(sigma) && unit_inner_stride(mask); }
 };
 
 template <class T>
@@ -147,6 +152,25 @@ struct tie_row_reducer {
     const tie_counts c = elem(b, t);
     a.k += c.k;
     a.h += c.h;
+  }
+  /// add() over [t0, t1): contiguous rows in a plain loop (no branch on the key).
+  ASYPPO_HD void add_span(tie_counts& a, index_t b, index_t t0, index_t t1) const {
+    if (!elem.contiguous()) {
+      for (index_t t = t0; t < t1; ++t) add(a, b, t);
+      return;
+    }
+    const mask_row_params& p = elem.rows[b];
+    const T* s = &elem.sigma(b, 0);
+    const std::uint8_t* m = &elem.mask(b, 0);
+    std::uint64_t k = 0, h = 0;
+    for (index_t t = t0; t < t1; ++t) {
+      const tie_counts c = threshold_ties(p, ordered_key(s[t]));
+      const std::uint64_t v = m[t] != 0;
+      k += v & c.k;
+      h += v & c.h;
+    }
+    a.k += k;
+    a.h += h;
   }
   ASYPPO_HD tie_counts combine(const tie_counts& a, const tie_counts& b) const { return {a.k + b.k, a.h + b.h}; }
 };
@@ -163,6 +187,39 @@ struct mask_writer {
     if (mask(b, t)) mask_decision(rows[b], ordered_key(sigma(b, t)), y.k, y.h, a, e);
     if (adv_mask.data) adv_mask(b, t) = a;
     if (entropy_mask.data) entropy_mask(b, t) = e;
+  }
+  /// The row scan's per-row path (backend/patterns.hpp): the forward tie scan of rows [lo, hi), each
+  /// contiguous row in one plain loop (tie counts, decision and stores per token, as operator() after
+  /// the element's counts); false for other layouts.
+  template <class Range>
+  bool scan_rows(const tie_element<T>& e, const tie_sum&, scan_direction dir, index_t lo, index_t hi,
+                 const Range& range) const {
+    if (dir != scan_direction::forward || !e.contiguous() || !unit_inner_stride(adv_mask) ||
+        !unit_inner_stride(entropy_mask))
+      return false;
+    for (index_t b = lo; b < hi; ++b) {
+      index_t t0, t1;
+      range(b, t0, t1);
+      if (t1 <= t0) continue;
+      const mask_row_params& p = e.rows[b];
+      const T* s = &e.sigma(b, 0);
+      const std::uint8_t* m = &e.mask(b, 0);
+      std::uint8_t* am = adv_mask.data ? &adv_mask(b, 0) : nullptr;
+      std::uint8_t* em = entropy_mask.data ? &entropy_mask(b, 0) : nullptr;
+      tie_counts y{0, 0};
+      for (index_t t = t0; t < t1; ++t) {
+        std::uint8_t a = 0, f = 0;
+        if (m[t]) {  // masks are runs: a predictable branch
+          const std::uint64_t key = ordered_key(s[t]);
+          const tie_counts c = threshold_ties(p, key);
+          y.k += c.k, y.h += c.h;
+          mask_decision(p, key, y.k, y.h, a, f);
+        }
+        if (am) am[t] = a;
+        if (em) em[t] = f;
+      }
+    }
+    return true;
   }
 };
 

@@ -138,6 +138,11 @@ struct value_reducer {
   }
   /// add() over [t0, t1) on contiguous rows through plain pointers (the same operations per token).
   ASYPPO_HD void add_span(value_acc& acc_out, index_t b, index_t t0, index_t t1) const {
+    if (!on_shard(b)) {  // another critic's row: zero gradient, nothing read
+      if (grad.data)
+        for (index_t t = t0; t < t1; ++t) grad(b, t) = C(0);
+      return;
+    }
 #if defined(ASYPPO_SIMD_SSE2)  // host x86-64, not nvcc
     if constexpr (is_half_type_v<T>) {  // 16-bit inputs: the row widened, then the float span (same bits)
       const value_reducer<float, EV> wide{widened_row(v, b, t0, t1, 0), widened_row(vold, b, t0, t1, 1),
@@ -152,11 +157,6 @@ struct value_reducer {
       return;
     }
     C* g = grad.data ? &grad(b, 0) : nullptr;
-    if (!on_shard(b)) {
-      if (g)
-        for (index_t t = t0; t < t1; ++t) g[t] = C(0);
-      return;
-    }
     const T *px = &v(b, 0), *pr = &ret(b, 0), *po = clip > 0 ? &vold(b, 0) : nullptr;
     const std::uint8_t* m = &mask(b, 0);
     const double wb = w[b] * scale;

@@ -37,18 +37,35 @@ ASYPPO_END_AVX2_CODE
 #endif
 
 #if defined(ASYPPO_SIMD_SSE2)  // else the reducers use their scalar code only
-/// Columns [t0, t1) of row b of a 16-bit view, widened (exactly) into this thread's float buffer `slot`
-/// and returned as a float view whose row b reads them (row stride 0): a reducer then runs its float
-/// span, SIMD lanes included, on 16-bit inputs, with the bits the per-token code gives. Absent stays absent.
-inline constexpr int widened_row_slots = 5;
+/// Per-thread float buffers for 16-bit inputs widened (exactly) before a float SIMD path runs on them:
+/// buffer `slot` of this thread, at least `cols` long. A pass uses each slot for one input row at a
+/// time (the losses slots 0-4, the GAE lanes 0-11, the summary moments 0-1; passes do not nest).
+inline constexpr int widened_slots = 12;
+inline float* widened_buffer(int slot, index_t cols) {
+  thread_local std::vector<float> buffers[widened_slots];
+  std::vector<float>& x = buffers[slot];
+  if (static_cast<index_t>(x.size()) < cols) x.resize(static_cast<std::size_t>(cols));
+  return x.data();
+}
+
+/// Columns [t0, t1) of the contiguous 16-bit row p (p[t] is column t), widened into buffer `slot`;
+/// returns the buffer's column 0 (only [t0, t1) written): the float row a SIMD path then reads.
+template <class H>
+const float* widened_span(const H* p, index_t t0, index_t t1, int slot) {
+  float* x = widened_buffer(slot, t1);
+  for (index_t t = t0; t < t1; ++t) x[t] = static_cast<float>(p[t]);
+  return x;
+}
+
+/// Columns [t0, t1) of row b of a 16-bit view (any strides), widened into buffer `slot` and returned
+/// as a float view whose row b reads them (row stride 0): a reducer then runs its float span, SIMD
+/// lanes included, on 16-bit inputs, with the bits the per-token code gives. Absent stays absent.
 template <class H>
 token_view<const float> widened_row(token_view<const H> v, index_t b, index_t t0, index_t t1, int slot) {
   if (v.data == nullptr) return {};
-  thread_local std::vector<float> buffers[widened_row_slots];
-  std::vector<float>& x = buffers[slot];
-  if (static_cast<index_t>(x.size()) < t1) x.resize(static_cast<std::size_t>(t1));
-  for (index_t t = t0; t < t1; ++t) x[static_cast<std::size_t>(t)] = static_cast<float>(v(b, t));
-  return token_view<const float>::strided(x.data(), {b + 1, t1}, {0, 1});
+  float* x = widened_buffer(slot, t1);
+  for (index_t t = t0; t < t1; ++t) x[t] = static_cast<float>(v(b, t));
+  return token_view<const float>::strided(x, {b + 1, t1}, {0, 1});
 }
 
 /// policy_reducer's span on SIMD lanes; returns the first token not processed.
