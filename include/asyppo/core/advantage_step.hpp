@@ -170,8 +170,9 @@ struct sigma_pass {
 };
 
 
-/// Fused into the GAE pass: writes both masks (or reads the adv mask when ties were ranked by a
-/// separate pass), copies sigma to the caller's output, and applies I^A to the advantage.
+/// Fused into the GAE pass: writes both masks (in a row whose ties need ranks, rank_ties, reads the
+/// adv mask that write_ranked_rows wrote before), copies sigma to the caller's output, and applies
+/// I^A to the advantage.
 template <class T>
 struct mask_hook {
   const T* sigma;
@@ -179,13 +180,12 @@ struct mask_hook {
   const mask_row_params* rows;
   mask_out adv_mask, entropy_mask;
   token_view<T> std_out;
-  bool masks_written;  // ranked ties: masks come from write_masks
-  bool apply;          // advantage *= I^A
+  bool apply;  // advantage *= I^A
   ASYPPO_HD void operator()(index_t b, index_t t, bool valid, double& a) const {
     const T s = valid ? sigma[b * cols + t] : T(0);
     if (std_out.data) std_out(b, t) = s;
     std::uint8_t am = 0, em = 0;
-    if (masks_written) {
+    if (rows[b].rank_ties) {
       am = adv_mask(b, t);
     } else {
       if (valid) mask_decision(rows[b], ordered_key(s), 1, 1, am, em);
@@ -324,13 +324,13 @@ advantage_summary advantage_step_checked(const Backend& be, const char* where, c
                  static_cast<index_t>(req.size()), res.data(), comm, heads);
     for (auto& r : res) plan.quantiles.push_back(static_cast<double>(detail::key_value<C>(r.key)));
   }
-  if (plan.ranked)
-    detail::write_masks(be, csigma, in.mask, out.adv_mask, out.entropy_mask, plan.rows.data(), true, heads);
+  if (plan.ranked)  // the rows whose ties need ranks; the GAE pass decides the others
+    detail::write_ranked_rows(be, csigma, in.mask, out.adv_mask, out.entropy_mask, plan.rows.data(), heads);
 
   // D. GAE, with the masks, sigma and I^A fused into its sink; then the padding of every output.
   const bool apply_in_gae = cfg.mask_advantages && !cfg.whiten_advantages;
   const detail::mask_hook<C> hook{sigma.data(), Tn, plan.rows.data(), out.adv_mask, out.entropy_mask, out.std,
-                                  plan.ranked, apply_in_gae};
+                                  apply_in_gae};
   const gae_outputs<C> gout{out.advantages, out.returns, {}};
   detail::gae_unchecked(be, in.values, in.rewards, in.mask, g, gout, cfg.std, hook, heads);
   detail::write_zero(be, B, Tn, span.tails(), out.advantages, out.returns, out.std, out.adv_mask,
@@ -463,12 +463,13 @@ void advantage_step_resident(const Backend& be, const advantage_inputs<T>& in,
     quantiles = radix_select_resident(be, B, Tn, std_key_of<C>{sigma, in.mask, false}, 8 * int(sizeof(C)), 1,
                                       std_quantile_count, qa.data(), qb.data(), heads);
   }
-  write_masks(be, sigma, in.mask, out.adv_mask, out.entropy_mask, plan.rows.data(), true, heads);
+  write_ranked_rows(be, sigma, in.mask, out.adv_mask, out.entropy_mask, plan.rows.data(), heads);
 
-  // D. GAE with sigma and I^A fused into its sink (the masks are written); the padding of every output.
+  // D. GAE with the masks (but in the rows ranked above), sigma and I^A fused into its sink; the
+  // padding of every output.
   const bool apply_in_gae = cfg.mask_advantages && !cfg.whiten_advantages;
   const mask_hook<C> hook{pass_a.sigma.data(), Tn, plan.rows.data(), out.adv_mask, out.entropy_mask, out.std,
-                          true, apply_in_gae};
+                          apply_in_gae};
   gae_unchecked(be, in.values, in.rewards, in.mask, opts.gae, gae_outputs<C>{out.advantages, out.returns, {}}, cfg.std,
                 hook, heads);
   write_zero(be, B, Tn, span.tails(), out.advantages, out.returns, out.std, out.adv_mask, out.entropy_mask);

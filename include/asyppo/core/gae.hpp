@@ -225,13 +225,14 @@ bool gae_scan_rows_simd(const gae_sink<T, Hook, NK>& sk, const gae_element<T, NK
     struct row_range {
       index_t b, t0, t1;
     };
-    std::vector<row_range> rows;
+    std::vector<row_range> rows, scalar_rows;  // scalar_rows: those the hook's lanes decline
     rows.reserve(static_cast<std::size_t>(hi - lo));
     for (index_t b = lo; b < hi; ++b) {
       row_range r{b, 0, 0};
       range(b, r.t0, r.t1);
-      rows.push_back(r);
+      (hook_lanes::on_lanes(sk.hook, b) ? rows : scalar_rows).push_back(r);
     }
+    for (const row_range& r : scalar_rows) scan_row(dir, el, op, sk, r.b, r.t0, r.t1, op.initial());
     std::stable_sort(rows.begin(), rows.end(),
                      [](const row_range& x, const row_range& y) { return x.t1 - x.t0 > y.t1 - y.t0; });
     const auto row_ptr = [](const auto& view, index_t b) { return view.data ? &view(b, 0) : nullptr; };

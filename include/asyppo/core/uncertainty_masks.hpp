@@ -92,18 +92,34 @@ struct std_key_of {
   }
 };
 
-/// Per-row parameters of the mask decision (batch scope: the same for every row).
+/// Per-row parameters of the mask decision (batch scope: the same for every row but the offsets).
 struct mask_row_params {
   std::uint64_t key_k, key_h;    // thresholds (ordered keys)
   std::uint64_t need_k;          // the first need_k tokens equal to key_k are taken
   std::uint64_t skip_h;          // the first skip_h tokens equal to key_h are NOT taken
   std::uint64_t off_k, off_h;    // ties at the threshold in earlier rows (and ranks)
   std::uint8_t has_k, has_h;     // n_k > 0, n_h > 0
+  // This row's tokens that tie with a threshold need their flat-order rank: the row holds both taken
+  // and untaken ties of a threshold value (straddles()). In every other row the decision is the same
+  // for each of its ties, so it is made with tie count 1 (no scan); only these rows need the forward
+  // tie scan (docs/algorithm.md S3). Batch scope, before the tie offsets are known: whether a
+  // threshold value is partly taken at all.
+  std::uint8_t rank_ties;
 };
 
 struct tie_counts {
   std::uint64_t k, h;
 };
+
+/// Whether a row whose ties at the thresholds are `row` (and whose offsets p.off_k, p.off_h are set)
+/// holds both taken and untaken ties of a threshold: its ties at key_k have ranks off_k + 1 ..
+/// off_k + row.k, taken while <= need_k; its ties at key_h ranks off_h + 1 .. off_h + row.h, filtered
+/// while > skip_h.
+ASYPPO_INLINE std::uint8_t straddles(const mask_row_params& p, const tie_counts& row) {
+  const bool k = (p.off_k < p.need_k) & (p.need_k < p.off_k + row.k);
+  const bool h = (p.off_h < p.skip_h) & (p.skip_h < p.off_h + row.h);
+  return static_cast<std::uint8_t>(k | h);
+}
 
 /// Decision for a valid token with ordered key `key`; ties_k/ties_h count the tokens equal to the
 /// threshold up to and including this one in flat order within the row. When no threshold value
@@ -143,18 +159,22 @@ struct tie_element {
   ASYPPO_HD bool contiguous() const { return unit_inner_stride(sigma) && unit_inner_stride(mask); }
 };
 
+/// Each row's ties at the thresholds (batch scope, for the tie offsets). Rows whose plan has no
+/// partly-taken threshold (rank_ties 0) count nothing and read nothing: no row straddles then.
 template <class T>
 struct tie_row_reducer {
   tie_element<T> elem;
   using value_type = tie_counts;
   ASYPPO_HD tie_counts identity() const { return {0, 0}; }
   ASYPPO_HD void add(tie_counts& a, index_t b, index_t t) const {
+    if (!elem.rows[b].rank_ties) return;
     const tie_counts c = elem(b, t);
     a.k += c.k;
     a.h += c.h;
   }
   /// add() over [t0, t1): contiguous rows in a plain loop (no branch on the key).
   ASYPPO_HD void add_span(tie_counts& a, index_t b, index_t t0, index_t t1) const {
+    if (!elem.rows[b].rank_ties) return;
     if (!elem.contiguous()) {
       for (index_t t = t0; t < t1; ++t) add(a, b, t);
       return;
@@ -162,15 +182,23 @@ struct tie_row_reducer {
     const mask_row_params& p = elem.rows[b];
     const T* s = &elem.sigma(b, 0);
     const std::uint8_t* m = &elem.mask(b, 0);
-    std::uint64_t k = 0, h = 0;
-    for (index_t t = t0; t < t1; ++t) {
-      const tie_counts c = threshold_ties(p, ordered_key(s[t]));
-      const std::uint64_t v = m[t] != 0;
-      k += v & c.k;
-      h += v & c.h;
+    // Keys and counts as wide as T's keys (the compiler vectorises the loop), in chunks they cannot
+    // overflow; a threshold that is absent matches no key.
+    using K = key_bits_t<T>;
+    const K kk = static_cast<K>(p.key_k), kh = static_cast<K>(p.key_h);
+    const K on_k = p.has_k ? K(1) : K(0), on_h = p.has_h ? K(1) : K(0);
+    constexpr index_t chunk = index_t(1) << 30;
+    for (index_t c0 = t0; c0 < t1; c0 += chunk) {
+      const index_t c1 = t1 - c0 < chunk ? t1 : c0 + chunk;
+      K k = 0, h = 0;
+      for (index_t t = c0; t < c1; ++t) {
+        const K key = ordered_key(s[t]), v = static_cast<K>(m[t] != 0);
+        k += v & on_k & static_cast<K>(key == kk);
+        h += v & on_h & static_cast<K>(key == kh);
+      }
+      a.k += k;
+      a.h += h;
     }
-    a.k += k;
-    a.h += h;
   }
   ASYPPO_HD tie_counts combine(const tie_counts& a, const tie_counts& b) const { return {a.k + b.k, a.h + b.h}; }
 };
@@ -332,10 +360,10 @@ mask_plan<Backend> plan_masks(const Backend& be, token_view<const T> sigma, mask
     const std::uint64_t total = per_row ? static_cast<std::uint64_t>(row_valid[static_cast<std::size_t>(req_row[r])])
                                         : static_cast<std::uint64_t>(counts.valid);
     if (which[r] == 0) {
-      plan.ranked = take_lowest(p, req[r].rank, s.key, s.less, s.equal) || plan.ranked;
+      p.rank_ties |= static_cast<std::uint8_t>(take_lowest(p, req[r].rank, s.key, s.less, s.equal));
       if (!per_row) counts.adv_threshold = static_cast<double>(key_value<T>(s.key));
     } else if (which[r] == 1) {
-      plan.ranked = take_highest(p, total, req[r].rank, s.key, s.less, s.equal) || plan.ranked;
+      p.rank_ties |= static_cast<std::uint8_t>(take_highest(p, total, req[r].rank, s.key, s.less, s.equal));
       if (!per_row) counts.entropy_threshold = static_cast<double>(key_value<T>(s.key));
     } else {
       plan.quantiles.push_back(static_cast<double>(key_value<T>(s.key)));
@@ -343,6 +371,7 @@ mask_plan<Backend> plan_masks(const Backend& be, token_view<const T> sigma, mask
   }
   if (!per_row)
     for (auto& p : rows) p = global;
+  for (const auto& p : rows) plan.ranked = plan.ranked || p.rank_ties;
 
   plan.rows = be.template allocate<mask_row_params>(B);
   be.copy_from_host(rows.data(), B, plan.rows.data());
@@ -355,12 +384,16 @@ mask_plan<Backend> plan_masks(const Backend& be, token_view<const T> sigma, mask
     std::uint64_t local_k = 0, local_h = 0;
     for (const auto& c : row_ties) local_k += c.k, local_h += c.h;
     std::uint64_t ok = comm.exclusive_scan_sum(local_k), oh = comm.exclusive_scan_sum(local_h);
-    plan.ranked = true;
+    plan.ranked = false;
     for (index_t b = 0; b < B; ++b) {
-      rows[static_cast<std::size_t>(b)].off_k = ok;
-      rows[static_cast<std::size_t>(b)].off_h = oh;
-      ok += row_ties[static_cast<std::size_t>(b)].k;
-      oh += row_ties[static_cast<std::size_t>(b)].h;
+      mask_row_params& p = rows[static_cast<std::size_t>(b)];
+      const tie_counts& c = row_ties[static_cast<std::size_t>(b)];
+      p.off_k = ok;
+      p.off_h = oh;
+      p.rank_ties = straddles(p, c);
+      plan.ranked = plan.ranked || p.rank_ties;
+      ok += c.k;
+      oh += c.h;
     }
     be.copy_from_host(rows.data(), B, plan.rows.data());
   }
@@ -373,24 +406,45 @@ struct unranked_mask_writer {
   ASYPPO_HD void operator()(index_t b, index_t t) const { w(b, t, tie_counts{1, 1}); }
 };
 
-/// Writes both masks in the columns of range: per token when no tie needs ranking, else by a
-/// forward row scan of tie counts (exact flat-order ranks among ties).
+/// The columns of range in the rows whose ties need ranking (rank_ties); none in the others.
+template <class Range>
+struct ranked_rows {
+  Range range;
+  const mask_row_params* rows;
+  ASYPPO_HD void operator()(index_t b, index_t& lo, index_t& hi) const {
+    if (rows[b].rank_ties)
+      range(b, lo, hi);
+    else
+      lo = hi = 0;
+  }
+};
+
+/// Writes both masks in the columns of range of the rows whose ties need ranking (rank_ties), by a
+/// forward row scan of tie counts (exact flat-order ranks among ties); other rows are not touched.
+/// Batch scope: at most two rows (one per threshold). A pass over B rows of nothing when none.
+template <class Backend, class T, class Range>
+void write_ranked_rows(const Backend& be, token_view<const T> sigma, mask_view mask, mask_out adv_mask,
+                       mask_out entropy_mask, const mask_row_params* rows, Range range) {
+  be.row_scan(scan_direction::forward, sigma.extent[0], sigma.extent[1], tie_element<T>{sigma, mask, rows}, tie_sum{},
+              mask_writer<T>{sigma, mask, adv_mask, entropy_mask, rows}, ranked_rows<Range>{range, rows});
+}
+
+/// Writes both masks in the columns of range: every token by its decision with tie count 1 (exact
+/// outside the rows that need tie ranks), then (ranked) those rows again by write_ranked_rows.
 template <class Backend, class T, class Range>
 void write_masks(const Backend& be, token_view<const T> sigma, mask_view mask, mask_out adv_mask, mask_out entropy_mask,
                  const mask_row_params* rows, bool ranked, Range range) {
-  const mask_writer<T> w{sigma, mask, adv_mask, entropy_mask, rows};
-  if (ranked)
-    be.row_scan(scan_direction::forward, sigma.extent[0], sigma.extent[1], tie_element<T>{sigma, mask, rows}, tie_sum{}, w,
-                range);
-  else
-    be.for_each(sigma.extent[0], sigma.extent[1], unranked_mask_writer<T>{w}, range);
+  be.for_each(sigma.extent[0], sigma.extent[1],
+              unranked_mask_writer<T>{{sigma, mask, adv_mask, entropy_mask, rows}}, range);
+  if (ranked) write_ranked_rows(be, sigma, mask, adv_mask, entropy_mask, rows, range);
 }
 
 // ---- The resident plan: thresholds and ties decided in the backend's memory ----------------------
 // (uncertainty_masks_to, advantage_step_to: no host round trip). The same selection results and
-// decisions as plan_masks, so the same masks. Single process. Ties are always ranked (the tie offsets
-// are one more pass over sigma in batch scope; the masks are then written by the forward tie scan),
-// since whether they must be is known only on the device.
+// decisions as plan_masks, so the same masks. Single process. Whether ties must be ranked is known
+// only on the device, so the passes for it always run: the tie offsets (batch scope: one pass that
+// reads sigma only where a threshold value is partly taken) and the tie scan over the rows whose
+// rank_ties is set (none, or at most two in batch scope: a pass over empty rows otherwise).
 
 /// Valid tokens of the scope and the two mask sizes (backend memory).
 struct mask_totals {
@@ -479,8 +533,9 @@ struct mask_row_setup {
     const resident_request* q = res + (per_row ? b * per_segment : 0);
     const std::uint64_t total = static_cast<std::uint64_t>(per_row ? count(b) : totals->valid);
     mask_row_params p{};
-    if (q[0].active) take_lowest(p, q[0].rank, q[0].prefix, q[0].below, q[0].equal);
-    if (q[1].active) take_highest(p, total, q[1].rank, q[1].prefix, q[1].below, q[1].equal);
+    if (q[0].active) p.rank_ties |= static_cast<std::uint8_t>(take_lowest(p, q[0].rank, q[0].prefix, q[0].below, q[0].equal));
+    if (q[1].active)
+      p.rank_ties |= static_cast<std::uint8_t>(take_highest(p, total, q[1].rank, q[1].prefix, q[1].below, q[1].equal));
     rows[b] = p;
   }
 };
@@ -495,8 +550,10 @@ struct store_tie_offsets {
   const tie_counts* ties;
   mask_row_params* rows;
   ASYPPO_HD void operator()(index_t, index_t b, const tie_counts& upto) const {
-    rows[b].off_k = upto.k - ties[b].k;
-    rows[b].off_h = upto.h - ties[b].h;
+    mask_row_params& p = rows[b];
+    p.off_k = upto.k - ties[b].k;
+    p.off_h = upto.h - ties[b].h;
+    p.rank_ties = straddles(p, ties[b]);
   }
 };
 

@@ -14,7 +14,8 @@
 // row then finishes its remaining columns with the scalar scan, starting from its lane's state.
 // Leftover rows (fewer than four) use the scalar scan. The hook of the sink (no_gae_hook, or the
 // advantage step's mask_hook) runs on the lanes through its adapter gae_hook_lanes<Hook>; a hook without
-// one makes the whole block scalar.
+// one makes the whole block scalar, and rows its adapter declines (on_lanes false: the mask hook's rows
+// whose ties need ranks) take the scalar scan too.
 #pragma once
 
 #include <algorithm>
@@ -257,15 +258,17 @@ template <>
 struct gae_hook_lanes<no_gae_hook> {  // nothing to do
   static constexpr bool available = true;
   static bool supported(const no_gae_hook&) { return true; }
+  static bool on_lanes(const no_gae_hook&, index_t) { return true; }
   gae_hook_lanes(const no_gae_hook&, const index_t*) {}
   void block(const index_t*, const __m256d*, __m256d*) const {}
   void prefetch(int, index_t) const {}
 };
 
 /// mask_hook on lanes: sigma of the four rows, the mask decision (mask_decision with ties = 1, as
-/// mask_hook passes) on keys as wide as T, the masks' bytes or (ranked ties) the adv mask read back,
-/// sigma's copy, I^A. The sigma temporary is read at masked tokens too (it holds anything there) and
-/// those lanes are discarded, as mask_hook discards them.
+/// mask_hook passes) on keys as wide as T, the masks' bytes, sigma's copy, I^A. Rows whose ties need
+/// ranks (rank_ties: the tie scan wrote their masks, which mask_hook reads) stay scalar. The sigma
+/// temporary is read at masked tokens too (it holds anything there) and those lanes are discarded, as
+/// mask_hook discards them.
 template <class T>
 struct gae_hook_lanes<mask_hook<T>> {
   static constexpr bool available = true;
@@ -277,13 +280,14 @@ struct gae_hook_lanes<mask_hook<T>> {
   std::uint8_t* em[4];
   T* sd[4];
   keys key_k, key_h, has_k, eq_k, has_h, eq_h;  // thresholds as flipped keys; the rest lane masks
-  bool masks_written, apply;
-  bool whole_ties = true;  // every lane takes all of its ties (eq == has; so whenever masks are decided here)
+  bool apply;
+  bool whole_ties = true;  // every lane takes all of its ties (eq == has): the short form of decide()
 
   static bool supported(const mask_hook<T>& h) {
     return unit_inner_stride(h.adv_mask) && unit_inner_stride(h.entropy_mask) && unit_inner_stride(h.std_out);
   }
-  gae_hook_lanes(const mask_hook<T>& h, const index_t* b) : masks_written(h.masks_written), apply(h.apply) {
+  static bool on_lanes(const mask_hook<T>& h, index_t b) { return !h.rows[b].rank_ties; }
+  gae_hook_lanes(const mask_hook<T>& h, const index_t* b) : apply(h.apply) {
     key_t kk[4], kh[4], hk[4], ek[4], hh[4], eh[4];
     constexpr std::uint64_t top = std::uint64_t(1) << (8 * sizeof(key_t) - 1);
     for (int r = 0; r < 4; ++r) {
@@ -332,12 +336,10 @@ struct gae_hook_lanes<mask_hook<T>> {
       for (int k = 0; k < 4; ++k) {
         const __m128i v32 = narrow_mask(valid[k]);
         sv[k] = _mm_and_ps(_mm_castsi128_ps(v32), sv[k]);  // T(0) at masked tokens
-        if (!masks_written) {
-          __m128i low, high;
-          decide(flipped_keys(sv[k]), low, high);
-          am32[k] = _mm_andnot_si128(low, v32), em32[k] = _mm_andnot_si128(high, v32);
-          amask[k] = _mm256_castsi256_pd(_mm256_cvtepi32_epi64(am32[k]));
-        }
+        __m128i low, high;
+        decide(flipped_keys(sv[k]), low, high);
+        am32[k] = _mm_andnot_si128(low, v32), em32[k] = _mm_andnot_si128(high, v32);
+        amask[k] = _mm256_castsi256_pd(_mm256_cvtepi32_epi64(am32[k]));
       }
       if (sd[0]) {
         _MM_TRANSPOSE4_PS(sv[0], sv[1], sv[2], sv[3]);
@@ -348,22 +350,16 @@ struct gae_hook_lanes<mask_hook<T>> {
       load4x4(at(sig, col).p, sv);
       for (int k = 0; k < 4; ++k) {
         sv[k] = _mm256_and_pd(valid[k], sv[k]);
-        if (!masks_written) {
-          __m256i low, high;
-          decide(flipped_keys(sv[k]), low, high);
-          amask[k] = _mm256_andnot_pd(_mm256_castsi256_pd(low), valid[k]);
-          am32[k] = narrow_mask(amask[k]);
-          em32[k] = narrow_mask(_mm256_andnot_pd(_mm256_castsi256_pd(high), valid[k]));
-        }
+        __m256i low, high;
+        decide(flipped_keys(sv[k]), low, high);
+        amask[k] = _mm256_andnot_pd(_mm256_castsi256_pd(low), valid[k]);
+        am32[k] = narrow_mask(amask[k]);
+        em32[k] = narrow_mask(_mm256_andnot_pd(_mm256_castsi256_pd(high), valid[k]));
       }
       if (sd[0]) store4x4(at(sd, col).p, sv);
     }
-    if (masks_written) {
-      mask4x4(at(am, col).p, amask);
-    } else {
-      store_mask4x4(at(am, col).p, am32);
-      if (em[0]) store_mask4x4(at(em, col).p, em32);
-    }
+    store_mask4x4(at(am, col).p, am32);
+    if (em[0]) store_mask4x4(at(em, col).p, em32);
     if (apply)
       for (int k = 0; k < 4; ++k) A[k] = _mm256_andnot_pd(_mm256_andnot_pd(amask[k], valid[k]), A[k]);  // 0 where valid & !I^A
   }
