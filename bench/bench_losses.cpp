@@ -23,8 +23,8 @@
 //   aggregate_loss   Agg(l) with the weights output dAgg/dl
 //   kl_loss          k3 (low_var_kl, clamped) with grad_logp
 //   entropy_bonus    -beta Agg(I^H H) with grad_entropy
-// actor_objective/256x4096/bfloat16/threads:N: the same call on bfloat16 inputs (the batch rounded; read
-// exactly, computed as float, per-token code on the CPU).
+// actor_objective/256x4096/{bfloat16,float16}/threads:N: the same call on 16-bit inputs (the batch
+// rounded; read exactly, each row span widened into float buffers, then the float SIMD code).
 // <loss>/256x4096/simd:W/threads:1 (W = 1, 2, 4) caps the SIMD width of the per-token kernels of
 // policy_loss, actor_objective and value_loss (core/simd/; 1 = the scalar code; the CPU's widest is
 // the default above), plus loss_part/... (policy_loss pieces through the public API, and two hand-fused reference loops that
@@ -180,8 +180,8 @@ asyppo::policy_loss_result lib_policy(const asyppo::cpu_backend& be, const batch
       tok_out(grad, d), o);
 }
 
-/// The actor objective's inputs in In (F, or bfloat16: the batch's values rounded, what a bf16 policy
-/// would hand over); the masks are the batch's.
+/// The actor objective's inputs in In (F, or a 16-bit type: the batch's values rounded, what a bf16 or
+/// fp16 policy would hand over); the masks are the batch's.
 template <class In>
 struct actor_tensors {
   std::vector<In> logp, old_logp, adv, entropy, ref_logp;
@@ -191,14 +191,15 @@ struct actor_tensors {
             msk(d.ent_mask, d), v(ref_logp)};
   }
 };
-const actor_tensors<asyppo::bfloat16>& get_bf16_actor(const batch& d) {
-  static std::map<const batch*, std::unique_ptr<actor_tensors<asyppo::bfloat16>>> cache;
+template <class H>
+const actor_tensors<H>& get_half_actor(const batch& d) {
+  static std::map<const batch*, std::unique_ptr<actor_tensors<H>>> cache;
   auto& p = cache[&d];
   if (!p) {
-    p = std::make_unique<actor_tensors<asyppo::bfloat16>>();
+    p = std::make_unique<actor_tensors<H>>();
     const auto round = [](const std::vector<F>& x) {
-      std::vector<asyppo::bfloat16> r(x.size());
-      for (std::size_t i = 0; i < x.size(); ++i) r[i] = asyppo::bfloat16::from_float(x[i]);
+      std::vector<H> r(x.size());
+      for (std::size_t i = 0; i < x.size(); ++i) r[i] = H::from_float(x[i]);
       return r;
     };
     *p = {round(d.logp), round(d.old_logp), round(d.adv), round(d.entropy), round(d.ref_logp)};
@@ -698,11 +699,12 @@ LOSS_BENCH(kl, bytes_kl, lib_kl(be, d, g1), naive_kl(d, tmp, g1.data()))
 LOSS_BENCH(entropy, bytes_entropy, lib_entropy(be, d, g1), naive_entropy(d, tmp, g1.data()))
 #undef LOSS_BENCH
 
-// actor_objective on bfloat16 inputs (the batch's values rounded): read exactly, computed as float, on the
-// CPU through the per-token code (not the SIMD lanes). Bytes: the five inputs at 2 bytes.
-void BM_actor_bf16(benchmark::State& st, index_t B, index_t T, int threads) {
+// actor_objective on 16-bit inputs H (the batch's values rounded): read exactly, computed as float.
+// Bytes: the five inputs at 2 bytes.
+template <class H>
+void BM_actor_half(benchmark::State& st, index_t B, index_t T, int threads) {
   const batch& d = get_batch(B, T);
-  const auto& in16 = get_bf16_actor(d);
+  const auto& in16 = get_half_actor<H>(d);
   const asyppo::cpu_backend be(threads);
   std::vector<F> gl(static_cast<std::size_t>(B * T)), gh(static_cast<std::size_t>(B * T));
   for (auto _ : st) {
@@ -881,12 +883,17 @@ void register_all() {
           ->MinTime(0.25)
           ->Unit(benchmark::kMicrosecond);
     }
-  for (int th : {1, 2})
-    benchmark::RegisterBenchmark(("actor_objective/256x4096/bfloat16/threads:" + std::to_string(th)).c_str(),
-                                 BM_actor_bf16, index_t(256), index_t(4096), th)
-        ->UseRealTime()
-        ->MinTime(0.25)
-        ->Unit(benchmark::kMicrosecond);
+  using half_bench = void (*)(benchmark::State&, index_t, index_t, int);
+  const std::pair<const char*, half_bench> halves[] = {{"bfloat16", BM_actor_half<asyppo::bfloat16>},
+                                                       {"float16", BM_actor_half<asyppo::float16>}};
+  for (const auto& [name, fn] : halves)
+    for (int th : {1, 2})
+      benchmark::RegisterBenchmark(
+          ("actor_objective/256x4096/" + std::string(name) + "/threads:" + std::to_string(th)).c_str(), fn, index_t(256),
+          index_t(4096), th)
+          ->UseRealTime()
+          ->MinTime(0.25)
+          ->Unit(benchmark::kMicrosecond);
   const std::pair<const char*, part> parts[] = {{"policy_loss/full", part::full},
                                                 {"policy_loss/no_finite_check", part::no_finite_check},
                                                 {"row_weights", part::row_weights},

@@ -53,16 +53,22 @@ struct bfloat16 {
 struct float16 {
   std::uint16_t bits;
 
-  /// Exact widening (subnormals, Inf and NaN included).
+  /// Exact widening (subnormals, Inf and NaN included; a NaN keeps its payload). Branch-free (selects
+  /// only), so that a loop of conversions vectorises: with the exponent and mantissa moved to float's
+  /// positions (u), a normal number rebiases its exponent (+112), Inf and NaN take float's all-ones
+  /// exponent (+224), and a subnormal m * 2^-24 is (2^-14 + m * 2^-24) - 2^-14, both exact in float.
   ASYPPO_HD operator float() const {
     const std::uint32_t sign = static_cast<std::uint32_t>(bits & 0x8000u) << 16;
-    const std::uint32_t exponent = (bits >> 10) & 0x1fu, mantissa = bits & 0x3ffu;
-    if (exponent == 0) {  // zero or subnormal: mantissa * 2^-24, exact in float
-      const float m = static_cast<float>(mantissa) * 5.9604644775390625e-08f;
-      return detail::bits_float(detail::float_bits(m) | sign);
-    }
-    if (exponent == 31) return detail::bits_float(sign | 0x7f800000u | (mantissa << 13));
-    return detail::bits_float(sign | ((exponent + 112u) << 23) | (mantissa << 13));
+    const std::uint32_t u = static_cast<std::uint32_t>(bits & 0x7fffu) << 13;
+    const std::uint32_t exponent = u & 0x0f800000u;  // binary16's exponent field, at float's position
+    const std::uint32_t normal = u + (112u << 23), special = u + (224u << 23);
+    const std::uint32_t subnormal = detail::float_bits(detail::bits_float(u + (113u << 23)) - 6.103515625e-05f);
+    // Selects by all-ones / all-zero masks (a ternary here may stay a branch and stop vectorisation).
+    const std::uint32_t is_special = 0u - static_cast<std::uint32_t>(exponent == 0x0f800000u);
+    const std::uint32_t is_subnormal = 0u - static_cast<std::uint32_t>(exponent == 0);
+    std::uint32_t r = (normal & ~is_special) | (special & is_special);
+    r = (r & ~is_subnormal) | (subnormal & is_subnormal);
+    return detail::bits_float(r | sign);
   }
 
   /// Nearest float16 (ties to even); overflow gives Inf, NaN stays a (quiet) NaN.

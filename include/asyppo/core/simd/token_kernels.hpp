@@ -16,6 +16,7 @@
 #include "asyppo/core/kl_token.hpp"
 #include "asyppo/core/simd/lanes.hpp"
 #include "asyppo/core/surrogate.hpp"
+#include "asyppo/core/validate.hpp"
 #include "asyppo/core/value_acc.hpp"
 
 namespace asyppo::detail {
@@ -63,8 +64,14 @@ const float* widened_span(const H* p, index_t t0, index_t t1, int slot) {
 template <class H>
 token_view<const float> widened_row(token_view<const H> v, index_t b, index_t t0, index_t t1, int slot) {
   if (v.data == nullptr) return {};
-  float* x = widened_buffer(slot, t1);
-  for (index_t t = t0; t < t1; ++t) x[t] = static_cast<float>(v(b, t));
+  const float* x = nullptr;
+  if (unit_inner_stride(v)) {
+    x = widened_span(&v(b, 0), t0, t1, slot);  // a loop the compiler vectorises
+  } else {
+    float* w = widened_buffer(slot, t1);
+    for (index_t t = t0; t < t1; ++t) w[t] = static_cast<float>(v(b, t));
+    x = w;
+  }
   return token_view<const float>::strided(x, {b + 1, t1}, {0, 1});
 }
 
