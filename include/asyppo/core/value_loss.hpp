@@ -145,7 +145,9 @@ struct value_reducer {
     }
 #if defined(ASYPPO_SIMD_SSE2)  // host x86-64, not nvcc
     if constexpr (is_half_type_v<T>) {  // 16-bit inputs: the row widened, then the float span (same bits)
-      const value_reducer<float, EV> wide{widened_row(v, b, t0, t1, 0), widened_row(vold, b, t0, t1, 1),
+      // (the old values are read only with clipping: not widened without it)
+      const value_reducer<float, EV> wide{widened_row(v, b, t0, t1, 0),
+                                          clip > 0 ? widened_row(vold, b, t0, t1, 1) : token_view<const float>{},
                                           widened_row(ret, b, t0, t1, 2), mask, shard, w, grad, clip, scale};
       wide.add_span(acc_out, b, t0, t1);
       return;
