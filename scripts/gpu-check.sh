@@ -1,15 +1,21 @@
 #!/usr/bin/env bash
 # The GPU check, run ON a lent GPU machine (device tool) over the binaries scripts/gpu-prepare.sh built
-# here: the conformance suite, then asyppo against PyTorch implementations of verl's functions at the
-# paper's scale (bench/gpu/bench_vs_torch.py). Everything it prints is also written under $OUT.
+# here: the conformance suite and the NCCL one-rank test, then asyppo against PyTorch implementations of
+# verl's functions at the paper's scale (bench/gpu/bench_vs_torch.py), with the kernels of each asyppo call
+# (torch.profiler). When the suite fails, each test case is rerun alone (a sticky CUDA error would fail
+# every later case of the same process) and the first failing one under compute-sanitizer's memcheck.
+# Everything it prints is also written under $OUT.
 #   device run: command "bash scripts/gpu-check.sh", carry ["build/gpu"], timeout_s 540
+#   (ASYPPO_NCU=1 bash scripts/gpu-check.sh adds an Nsight Compute profile of one step: $OUT/ncu.txt)
 # Record the results in docs/benchmarks.md with the device named.
 set -uo pipefail
 cd "$(dirname "${BASH_SOURCE[0]}")/.."
 OUT=${OUT:-/tmp/asyppo-gpu-check}
 mkdir -p "$OUT"
 export PYTHONUNBUFFERED=1
-# The CUDA 13 runtime and cuBLAS: the toolkit's, else the ones PyTorch's wheels bring.
+SECONDS=0
+stage() { echo "==> [${SECONDS}s] $*"; }
+# The CUDA 13 runtime, cuBLAS and NCCL: the toolkit's, else the ones PyTorch's wheels bring.
 libs=/usr/local/cuda/lib64
 for d in $(python3 -c 'import nvidia, os; print(" ".join(os.path.join(p, s, "lib") for p in nvidia.__path__ for s in os.listdir(p)))' 2>/dev/null); do
   [ -d "$d" ] && libs="$libs:$d"
@@ -18,11 +24,48 @@ export LD_LIBRARY_PATH="$libs${LD_LIBRARY_PATH:+:$LD_LIBRARY_PATH}"
 {
   nvidia-smi --query-gpu=name,driver_version,memory.total,clocks.max.sm,clocks.max.mem --format=csv
   python3 -c 'import torch; print("torch", torch.__version__, torch.cuda.get_device_name(0))'
-  ldd build/gpu/test_cuda_conformance | grep -E "cudart|cublas|not found"
+  ldd build/gpu/test_cuda_conformance build/gpu/test_nccl_comm | grep -E "cudart|cublas|nccl|not found"
 } 2>&1 | tee "$OUT/device.txt"
-echo "==> conformance suite"
-timeout 240 ./build/gpu/test_cuda_conformance --reporter compact 2>&1 | tee "$OUT/conformance.txt"
-echo "conformance exit code: ${PIPESTATUS[0]}" | tee -a "$OUT/conformance.txt"
-echo "==> asyppo vs torch (verl), 1024 x 8192, K = 2"
-timeout 240 python3 bench/gpu/bench_vs_torch.py --lib build/gpu/libasyppo_bench_cuda.so --json "$OUT/bench.json" \
-  2>&1 | tee "$OUT/bench.txt"
+{
+  stage "conformance suite"
+  timeout 150 ./build/gpu/test_cuda_conformance --reporter compact --durations yes 2>&1
+  rc=$?
+  echo "conformance exit code: $rc"
+  if [ "$rc" -ne 0 ]; then
+    stage "each test case alone"
+    first=""
+    while IFS= read -r name; do
+      [ -z "$name" ] && continue
+      spec=$(printf '%s' "$name" | sed 's/[],[\\]/\\&/g')  # Catch2 test specs: escape , [ ] and \
+      timeout 60 ./build/gpu/test_cuda_conformance --reporter compact "$spec" > /tmp/case.txt 2>&1
+      crc=$?
+      echo "case rc $crc: $name"
+      if [ "$crc" -ne 0 ]; then
+        tail -25 /tmp/case.txt
+        [ -z "$first" ] && first="$spec"
+      fi
+    done < <(./build/gpu/test_cuda_conformance --list-test-names-only 2>/dev/null | grep -v '^CUDA device')
+    if [ -n "$first" ] && command -v compute-sanitizer >/dev/null; then
+      stage "compute-sanitizer memcheck: $first"
+      timeout 90 compute-sanitizer --tool memcheck --print-limit 8 ./build/gpu/test_cuda_conformance "$first" 2>&1 | tail -60
+    fi
+  fi
+  stage "nccl_comm on one rank"
+  timeout 60 ./build/gpu/test_nccl_comm --reporter compact 2>&1
+  echo "nccl exit code: $?"
+} 2>&1 | tee "$OUT/conformance.txt"
+stage "asyppo vs torch (verl), 1024 x 8192, K = 2"
+timeout 200 python3 bench/gpu/bench_vs_torch.py --lib build/gpu/libasyppo_bench_cuda.so --json "$OUT/bench.json" \
+  --profile "$OUT/profile.txt" 2>&1 | tee "$OUT/bench.txt"
+if [ "${ASYPPO_NCU:-0}" = 1 ] && command -v ncu >/dev/null; then
+  # Nsight Compute on one advantage step and one actor call (bench_vs_torch.py --ncu): each kernel's
+  # throughput against the device's peaks, occupancy, launch shape and memory traffic.
+  stage "ncu: one advantage step, one actor call"
+  timeout 150 ncu --profile-from-start off --clock-control none --section SpeedOfLight --section Occupancy --section WarpStateStats \
+    --section LaunchStats --section MemoryWorkloadAnalysis \
+    python3 bench/gpu/bench_vs_torch.py --lib build/gpu/libasyppo_bench_cuda.so --ncu > "$OUT/ncu.txt" 2>&1
+  echo "ncu exit code: $?"
+  grep -E "^  [a-z_:<].*\(|Duration|Memory Throughput|DRAM Throughput|Achieved Occupancy|Registers Per|Grid Size|Warp Cycles Per Issued|Stall" \
+    "$OUT/ncu.txt" | cut -c1-160 | head -250
+fi
+stage "done"

@@ -2,6 +2,7 @@
 # Builds, on this GPU-less machine, everything the GPU check (scripts/gpu-check.sh) runs on a lent GPU
 # machine, into build/gpu/ (ignored by git; name it in the device tool's `carry`):
 #   test_cuda_conformance       the GPU conformance suite (nvcc 13, sm_80 + sm_90; exits 77 without a device)
+#   test_nccl_comm              nccl_comm on one rank (the NCCL that PyTorch's wheels bring is loaded there)
 #   libasyppo_bench_cuda.so     the C interface of bench/gpu/capi.hpp on the CUDA backend (ctypes)
 #   libasyppo_bench_cpu.so      the same on the CPU backend (to dry-run the comparison script here)
 # Building there would spend the device time the check is for (the conformance suite alone is minutes
@@ -13,8 +14,8 @@ set -euo pipefail
 cd "$(dirname "${BASH_SOURCE[0]}")/.."
 mkdir -p build/gpu
 cmake --preset cuda >/dev/null
-cmake --build --preset cuda --target test_cuda_conformance asyppo_bench_capi_cuda
-cp build/cuda/tests/gpu/test_cuda_conformance build/gpu/
+cmake --build --preset cuda --target test_cuda_conformance test_nccl_comm asyppo_bench_capi_cuda
+cp build/cuda/tests/gpu/test_cuda_conformance build/cuda/tests/gpu/test_nccl_comm build/gpu/
 cp build/cuda/tests/gpu/libasyppo_bench_capi_cuda.so build/gpu/libasyppo_bench_cuda.so
 g++ -std=gnu++20 -O3 -DNDEBUG -shared -fPIC -Iinclude -isystem /usr/include/eigen3 bench/gpu/capi_cpu.cpp \
   -o build/gpu/libasyppo_bench_cpu.so -lpthread

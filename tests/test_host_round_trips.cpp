@@ -103,7 +103,7 @@ TEST_CASE("entry points without host round trips (CUDA-graph capturable) make no
     std::vector<advantage_step_result> res(1);
     std::vector<double> ev(static_cast<std::size_t>(K)), shards(static_cast<std::size_t>(K) * B);
     const std::vector<std::int64_t> ids = {0, 0, 1, 1, 2};
-    int t_masks = 0, t_step = 0;
+    int t_masks = 0, t_step = 0, t_eager = 0;
     for (auto scope : {mask_scope::batch, mask_scope::sequence}) {
       mask_options mo;
       mo.check_finite = checks;
@@ -122,6 +122,17 @@ TEST_CASE("entry points without host round trips (CUDA-graph capturable) make no
                                                     {em.data(), B, Tn}, {shards.data(), K, B}},
                           res.data(), ev.data(), ac);
       });
+      // advantage_step on a device takes the same resident path, then reads the summary (one wait)
+      // and, with statistics, the explained variances (one more).
+      for (bool stats : {false, true}) {
+        ac.statistics = stats;
+        t_eager += trips([&] {
+          advantage_step(be, advantage_inputs<double>{values, rewards, mask, seq_view<const std::int64_t>(ids.data(), B)},
+                         advantage_outputs<double>{{a.data(), B, Tn}, {ret.data(), B, Tn}, {am.data(), B, Tn},
+                                                   {em.data(), B, Tn}, {shards.data(), K, B}},
+                         ac);
+        });
+      }
     }
     const int t_shards = trips([&] {  // one process: the layout's sort and scan, no group counts on the host
       shard_weights(be, seq_view<const std::int64_t>(ids.data(), B), K, view<double, 2>(shards.data(), K, B));
@@ -134,6 +145,7 @@ TEST_CASE("entry points without host round trips (CUDA-graph capturable) make no
       CHECK(t_bwd == 2);
       CHECK(t_masks == 2);
       CHECK(t_step == 2);
+      CHECK(t_eager == 2 * ((1 + 1) + (1 + 2)));  // two scopes x (statistics off: check + summary, on: + EV)
     } else {
       CHECK(t_gae == 0);
       CHECK(t_ens == 0);
@@ -141,6 +153,7 @@ TEST_CASE("entry points without host round trips (CUDA-graph capturable) make no
       CHECK(t_bwd == 0);
       CHECK(t_masks == 0);
       CHECK(t_step == 0);
+      CHECK(t_eager == 2 * (1 + 2));  // the summary (+ EV)
     }
   }
 }

@@ -23,6 +23,7 @@
 #include "asyppo/asyppo.hpp"
 #include "exact_ops.hpp"
 #include "pattern_checks.hpp"
+#include "round_trip_backend.hpp"
 #include "strided_copy.hpp"
 #include "tiled_backend.hpp"
 
@@ -136,9 +137,20 @@ TEST_CASE("row ends: last valid token + 1, 0 for empty rows, any stride", "[ragg
   std::vector<std::uint8_t> packed(static_cast<std::size_t>(B * Tn));
   for (std::size_t i = 0; i < packed.size(); ++i) packed[i] = m[2 * i];
   const auto contiguous = detail::valid_row_ends(be, mask_view(packed.data(), B, Tn));
+  // The device form, a row reduce (round_trip_backend takes the device path), also re-associated.
+  const round_trip_backend dev(2);
+  const auto dev_strided = detail::valid_row_ends(dev, mask_view::strided(m.data(), {B, Tn}, {2 * Tn, 2}));
+  const auto dev_contiguous = detail::valid_row_ends(dev, mask_view(packed.data(), B, Tn));
+  std::vector<index_t> tiled(static_cast<std::size_t>(B), -1);
+  tiled_backend(7, 5).row_reduce(B, Tn, detail::last_valid_max{mask_view(packed.data(), B, Tn)},
+                                 detail::store_row<index_t>{tiled.data()});
   for (index_t b = 0; b < B; ++b) {
-    REQUIRE(strided[b] == want[static_cast<std::size_t>(b)]);
-    REQUIRE(contiguous[b] == want[static_cast<std::size_t>(b)]);
+    const index_t w = want[static_cast<std::size_t>(b)];
+    REQUIRE(strided[b] == w);
+    REQUIRE(contiguous[b] == w);
+    REQUIRE(dev_strided.data()[b] == w);
+    REQUIRE(dev_contiguous.data()[b] == w);
+    REQUIRE(tiled[static_cast<std::size_t>(b)] == w);
   }
 }
 

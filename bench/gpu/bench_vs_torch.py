@@ -117,6 +117,33 @@ def graph_replay_ms(call, timer, repeat):
         return None, repr(e)
 
 
+TO_PROFILE = []  # (label, call) of asyppo's calls, for --profile
+
+
+def kernel_profile(label, fn, timer, top=14):
+    """The kernels one call launches, with their device times (torch.profiler: CUPTI sees every kernel of
+    the process, ours launched through ctypes too)."""
+    from torch.profiler import ProfilerActivity, profile
+    fn()
+    timer.sync()
+    with profile(activities=[ProfilerActivity.CUDA]) as prof:
+        fn()
+        timer.sync()
+    rows = []
+    for e in prof.key_averages():
+        us = getattr(e, "device_time_total", None)
+        if us is None:
+            us = getattr(e, "cuda_time_total", 0.0)
+        if us > 0:
+            rows.append((us, e.count, e.key))
+    rows.sort(reverse=True)
+    total = sum(r[0] for r in rows)
+    lines = [f"## {label}: {sum(r[1] for r in rows)} kernel/memcpy launches, {total / 1e3:.3f} ms of device time"]
+    for us, n, key in rows[:top]:
+        lines.append(f"  {us / 1e3:8.3f} ms {n:4d}x  {key[:150]}")
+    return "\n".join(lines)
+
+
 def make_rollout(B, T, K, device, seed=1):
     g = torch.Generator().manual_seed(seed)
     lengths = torch.exp(torch.randn(B, generator=g) * 0.9 + math.log(0.2 * T)).ceil().clamp(8, T).long()
@@ -226,6 +253,8 @@ def advantage_case(lib, stream, d, K, B, T, timer, repeat, torch_repeat):
                             for x, y in zip(summary_to.tolist(), list(summary))))
 
     ours_to = timer.best_ms(run_to, repeat)
+    TO_PROFILE.append(("advantage step (eager, summary to the host)", run))
+    TO_PROFILE.append(("advantage step (device result)", run_to))
     checks["device-result variant: same advantages, masks and summary"] = same_as_eager()
     graph_ms = None
     if dev.type == "cuda":
@@ -252,6 +281,8 @@ def advantage_bf16_case(lib, stream, d, K, B, T, timer, repeat):
                       ptr(o[4])))
 
     ours = timer.best_ms(lambda: call(lib.asyppo_bench_advantage_step_to_bf16, v16, r16, outs[0]), repeat)
+    TO_PROFILE.append(("advantage step (device result, bfloat16)",
+                       lambda: call(lib.asyppo_bench_advantage_step_to_bf16, v16, r16, outs[0])))
     call(lib.asyppo_bench_advantage_step_to_f32, wide["values"], wide["rewards"], outs[1])
     timer.sync()
     same = all(torch.equal(x, y) or (x.dtype == torch.float64 and torch.equal(x.isnan(), y.isnan()) and
@@ -290,6 +321,8 @@ def actor_case(lib, stream, d, B, T, timer, repeat):
                                                             ptr(total)))
 
     ours_to = timer.best_ms(run_to, repeat)
+    TO_PROFILE.append(("actor loss + gradient (eager)", run))
+    TO_PROFILE.append(("actor loss + gradient (device result)", run_to))
     checks["device-result loss"] = float(total[0])
     graph_ms = None
     if dev.type == "cuda":
@@ -323,6 +356,33 @@ def heads_case(lib, stream, K, N, D, device, timer, repeat):
     return ours, theirs, bytes_min, checks
 
 
+def ncu_calls(lib, stream, d, K, B, T):
+    """--ncu: one advantage_step and one actor_objective call inside cudaProfilerStart/Stop, after one
+    warm-up each, and nothing else (no PyTorch reference): for `ncu --profile-from-start off`."""
+    dev = d["values"].device
+    adv, ret = torch.empty(B, T, device=dev), torch.empty(B, T, device=dev)
+    am, em = (torch.empty(B, T, dtype=torch.uint8, device=dev) for _ in range(2))
+    grad = torch.empty(B, T, device=dev)
+    summary, loss = (ctypes.c_double * 4)(), ctypes.c_double()
+    amask = (d["adv"].abs() > 0.3).to(torch.uint8) * d["mask_u8"]
+
+    def step():
+        check(lib, lib.asyppo_bench_advantage_step_f32(stream, K, B, T, ptr(d["values"]), ptr(d["rewards"]),
+                                                        ptr(d["mask_u8"]), ptr(d["group_ids"]), ptr(adv), ptr(ret),
+                                                        ptr(am), ptr(em), 0, summary))
+
+    def actor():
+        check(lib, lib.asyppo_bench_actor_objective_f32(stream, B, T, ptr(d["logp"]), ptr(d["old_logp"]), ptr(d["adv"]),
+                                                         ptr(d["mask_u8"]), ptr(amask), ptr(grad), 1, 0, ctypes.byref(loss)))
+
+    step(), actor()
+    torch.cuda.synchronize()
+    torch.cuda.profiler.start()
+    step(), actor()
+    torch.cuda.synchronize()
+    torch.cuda.profiler.stop()
+
+
 def main():
     ap = argparse.ArgumentParser()
     ap.add_argument("--lib", required=True, help="libasyppo_bench_{cuda,cpu}.so (bench/gpu/capi_*.c*)")
@@ -334,6 +394,8 @@ def main():
     ap.add_argument("--repeat", type=int, default=10)
     ap.add_argument("--torch-gae-repeat", type=int, default=2, help="the Python GAE loop is slow: fewer runs")
     ap.add_argument("--json", default="")
+    ap.add_argument("--profile", default="", help="write the kernels of each asyppo call here (CUDA only)")
+    ap.add_argument("--ncu", action="store_true", help="only one advantage step and one actor call, for ncu")
     a = ap.parse_args()
 
     device = torch.device(a.device)
@@ -344,26 +406,49 @@ def main():
     timer = Timer(device)
     torch.manual_seed(0)
 
+    if a.ncu:
+        ncu_calls(lib, stream, make_rollout(a.B, a.T, a.K, device), a.K, a.B, a.T)
+        return
     copy_bps = copy_bandwidth(device, timer, a.repeat)
     d = make_rollout(a.B, a.T, a.K, device)
     rows = []
-    ours, ours_to, graph_ms, theirs, nbytes, ck = advantage_case(lib, stream, d, a.K, a.B, a.T, timer, a.repeat,
-                                                                  a.torch_gae_repeat)
-    rows.append(("advantage step", ours, theirs, nbytes, ck))
-    rows.append(("advantage step (device result)", ours_to, theirs, nbytes, {}))
-    if graph_ms is not None:
-        rows.append(("advantage step (device result, CUDA graph replay)", graph_ms, theirs, nbytes, {}))
-    ours16, nbytes16, ck16 = advantage_bf16_case(lib, stream, d, a.K, a.B, a.T, timer, a.repeat)
-    rows.append(("advantage step (device result, bfloat16 values and rewards)", ours16, theirs, nbytes16, ck16))
-    ours, ours_to, graph_ms, theirs, nbytes, ck = actor_case(lib, stream, d, a.B, a.T, timer, a.repeat)
-    rows.append(("actor loss + gradient", ours, theirs, nbytes, ck))
-    rows.append(("actor loss + gradient (device result)", ours_to, theirs, nbytes, {}))
-    if graph_ms is not None:
-        rows.append(("actor loss + gradient (device result, CUDA graph replay)", graph_ms, theirs, nbytes, {}))
+    failed = []
+
+    def attempt(label, fn, *args):
+        """One case; a failure is reported and the other cases still run."""
+        try:
+            return fn(*args)
+        except Exception:  # noqa: BLE001
+            import traceback
+            failed.append(label)
+            print(f"{label}: FAILED\n{traceback.format_exc()}", file=sys.stderr)
+            return None
+
+    def add_calls(label, ours, ours_to, graph_ms, theirs, nbytes, ck):
+        """The eager call, its device-result variant and (on a GPU) that variant's graph replay."""
+        rows.append((label, ours, theirs, nbytes, ck))
+        rows.append((f"{label} (device result)", ours_to, theirs, nbytes, {}))
+        if graph_ms is not None:
+            rows.append((f"{label} (device result, CUDA graph replay)", graph_ms, theirs, nbytes, {}))
+
+    theirs_adv = math.nan
+    r = attempt("advantage step", advantage_case, lib, stream, d, a.K, a.B, a.T, timer, a.repeat, a.torch_gae_repeat)
+    if r:
+        theirs_adv = r[3]
+        add_calls("advantage step", *r)
+    r = attempt("advantage step, bfloat16", advantage_bf16_case, lib, stream, d, a.K, a.B, a.T, timer, a.repeat)
+    if r:
+        ours16, nbytes16, ck16 = r
+        rows.append(("advantage step (device result, bfloat16 values and rewards)", ours16, theirs_adv, nbytes16, ck16))
+    r = attempt("actor loss", actor_case, lib, stream, d, a.B, a.T, timer, a.repeat)
+    if r:
+        add_calls("actor loss + gradient", *r)
     if a.heads:
         N, D = (int(x) for x in a.heads.split("x"))
-        ours, theirs, nbytes, ck = heads_case(lib, stream, a.K, N, D, device, timer, a.repeat)
-        rows.append((f"critic heads fwd+bwd ({N}x{D})", ours, theirs, nbytes, ck))
+        r = attempt("critic heads", heads_case, lib, stream, a.K, N, D, device, timer, a.repeat)
+        if r:
+            ours, theirs, nbytes, ck = r
+            rows.append((f"critic heads fwd+bwd ({N}x{D})", ours, theirs, nbytes, ck))
 
     print(f"device: {name}; asyppo backend: {backend}; torch {torch.__version__}; B x T = {a.B} x {a.T}, K = {a.K}, "
           f"float32")
@@ -372,7 +457,7 @@ def main():
     print("| case | asyppo ms | GB/s | % of copy | torch (verl) ms | speed-up |")
     print("|---|---:|---:|---:|---:|---:|")
     out = {"device": name, "backend": backend, "torch": torch.__version__, "B": a.B, "T": a.T, "K": a.K,
-           "copy_bytes_per_s": copy_bps, "cases": []}
+           "copy_bytes_per_s": copy_bps, "cases": [], "failed": failed}
     for label, ours, theirs, nbytes, ck in rows:
         bps = nbytes / (ours * 1e-3)
         print(f"| {label} | {ours:.3f} | {bps / 1e9:.1f} | {100 * bps / copy_bps:.0f}% | {theirs:.3f} | "
@@ -387,6 +472,18 @@ def main():
     if a.json:
         with open(a.json, "w") as f:
             json.dump(out, f, indent=1)
+    if a.profile and device.type == "cuda":
+        with open(a.profile, "w") as f:
+            for label, fn in TO_PROFILE:
+                try:
+                    text = kernel_profile(label, fn, timer)
+                except Exception as e:  # noqa: BLE001  (the profile is information only)
+                    text = f"## {label}: profile failed: {e!r}"
+                print(text)
+                f.write(text + "\n")
+    if failed:
+        print("failed cases: " + ", ".join(failed))
+        sys.exit(1)
 
 
 if __name__ == "__main__":

@@ -371,15 +371,57 @@ advantage_summary advantage_step_checked(const Backend& be, const char* where, c
   return s;
 }
 
+/// The fields advantage_summary and advantage_step_result share (same names, same meaning), from one to
+/// the other.
+template <class From, class To>
+void copy_summary_fields(const From& f, To& t) {
+  t.sequences = f.sequences;
+  t.valid_tokens = f.valid_tokens;
+  t.adv_masked = f.adv_masked;
+  t.entropy_masked = f.entropy_masked;
+  t.adv_mask_fraction = f.adv_mask_fraction;
+  t.entropy_filter_fraction = f.entropy_filter_fraction;
+  t.adv_threshold = f.adv_threshold;
+  t.entropy_threshold = f.entropy_threshold;
+  for (int q = 0; q < std_quantile_count; ++q) t.std_quantiles[q] = f.std_quantiles[q];
+  t.advantage_mean = f.advantage_mean;
+  t.advantage_std = f.advantage_std;
+  t.return_mean = f.return_mean;
+  t.return_std = f.return_std;
+}
+
+template <class Backend, class T>
+void advantage_step_resident(const Backend& be, const advantage_inputs<T>& in,
+                             const advantage_outputs<compute_type_t<T>>& out, advantage_step_result* result,
+                             double* explained_variance, const advantage_config& cfg,
+                             const advantage_step_options& opts, const char* where);
+
 }  // namespace detail
 
+/// The whole step (see the top of this file). On a device backend in one process it takes
+/// advantage_step_to's resident path and reads its summary back (the same bits): one wait for the
+/// finiteness check, one for the summary, instead of the host-driven selection's round trips.
 template <class Backend, class T, class Comm = single_process>
 advantage_summary advantage_step(const Backend& be, const advantage_inputs<T>& in,
                                  const advantage_outputs<compute_type_t<T>>& out, const advantage_config& cfg = {},
                                  const Comm& comm = {}) {
   constexpr const char* where = "asyppo::advantage_step";
-  return detail::advantage_step_checked(be, where, in, out, cfg, detail::check_advantage_step(be, where, in, out, cfg),
-                                        comm);
+  const detail::advantage_step_options opts = detail::check_advantage_step(be, where, in, out, cfg);
+  if constexpr (detail::device_in_one_process<Backend, Comm>) {
+    const index_t K = cfg.statistics ? in.values.extent[0] : 0;
+    auto result = be.template allocate<advantage_step_result>(1);
+    auto ev = be.template allocate<double>(K);
+    detail::advantage_step_resident(be, in, out, result.data(), K > 0 ? ev.data() : nullptr, cfg, opts, where);
+    advantage_step_result r;
+    be.copy_to_host(result.data(), 1, &r);
+    advantage_summary s;
+    detail::copy_summary_fields(r, s);
+    s.explained_variance.resize(static_cast<std::size_t>(K));
+    if (K > 0) be.copy_to_host(ev.data(), K, s.explained_variance.data());
+    return s;
+  } else {
+    return detail::advantage_step_checked(be, where, in, out, cfg, opts, comm);
+  }
 }
 
 namespace detail {
@@ -387,19 +429,7 @@ namespace detail {
 /// advantage_summary's fields in an advantage_step_result (the explained variances aside).
 inline advantage_step_result result_of(const advantage_summary& s) {
   advantage_step_result r;
-  r.sequences = s.sequences;
-  r.valid_tokens = s.valid_tokens;
-  r.adv_masked = s.adv_masked;
-  r.entropy_masked = s.entropy_masked;
-  r.adv_mask_fraction = s.adv_mask_fraction;
-  r.entropy_filter_fraction = s.entropy_filter_fraction;
-  r.adv_threshold = s.adv_threshold;
-  r.entropy_threshold = s.entropy_threshold;
-  for (int q = 0; q < std_quantile_count; ++q) r.std_quantiles[q] = s.std_quantiles[q];
-  r.advantage_mean = s.advantage_mean;
-  r.advantage_std = s.advantage_std;
-  r.return_mean = s.return_mean;
-  r.return_std = s.return_std;
+  copy_summary_fields(s, r);
   return r;
 }
 

@@ -48,10 +48,18 @@
 
 namespace asyppo {
 
+// Blocks of the ragged histogram on wide rows (a tuning constant: at 1024 x 8192 on an H100, 264 blocks
+// of four rows each, clearing and flushing their shared bins once, took the selection's four passes
+// 0.18 -> 0.39 ms: the passes are latency-bound and want every row's block).
+#ifndef ASYPPO_CUDA_HIST_ROW_BLOCKS
+#define ASYPPO_CUDA_HIST_ROW_BLOCKS 1024
+#endif
+
 class cuda_backend : public detail::ragged_by_wrapping<cuda_backend> {
  public:
-  // Ragged for_each, reduce, histogram and collect: the full-row kernels on functors that skip the
-  // columns outside the range (detail::ragged_by_wrapping); row_reduce and row_scan take ranges.
+  // Ragged reduce and collect (and for_each, histogram on narrow rows): the full-row kernels on
+  // functors that skip the columns outside the range (detail::ragged_by_wrapping); for_each and
+  // histogram on wide rows, row_reduce and row_scan take ranges.
   using ragged_by_wrapping::for_each;
   using ragged_by_wrapping::reduce;
   using ragged_by_wrapping::histogram;
@@ -78,9 +86,10 @@ class cuda_backend : public detail::ragged_by_wrapping<cuda_backend> {
 
   /// Throws asyppo::error(where, name, ...) unless p is device or managed memory of this backend's
   /// device: a host pointer or another device's memory is rejected before any launch (every entry
-  /// point calls this on each of its views: detail::check_memory in core/validate.hpp).
+  /// point calls this on each of its views: detail::check_memory in core/validate.hpp). During a
+  /// graph capture of the stream, pointers the driver does not know yet (graph allocations) pass.
   void check_memory(const char* where, const char* name, const void* p) const {
-    check_device_pointer(p, device_, where, name);
+    check_device_pointer(p, device_, where, name, stream_);
   }
 
   // ---- memory ------------------------------------------------------------------------------
@@ -206,6 +215,17 @@ class cuda_backend : public detail::ragged_by_wrapping<cuda_backend> {
     cuda_detail::check_launch("for_each_2d_kernel");
   }
 
+  /// Ragged: wide rows (cols >= 2 * kBlock) one block per row over the row's range only; narrow rows
+  /// through the full 2-D grid on a skipping functor (ragged_by_wrapping).
+  template <class F, class Range>
+  void for_each(index_t rows, index_t cols, F f, Range range) const {
+    if (rows <= 0 || cols <= 0) return;
+    if (cols < 2 * index_t(cuda_detail::kBlock)) return ragged_by_wrapping::for_each(rows, cols, f, range);
+    device_guard g(device_);
+    cuda_detail::for_each_rows_kernel<<<cuda_detail::grid_for(rows, 1), cuda_detail::kBlock, 0, stream_>>>(rows, f, range);
+    cuda_detail::check_launch("for_each_rows_kernel");
+  }
+
   /// Waits for the stream (returns a host value).
   template <class R>
   typename R::value_type reduce(index_t rows, index_t cols, R r) const {
@@ -247,9 +267,24 @@ class cuda_backend : public detail::ragged_by_wrapping<cuda_backend> {
     if (rows <= 0 || cols <= 0) return;
     device_guard g(device_);
     using A = cuda_detail::row_scan_adapter<Elem, Op, Sink, Range>;
-    cuda_detail::segment_scan_kernel<<<cuda_detail::grid_for(rows, 1), cuda_detail::kBlock, 0, stream_>>>(
+    cuda_detail::row_scan_kernel<<<cuda_detail::grid_for(rows, 1), cuda_detail::kBlock, 0, stream_>>>(
         rows, A{range, dir == scan_direction::reverse, elem, op, sink});
-    cuda_detail::check_launch("segment_scan_kernel (row_scan)");
+    cuda_detail::check_launch("row_scan_kernel");
+  }
+
+  /// Ragged: wide rows with shared bins, one block per row over the row's range only; otherwise
+  /// through the full 2-D kernels on a skipping functor (ragged_by_wrapping).
+  template <class Bin, class Range>
+  void histogram(index_t rows, index_t cols, Bin bin, index_t nbins, std::uint64_t* counts, Range range) const {
+    if (nbins > cuda_detail::kSharedBins || cols < 2 * index_t(cuda_detail::kBlock))
+      return ragged_by_wrapping::histogram(rows, cols, bin, nbins, counts, range);
+    if (rows <= 0) return;
+    device_guard g(device_);
+    const index_t cap = ASYPPO_CUDA_HIST_ROW_BLOCKS;  // blocks (each clears and flushes nbins shared bins)
+    const unsigned grid = static_cast<unsigned>(rows < cap ? rows : cap);
+    cuda_detail::histogram_rows_shared_kernel<<<grid, cuda_detail::kBlock, 0, stream_>>>(rows, bin, range, nbins,
+                                                                                          as_ull(counts));
+    cuda_detail::check_launch("histogram_rows_shared_kernel");
   }
 
   template <class Bin>
@@ -345,12 +380,11 @@ class cuda_backend : public detail::ragged_by_wrapping<cuda_backend> {
   void flat_reduce_then(Space sp, R r, Done&& done) const {
     using V = typename R::value_type;
     static_assert(std::is_trivially_copyable_v<V>, "reducer value_type must be trivially copyable");
-    const index_t n = sp.size(), blocks = cuda_detail::flat_blocks(n);
-    const index_t threads = blocks * cuda_detail::kBlock, per_thread = (n + threads - 1) / threads;
+    const index_t n = sp.size(), blocks = cuda_detail::flat_blocks(n), per_block = (n + blocks - 1) / blocks;
     auto partial = allocate<V>(blocks + 1);
     device_guard g(device_);
     cuda_detail::reduce_blocks_kernel<<<static_cast<unsigned>(blocks), cuda_detail::kBlock, 0, stream_>>>(
-        sp, r, per_thread, partial.data());
+        sp, r, per_block, partial.data());
     cuda_detail::check_launch("reduce_blocks_kernel");
     V* result = partial.data();
     if (blocks > 1) {

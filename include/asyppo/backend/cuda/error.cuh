@@ -50,7 +50,13 @@ namespace asyppo {
 /// `device` (device or managed memory; plain or pinned host memory is rejected). Costs one
 /// cudaPointerGetAttributes call (no synchronisation). Every entry point calls it, through
 /// cuda_backend::check_memory and detail::check_memory, on each view before any launch.
-inline void check_device_pointer(const void* p, int device, const char* where, const char* name) {
+/// While `stream` is being captured into a CUDA graph, memory the driver does not know (yet) is
+/// accepted: a graph allocation (cudaMallocAsync during the capture, which is how the backend's own
+/// temporaries and results are allocated then) is mapped only when the graph runs, and until then its
+/// attributes read "unregistered", as plain host memory's do. Pinned host memory and other devices'
+/// memory are still rejected during a capture.
+inline void check_device_pointer(const void* p, int device, const char* where, const char* name,
+                                 cudaStream_t stream = nullptr) {
   if (p == nullptr) return;
   cudaPointerAttributes attr{};
   const cudaError_t status = cudaPointerGetAttributes(&attr, p);
@@ -67,8 +73,14 @@ inline void check_device_pointer(const void* p, int device, const char* where, c
     case cudaMemoryTypeHost:
       detail::fail(where, name, "is a pinned host pointer; the CUDA backend needs device memory");
     case cudaMemoryTypeUnregistered:
-    default:
+    default: {
+      cudaStreamCaptureStatus capture = cudaStreamCaptureStatusNone;
+      if (stream != nullptr && cudaStreamIsCapturing(stream, &capture) == cudaSuccess &&
+          capture == cudaStreamCaptureStatusActive)
+        return;  // possibly a graph allocation of this capture (see above)
+      (void)cudaGetLastError();
       detail::fail(where, name, "is a host pointer; the CUDA backend needs device memory");
+    }
   }
 }
 

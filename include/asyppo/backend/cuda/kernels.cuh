@@ -4,17 +4,19 @@
 // only on the problem size (never on the device or the launch history), and block-level results
 // are combined by CUB block primitives in thread order and then in block order, so every pattern
 // is bit-identical run to run (and device to device for the same block size):
-//   * flat reduce: thread j of the grid folds a contiguous range of per_thread indices in order,
-//     cub::BlockReduce (warp reductions: non-commutative operators allowed) combines the threads
-//     of a block in thread order, a second one-block pass combines the block partials in block
-//     order;
-//   * row / segment reduce: one block per row (segment), the same thread-contiguous split;
-//   * row / segment scan: one block per row (segment), tiles of kBlock * items positions in scan
-//     order, each thread a contiguous run of `items` positions; cub::BlockScan of the threads'
+//   * flat reduce: block k folds a contiguous range of the index space in rounds of kBlock * 16
+//     positions: thread j folds 16 adjacent positions in order, cub::BlockReduce (warp reductions:
+//     non-commutative operators allowed) combines the threads of a block in thread order, the
+//     rounds are appended in order (block_fold); a second one-block pass combines the block
+//     partials in block order;
+//   * row / segment reduce: one block per row (segment), folded the same way (8 per thread);
+//   * row / segment scan: one block per row (segment), tiles of kBlock * items positions in
+//     scan order, each thread a contiguous run of `items` positions; cub::BlockScan of the threads'
 //     aggregates, plus the running prefix of the earlier tiles. Scan values are wrapped in
-//     maybe<V> (an explicit "empty" element), because the scan operators have no identity;
+//     maybe<V> (an explicit "empty" element), because the scan operators have no identity. A row
+//     scan then produces its states with op.apply from each thread's prefix (row_scan_kernel);
 //   * histogram: atomicAdd on 64-bit bins (integers: exact whatever the order); up to kSharedBins
-//     bins, per-block 32-bit shared counters first;
+//     bins, per-block 32-bit shared counters first, one atomic per distinct bin of a warp;
 //   * collect: per-thread counts, an exclusive scan of the counts, then each thread writes its
 //     picks at its offset: row-major order, as the CPU backend.
 // Only valid under nvcc.
@@ -105,21 +107,77 @@ __global__ void __launch_bounds__(kBlock) for_each_2d_kernel(index_t rows, index
     for (index_t t = index_t(blockIdx.x) * blockDim.x + threadIdx.x; t < cols; t += sx) f(b, t);
 }
 
+/// Ragged 2-D for_each on wide rows: one block per row (grid-stride over rows), the threads over the
+/// row's range [lo, hi) only (range(b, lo, hi) read once per row), so padding or heads cost nothing
+/// where they are not visited.
+template <class F, class Range>
+__global__ void __launch_bounds__(kBlock) for_each_rows_kernel(index_t rows, F f, Range range) {
+  for (index_t b = blockIdx.x; b < rows; b += gridDim.x) {
+    index_t lo, hi;
+    range(b, lo, hi);
+    for (index_t t = lo + index_t(threadIdx.x); t < hi; t += kBlock) f(b, t);
+  }
+}
+
 // ---- flat reduce ---------------------------------------------------------------------------------
-/// Pass 1: block k reduces [k * kBlock * per_thread, ...) into partial[k].
-template <class Space, class R>
-__global__ void __launch_bounds__(kBlock) reduce_blocks_kernel(Space sp, R r, index_t per_thread,
-                                                               typename R::value_type* partial) {
+/// Positions per thread per round of the block folds below: tuning constants (fewer rounds, each ending
+/// in a block reduction, against shorter runs per thread), measured on an H100 at 1024 x 8192
+/// (docs/benchmarks.md): the flat reduce (the losses' fused pass) 4 -> 16 took 0.129 -> 0.090 ms, the
+/// row reduces 8 was the best compromise (the sigma pass prefers 4, the mask-only ones 16).
+#ifndef ASYPPO_CUDA_FLAT_FOLD_ITEMS
+#define ASYPPO_CUDA_FLAT_FOLD_ITEMS 16
+#endif
+#ifndef ASYPPO_CUDA_ROW_FOLD_ITEMS
+#define ASYPPO_CUDA_ROW_FOLD_ITEMS 8
+#endif
+inline constexpr int kFlatFoldItems = ASYPPO_CUDA_FLAT_FOLD_ITEMS;
+inline constexpr int kRowFoldItems = ASYPPO_CUDA_ROW_FOLD_ITEMS;
+
+/// The block folds [lo, hi) in rounds of kBlock * Items positions: in each round thread j folds the
+/// Items positions from lo + round * kBlock * Items + j * Items in order (visit(a, e, acc), nothing
+/// when a >= e), cub::BlockReduce combines the threads in thread order, and thread 0 appends the
+/// round's total to the running one. The result is valid in thread 0. The order depends on lo and hi
+/// only (determinism); a warp reads 32 adjacent short runs per load (one long run per thread made
+/// every load touch 32 cache lines). Ends with a barrier (tmp can be reused).
+template <int Items, class R, class Visit>
+__device__ typename R::value_type block_fold(const R& r, index_t lo, index_t hi, Visit& visit,
+                                             typename cub::BlockReduce<typename R::value_type, kBlock>::TempStorage& tmp) {
   using V = typename R::value_type;
   using block_reduce = cub::BlockReduce<V, kBlock>;
-  __shared__ typename block_reduce::TempStorage tmp;
+  V run = r.identity();
+  for (index_t base = lo; base < hi; base += index_t(kBlock) * Items) {
+    const index_t a = base + index_t(threadIdx.x) * Items;
+    const index_t e = a + Items < hi ? a + Items : hi;
+    V acc = r.identity();
+    if (a < e) visit(a, e, acc);
+    const V total = block_reduce(tmp).Reduce(acc, reducer_combine<R>{r});
+    if (threadIdx.x == 0) run = r.combine(run, total);
+    __syncthreads();  // tmp is reused by the next round
+  }
+  return run;
+}
+
+template <class Space, class R>
+struct space_visit {
+  Space sp;
+  R r;
+  __device__ void operator()(index_t a, index_t e, typename R::value_type& acc) const {
+    reducer_adder<R> add{r, acc};
+    sp.visit(a, e, add);
+  }
+};
+
+/// Pass 1: block k folds [k * per_block, (k + 1) * per_block) (block_fold) into partial[k].
+template <class Space, class R>
+__global__ void __launch_bounds__(kBlock) reduce_blocks_kernel(Space sp, R r, index_t per_block,
+                                                               typename R::value_type* partial) {
+  using V = typename R::value_type;
+  __shared__ typename cub::BlockReduce<V, kBlock>::TempStorage tmp;
   const index_t n = sp.size();
-  const index_t lo = (index_t(blockIdx.x) * kBlock + threadIdx.x) * per_thread;
-  const index_t hi = lo + per_thread < n ? lo + per_thread : n;
-  V acc = r.identity();
-  reducer_adder<R> add{r, acc};
-  sp.visit(lo, hi, add);
-  const V total = block_reduce(tmp).Reduce(acc, reducer_combine<R>{r});
+  const index_t lo = index_t(blockIdx.x) * per_block;
+  const index_t hi = lo + per_block < n ? lo + per_block : n;
+  space_visit<Space, R> visit{sp, r};
+  const V total = block_fold<kFlatFoldItems>(r, lo, hi, visit, tmp);
   if (threadIdx.x == 0) partial[blockIdx.x] = total;
 }
 
@@ -169,23 +227,27 @@ struct segment_add {
   __device__ void operator()(typename R::value_type& acc, index_t, index_t i) const { r.add(acc, i); }
 };
 
+template <class R, class Add>
+struct segment_visit {
+  R r;
+  Add add;
+  index_t g;
+  __device__ void operator()(index_t a, index_t e, typename R::value_type& acc) const {
+    for (index_t i = a; i < e; ++i) add(acc, g, i);
+  }
+};
+
+/// One block per segment (grid-stride over segments), each folded by block_fold.
 template <class R, class Bounds, class Add, class Sink>
 __global__ void __launch_bounds__(kBlock) segment_reduce_kernel(index_t nseg, R r, Bounds bounds, Add add, Sink sink) {
   using V = typename R::value_type;
-  using block_reduce = cub::BlockReduce<V, kBlock>;
-  __shared__ typename block_reduce::TempStorage tmp;
+  __shared__ typename cub::BlockReduce<V, kBlock>::TempStorage tmp;
   for (index_t g = blockIdx.x; g < nseg; g += gridDim.x) {
     index_t lo, hi;
     bounds(g, lo, hi);
-    const index_t len = hi > lo ? hi - lo : 0;
-    const index_t per = (len + kBlock - 1) / kBlock;
-    const index_t a = lo + index_t(threadIdx.x) * per;
-    const index_t e = a + per < hi ? a + per : hi;
-    V acc = r.identity();
-    for (index_t i = a; i < e; ++i) add(acc, g, i);
-    const V total = block_reduce(tmp).Reduce(acc, reducer_combine<R>{r});
+    segment_visit<R, Add> visit{r, add, g};
+    const V total = block_fold<kRowFoldItems>(r, lo, hi, visit, tmp);
     if (threadIdx.x == 0) sink(g, total);
-    __syncthreads();  // tmp is reused by the next segment
   }
 }
 
@@ -206,6 +268,24 @@ struct maybe_combine {
     return {op.combine(a.v, b.v), true};
   }
 };
+
+/// The scan of one tile for the thread whose run starts at position p0: the threads' aggregates (the fold
+/// of value(j) over the run's positions inside the segment) scanned by cub::BlockScan in thread order
+/// and prefixed by carry (the earlier tiles), which then advances by the tile's total. Returns the prefix
+/// before the thread's first position. The caller syncs before tmp is reused.
+template <int Items, class M, class Mop, class Value>
+__device__ M tile_prefix(index_t p0, index_t len, Value value, const Mop& mop,
+                         typename cub::BlockScan<M, kBlock>::TempStorage& tmp, M& carry) {
+  M agg{{}, false};
+#pragma unroll
+  for (int j = 0; j < Items; ++j)
+    if (p0 + j < len) agg = mop(agg, M{value(j), true});
+  M excl, tile_total;
+  cub::BlockScan<M, kBlock>(tmp).ExclusiveScan(agg, excl, M{{}, false}, mop, tile_total);
+  const M run = mop(carry, excl);
+  carry = mop(carry, tile_total);
+  return run;
+}
 
 /// Elements per thread per tile: fewer for large scan values (registers).
 template <class V>
@@ -229,11 +309,9 @@ struct row_scan_adapter {
     range(b, lo, hi);
     len = hi > lo ? hi - lo : 0;
   }
+  __device__ index_t column(index_t lo, index_t len, index_t p) const { return reverse ? lo + len - 1 - p : lo + p; }
   __device__ value_type load(index_t b, index_t lo, index_t len, index_t p) const {
-    return op.lift(elem(b, reverse ? lo + len - 1 - p : lo + p));
-  }
-  __device__ void store(index_t b, index_t lo, index_t len, index_t p, const value_type& x) const {
-    sink(b, reverse ? lo + len - 1 - p : lo + p, op.apply(x, op.initial()));
+    return op.lift(elem(b, column(lo, len, p)));
   }
 };
 
@@ -276,17 +354,10 @@ __global__ void __launch_bounds__(kBlock) segment_scan_kernel(index_t nseg, Adap
     for (index_t start = 0; start < len; start += tile) {
       const index_t p0 = start + index_t(threadIdx.x) * items;
       V local[items];
-      M agg{V{}, false};
 #pragma unroll
-      for (int j = 0; j < items; ++j) {
-        if (p0 + j < len) {
-          local[j] = ad.load(g, lo, len, p0 + j);
-          agg = mop(agg, M{local[j], true});
-        }
-      }
-      M excl, tile_total;
-      block_scan(tmp).ExclusiveScan(agg, excl, M{V{}, false}, mop, tile_total);
-      M run = mop(carry, excl);
+      for (int j = 0; j < items; ++j)
+        if (p0 + j < len) local[j] = ad.load(g, lo, len, p0 + j);
+      M run = tile_prefix<items>(p0, len, [&](int j) { return local[j]; }, mop, tmp, carry);
 #pragma unroll
       for (int j = 0; j < items; ++j) {
         if (p0 + j < len) {
@@ -294,7 +365,55 @@ __global__ void __launch_bounds__(kBlock) segment_scan_kernel(index_t nseg, Adap
           ad.store(g, lo, len, p0 + j, run.v);
         }
       }
-      carry = mop(carry, tile_total);
+      __syncthreads();  // tmp is reused by the next tile
+    }
+  }
+}
+
+/// Row scans: one block per row (grid-stride over rows), tiles of kBlock * kRowScanItems positions in
+/// scan order, each thread a contiguous run of kRowScanItems positions. The threads' aggregates are
+/// composed values (op.lift, op.combine; cub::BlockScan of them, plus the running prefix of the earlier
+/// tiles), but the states handed to the sink come from op.apply(elem, state), token after token, from
+/// the state at the thread's first position (its exclusive prefix applied to op.initial()): the run is
+/// read again rather than kept in registers as composed values (GAE's are 8 doubles), and applying is
+/// cheaper than composing (docs/algorithm.md G2; the states agree with the sequential fold to rounding).
+#ifndef ASYPPO_CUDA_ROW_SCAN_ITEMS
+#define ASYPPO_CUDA_ROW_SCAN_ITEMS 8
+#endif
+inline constexpr int kRowScanItems = ASYPPO_CUDA_ROW_SCAN_ITEMS;
+
+// At least two blocks per SM: GAE's scan values (8 doubles) took 255 registers, one block per SM
+// (12.5 % occupancy); capped at 128 the kernel took 0.207 -> 0.190 ms at 1024 x 8192 on an H100 (and
+// four positions per thread instead of eight 0.212).
+#ifndef ASYPPO_CUDA_ROW_SCAN_MIN_BLOCKS
+#define ASYPPO_CUDA_ROW_SCAN_MIN_BLOCKS 2
+#endif
+
+template <class Elem, class Op, class Sink, class Range>
+__global__ void __launch_bounds__(kBlock, ASYPPO_CUDA_ROW_SCAN_MIN_BLOCKS)
+    row_scan_kernel(index_t rows, row_scan_adapter<Elem, Op, Sink, Range> ad) {
+  using V = typename Op::value_type;
+  using M = maybe<V>;
+  constexpr index_t tile = index_t(kBlock) * kRowScanItems;
+  using block_scan = cub::BlockScan<M, kBlock>;
+  __shared__ typename block_scan::TempStorage tmp;
+  const maybe_combine<Op, V> mop{ad.op};
+  for (index_t b = blockIdx.x; b < rows; b += gridDim.x) {
+    index_t lo, len;
+    ad.bounds(b, lo, len);
+    M carry{V{}, false};
+    for (index_t start = 0; start < len; start += tile) {
+      const index_t p0 = start + index_t(threadIdx.x) * kRowScanItems;
+      const M run = tile_prefix<kRowScanItems>(
+          p0, len, [&](int j) { return ad.load(b, lo, len, p0 + j); }, mop, tmp, carry);
+      auto state = run.has ? ad.op.apply(run.v, ad.op.initial()) : ad.op.initial();
+#pragma unroll
+      for (int j = 0; j < kRowScanItems; ++j)
+        if (p0 + j < len) {
+          const index_t t = ad.column(lo, len, p0 + j);
+          state = ad.op.apply(ad.elem(b, t), state);
+          ad.sink(b, t, state);
+        }
       __syncthreads();  // tmp is reused by the next tile
     }
   }
@@ -325,6 +444,22 @@ struct histogram_2d_fn {
 /// global atomics.
 inline constexpr index_t kSharedBins = 4096;
 
+/// Counts bin k (< 0: none) of every lane of the warp in the shared bins: the lanes with the same bin
+/// find each other (__match_any_sync) and the lowest adds their count, one shared atomic per distinct
+/// bin (the first digits of a selection fall in few bins, where per-lane atomics would serialise).
+/// Every lane of the warp must call it together.
+__device__ inline void count_in_warp(unsigned int* local, int k, unsigned lane) {
+  const unsigned same = __match_any_sync(0xffffffffu, k);
+  if (k >= 0 && lane == static_cast<unsigned>(__ffs(static_cast<int>(same)) - 1))
+    atomicAdd(local + k, static_cast<unsigned>(__popc(same)));
+}
+
+/// Adds a block's nonzero shared bins to the 64-bit global bins (integers: exact in any order).
+__device__ inline void flush_bins(const unsigned int* local, index_t nbins, unsigned long long* counts, index_t tid) {
+  for (index_t k = tid; k < nbins; k += kBlock)
+    if (local[k] != 0) atomicAdd(counts + k, static_cast<unsigned long long>(local[k]));
+}
+
 /// The 2-D for_each's grid-stride loop, each block counting into its own 32-bit shared bins, then adding
 /// the nonzero ones to the 64-bit global bins (integers: exact in any order). nbins <= kSharedBins.
 template <class Bin>
@@ -334,15 +469,40 @@ __global__ void __launch_bounds__(kBlock) histogram_2d_shared_kernel(index_t row
   const index_t tid = index_t(threadIdx.y) * blockDim.x + threadIdx.x;
   for (index_t k = tid; k < nbins; k += kBlock) local[k] = 0;
   __syncthreads();
+  // A warp lies in one threadIdx.y (blockDim.x is a power of two >= 32), so both loops are uniform
+  // over the warp (count_in_warp's condition).
   const index_t sx = index_t(gridDim.x) * blockDim.x, sy = index_t(gridDim.y) * blockDim.y;
+  const unsigned lane = threadIdx.x & 31u;
   for (index_t b = index_t(blockIdx.y) * blockDim.y + threadIdx.y; b < rows; b += sy)
-    for (index_t t = index_t(blockIdx.x) * blockDim.x + threadIdx.x; t < cols; t += sx) {
-      const index_t k = bin(b, t);
-      if (k >= 0) atomicAdd(local + k, 1u);
+    for (index_t t0 = index_t(blockIdx.x) * blockDim.x + (threadIdx.x & ~31u); t0 < cols; t0 += sx) {
+      const index_t t = t0 + lane;
+      count_in_warp(local, t < cols ? static_cast<int>(bin(b, t)) : -1, lane);
     }
   __syncthreads();
-  for (index_t k = tid; k < nbins; k += kBlock)
-    if (local[k] != 0) atomicAdd(counts + k, static_cast<unsigned long long>(local[k]));
+  flush_bins(local, nbins, counts, tid);
+}
+
+/// The ragged histogram on wide rows: one block per row (grid-stride over rows, at most 1024 blocks),
+/// the warps over the row's range only, counting as histogram_2d_shared_kernel does. (Four bins per
+/// lane before counting, for more loads in flight, measured slower on an H100: 0.185 -> 0.202 ms for the
+/// four passes of a 1024 x 8192 selection.)
+template <class Bin, class Range>
+__global__ void __launch_bounds__(kBlock) histogram_rows_shared_kernel(index_t rows, Bin bin, Range range, index_t nbins,
+                                                                       unsigned long long* counts) {
+  __shared__ unsigned int local[kSharedBins];
+  for (index_t k = threadIdx.x; k < nbins; k += kBlock) local[k] = 0;
+  __syncthreads();
+  const unsigned lane = threadIdx.x & 31u;
+  for (index_t b = blockIdx.x; b < rows; b += gridDim.x) {
+    index_t lo, hi;
+    range(b, lo, hi);
+    for (index_t t0 = lo + index_t(threadIdx.x & ~31u); t0 < hi; t0 += kBlock) {  // uniform over the warp
+      const index_t t = t0 + lane;
+      count_in_warp(local, t < hi ? static_cast<int>(bin(b, t)) : -1, lane);
+    }
+  }
+  __syncthreads();
+  flush_bins(local, nbins, counts, threadIdx.x);
 }
 
 template <class T>
