@@ -48,11 +48,15 @@
 
 namespace asyppo {
 
-// Blocks of the ragged histogram on wide rows (a tuning constant: at 1024 x 8192 on an H100, 264 blocks
-// of four rows each, clearing and flushing their shared bins once, took the selection's four passes
-// 0.18 -> 0.39 ms: the passes are latency-bound and want every row's block).
+// The ragged histogram on wide rows: parts per row and the most blocks (tuning constants, measured at
+// 1024 x 8192 on an H100, docs/benchmarks.md: the selection's four passes took 0.195 / 0.161 / 0.165 ms
+// with 1 / 2 / 4 parts per row, and 0.39 ms with 264 blocks of four whole rows each: they are
+// latency-bound and want many blocks of even length).
+#ifndef ASYPPO_CUDA_HIST_ROW_SPLIT
+#define ASYPPO_CUDA_HIST_ROW_SPLIT 4
+#endif
 #ifndef ASYPPO_CUDA_HIST_ROW_BLOCKS
-#define ASYPPO_CUDA_HIST_ROW_BLOCKS 1024
+#define ASYPPO_CUDA_HIST_ROW_BLOCKS 4096
 #endif
 
 class cuda_backend : public detail::ragged_by_wrapping<cuda_backend> {
@@ -272,7 +276,7 @@ class cuda_backend : public detail::ragged_by_wrapping<cuda_backend> {
     cuda_detail::check_launch("row_scan_kernel");
   }
 
-  /// Ragged: wide rows with shared bins, one block per row over the row's range only; otherwise
+  /// Ragged: wide rows with shared bins, one block per part of a row's range (the range only); otherwise
   /// through the full 2-D kernels on a skipping functor (ragged_by_wrapping).
   template <class Bin, class Range>
   void histogram(index_t rows, index_t cols, Bin bin, index_t nbins, std::uint64_t* counts, Range range) const {
@@ -280,9 +284,10 @@ class cuda_backend : public detail::ragged_by_wrapping<cuda_backend> {
       return ragged_by_wrapping::histogram(rows, cols, bin, nbins, counts, range);
     if (rows <= 0) return;
     device_guard g(device_);
-    const index_t cap = ASYPPO_CUDA_HIST_ROW_BLOCKS;  // blocks (each clears and flushes nbins shared bins)
-    const unsigned grid = static_cast<unsigned>(rows < cap ? rows : cap);
-    cuda_detail::histogram_rows_shared_kernel<<<grid, cuda_detail::kBlock, 0, stream_>>>(rows, bin, range, nbins,
+    const index_t split = ASYPPO_CUDA_HIST_ROW_SPLIT, cap = ASYPPO_CUDA_HIST_ROW_BLOCKS;
+    const index_t parts = rows * split;  // each block clears and flushes nbins shared bins once
+    const unsigned grid = static_cast<unsigned>(parts < cap ? parts : cap);
+    cuda_detail::histogram_rows_shared_kernel<<<grid, cuda_detail::kBlock, 0, stream_>>>(rows, split, bin, range, nbins,
                                                                                           as_ull(counts));
     cuda_detail::check_launch("histogram_rows_shared_kernel");
   }

@@ -482,23 +482,26 @@ __global__ void __launch_bounds__(kBlock) histogram_2d_shared_kernel(index_t row
   flush_bins(local, nbins, counts, tid);
 }
 
-/// The ragged histogram on wide rows: one block per row (grid-stride over rows, at most 1024 blocks),
-/// the warps over the row's range only, counting as histogram_2d_shared_kernel does. (Four bins per
-/// lane before counting, for more loads in flight, measured slower on an H100: 0.185 -> 0.202 ms for the
-/// four passes of a 1024 x 8192 selection.)
+/// The ragged histogram on wide rows: each row's range cut into `split` parts of whole warps' columns,
+/// one block per part (grid-stride over rows * split parts), counting as histogram_2d_shared_kernel does.
+/// Parts rather than whole rows per block, because the passes are latency-bound and a rollout's longest
+/// rows are several times its median: with one block per row the longest rows' blocks set the pass's time.
 template <class Bin, class Range>
-__global__ void __launch_bounds__(kBlock) histogram_rows_shared_kernel(index_t rows, Bin bin, Range range, index_t nbins,
-                                                                       unsigned long long* counts) {
+__global__ void __launch_bounds__(kBlock) histogram_rows_shared_kernel(index_t rows, index_t split, Bin bin, Range range,
+                                                                       index_t nbins, unsigned long long* counts) {
   __shared__ unsigned int local[kSharedBins];
   for (index_t k = threadIdx.x; k < nbins; k += kBlock) local[k] = 0;
   __syncthreads();
   const unsigned lane = threadIdx.x & 31u;
-  for (index_t b = blockIdx.x; b < rows; b += gridDim.x) {
+  for (index_t w = blockIdx.x; w < rows * split; w += gridDim.x) {
+    const index_t b = w / split, s = w - b * split;
     index_t lo, hi;
     range(b, lo, hi);
-    for (index_t t0 = lo + index_t(threadIdx.x & ~31u); t0 < hi; t0 += kBlock) {  // uniform over the warp
+    const index_t part = hi > lo ? ((hi - lo + split - 1) / split + 31) / 32 * 32 : 0;
+    const index_t p_lo = lo + s * part, p_hi = p_lo + part < hi ? p_lo + part : hi;
+    for (index_t t0 = p_lo + index_t(threadIdx.x & ~31u); t0 < p_hi; t0 += kBlock) {  // uniform over the warp
       const index_t t = t0 + lane;
-      count_in_warp(local, t < hi ? static_cast<int>(bin(b, t)) : -1, lane);
+      count_in_warp(local, t < p_hi ? static_cast<int>(bin(b, t)) : -1, lane);
     }
   }
   __syncthreads();
