@@ -57,6 +57,20 @@ export LD_LIBRARY_PATH="$libs${LD_LIBRARY_PATH:+:$LD_LIBRARY_PATH}"
 stage "asyppo vs torch (verl), 1024 x 8192, K = 2"
 timeout 200 python3 bench/gpu/bench_vs_torch.py --lib build/gpu/libasyppo_bench_cuda.so --json "$OUT/bench.json" \
   --profile "$OUT/profile.txt" 2>&1 | tee "$OUT/bench.txt"
+if [ -f build/gpu/libasyppo_bench_cuda_base.so ]; then
+  # A/B (gpu-prepare.sh with ASYPPO_BASE_REV): the base commit's library, then this tree's again, on the
+  # same data (no PyTorch GAE loop, no heads); each with its kernels in $OUT/profile_{base,current}.txt.
+  stage "A/B: base $(cat build/gpu/base_rev.txt 2>/dev/null) against this tree"
+  for which in base current; do
+    lib=build/gpu/libasyppo_bench_cuda.so
+    [ "$which" = base ] && lib=build/gpu/libasyppo_bench_cuda_base.so
+    timeout 120 python3 bench/gpu/bench_vs_torch.py --lib "$lib" --heads '' --torch-gae-repeat 0 \
+      --profile "$OUT/profile_$which.txt" 2>&1 | grep -E '^\| (advantage|actor)' | sed "s/^/$which /"
+  done 2>&1 | tee "$OUT/ab.txt"
+  for which in base current; do
+    echo "== $which"; grep -E '^##|histogram|choose|row_scan_kernel<.*gae|sigma_pass' "$OUT/profile_$which.txt" | cut -c1-110 | head -24
+  done
+fi
 if [ "${ASYPPO_NCU:-0}" = 1 ] && command -v ncu >/dev/null; then
   # Nsight Compute on one advantage step and one actor call (bench_vs_torch.py --ncu): each kernel's
   # throughput against the device's peaks, occupancy, launch shape and memory traffic.

@@ -10,6 +10,9 @@
 # and cuBLAS, which it has.
 # Usage: bash scripts/gpu-prepare.sh        (then: /usr/bin/python3 bench/gpu/bench_vs_torch.py --device cpu \
 #                                            --lib build/gpu/libasyppo_bench_cpu.so --B 64 --T 512 --heads 2048x256)
+# A/B against an earlier commit: ASYPPO_BASE_REV=<rev> bash scripts/gpu-prepare.sh also builds that commit's
+# C interface (sm_90 only, about a minute) as build/gpu/libasyppo_bench_cuda_base.so; gpu-check.sh then
+# times it and this tree's, one after the other, on the same device (without it: no A/B).
 set -euo pipefail
 cd "$(dirname "${BASH_SOURCE[0]}")/.."
 mkdir -p build/gpu
@@ -19,4 +22,14 @@ cp build/cuda/tests/gpu/test_cuda_conformance build/cuda/tests/gpu/test_nccl_com
 cp build/cuda/tests/gpu/libasyppo_bench_capi_cuda.so build/gpu/libasyppo_bench_cuda.so
 g++ -std=gnu++20 -O3 -DNDEBUG -shared -fPIC -Iinclude -isystem /usr/include/eigen3 bench/gpu/capi_cpu.cpp \
   -o build/gpu/libasyppo_bench_cpu.so -lpthread
+rm -f build/gpu/libasyppo_bench_cuda_base.so build/gpu/base_rev.txt
+if [ -n "${ASYPPO_BASE_REV:-}" ]; then
+  base=$(mktemp -d)
+  git archive "$ASYPPO_BASE_REV" include bench/gpu | tar -x -C "$base"
+  /usr/local/cuda/bin/nvcc -forward-unknown-to-host-compiler -O3 -DNDEBUG --generate-code=arch=compute_90,code=[compute_90,sm_90] \
+    -Xcompiler=-fPIC --expt-relaxed-constexpr -std=c++20 -I"$base/include" -isystem=/usr/include/eigen3 -shared \
+    "$base/bench/gpu/capi_cuda.cu" -o build/gpu/libasyppo_bench_cuda_base.so -lcublas
+  git rev-parse --short "$ASYPPO_BASE_REV" > build/gpu/base_rev.txt
+  rm -rf "$base"
+fi
 du -sh build/gpu/*

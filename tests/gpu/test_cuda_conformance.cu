@@ -29,6 +29,7 @@
 #define EIGEN_NO_CUDA
 #include "asyppo/asyppo.hpp"
 #include "asyppo/backend/cuda/cuda_backend.cuh"
+#include "select_checks.hpp"
 
 using namespace asyppo;
 using i64 = std::int64_t;
@@ -696,6 +697,22 @@ TEMPLATE_TEST_CASE("cuda algorithms: uncertainty_masks, grpo_advantages, advanta
       for (int k = 0; k < K; ++k) REQUIRE(rel_err(ev[static_cast<std::size_t>(k)], s1.explained_variance[static_cast<std::size_t>(k)]) <= 1e-12);
     }
   }
+}
+
+TEMPLATE_TEST_CASE("cuda algorithms: radix selection (host-driven and resident) against a sorted reference",
+                   "[cuda][algorithms][select]", float, double) {
+  // tests/support/select_checks.hpp: random keys with heavy ties, +-0, +-inf, interleaved segments, ragged
+  // ranges, inactive requests; the resident path is what uncertainty_masks_to and advantage_step_to run.
+  // Rows up to 300 and up to 3000 columns (from 512 on, the ragged histogram takes its row-parts kernel).
+  using T = TestType;
+  cuda_backend gpu;
+  for (std::uint64_t seed = 1; seed <= 12; ++seed)
+    for (bool interleaved : {false, true}) {
+      const auto p = asyppo_select_checks::make_problem<T>(seed, interleaved, seed % 2 ? 300 : 3000);
+      INFO("seed " << seed << (interleaved ? ", interleaved" : ", by row"));
+      for (int digit_bits : {8, 16}) asyppo_select_checks::check_host_selection(gpu, p, digit_bits, seed + 1);
+      asyppo_select_checks::check_resident_selection(gpu, p, seed + 2);
+    }
 }
 
 TEMPLATE_TEST_CASE("cuda algorithms: policy_loss, value_loss, actor_objective", "[cuda][algorithms]", float, double) {

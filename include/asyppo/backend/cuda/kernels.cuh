@@ -11,8 +11,8 @@
 //     partials in block order;
 //   * row / segment reduce: one block per row (segment), folded the same way (8 per thread);
 //   * row / segment scan: one block per row (segment), tiles of kBlock * items positions in
-//     scan order, each thread a contiguous run of `items` positions; cub::BlockScan of the threads'
-//     aggregates, plus the running prefix of the earlier tiles. Scan values are wrapped in
+//     scan order, each thread a contiguous run of `items` positions; cub::BlockScan (warp scans) of the
+//     threads' aggregates, plus the running prefix of the earlier tiles. Scan values are wrapped in
 //     maybe<V> (an explicit "empty" element), because the scan operators have no identity. A row
 //     scan then produces its states with op.apply from each thread's prefix (row_scan_kernel);
 //   * histogram: atomicAdd on 64-bit bins (integers: exact whatever the order); up to kSharedBins
@@ -269,19 +269,31 @@ struct maybe_combine {
   }
 };
 
+/// The block scan of the scan kernels' tiles. Warp scans (each warp scans its lanes with shuffles, then
+/// the warps' totals are combined) rather than CUB's default raking (every thread's value through shared
+/// memory, one warp reducing and scanning them while the others wait): the scans run at low occupancy
+/// with large values (GAE's 8-double maps at 25 %), where the raking warp's serial composes held the
+/// other warps at the barrier (the GAE scan's leading stall on an H100, 48 % of its cycles, with
+/// raking; warp scans not yet measured there). Either is deterministic: a fixed order of combines.
+#ifndef ASYPPO_CUDA_BLOCK_SCAN_ALGORITHM
+#define ASYPPO_CUDA_BLOCK_SCAN_ALGORITHM cub::BLOCK_SCAN_WARP_SCANS
+#endif
+template <class M>
+using tile_scan = cub::BlockScan<M, kBlock, ASYPPO_CUDA_BLOCK_SCAN_ALGORITHM>;
+
 /// The scan of one tile for the thread whose run starts at position p0: the threads' aggregates (the fold
-/// of value(j) over the run's positions inside the segment) scanned by cub::BlockScan in thread order
+/// of value(j) over the run's positions inside the segment) scanned by tile_scan in thread order
 /// and prefixed by carry (the earlier tiles), which then advances by the tile's total. Returns the prefix
 /// before the thread's first position. The caller syncs before tmp is reused.
 template <int Items, class M, class Mop, class Value>
-__device__ M tile_prefix(index_t p0, index_t len, Value value, const Mop& mop,
-                         typename cub::BlockScan<M, kBlock>::TempStorage& tmp, M& carry) {
+__device__ M tile_prefix(index_t p0, index_t len, Value value, const Mop& mop, typename tile_scan<M>::TempStorage& tmp,
+                         M& carry) {
   M agg{{}, false};
 #pragma unroll
   for (int j = 0; j < Items; ++j)
     if (p0 + j < len) agg = mop(agg, M{value(j), true});
   M excl, tile_total;
-  cub::BlockScan<M, kBlock>(tmp).ExclusiveScan(agg, excl, M{{}, false}, mop, tile_total);
+  tile_scan<M>(tmp).ExclusiveScan(agg, excl, M{{}, false}, mop, tile_total);
   const M run = mop(carry, excl);
   carry = mop(carry, tile_total);
   return run;
@@ -344,7 +356,7 @@ __global__ void __launch_bounds__(kBlock) segment_scan_kernel(index_t nseg, Adap
   using M = maybe<V>;
   constexpr int items = scan_items<V>();
   constexpr index_t tile = index_t(kBlock) * items;
-  using block_scan = cub::BlockScan<M, kBlock>;
+  using block_scan = tile_scan<M>;
   __shared__ typename block_scan::TempStorage tmp;
   const maybe_combine<decltype(ad.op), V> mop{ad.op};
   for (index_t g = blockIdx.x; g < nseg; g += gridDim.x) {
@@ -395,7 +407,7 @@ __global__ void __launch_bounds__(kBlock, ASYPPO_CUDA_ROW_SCAN_MIN_BLOCKS)
   using V = typename Op::value_type;
   using M = maybe<V>;
   constexpr index_t tile = index_t(kBlock) * kRowScanItems;
-  using block_scan = cub::BlockScan<M, kBlock>;
+  using block_scan = tile_scan<M>;
   __shared__ typename block_scan::TempStorage tmp;
   const maybe_combine<Op, V> mop{ad.op};
   for (index_t b = blockIdx.x; b < rows; b += gridDim.x) {
@@ -446,9 +458,11 @@ inline constexpr index_t kSharedBins = 4096;
 
 /// Counts bin k (< 0: none) of every lane of the warp in the shared bins: the lanes with the same bin
 /// find each other (__match_any_sync) and the lowest adds their count, one shared atomic per distinct
-/// bin (the first digits of a selection fall in few bins, where per-lane atomics would serialise).
+/// bin (the first digits of a selection fall in few bins, where per-lane atomics would serialise). A
+/// warp none of whose lanes counts (most warps in a selection's later passes) stops after one ballot.
 /// Every lane of the warp must call it together.
 __device__ inline void count_in_warp(unsigned int* local, int k, unsigned lane) {
+  if (__ballot_sync(0xffffffffu, k >= 0) == 0u) return;  // uniform over the warp
   const unsigned same = __match_any_sync(0xffffffffu, k);
   if (k >= 0 && lane == static_cast<unsigned>(__ffs(static_cast<int>(same)) - 1))
     atomicAdd(local + k, static_cast<unsigned>(__popc(same)));

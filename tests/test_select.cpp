@@ -1,0 +1,104 @@
+// Tests of the exact order statistics of core/select.hpp (docs/algorithm.md S2, S4): radix_select (the
+// host-driven selection: 16- and 8-bit digits, the collection finish) and radix_select_resident (the
+// device path: 8-bit digits, one thread per request, the per-segment digit filter) against a plain
+// reference that sorts each segment's values (tests/support/select_checks.hpp), on the CPU backend (1 and
+// 2 threads), the CPU backend posing as a device (round_trip_backend) and the re-associating tiled
+// backend; a worked example with hand-counted results; the digit filter's bits.
+#include <catch2/catch.hpp>
+
+#include <algorithm>
+#include <cstdint>
+#include <vector>
+
+#include "asyppo/asyppo.hpp"
+#include "round_trip_backend.hpp"
+#include "select_checks.hpp"
+#include "tiled_backend.hpp"
+
+using namespace asyppo;
+using namespace asyppo_select_checks;
+
+namespace {
+
+template <class T>
+void check_all_backends(std::uint64_t seed) {
+  for (bool interleaved : {false, true}) {
+    const problem<T> p = make_problem<T>(seed, interleaved, seed % 5 == 0 ? 3000 : 300);
+    INFO("seed " << seed << ", rows " << p.rows << ", cols " << p.cols << ", segments " << p.nseg
+                 << (interleaved ? ", interleaved" : ", by row"));
+    for (int digit_bits : {8, 16}) {
+      check_host_selection(cpu_backend(1), p, digit_bits, seed + 1);
+      check_host_selection(cpu_backend(2), p, digit_bits, seed + 1);
+      check_host_selection(asyppo_test::round_trip_backend(1), p, digit_bits, seed + 1);
+      check_host_selection(asyppo_test::tiled_backend(seed), p, digit_bits, seed + 1);
+    }
+    check_resident_selection(cpu_backend(1), p, seed + 2);
+    check_resident_selection(cpu_backend(2), p, seed + 2);
+    check_resident_selection(asyppo_test::round_trip_backend(2), p, seed + 2);
+    check_resident_selection(asyppo_test::tiled_backend(seed), p, seed + 2);
+  }
+}
+
+}  // namespace
+
+TEST_CASE("radix selection: a worked example", "[select]") {
+  // One row, one segment: 3, 1, 2, 2, -0, +0, 5 (sorted: 0, 0, 1, 2, 2, 3, 5; -0 and +0 tie).
+  problem<float> p;
+  p.rows = 1, p.cols = 7, p.nseg = 1;
+  p.x = {3.0f, 1.0f, 2.0f, 2.0f, -0.0f, 0.0f, 5.0f};
+  p.valid.assign(7, 1);
+  p.seg.assign(7, 0);
+  p.lo = {0}, p.hi = {7};
+  // rank -> (value, keys below, keys equal), counted by hand.
+  const struct {
+    std::uint64_t rank;
+    float value;
+    std::uint64_t less, equal;
+  } want[] = {{0, 0.0f, 0, 2}, {1, 0.0f, 0, 2}, {2, 1.0f, 2, 1}, {3, 2.0f, 3, 2}, {4, 2.0f, 3, 2}, {6, 5.0f, 6, 1}};
+  std::vector<select_request> req;
+  for (const auto& w : want) req.push_back({0, w.rank});
+  std::vector<select_result> res(req.size());
+  const problem_on<cpu_backend, float> on(cpu_backend(1), p);
+  radix_select(cpu_backend(1), 1, 7, on.keys(), 32, 16, 1, req.data(), static_cast<index_t>(req.size()), res.data(),
+               single_process{}, on.range());
+  std::vector<detail::resident_request> host;
+  for (const auto& w : want) host.push_back({w.rank, 0, 0, 0, 1});
+  std::vector<detail::resident_request> b(host.size());
+  const detail::resident_request* out = radix_select_resident(cpu_backend(1), 1, 7, on.keys(), 32, 1,
+                                                              static_cast<index_t>(host.size()), host.data(), b.data(),
+                                                              on.range());
+  for (std::size_t r = 0; r < req.size(); ++r) {
+    CHECK(detail::key_value<float>(res[r].key) == want[r].value);
+    CHECK(res[r].less == want[r].less);
+    CHECK(res[r].equal == want[r].equal);
+    CHECK(detail::key_value<float>(out[r].prefix) == want[r].value);
+    CHECK(out[r].below == want[r].less);
+    CHECK(out[r].equal == want[r].equal);
+  }
+}
+
+TEST_CASE("radix selection: random float keys against a sorted reference", "[select]") {
+  for (std::uint64_t seed = 1; seed <= 40; ++seed) check_all_backends<float>(seed);
+}
+
+TEST_CASE("radix selection: random double keys against a sorted reference", "[select]") {
+  for (std::uint64_t seed = 101; seed <= 125; ++seed) check_all_backends<double>(seed);
+}
+
+TEST_CASE("resident selection: the digit filter passes exactly the active requests' last digits", "[select]") {
+  // Segment 0: requests with prefixes ending in digits 3 and 200 (one inactive one ending in 7);
+  // segment 1: none active.
+  std::vector<detail::resident_request> req = {
+      {0, 0x0103, 0, 0, 1}, {0, 0x07, 0, 0, 0}, {0, 0x02c8, 0, 0, 1}, {0, 0x0103, 0, 0, 0}, {0, 0x55, 0, 0, 0}, {0, 0, 0, 0, 0}};
+  std::vector<std::uint64_t> hist(static_cast<std::size_t>(6 << resident_digit_bits), 9);
+  std::vector<std::uint64_t> filter(2 * detail::resident_filter_words, 9);
+  cpu_backend(2).for_each(static_cast<index_t>(hist.size()), detail::resident_pass_setup{req.data(), 3, 2, hist.data(),
+                                                                                          filter.data()});
+  CHECK(std::count(hist.begin(), hist.end(), std::uint64_t(0)) == static_cast<std::ptrdiff_t>(hist.size()));
+  for (std::uint64_t d = 0; d < 256; ++d) {
+    INFO("digit " << d);
+    CHECK(detail::filter_has(filter.data(), d) == (d == 0x03 || d == 0xc8));
+    CHECK(detail::filter_has(filter.data(), d + 0x1200) == (d == 0x03 || d == 0xc8));  // only the last digit counts
+    CHECK_FALSE(detail::filter_has(filter.data() + detail::resident_filter_words, d));
+  }
+}
