@@ -121,14 +121,60 @@ TEMPLATE_TEST_CASE("finiteness count: the vectorised span equals the per-element
   REQUIRE(all.nonfinite == bad);
 }
 
+TEST_CASE("padding writes: one functor zeroes every present output, per element (a device) and per span (the CPU)",
+          "[ragged]") {
+  // Three outputs of different element types (one strided, one absent in the second round), filled
+  // with garbage; the functor is applied to the columns [lo, hi) of each row by hand, element by
+  // element or through its span. Exactly those positions of the present outputs become 0.
+  std::mt19937_64 rng(11);
+  const index_t B = 7, Tn = 300;
+  for (int round = 0; round < 2; ++round)
+    for (bool by_span : {false, true}) {
+      std::vector<float> f(static_cast<std::size_t>(B * Tn), 5.0f);
+      std::vector<std::uint8_t> m(static_cast<std::size_t>(B * Tn), 9);
+      std::vector<double> d(static_cast<std::size_t>(B * Tn * 2), 7.0);  // stride 2
+      const view<float, 2> fv(f.data(), B, Tn);
+      const view<std::uint8_t, 2> mv(round == 0 ? m.data() : nullptr, B, Tn);
+      view<double, 2> dv(d.data(), B, Tn);
+      dv.stride[0] = 2 * Tn, dv.stride[1] = 2;
+      const auto zero = detail::zero_fill_of(fv, mv, dv);
+      std::vector<index_t> lo(static_cast<std::size_t>(B)), hi(static_cast<std::size_t>(B));
+      for (index_t b = 0; b < B; ++b) {
+        lo[static_cast<std::size_t>(b)] = static_cast<index_t>(rng() % static_cast<u64>(Tn + 1));
+        hi[static_cast<std::size_t>(b)] = lo[static_cast<std::size_t>(b)] +
+                                          static_cast<index_t>(rng() % static_cast<u64>(Tn + 1 - lo[static_cast<std::size_t>(b)]));
+        if (b == 0) lo[0] = 0, hi[0] = Tn;  // a whole row
+        if (by_span)
+          zero.span(b, lo[static_cast<std::size_t>(b)], hi[static_cast<std::size_t>(b)]);
+        else
+          for (index_t t = lo[static_cast<std::size_t>(b)]; t < hi[static_cast<std::size_t>(b)]; ++t) zero(b, t);
+      }
+      for (index_t b = 0; b < B; ++b)
+        for (index_t t = 0; t < Tn; ++t) {
+          const bool in = t >= lo[static_cast<std::size_t>(b)] && t < hi[static_cast<std::size_t>(b)];
+          const std::size_t i = static_cast<std::size_t>(b * Tn + t);
+          INFO("round " << round << (by_span ? " span" : " per element") << " b " << b << " t " << t);
+          REQUIRE(f[i] == (in ? 0.0f : 5.0f));
+          REQUIRE(m[i] == (in && round == 0 ? 0 : 9));
+          REQUIRE(d[2 * i] == (in ? 0.0 : 7.0));
+          REQUIRE(d[2 * i + 1] == 7.0);  // between the strided elements: untouched
+        }
+    }
+}
+
 TEST_CASE("row ends: last valid token + 1, 0 for empty rows, any stride", "[ragged]") {
+  // Tn = 77: the last 8-byte word of a row is partial; 80: whole words; the contiguous copy's rows are
+  // aligned words only when Tn is a multiple of 8 (else the device form reads byte by byte).
+  for (const index_t Tn : {index_t(77), index_t(80), index_t(8), index_t(3)}) {
+  INFO("Tn " << Tn);
   std::mt19937_64 rng(3);
-  const index_t B = 50, Tn = 77;
+  const index_t B = 50;
   std::vector<std::uint8_t> m(static_cast<std::size_t>(B * Tn * 2), 0);  // every other column: stride 2
   std::vector<index_t> want(static_cast<std::size_t>(B), 0);
   for (index_t b = 0; b < B; ++b) {
     const index_t len = b == 0 ? 0 : (b == 1 ? Tn : static_cast<index_t>(rng() % static_cast<u64>(Tn + 1)));
-    for (index_t t = 0; t < len; ++t) m[static_cast<std::size_t>(b * Tn * 2 + 2 * t)] = rng() % 4 ? 1 : 0;
+    for (index_t t = 0; t < len; ++t)  // any nonzero byte is valid (the word form finds its highest byte)
+      m[static_cast<std::size_t>(b * Tn * 2 + 2 * t)] = rng() % 4 ? static_cast<std::uint8_t>(1 + rng() % 255) : 0;
     for (index_t t = 0; t < Tn; ++t)
       if (m[static_cast<std::size_t>(b * Tn * 2 + 2 * t)]) want[static_cast<std::size_t>(b)] = t + 1;
   }
@@ -144,6 +190,19 @@ TEST_CASE("row ends: last valid token + 1, 0 for empty rows, any stride", "[ragg
   std::vector<index_t> tiled(static_cast<std::size_t>(B), -1);
   tiled_backend(7, 5).row_reduce(B, Tn, detail::last_valid_max{mask_view(packed.data(), B, Tn)},
                                  detail::store_row<index_t>{tiled.data()});
+  // The word form on rows padded to whole aligned words (a partial last word when Tn % 8 != 0).
+  const index_t padded = (Tn + 7) / 8 * 8;
+  std::vector<std::uint64_t> words(static_cast<std::size_t>(B * padded / 8), ~std::uint64_t(0));
+  auto* bytes = reinterpret_cast<std::uint8_t*>(words.data());
+  for (index_t b = 0; b < B; ++b)
+    for (index_t t = 0; t < Tn; ++t) bytes[b * padded + t] = packed[static_cast<std::size_t>(b * Tn + t)];
+  const mask_view word_mask = mask_view::strided(bytes, {B, Tn}, {padded, 1});
+  REQUIRE(detail::word_rows(word_mask));
+  REQUIRE(detail::word_rows(mask_view(packed.data(), B, Tn)) == (Tn % 8 == 0 && reinterpret_cast<std::uintptr_t>(packed.data()) % 8 == 0));
+  std::vector<index_t> tiled_words(static_cast<std::size_t>(B), -1);
+  tiled_backend(9, 3).row_reduce(B, padded / 8, detail::last_valid_word_max{word_mask},
+                                 detail::store_row<index_t>{tiled_words.data()});
+  const auto dev_words = detail::valid_row_ends(dev, word_mask);
   for (index_t b = 0; b < B; ++b) {
     const index_t w = want[static_cast<std::size_t>(b)];
     REQUIRE(strided[b] == w);
@@ -151,6 +210,9 @@ TEST_CASE("row ends: last valid token + 1, 0 for empty rows, any stride", "[ragg
     REQUIRE(dev_strided.data()[b] == w);
     REQUIRE(dev_contiguous.data()[b] == w);
     REQUIRE(tiled[static_cast<std::size_t>(b)] == w);
+    REQUIRE(tiled_words[static_cast<std::size_t>(b)] == w);
+    REQUIRE(dev_words.data()[b] == w);
+  }
   }
 }
 

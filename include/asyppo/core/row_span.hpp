@@ -9,9 +9,12 @@
 // Cost: on the CPU each row's mask is read backwards from T until its last valid token, a word at a
 // time when the row is contiguous, so only the padding is read. On a device that walk would be one
 // thread per row (latency-bound: 0.8 ms for 1024 x 8192 on an H100), so there a row reduce reads the
-// whole mask, one block per row (14 us there). Exact (integers).
+// whole mask, one block per row (14 us there, one column per load), eight columns per load when the rows
+// are aligned 8-byte words (last_valid_word_max). Exact (integers).
 #pragma once
 
+#include <bit>
+#include <cstdint>
 #include <cstring>
 #include <utility>
 
@@ -57,6 +60,40 @@ struct last_valid_max {
   ASYPPO_HD index_t combine(index_t a, index_t b) const { return a > b ? a : b; }
 };
 
+/// The same reduction over each row's 8-byte words, for contiguous rows whose words are 8-byte aligned:
+/// word w holds columns [8w, 8w + 8) (the last one may be partial), so a device reads the mask with one
+/// load per eight columns instead of one per column. Byte j of a word is column 8w + j (little-endian).
+struct last_valid_word_max {
+  mask_view mask;  // stride[1] == 1, &mask(b, 0) 8-byte aligned for every row
+  using value_type = index_t;
+  ASYPPO_HD index_t identity() const { return 0; }
+  ASYPPO_HD void add(index_t& acc, index_t b, index_t w) const {
+    const index_t t0 = 8 * w, cols = mask.extent[1];
+    const std::uint8_t* p = &mask(b, 0) + t0;
+    index_t end = 0;  // 1 + the word's last valid column, 0 if none
+    if (t0 + 8 <= cols) {
+#if defined(__CUDA_ARCH__)
+      const std::uint64_t x = *reinterpret_cast<const std::uint64_t*>(p);  // aligned: one load
+      if (x != 0) end = t0 + (63 - __clzll(static_cast<long long>(x))) / 8 + 1;
+#else
+      std::uint64_t x;
+      memcpy(&x, p, 8);
+      if (x != 0) end = t0 + (63 - std::countl_zero(x)) / 8 + 1;
+#endif
+    } else {
+      for (index_t t = cols; t > t0 && end == 0; --t) end = p[t - 1 - t0] != 0 ? t : 0;
+    }
+    acc = end > acc ? end : acc;
+  }
+  ASYPPO_HD index_t combine(index_t a, index_t b) const { return a > b ? a : b; }
+};
+static_assert(std::endian::native == std::endian::little, "last_valid_word_max reads little-endian words");
+
+/// Whether the rows of mask can be read as aligned 8-byte words (last_valid_word_max).
+inline bool word_rows(mask_view mask) {
+  return mask.stride[1] == 1 && mask.stride[0] % 8 == 0 && reinterpret_cast<std::uintptr_t>(mask.data) % 8 == 0;
+}
+
 /// Column 0 of every row (cols > 0).
 struct first_column {
   ASYPPO_HD void operator()(index_t, index_t& lo, index_t& hi) const { lo = 0, hi = 1; }
@@ -72,7 +109,9 @@ auto valid_row_ends(const Backend& be, mask_view mask) {
     else if (mask.extent[0] > 0)
       be.fill(ends.data(), mask.extent[0], index_t(0));
   } else if (mask.extent[0] > 0) {  // a device: one block per row reads the whole row
-    if (mask.extent[1] > 0)
+    if (mask.extent[1] > 0 && word_rows(mask))
+      be.row_reduce(mask.extent[0], (mask.extent[1] + 7) / 8, last_valid_word_max{mask}, store_row<index_t>{ends.data()});
+    else if (mask.extent[1] > 0)
       be.row_reduce(mask.extent[0], mask.extent[1], last_valid_max{mask}, store_row<index_t>{ends.data()});
     else
       be.fill(ends.data(), mask.extent[0], index_t(0));
@@ -104,27 +143,48 @@ row_span<Backend> make_row_span(const Backend& be, mask_view mask) {
   return {valid_row_ends(be, mask), mask.extent[1]};
 }
 
-template <class E>
-struct zero_fill {
+/// Zeroes (b, t) of several outputs (absent ones, data == nullptr, skipped), so that the padding of all
+/// of them is one pass (one launch on a device). A list: the first output and the rest.
+template <class... E>
+struct zero_fill_all {
+  ASYPPO_HD void operator()(index_t, index_t) const {}
+#if !defined(__CUDACC__)
+  void span(index_t, index_t, index_t) const {}
+#endif
+};
+template <class E, class... R>
+struct zero_fill_all<E, R...> {
   view<E, 2> out;
-  ASYPPO_HD void operator()(index_t b, index_t t) const { out(b, t) = E(0); }
-#if defined(ASYPPO_SIMD_SSE2)
-  /// The CPU backend's span: a contiguous run gets streaming stores (core/simd/stream_store.hpp).
+  zero_fill_all<R...> rest;
+  ASYPPO_HD void operator()(index_t b, index_t t) const {
+    if (out.data) out(b, t) = E(0);
+    rest(b, t);
+  }
+#if !defined(__CUDACC__)  // (visit_span is host-device: a CUDA translation unit's CPU backend goes per element)
+  /// The CPU backend's span: each output's run in turn (streaming stores where it is contiguous).
   void span(index_t b, index_t t0, index_t t1) const {
-    if (out.stride[1] != 1) {
+    if (out.data && out.stride[1] == 1)
+      stream_zero(&out(b, t0), static_cast<std::size_t>(t1 - t0) * sizeof(E));  // E(0) is all zero bytes
+    else if (out.data)
       for (index_t t = t0; t < t1; ++t) out(b, t) = E(0);
-      return;
-    }
-    stream_zero(&out(b, t0), static_cast<std::size_t>(t1 - t0) * sizeof(E));  // E(0) is all zero bytes
+    rest.span(b, t0, t1);
   }
 #endif
 };
 
-/// Writes 0 in the columns of range (typically row_tails: the padding) of every present output,
-/// one loop per output (a plain store loop, which the compiler vectorises).
+template <class E, class... R>
+zero_fill_all<E, R...> zero_fill_of(view<E, 2> out, view<R, 2>... rest) {
+  zero_fill_all<E, R...> f;
+  f.out = out;
+  if constexpr (sizeof...(R) > 0) f.rest = zero_fill_of(rest...);
+  return f;
+}
+
+/// Writes 0 in the columns of range (typically row_tails: the padding) of every present output, all of
+/// them in one pass.
 template <class Backend, class Range, class... E>
 void write_zero(const Backend& be, index_t B, index_t Tn, Range range, view<E, 2>... outs) {
-  (..., (outs.data ? be.for_each(B, Tn, zero_fill<E>{outs}, range) : void()));
+  if ((... || (outs.data != nullptr))) be.for_each(B, Tn, zero_fill_of(outs...), range);
 }
 
 }  // namespace asyppo::detail
