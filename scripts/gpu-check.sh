@@ -67,8 +67,8 @@ if [ -f build/gpu/libasyppo_bench_cuda_base.so ]; then
     timeout 120 python3 bench/gpu/bench_vs_torch.py --lib "$lib" --heads '' --torch-gae-repeat 0 \
       --profile "$OUT/profile_$which.txt" 2>&1 | grep -E '^\| (advantage|actor)' | sed "s/^/$which /"
   done 2>&1 | tee "$OUT/ab.txt"
-  for which in base current; do
-    echo "== $which"; grep -E '^##|histogram|choose|row_scan_kernel<.*gae|sigma_pass' "$OUT/profile_$which.txt" | cut -c1-110 | head -24
+  for which in base current; do  # each call's kernels, largest first: each change shows in its own kernel
+    echo "== $which"; grep -E '^##|^ +[0-9.]+ ms' "$OUT/profile_$which.txt" | cut -c1-140 | head -70
   done
 fi
 if [ "${ASYPPO_NCU:-0}" = 1 ] && command -v ncu >/dev/null; then

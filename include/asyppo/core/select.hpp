@@ -389,10 +389,15 @@ ASYPPO_INLINE index_t resident_leader(const resident_request* req, index_t per_s
 /// Words of a segment's digit filter: one bit per value of a digit.
 inline constexpr index_t resident_filter_words = (index_t(1) << resident_digit_bits) / 64;
 
-/// Whether digit d (its low resident_digit_bits bits) is marked in a segment's filter.
-ASYPPO_INLINE bool filter_has(const std::uint64_t* filter, std::uint64_t d) {
-  const unsigned low = static_cast<unsigned>(d & ((std::uint64_t(1) << resident_digit_bits) - 1));
-  return ((filter[low >> 6] >> (low & 63)) & 1) != 0;
+/// The last digit of a prefix (its low resident_digit_bits bits): its bit in a digit filter.
+ASYPPO_INLINE unsigned last_digit(std::uint64_t prefix) {
+  return static_cast<unsigned>(prefix & ((std::uint64_t(1) << resident_digit_bits) - 1));
+}
+
+/// Whether the last digit of prefix is marked in a segment's filter.
+ASYPPO_INLINE bool filter_has(const std::uint64_t* filter, std::uint64_t prefix) {
+  const unsigned d = last_digit(prefix);
+  return ((filter[d >> 6] >> (d & 63)) & 1) != 0;
 }
 
 /// Before each pass, a for_each over i in [0, nbins) (nbins >= nseg): zeroes bin i and, for i < nseg,
@@ -409,8 +414,8 @@ struct resident_pass_setup {
     std::uint64_t w[resident_filter_words] = {};
     for (index_t j = i * per_segment; j < (i + 1) * per_segment; ++j)
       if (req[j].active) {
-        const unsigned low = static_cast<unsigned>(req[j].prefix & ((std::uint64_t(1) << resident_digit_bits) - 1));
-        w[low >> 6] |= std::uint64_t(1) << (low & 63);
+        const unsigned d = last_digit(req[j].prefix);
+        w[d >> 6] |= std::uint64_t(1) << (d & 63);
       }
     for (index_t k = 0; k < resident_filter_words; ++k) filter[i * resident_filter_words + k] = w[k];
   }
