@@ -166,53 +166,53 @@ TEST_CASE("row ends: last valid token + 1, 0 for empty rows, any stride", "[ragg
   // Tn = 77: the last 8-byte word of a row is partial; 80: whole words; the contiguous copy's rows are
   // aligned words only when Tn is a multiple of 8 (else the device form reads byte by byte).
   for (const index_t Tn : {index_t(77), index_t(80), index_t(8), index_t(3)}) {
-  INFO("Tn " << Tn);
-  std::mt19937_64 rng(3);
-  const index_t B = 50;
-  std::vector<std::uint8_t> m(static_cast<std::size_t>(B * Tn * 2), 0);  // every other column: stride 2
-  std::vector<index_t> want(static_cast<std::size_t>(B), 0);
-  for (index_t b = 0; b < B; ++b) {
-    const index_t len = b == 0 ? 0 : (b == 1 ? Tn : static_cast<index_t>(rng() % static_cast<u64>(Tn + 1)));
-    for (index_t t = 0; t < len; ++t)  // any nonzero byte is valid (the word form finds its highest byte)
-      m[static_cast<std::size_t>(b * Tn * 2 + 2 * t)] = rng() % 4 ? static_cast<std::uint8_t>(1 + rng() % 255) : 0;
-    for (index_t t = 0; t < Tn; ++t)
-      if (m[static_cast<std::size_t>(b * Tn * 2 + 2 * t)]) want[static_cast<std::size_t>(b)] = t + 1;
-  }
-  const cpu_backend be(2);
-  const auto strided = detail::valid_row_ends(be, mask_view::strided(m.data(), {B, Tn}, {2 * Tn, 2}));
-  std::vector<std::uint8_t> packed(static_cast<std::size_t>(B * Tn));
-  for (std::size_t i = 0; i < packed.size(); ++i) packed[i] = m[2 * i];
-  const auto contiguous = detail::valid_row_ends(be, mask_view(packed.data(), B, Tn));
-  // The device form, a row reduce (round_trip_backend takes the device path), also re-associated.
-  const round_trip_backend dev(2);
-  const auto dev_strided = detail::valid_row_ends(dev, mask_view::strided(m.data(), {B, Tn}, {2 * Tn, 2}));
-  const auto dev_contiguous = detail::valid_row_ends(dev, mask_view(packed.data(), B, Tn));
-  std::vector<index_t> tiled(static_cast<std::size_t>(B), -1);
-  tiled_backend(7, 5).row_reduce(B, Tn, detail::last_valid_max{mask_view(packed.data(), B, Tn)},
-                                 detail::store_row<index_t>{tiled.data()});
-  // The word form on rows padded to whole aligned words (a partial last word when Tn % 8 != 0).
-  const index_t padded = (Tn + 7) / 8 * 8;
-  std::vector<std::uint64_t> words(static_cast<std::size_t>(B * padded / 8), ~std::uint64_t(0));
-  auto* bytes = reinterpret_cast<std::uint8_t*>(words.data());
-  for (index_t b = 0; b < B; ++b)
-    for (index_t t = 0; t < Tn; ++t) bytes[b * padded + t] = packed[static_cast<std::size_t>(b * Tn + t)];
-  const mask_view word_mask = mask_view::strided(bytes, {B, Tn}, {padded, 1});
-  REQUIRE(detail::word_rows(word_mask));
-  REQUIRE(detail::word_rows(mask_view(packed.data(), B, Tn)) == (Tn % 8 == 0 && reinterpret_cast<std::uintptr_t>(packed.data()) % 8 == 0));
-  std::vector<index_t> tiled_words(static_cast<std::size_t>(B), -1);
-  tiled_backend(9, 3).row_reduce(B, padded / 8, detail::last_valid_word_max{word_mask},
-                                 detail::store_row<index_t>{tiled_words.data()});
-  const auto dev_words = detail::valid_row_ends(dev, word_mask);
-  for (index_t b = 0; b < B; ++b) {
-    const index_t w = want[static_cast<std::size_t>(b)];
-    REQUIRE(strided[b] == w);
-    REQUIRE(contiguous[b] == w);
-    REQUIRE(dev_strided.data()[b] == w);
-    REQUIRE(dev_contiguous.data()[b] == w);
-    REQUIRE(tiled[static_cast<std::size_t>(b)] == w);
-    REQUIRE(tiled_words[static_cast<std::size_t>(b)] == w);
-    REQUIRE(dev_words.data()[b] == w);
-  }
+    INFO("Tn " << Tn);
+    std::mt19937_64 rng(3);
+    const index_t B = 50;
+    std::vector<std::uint8_t> m(static_cast<std::size_t>(B * Tn * 2), 0);  // every other column: stride 2
+    std::vector<index_t> want(static_cast<std::size_t>(B), 0);
+    for (index_t b = 0; b < B; ++b) {
+      const index_t len = b == 0 ? 0 : (b == 1 ? Tn : static_cast<index_t>(rng() % static_cast<u64>(Tn + 1)));
+      for (index_t t = 0; t < len; ++t)  // any nonzero byte is valid (the word form finds its highest byte)
+        m[static_cast<std::size_t>(b * Tn * 2 + 2 * t)] = rng() % 4 ? static_cast<std::uint8_t>(1 + rng() % 255) : 0;
+      for (index_t t = 0; t < Tn; ++t)
+        if (m[static_cast<std::size_t>(b * Tn * 2 + 2 * t)]) want[static_cast<std::size_t>(b)] = t + 1;
+    }
+    const cpu_backend be(2);
+    const auto strided = detail::valid_row_ends(be, mask_view::strided(m.data(), {B, Tn}, {2 * Tn, 2}));
+    std::vector<std::uint8_t> packed(static_cast<std::size_t>(B * Tn));
+    for (std::size_t i = 0; i < packed.size(); ++i) packed[i] = m[2 * i];
+    const auto contiguous = detail::valid_row_ends(be, mask_view(packed.data(), B, Tn));
+    // The device form, a row reduce (round_trip_backend takes the device path), also re-associated.
+    const round_trip_backend dev(2);
+    const auto dev_strided = detail::valid_row_ends(dev, mask_view::strided(m.data(), {B, Tn}, {2 * Tn, 2}));
+    const auto dev_contiguous = detail::valid_row_ends(dev, mask_view(packed.data(), B, Tn));
+    std::vector<index_t> tiled(static_cast<std::size_t>(B), -1);
+    tiled_backend(7, 5).row_reduce(B, Tn, detail::last_valid_max{mask_view(packed.data(), B, Tn)},
+                                   detail::store_row<index_t>{tiled.data()});
+    // The word form on rows padded to whole aligned words (a partial last word when Tn % 8 != 0).
+    const index_t padded = (Tn + 7) / 8 * 8;
+    std::vector<std::uint64_t> words(static_cast<std::size_t>(B * padded / 8), ~std::uint64_t(0));
+    auto* bytes = reinterpret_cast<std::uint8_t*>(words.data());
+    for (index_t b = 0; b < B; ++b)
+      for (index_t t = 0; t < Tn; ++t) bytes[b * padded + t] = packed[static_cast<std::size_t>(b * Tn + t)];
+    const mask_view word_mask = mask_view::strided(bytes, {B, Tn}, {padded, 1});
+    REQUIRE(detail::word_rows(word_mask));
+    REQUIRE(detail::word_rows(mask_view(packed.data(), B, Tn)) == (Tn % 8 == 0 && reinterpret_cast<std::uintptr_t>(packed.data()) % 8 == 0));
+    std::vector<index_t> tiled_words(static_cast<std::size_t>(B), -1);
+    tiled_backend(9, 3).row_reduce(B, padded / 8, detail::last_valid_word_max{word_mask},
+                                   detail::store_row<index_t>{tiled_words.data()});
+    const auto dev_words = detail::valid_row_ends(dev, word_mask);
+    for (index_t b = 0; b < B; ++b) {
+      const index_t w = want[static_cast<std::size_t>(b)];
+      REQUIRE(strided[b] == w);
+      REQUIRE(contiguous[b] == w);
+      REQUIRE(dev_strided.data()[b] == w);
+      REQUIRE(dev_contiguous.data()[b] == w);
+      REQUIRE(tiled[static_cast<std::size_t>(b)] == w);
+      REQUIRE(tiled_words[static_cast<std::size_t>(b)] == w);
+      REQUIRE(dev_words.data()[b] == w);
+    }
   }
 }
 

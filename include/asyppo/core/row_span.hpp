@@ -63,10 +63,7 @@ struct last_valid_max {
 /// The same reduction over each row's 8-byte words, for contiguous rows whose words are 8-byte aligned:
 /// word w holds columns [8w, 8w + 8) (the last one may be partial), so a device reads the mask with one
 /// load per eight columns instead of one per column. Byte j of a word is column 8w + j (little-endian).
-struct last_valid_word_max {
-  mask_view mask;  // stride[1] == 1, &mask(b, 0) 8-byte aligned for every row
-  using value_type = index_t;
-  ASYPPO_HD index_t identity() const { return 0; }
+struct last_valid_word_max : last_valid_max {  // mask: stride[1] == 1, &mask(b, 0) 8-byte aligned for every row
   ASYPPO_HD void add(index_t& acc, index_t b, index_t w) const {
     const index_t t0 = 8 * w, cols = mask.extent[1];
     const std::uint8_t* p = &mask(b, 0) + t0;
@@ -85,7 +82,6 @@ struct last_valid_word_max {
     }
     acc = end > acc ? end : acc;
   }
-  ASYPPO_HD index_t combine(index_t a, index_t b) const { return a > b ? a : b; }
 };
 static_assert(std::endian::native == std::endian::little, "last_valid_word_max reads little-endian words");
 
