@@ -71,6 +71,18 @@ if [ -f build/gpu/libasyppo_bench_cuda_base.so ]; then
     echo "== $which"; grep -E '^##|^ +[0-9.]+ ms' "$OUT/profile_$which.txt" | cut -c1-140 | head -70
   done
 fi
+if compgen -G "build/gpu/variant_*.so" > /dev/null; then
+  # Tuning sweep (gpu-prepare.sh with ASYPPO_VARIANTS): this tree's library built with other tuning macros,
+  # each timed as the A/B's, on the same data; $OUT/variants.txt, kernels in $OUT/profile_variant_<name>.txt.
+  stage "tuning variants"
+  for lib in build/gpu/variant_*.so; do
+    name=$(basename "$lib" .so)
+    echo "== ${name#variant_}: $(cat "build/gpu/$name.txt" 2>/dev/null)"
+    timeout 120 python3 bench/gpu/bench_vs_torch.py --lib "$lib" --heads '' --torch-gae-repeat 0 \
+      --profile "$OUT/profile_$name.txt" 2>&1 | grep -E '^\| (advantage|actor)'
+    grep -E '^##|^ +[0-9.]+ ms' "$OUT/profile_$name.txt" | cut -c1-140 | head -24
+  done 2>&1 | tee "$OUT/variants.txt"
+fi
 if [ "${ASYPPO_NCU:-0}" = 1 ] && command -v ncu >/dev/null; then
   # Nsight Compute on one advantage step and one actor call (bench_vs_torch.py --ncu): each kernel's
   # throughput against the device's peaks, occupancy, launch shape and memory traffic.

@@ -15,14 +15,16 @@ docs/peer-semantics.md (not copied from verl):
                   top floor(h N) out of the entropy bonus; k = h = 0.2), advantages times the mask;
                   asyppo: advantage_step (statistics off), and advantage_step_to (the selection's
                   digits chosen on the device, the summary left there: no wait for the stream), also
-                  captured once in a CUDA graph and replayed (on a GPU); advantage_step_to also on
+                  captured once in a CUDA graph and replayed (on a GPU), and both calls again with their
+                  temporaries from a memory pool that keeps its memory (on a GPU); advantage_step_to also on
                   bfloat16 values and rewards (what a bf16 critic hands over; computed in float, checked
                   against the float call on the widened values).
   actor loss      verl's vanilla clipped surrogate (clip 0.2, log-ratio clamp 20, token-mean over the
                   response mask, AsyPPO's advantage mask on the per-token loss), forward and backward
                   through autograd to d loss / d logp; asyppo: actor_objective (token-mean, the same
                   masks), which returns that gradient, and actor_objective_to (the loss left in device
-                  memory: no wait for the stream; also as a CUDA graph replay on a GPU).
+                  memory: no wait for the stream; also as a CUDA graph replay on a GPU, and both calls
+                  with a memory pool, as the advantage step).
   critic heads    (information) V = H W + c for K trunks and its backward, torch.einsum with autograd;
                   asyppo: critic_heads_forward / _backward (cuBLAS on a GPU).
 
@@ -58,6 +60,9 @@ def load(lib_path):
     lib.asyppo_bench_actor_objective_f32.argtypes = [p, i64, i64, p, p, p, p, p, p, i32, i32, f64p]
     lib.asyppo_bench_actor_objective_to_f32.argtypes = [p, i64, i64, p, p, p, p, p, p, ctypes.c_double, p]
     lib.asyppo_bench_critic_heads_f32.argtypes = [p, i64, i64, i64, p, p, p, p, p, p, p, p]
+    if hasattr(lib, "asyppo_bench_set_memory_pool"):  # the CUDA library (not an older build's)
+        lib.asyppo_bench_set_memory_pool.argtypes = [i32]
+        lib.asyppo_bench_set_memory_pool.restype = i32
     for f in ("asyppo_bench_advantage_step_f32", "asyppo_bench_advantage_step_to_f32",
               "asyppo_bench_advantage_step_to_bf16", "asyppo_bench_actor_objective_f32",
               "asyppo_bench_actor_objective_to_f32", "asyppo_bench_critic_heads_f32"):
@@ -443,6 +448,19 @@ def main():
     r = attempt("actor loss", actor_case, lib, stream, d, a.B, a.T, timer, a.repeat)
     if r:
         add_calls("actor loss + gradient", *r)
+    # The same calls with their temporaries from a pool that keeps its memory (asyppo::cuda_memory_pool):
+    # the device's default pool, which the calls above use, hands its free memory back at every
+    # synchronisation (the timer synchronises around each call), so each call maps its temporaries anew.
+    if device.type == "cuda" and hasattr(lib, "asyppo_bench_set_memory_pool"):
+        base = {label: (theirs, nbytes) for label, _, theirs, nbytes, _ in rows}
+        lib.asyppo_bench_set_memory_pool(1)
+        for label, fn in [c for c in TO_PROFILE if "bfloat16" not in c[0]]:
+            case = "advantage step" if label.startswith("advantage step") else "actor loss + gradient"
+            if case in base:
+                ms = attempt(f"{label}, memory pool", timer.best_ms, fn, a.repeat)
+                if ms is not None:
+                    rows.append((f"{label}, memory pool", ms, *base[case], {}))
+        lib.asyppo_bench_set_memory_pool(0)
     if a.heads:
         N, D = (int(x) for x in a.heads.split("x"))
         r = attempt("critic heads", heads_case, lib, stream, a.K, N, D, device, timer, a.repeat)

@@ -325,6 +325,82 @@ TEST_CASE("cuda patterns: reduce (flat and 2-D), order and determinism", "[cuda]
   REQUIRE(gpu.reduce(0, 7, order_witness{7}).n == 0);
 }
 
+/// Visit-order witness of a ragged 2-D reduce: the flat indices b * cols + t it visited, which must be
+/// increasing (index order: combine need not be commutative), their count and their sum (which tells
+/// exactly which ones were visited, given the count).
+struct ragged_witness {
+  index_t cols;
+  struct value_type {
+    i64 first, last, n, sum;
+    bool increasing;
+  };
+  ASYPPO_HD value_type identity() const { return {0, -1, 0, 0, true}; }
+  ASYPPO_HD void add(value_type& a, index_t b, index_t t) const {
+    const i64 i = b * cols + t;
+    if (a.n == 0) a.first = i;
+    else a.increasing = a.increasing && i > a.last;
+    a.last = i;
+    a.n += 1;
+    a.sum += i;
+  }
+  ASYPPO_HD value_type combine(const value_type& a, const value_type& b) const {
+    if (a.n == 0) return b;
+    if (b.n == 0) return a;
+    return {a.first, b.last, a.n + b.n, a.sum + b.sum, a.increasing && b.increasing && b.first > a.last};
+  }
+};
+
+template <class V>
+struct store_value {
+  V* out;
+  ASYPPO_HD void operator()(const V& v) const { *out = v; }
+};
+
+// Ragged reduces on wide rows take one block per row over the row's range (its partials then combined in
+// row order); on narrow rows the flat reduce over a skipping functor. Both must visit exactly the range,
+// in index order, and sum like the CPU; reduce_to gives reduce's bits.
+TEST_CASE("cuda patterns: ragged reduce and reduce_to, wide and narrow rows", "[cuda][patterns]") {
+  cuda_backend gpu;
+  cpu_backend cpu;
+  std::mt19937_64 rng(4);
+  for (auto [B, Tn] : {std::pair<index_t, index_t>{301, 2100}, {7, 9000}, {1000, 100}, {3, 512}, {1, 600}}) {
+    CAPTURE(B, Tn);
+    std::vector<index_t> end(static_cast<std::size_t>(B));
+    std::uniform_int_distribution<index_t> len(0, Tn);
+    for (index_t b = 0; b < B; ++b)  // empty rows, full rows, and a row with one token
+      end[static_cast<std::size_t>(b)] = b % 7 == 0 ? 0 : (b % 7 == 1 ? Tn : (b % 7 == 2 ? 1 : len(rng)));
+    i64 n = 0, sum = 0;
+    for (index_t b = 0; b < B; ++b)
+      for (index_t t = 0; t < end[static_cast<std::size_t>(b)]; ++t) n += 1, sum += b * Tn + t;
+    auto dend = upload(gpu, end);
+    const row_heads drange{dend.data()};
+    const auto w = gpu.reduce(B, Tn, ragged_witness{Tn}, drange);
+    CHECK(w.increasing);
+    CHECK(w.n == n);
+    CHECK(w.sum == sum);
+    const auto x = random_values(rng, static_cast<std::size_t>(B * Tn));
+    const auto m = random_mask(rng, static_cast<int>(B), static_cast<int>(Tn));
+    auto dx = upload(gpu, x);
+    auto dm = upload(gpu, m);
+    const double want = cpu.reduce(B, Tn, masked_sum2{x.data(), m.data(), Tn}, row_heads{end.data()});
+    const double got = gpu.reduce(B, Tn, masked_sum2{dx.data(), dm.data(), Tn}, drange);
+    double mag = 0;
+    for (index_t b = 0; b < B; ++b)
+      for (index_t t = 0; t < end[static_cast<std::size_t>(b)]; ++t)
+        mag += m[static_cast<std::size_t>(b * Tn + t)] ? std::abs(x[static_cast<std::size_t>(b * Tn + t)]) : 0.0;
+    CHECK(std::abs(got - want) <= kSumTol * std::max(1.0, mag));
+    CHECK(gpu.reduce(B, Tn, masked_sum2{dx.data(), dm.data(), Tn}, drange) == got);  // run to run
+    auto dout = gpu.allocate<double>(1);
+    gpu.reduce_to(B, Tn, masked_sum2{dx.data(), dm.data(), Tn}, drange, store_value<double>{dout.data()});
+    CHECK(download(gpu, dout)[0] == got);
+  }
+  // Nothing to visit: the identity, from reduce and reduce_to.
+  auto dout = gpu.allocate<double>(1);
+  gpu.reduce_to(0, 5000, masked_sum2{nullptr, nullptr, 5000}, full_rows{5000}, store_value<double>{dout.data()});
+  CHECK(download(gpu, dout)[0] == 0.0);
+  CHECK(gpu.reduce(4, 0, masked_sum2{nullptr, nullptr, 0}, full_rows{0}) == 0.0);
+}
+
 TEST_CASE("cuda patterns: row_reduce and segmented_reduce", "[cuda][patterns]") {
   cuda_backend gpu;
   cpu_backend cpu;
@@ -1125,6 +1201,26 @@ TEST_CASE("cuda backend: errors name the failing call; host pointers are rejecte
   gpu.synchronize();
 }
 
+namespace {
+/// The work f() queues on `stream`, captured into a graph (global capture mode); on an exception the
+/// capture is ended (the stream stays usable) and the exception passed on.
+template <class F>
+cudaGraph_t capture_graph(cudaStream_t stream, F&& f) {
+  cudaGraph_t graph = nullptr;
+  ASYPPO_CUDA_CHECK(cudaStreamBeginCapture(stream, cudaStreamCaptureModeGlobal));
+  try {
+    f();
+  } catch (...) {
+    cudaGraph_t broken = nullptr;
+    cudaStreamEndCapture(stream, &broken);
+    if (broken) cudaGraphDestroy(broken);
+    throw;
+  }
+  ASYPPO_CUDA_CHECK(cudaStreamEndCapture(stream, &graph));
+  return graph;
+}
+}  // namespace
+
 // ---- CUDA graph: the whole AsyPPO step captured once and replayed ---------------------------------
 // The issue's point of the device-result variants: heads forward, advantage_step_to (shard weights
 // included), actor_objective_to, value_loss_to and heads backward (checks off; the normalisers are the
@@ -1209,17 +1305,7 @@ TEST_CASE("cuda graph: one AsyPPO step captured and replayed gives the eager bit
     ASYPPO_CUDA_CHECK(cudaStreamSynchronize(stream));
 
     auto graphed = buffers();
-    cudaGraph_t graph = nullptr;
-    ASYPPO_CUDA_CHECK(cudaStreamBeginCapture(stream, cudaStreamCaptureModeGlobal));
-    try {
-      step(graphed, true);
-    } catch (...) {
-      cudaGraph_t broken = nullptr;
-      cudaStreamEndCapture(stream, &broken);  // leave the stream usable, then report
-      if (broken) cudaGraphDestroy(broken);
-      throw;
-    }
-    ASYPPO_CUDA_CHECK(cudaStreamEndCapture(stream, &graph));
+    cudaGraph_t graph = capture_graph(stream, [&] { step(graphed, true); });
     cudaGraphExec_t exec = nullptr;
     ASYPPO_CUDA_CHECK(cudaGraphInstantiate(&exec, graph, 0));
     for (int replay = 0; replay < 2; ++replay) {
@@ -1245,6 +1331,86 @@ TEST_CASE("cuda graph: one AsyPPO step captured and replayed gives the eager bit
     CHECK(s.adv_masked == static_cast<std::int64_t>(std::floor(0.2 * tokens)));
     ASYPPO_CUDA_CHECK(cudaGraphExecDestroy(exec));
     ASYPPO_CUDA_CHECK(cudaGraphDestroy(graph));
+  }
+  ASYPPO_CUDA_CHECK(cudaStreamDestroy(stream));
+}
+
+// ---- memory pool: the backend's temporaries from a pool that keeps its memory ---------------------
+// The same kernels on the same data give the same bits whatever the allocator; what the pool changes
+// is where the temporaries live: after a synchronisation the pool still holds them (release threshold:
+// all), nothing is in use, trim returns them, and a capture of a call on the pool backend replays to
+// the eager bits (cudaMallocFromPoolAsync under capture is a graph allocation node).
+TEST_CASE("cuda memory pool: same bits, memory kept across synchronisation, capturable", "[cuda][pool]") {
+  using T = float;
+  const int K = 2, B = 16, Tn = 900;
+  cudaStream_t stream = nullptr;
+  ASYPPO_CUDA_CHECK(cudaStreamCreateWithFlags(&stream, cudaStreamNonBlocking));
+  {
+    const cuda_backend gpu(stream);
+    cuda_memory_pool pool(gpu.device());
+    const cuda_backend pooled = gpu.with_memory_pool(pool);
+    REQUIRE(pooled.memory_pool() == pool.get());
+    REQUIRE(gpu.memory_pool() == nullptr);
+    const auto h = make_batch<T>(31, K, B, Tn);
+    const device_batch<T> d(gpu, h);
+    const std::size_t n = static_cast<std::size_t>(B) * Tn;
+    struct outputs {
+      device_buffer<T> adv, ret;
+      device_buffer<u8> am, em;
+      device_buffer<advantage_step_result> summary;
+    };
+    auto make = [&] {
+      return outputs{gpu.allocate<T>(n), gpu.allocate<T>(n), gpu.allocate<u8>(n), gpu.allocate<u8>(n),
+                     gpu.allocate<advantage_step_result>(1)};
+    };
+    auto step = [&](const cuda_backend& be, outputs& o) {
+      advantage_config cfg;
+      cfg.critics = K;
+      cfg.check_finite = false;
+      advantage_step_to(be,
+                        advantage_inputs<T>{critic_view<const T>(d.V.data(), K, B, Tn),
+                                            token_view<const T>(d.r.data(), B, Tn), mask_view(d.m.data(), B, Tn),
+                                            seq_view<const i64>(d.ids.data(), B)},
+                        advantage_outputs<T>{{o.adv.data(), B, Tn}, {o.ret.data(), B, Tn}, {o.am.data(), B, Tn},
+                                             {o.em.data(), B, Tn}},
+                        o.summary.data(), nullptr, cfg);
+    };
+    auto same = [&](const outputs& a, const outputs& b) {
+      CHECK(same_bytes(download(gpu, a.adv), download(gpu, b.adv)));
+      CHECK(same_bytes(download(gpu, a.ret), download(gpu, b.ret)));
+      CHECK(same_bytes(download(gpu, a.am), download(gpu, b.am)));
+      CHECK(same_bytes(download(gpu, a.em), download(gpu, b.em)));
+      CHECK(same_bytes(download(gpu, a.summary), download(gpu, b.summary)));
+    };
+    auto plain = make(), from_pool = make();
+    step(gpu, plain);
+    REQUIRE(pool.reserved_bytes() == 0);
+    step(pooled, from_pool);
+    ASYPPO_CUDA_CHECK(cudaStreamSynchronize(stream));
+    same(plain, from_pool);
+    const std::uint64_t kept = pool.reserved_bytes();
+    CHECK(kept > 0);                   // the temporaries' memory is still the pool's ...
+    CHECK(pool.used_bytes() == 0);     // ... and none of it is in use
+    step(pooled, from_pool);           // served from the kept memory
+    ASYPPO_CUDA_CHECK(cudaStreamSynchronize(stream));
+    CHECK(pool.reserved_bytes() == kept);
+    same(plain, from_pool);
+
+    auto graphed = make();
+    cudaGraph_t graph = capture_graph(stream, [&] { step(pooled, graphed); });
+    cudaGraphExec_t exec = nullptr;
+    ASYPPO_CUDA_CHECK(cudaGraphInstantiate(&exec, graph, 0));
+    ASYPPO_CUDA_CHECK(cudaGraphLaunch(exec, stream));
+    ASYPPO_CUDA_CHECK(cudaStreamSynchronize(stream));
+    same(plain, graphed);
+    ASYPPO_CUDA_CHECK(cudaGraphExecDestroy(exec));
+    ASYPPO_CUDA_CHECK(cudaGraphDestroy(graph));
+
+    pool.trim();
+    CHECK(pool.reserved_bytes() < kept);
+    cuda_memory_pool moved(std::move(pool));  // the handle moves; the old object owns nothing
+    CHECK(pool.get() == nullptr);
+    CHECK(moved.get() == pooled.memory_pool());
   }
   ASYPPO_CUDA_CHECK(cudaStreamDestroy(stream));
 }

@@ -36,8 +36,10 @@
 //                                        (stream compaction; used for small candidate sets).
 // Ragged rows: every 2-D pattern also takes a column range as its last argument, range(b, lo&, hi&)
 // (0 <= lo <= hi <= cols), and then visits only t in [lo, hi) of row b; a row scan starts at hi - 1
-// (reverse) or lo (forward) from op.initial(), and a reduce keeps the tile structure of the full
-// space (same results as a functor that skips the unvisited columns). LLM batches are right-padded,
+// (reverse) or lo (forward) from op.initial(), and a reduce visits the range in index order (the CPU
+// backend keeps the tile structure of the full space: the same bits as a functor that skips the
+// unvisited columns; the CUDA backend folds each wide row's range in its own block, which associates
+// differently, rounding only). LLM batches are right-padded,
 // so an algorithm that knows where each row's valid tokens end (row_span) visits only those columns
 // and writes the padding once (or leaves it to a separate pass). The (rows, cols) overloads are
 // the range full_rows{cols}. detail::ragged_* wrap a functor so that a backend may implement a

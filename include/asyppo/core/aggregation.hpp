@@ -280,13 +280,22 @@ inline void check_explicit_normalizer(const char* where, const char* name, loss_
     fail(where, name, "norm_length must be given (> 0) for seq-mean-token-sum-norm, got ", n.norm_length);
 }
 
-/// (after check_explicit_normalizer)
+/// Whether row_weight depends on the row's valid-token count beyond whether it has any (Eq. E15: only
+/// seq-mean-token-mean divides by L_b).
+inline bool weight_uses_length(loss_aggregation m) { return m == loss_aggregation::seq_mean_token_mean; }
+
+/// (after check_explicit_normalizer) Counts each row's valid tokens only where the weight needs them;
+/// in the other modes every row gets row_weight(mode, n, 1), which a row without valid tokens never
+/// reads (the weights are read at valid tokens only), so the mask is not read here.
 template <class Backend, class Range>
 auto make_row_weights_in_place(const Backend& be, mask_view mask, loss_aggregation mode, const loss_normalizer& n,
                                Range range) {
   const index_t B = mask.extent[0], Tn = mask.extent[1];
   auto w = be.template allocate<double>(B);
-  if (B > 0 && Tn > 0) be.row_reduce(B, Tn, count_valid{mask}, store_row_weight{w.data(), mode, n}, range);
+  if (B > 0 && Tn > 0) {
+    if (weight_uses_length(mode)) be.row_reduce(B, Tn, count_valid{mask}, store_row_weight{w.data(), mode, n}, range);
+    else be.fill(w.data(), B, row_weight(mode, n, 1));
+  }
   return w;
 }
 

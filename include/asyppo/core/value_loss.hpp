@@ -375,9 +375,10 @@ void value_loss_to(const Backend& be, const value_loss_inputs<T>& in, critic_vie
   if (opt.check_finite) detail::check_value_finite(be, where, in, d, span.heads());
   auto len = be.template allocate<index_t>(B);
   auto w = be.template allocate<double>(K * B);
-  if (B > 0) {
-    if (Tn > 0) be.row_reduce(B, Tn, detail::count_valid{in.mask}, detail::store_row<index_t>{len.data()}, span.heads());
-    else be.fill(len.data(), B, index_t(0));
+  if (B > 0) {  // the lengths the weights need (detail::make_row_weights_in_place): 1 stands for "any"
+    if (Tn > 0 && detail::weight_uses_length(opt.aggregation))
+      be.row_reduce(B, Tn, detail::count_valid{in.mask}, detail::store_row<index_t>{len.data()}, span.heads());
+    else be.fill(len.data(), B, index_t(1));
   }
   for (index_t k = 0; k < K; ++k) {
     const loss_normalizer& nk = opt.normalizers[static_cast<std::size_t>(k)];

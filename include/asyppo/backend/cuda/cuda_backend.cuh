@@ -3,8 +3,11 @@
 // cuda_backend implements every pattern of backend/patterns.hpp with small kernels
 // (kernels.cuh) and CUB, so the algorithms of asyppo/core run unchanged on a GPU with their
 // views pointing at device memory. It is a small value object: a stream (not owned; default the
-// legacy default stream), a device id and an optional caller workspace (cuda_workspace) for
-// temporaries; everything else is stream-ordered cudaMallocAsync / cudaFreeAsync.
+// legacy default stream), a device id, an optional caller workspace (cuda_workspace) for
+// temporaries and an optional memory pool (not owned; cuda_memory_pool, with_memory_pool);
+// everything else is stream-ordered cudaMallocAsync / cudaFreeAsync (cudaMallocFromPoolAsync with a
+// pool). Steady state without allocation: a workspace, or a pool that keeps its memory (the device's
+// default pool releases its free memory at every synchronisation: memory_pool.cuh).
 //
 // Synchronisation: work is queued on the stream. Only calls that return a host value wait for
 // the stream: reduce (returns the value), collect (returns a host vector) and copy_to_host.
@@ -33,6 +36,7 @@
 #include "asyppo/backend/cuda/device_buffer.cuh"
 #include "asyppo/backend/cuda/error.cuh"
 #include "asyppo/backend/cuda/kernels.cuh"
+#include "asyppo/backend/cuda/memory_pool.cuh"
 
 #include <cub/device/device_radix_sort.cuh>
 #include <cub/device/device_scan.cuh>
@@ -61,11 +65,10 @@ namespace asyppo {
 
 class cuda_backend : public detail::ragged_by_wrapping<cuda_backend> {
  public:
-  // Ragged reduce and collect (and for_each, histogram on narrow rows): the full-row kernels on
-  // functors that skip the columns outside the range (detail::ragged_by_wrapping); for_each and
+  // Ragged collect (and for_each, reduce, histogram on narrow rows): the full-row kernels on functors
+  // that skip the columns outside the range (detail::ragged_by_wrapping); for_each, reduce and
   // histogram on wide rows, row_reduce and row_scan take ranges.
   using ragged_by_wrapping::for_each;
-  using ragged_by_wrapping::reduce;
   using ragged_by_wrapping::histogram;
   using ragged_by_wrapping::collect;
 
@@ -84,9 +87,24 @@ class cuda_backend : public detail::ragged_by_wrapping<cuda_backend> {
     return b;
   }
 
+  /// The same backend taking its temporaries from `pool` (not owned; null: the device's current pool)
+  /// when they do not fit the workspace. The pool must hold memory of this backend's device.
+  cuda_backend with_memory_pool(cudaMemPool_t pool) const {
+    cuda_backend b = *this;
+    b.pool_ = pool;
+    return b;
+  }
+  cuda_backend with_memory_pool(const cuda_memory_pool& pool) const {
+    if (pool.device() != device_)
+      detail::fail(cuda_detail::backend_name, "with_memory_pool", "the pool holds memory of device ", pool.device(),
+                   ", but the backend uses device ", device_);
+    return with_memory_pool(pool.get());
+  }
+
   cudaStream_t stream() const { return stream_; }
   int device() const { return device_; }
   cuda_workspace* workspace() const { return ws_; }
+  cudaMemPool_t memory_pool() const { return pool_; }
 
   /// Throws asyppo::error(where, name, ...) unless p is device or managed memory of this backend's
   /// device: a host pointer or another device's memory is rejected before any launch (every entry
@@ -100,7 +118,7 @@ class cuda_backend : public detail::ragged_by_wrapping<cuda_backend> {
   template <class T>
   device_buffer<T> allocate(index_t n) const {
     device_guard g(device_);
-    return device_buffer<T>(n, stream_, ws_);
+    return device_buffer<T>(n, stream_, ws_, pool_);
   }
 
   /// Device -> host; waits for the stream (the host value is ready on return).
@@ -171,8 +189,9 @@ class cuda_backend : public detail::ragged_by_wrapping<cuda_backend> {
   void segmented_reduce(index_t nseg, Begin begin, R r, Sink sink) const {
     if (nseg <= 0) return;
     device_guard g(device_);
-    cuda_detail::segment_reduce_kernel<<<cuda_detail::grid_for(nseg, 1), cuda_detail::kBlock, 0, stream_>>>(
-        nseg, r, cuda_detail::segment_bounds<Begin>{begin}, cuda_detail::segment_add<R>{r}, sink);
+    cuda_detail::segment_reduce_kernel<cuda_detail::kRowFoldItems>
+        <<<cuda_detail::grid_for(nseg, 1), cuda_detail::kBlock, 0, stream_>>>(
+            nseg, r, cuda_detail::segment_bounds<Begin>{begin}, cuda_detail::segment_add<R>{r}, sink);
     cuda_detail::check_launch("segment_reduce_kernel");
   }
 
@@ -237,15 +256,30 @@ class cuda_backend : public detail::ragged_by_wrapping<cuda_backend> {
     return flat_reduce(cuda_detail::space2d{rows, cols}, r);
   }
 
+  /// Ragged: wide rows (cols >= 2 * kBlock) one block per row over the row's range only, then the rows'
+  /// partials in row order; narrow rows through the flat reduce on a skipping functor. Waits for the
+  /// stream (returns a host value).
+  template <class R, class Range>
+  typename R::value_type reduce(index_t rows, index_t cols, R r, Range range) const {
+    if (rows <= 0 || cols <= 0) return r.identity();
+    typename R::value_type host;
+    ragged_reduce_then(rows, cols, r, range, [&](const auto* value) { copy_to_host(value, 1, &host); });
+    return host;
+  }
+
   /// reduce(rows, cols, r, range) handed to sink(value) on the device by one thread, stream-ordered:
   /// nothing waits for the stream (the optional reduce_to pattern of backend/patterns.hpp).
   template <class R, class Range, class Sink>
   void reduce_to(index_t rows, index_t cols, R r, Range range, Sink sink) const {
-    flat_reduce_then(cuda_detail::space2d{rows, cols}, detail::ragged_reducer<R, Range>{r, range},
-                     [&](const typename R::value_type* value) {
-                       cuda_detail::apply_sink_kernel<<<1, 1, 0, stream_>>>(sink, value);
-                       cuda_detail::check_launch("apply_sink_kernel (reduce_to)");
-                     });
+    const auto to_sink = [&](const typename R::value_type* value) {
+      cuda_detail::apply_sink_kernel<<<1, 1, 0, stream_>>>(sink, value);
+      cuda_detail::check_launch("apply_sink_kernel (reduce_to)");
+    };
+    if (rows <= 0 || cols <= 0) {  // the identity, from the device (the sink reads device memory)
+      flat_reduce_then(cuda_detail::space2d{0, 0}, r, to_sink);
+      return;
+    }
+    ragged_reduce_then(rows, cols, r, range, to_sink);
   }
 
   template <class R, class Sink>
@@ -257,8 +291,9 @@ class cuda_backend : public detail::ragged_by_wrapping<cuda_backend> {
     (void)cols;
     if (rows <= 0) return;
     device_guard g(device_);
-    cuda_detail::segment_reduce_kernel<<<cuda_detail::grid_for(rows, 1), cuda_detail::kBlock, 0, stream_>>>(
-        rows, r, cuda_detail::row_bounds<Range>{range}, cuda_detail::row_add<R>{r}, sink);
+    cuda_detail::segment_reduce_kernel<cuda_detail::kRowFoldItems>
+        <<<cuda_detail::grid_for(rows, 1), cuda_detail::kBlock, 0, stream_>>>(
+            rows, r, cuda_detail::row_bounds<Range>{range}, cuda_detail::row_add<R>{r}, sink);
     cuda_detail::check_launch("segment_reduce_kernel (row_reduce)");
   }
 
@@ -379,25 +414,51 @@ class cuda_backend : public detail::ragged_by_wrapping<cuda_backend> {
     return reinterpret_cast<unsigned long long*>(p);
   }
 
-  /// Two passes (blocks, then the block partials in order); then done(pointer to the value in device
-  /// memory), before the temporary is released (stream-ordered).
-  template <class Space, class R, class Done>
-  void flat_reduce_then(Space sp, R r, Done&& done) const {
+  /// Two passes: first(partial) writes `parts` partial values in order, then one block combines them in
+  /// that order; then done(pointer to the value in device memory), before the temporary is released
+  /// (stream-ordered). parts >= 1.
+  template <class R, class First, class Done>
+  void reduce_in_parts(R r, index_t parts, First&& first, Done&& done) const {
     using V = typename R::value_type;
     static_assert(std::is_trivially_copyable_v<V>, "reducer value_type must be trivially copyable");
-    const index_t n = sp.size(), blocks = cuda_detail::flat_blocks(n), per_block = (n + blocks - 1) / blocks;
-    auto partial = allocate<V>(blocks + 1);
+    auto partial = allocate<V>(parts + 1);
     device_guard g(device_);
-    cuda_detail::reduce_blocks_kernel<<<static_cast<unsigned>(blocks), cuda_detail::kBlock, 0, stream_>>>(
-        sp, r, per_block, partial.data());
-    cuda_detail::check_launch("reduce_blocks_kernel");
+    first(partial.data());
     V* result = partial.data();
-    if (blocks > 1) {
-      result = partial.data() + blocks;
-      cuda_detail::reduce_partials_kernel<<<1, cuda_detail::kBlock, 0, stream_>>>(r, partial.data(), blocks, result);
+    if (parts > 1) {
+      result = partial.data() + parts;
+      cuda_detail::reduce_partials_kernel<<<1, cuda_detail::kBlock, 0, stream_>>>(r, partial.data(), parts, result);
       cuda_detail::check_launch("reduce_partials_kernel");
     }
     done(static_cast<const V*>(result));
+  }
+
+  /// The flat reduce: block k folds the k-th of flat_blocks(n) equal ranges.
+  template <class Space, class R, class Done>
+  void flat_reduce_then(Space sp, R r, Done&& done) const {
+    const index_t n = sp.size(), blocks = cuda_detail::flat_blocks(n), per_block = (n + blocks - 1) / blocks;
+    reduce_in_parts(r, blocks, [&](typename R::value_type* partial) {
+      cuda_detail::reduce_blocks_kernel<<<static_cast<unsigned>(blocks), cuda_detail::kBlock, 0, stream_>>>(
+          sp, r, per_block, partial);
+      cuda_detail::check_launch("reduce_blocks_kernel");
+    }, done);
+  }
+
+  /// The ragged reduce (rows, cols > 0): on wide rows one partial per row, folded over the row's range
+  /// only (block_fold: the valid prefix of a right-padded row is shared by all the block's threads, and
+  /// no block folds padding); narrow rows take the flat reduce on a skipping functor.
+  template <class R, class Range, class Done>
+  void ragged_reduce_then(index_t rows, index_t cols, R r, Range range, Done&& done) const {
+    if (cols < 2 * index_t(cuda_detail::kBlock))
+      return flat_reduce_then(cuda_detail::space2d{rows, cols}, detail::ragged_reducer<R, Range>{r, range}, done);
+    using V = typename R::value_type;
+    reduce_in_parts(r, rows, [&](V* partial) {
+      cuda_detail::segment_reduce_kernel<cuda_detail::kFlatFoldItems>
+          <<<cuda_detail::grid_for(rows, 1), cuda_detail::kBlock, 0, stream_>>>(
+              rows, r, cuda_detail::row_bounds<Range>{range}, cuda_detail::row_add<R>{r},
+              cuda_detail::store_partial<V>{partial});
+      cuda_detail::check_launch("segment_reduce_kernel (ragged reduce)");
+    }, done);
   }
 
   /// The value copied to the host (waits for the stream).
@@ -411,6 +472,7 @@ class cuda_backend : public detail::ragged_by_wrapping<cuda_backend> {
   cudaStream_t stream_ = nullptr;
   int device_ = 0;
   cuda_workspace* ws_ = nullptr;
+  cudaMemPool_t pool_ = nullptr;
   std::shared_ptr<cublas_handle> blas_ = std::make_shared<cublas_handle>();  // shared by copies
 };
 

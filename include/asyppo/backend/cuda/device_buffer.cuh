@@ -7,7 +7,9 @@
 // (256-byte aligned bump allocation) and released in LIFO order, which is what the algorithms do
 // (temporaries are scoped). Memory of a buffer released out of order is reclaimed when the
 // caller resets the workspace (used = 0) between steps. An allocation that does not fit falls
-// back to cudaMallocAsync. One workspace serves one stream (stream order makes the reuse safe).
+// back to the stream-ordered allocator. One workspace serves one stream (stream order makes the
+// reuse safe). The stream-ordered allocator is cudaMallocFromPoolAsync on the caller's pool when one
+// is given (cuda_memory_pool, memory_pool.cuh), else cudaMallocAsync on the device's current pool.
 #pragma once
 
 #include "asyppo/backend/cuda/error.cuh"
@@ -25,7 +27,7 @@ struct cuda_workspace {
   std::size_t bytes = 0;
   std::size_t used = 0;    ///< high-water offset of live allocations; reset to 0 between steps
   std::size_t peak = 0;    ///< largest `used` seen (to size the workspace)
-  std::size_t fallbacks = 0;  ///< allocations that did not fit and went to cudaMallocAsync
+  std::size_t fallbacks = 0;  ///< allocations that did not fit and went to the stream-ordered allocator
 };
 
 template <class T>
@@ -33,8 +35,10 @@ class device_buffer {
  public:
   device_buffer() = default;
 
-  /// n uninitialised elements, stream-ordered on `stream`; from `ws` when it fits.
-  device_buffer(index_t n, cudaStream_t stream, cuda_workspace* ws = nullptr) : size_(n > 0 ? n : 0), stream_(stream) {
+  /// n uninitialised elements, stream-ordered on `stream`; from `ws` when it fits, else from `pool`
+  /// (null: the device's current pool).
+  device_buffer(index_t n, cudaStream_t stream, cuda_workspace* ws = nullptr, cudaMemPool_t pool = nullptr)
+      : size_(n > 0 ? n : 0), stream_(stream) {
     if (size_ == 0) return;
     const std::size_t bytes = static_cast<std::size_t>(size_) * sizeof(T);
     if (ws && ws->data) {
@@ -51,7 +55,8 @@ class device_buffer {
       ++ws->fallbacks;
     }
     void* p = nullptr;
-    ASYPPO_CUDA_CHECK(cudaMallocAsync(&p, bytes, stream));
+    if (pool != nullptr) ASYPPO_CUDA_CHECK(cudaMallocFromPoolAsync(&p, bytes, pool, stream));
+    else ASYPPO_CUDA_CHECK(cudaMallocAsync(&p, bytes, stream));
     data_ = static_cast<T*>(p);
   }
 

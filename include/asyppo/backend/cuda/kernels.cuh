@@ -4,14 +4,17 @@
 // only on the problem size (never on the device or the launch history), and block-level results
 // are combined by CUB block primitives in thread order and then in block order, so every pattern
 // is bit-identical run to run (and device to device for the same block size):
-//   * flat reduce: block k folds a contiguous range of the index space in rounds of kBlock * 16
-//     positions: thread j folds 16 adjacent positions in order, cub::BlockReduce (warp reductions:
+//   * flat reduce: block k folds a contiguous range of the index space in rounds of kBlock * n
+//     positions: thread j folds n adjacent positions in order (n = 16, fewer in a last round that
+//     the threads then share evenly: run_length), cub::BlockReduce (warp reductions:
 //     non-commutative operators allowed) combines the threads of a block in thread order, the
 //     rounds are appended in order (block_fold); a second one-block pass combines the block
-//     partials in block order;
+//     partials in block order. On wide ragged rows the first pass is one block per row over the
+//     row's range only (rows' partials, then the same second pass);
 //   * row / segment reduce: one block per row (segment), folded the same way (8 per thread);
-//   * row / segment scan: one block per row (segment), tiles of kBlock * items positions in
-//     scan order, each thread a contiguous run of `items` positions; cub::BlockScan (warp scans) of the
+//   * row / segment scan: one block per row (segment), tiles of kBlock * n positions in scan
+//     order, each thread a contiguous run of n positions (`items`, fewer in a row's last tile:
+//     run_length); cub::BlockScan (warp scans) of the
 //     threads' aggregates, plus the running prefix of the earlier tiles. Scan values are wrapped in
 //     maybe<V> (an explicit "empty" element), because the scan operators have no identity. A row
 //     scan then produces its states with op.apply from each thread's prefix (row_scan_kernel);
@@ -133,26 +136,40 @@ __global__ void __launch_bounds__(kBlock) for_each_rows_kernel(index_t rows, F f
 inline constexpr int kFlatFoldItems = ASYPPO_CUDA_FLAT_FOLD_ITEMS;
 inline constexpr int kRowFoldItems = ASYPPO_CUDA_ROW_FOLD_ITEMS;
 
-/// The block folds [lo, hi) in rounds of kBlock * Items positions: in each round thread j folds the
-/// Items positions from lo + round * kBlock * Items + j * Items in order (visit(a, e, acc), nothing
-/// when a >= e), cub::BlockReduce combines the threads in thread order, and thread 0 appends the
-/// round's total to the running one. The result is valid in thread 0. The order depends on lo and hi
-/// only (determinism); a warp reads 32 adjacent short runs per load (one long run per thread made
-/// every load touch 32 cache lines). Ends with a barrier (tmp can be reused).
+/// Positions per thread in the round (or scan tile) that starts `remaining` positions before the end of
+/// its range: Items, or, when the rest fits one round, the rest spread evenly over the block's threads,
+/// so a short row or a row's last round keeps every warp busy with a short run instead of a few warps
+/// with full runs and the others waiting at the block's barrier (rows are ragged: most are shorter than
+/// one round of 256 x 8 positions at 1024 x 8192 with 20 % mean length).
+template <int Items>
+__device__ inline index_t run_length(index_t remaining) {
+  const index_t even = (remaining + kBlock - 1) / kBlock;
+  return even < Items ? even : index_t(Items);
+}
+
+/// The block folds [lo, hi) in rounds: in each round of n = run_length<Items>(rest) positions per thread,
+/// thread j folds the n positions from the round's start + j * n in order (visit(a, e, acc), nothing when
+/// a >= e), cub::BlockReduce combines the threads in thread order, and thread 0 appends the round's total
+/// to the running one. The result is valid in thread 0. The order depends on lo and hi only
+/// (determinism), and is index order (combine need not be commutative); a warp reads 32 adjacent short
+/// runs per load (one long run per thread made every load touch 32 cache lines). Ends with a barrier
+/// (tmp can be reused).
 template <int Items, class R, class Visit>
 __device__ typename R::value_type block_fold(const R& r, index_t lo, index_t hi, Visit& visit,
                                              typename cub::BlockReduce<typename R::value_type, kBlock>::TempStorage& tmp) {
   using V = typename R::value_type;
   using block_reduce = cub::BlockReduce<V, kBlock>;
   V run = r.identity();
-  for (index_t base = lo; base < hi; base += index_t(kBlock) * Items) {
-    const index_t a = base + index_t(threadIdx.x) * Items;
-    const index_t e = a + Items < hi ? a + Items : hi;
+  for (index_t base = lo; base < hi;) {
+    const index_t n = run_length<Items>(hi - base);
+    const index_t a = base + index_t(threadIdx.x) * n;
+    const index_t e = a + n < hi ? a + n : hi;
     V acc = r.identity();
     if (a < e) visit(a, e, acc);
     const V total = block_reduce(tmp).Reduce(acc, reducer_combine<R>{r});
     if (threadIdx.x == 0) run = r.combine(run, total);
     __syncthreads();  // tmp is reused by the next round
+    base += index_t(kBlock) * n;
   }
   return run;
 }
@@ -167,10 +184,31 @@ struct space_visit {
   }
 };
 
+// Blocks per SM the reduce kernels (flat first pass, row / segment reduce) ask the compiler to fit, by
+// the size of the reducer's value (register caps of 48 / 128 / none): up to 16 bytes (counts, a max,
+// the sigma pass) ASYPPO_CUDA_REDUCE_MIN_BLOCKS_SMALL = 5 (the sigma pass took 40 registers before the
+// balanced runs, 64 to 72 after them uncapped, 48 at 5 without spills; at 6 the tie reducer spills 64
+// bytes); up to 160 bytes (the actor's fused reducer,
+// 120; the whitening moments, 136) ASYPPO_CUDA_REDUCE_MIN_BLOCKS = 2, since with the balanced runs of
+// block_fold ptxas (nvcc 13, sm_90) gives the actor 130 to 154 registers uncapped, one block per SM
+// (it took 128 before: two, 25 % occupancy on an H100), and spills 196 / 380 bytes at 3 / 4; larger
+// values (the step's statistics summary, 248) 1: capped at 128 they spill 1.2 KB. None of these caps
+// spills (ptxas -v). Tuning constants for the GPU sweep (scripts/gpu-prepare.sh, ASYPPO_VARIANTS).
+#ifndef ASYPPO_CUDA_REDUCE_MIN_BLOCKS
+#define ASYPPO_CUDA_REDUCE_MIN_BLOCKS 2
+#endif
+#ifndef ASYPPO_CUDA_REDUCE_MIN_BLOCKS_SMALL
+#define ASYPPO_CUDA_REDUCE_MIN_BLOCKS_SMALL 5
+#endif
+template <class V>
+constexpr int reduce_min_blocks() {
+  return sizeof(V) <= 16 ? ASYPPO_CUDA_REDUCE_MIN_BLOCKS_SMALL : (sizeof(V) <= 160 ? ASYPPO_CUDA_REDUCE_MIN_BLOCKS : 1);
+}
+
 /// Pass 1: block k folds [k * per_block, (k + 1) * per_block) (block_fold) into partial[k].
 template <class Space, class R>
-__global__ void __launch_bounds__(kBlock) reduce_blocks_kernel(Space sp, R r, index_t per_block,
-                                                               typename R::value_type* partial) {
+__global__ void __launch_bounds__(kBlock, reduce_min_blocks<typename R::value_type>())
+    reduce_blocks_kernel(Space sp, R r, index_t per_block, typename R::value_type* partial) {
   using V = typename R::value_type;
   __shared__ typename cub::BlockReduce<V, kBlock>::TempStorage tmp;
   const index_t n = sp.size();
@@ -237,19 +275,28 @@ struct segment_visit {
   }
 };
 
-/// One block per segment (grid-stride over segments), each folded by block_fold.
-template <class R, class Bounds, class Add, class Sink>
-__global__ void __launch_bounds__(kBlock) segment_reduce_kernel(index_t nseg, R r, Bounds bounds, Add add, Sink sink) {
+/// One block per segment (grid-stride over segments), each folded by block_fold (Items positions per
+/// thread per round at most).
+template <int Items, class R, class Bounds, class Add, class Sink>
+__global__ void __launch_bounds__(kBlock, reduce_min_blocks<typename R::value_type>())
+    segment_reduce_kernel(index_t nseg, R r, Bounds bounds, Add add, Sink sink) {
   using V = typename R::value_type;
   __shared__ typename cub::BlockReduce<V, kBlock>::TempStorage tmp;
   for (index_t g = blockIdx.x; g < nseg; g += gridDim.x) {
     index_t lo, hi;
     bounds(g, lo, hi);
     segment_visit<R, Add> visit{r, add, g};
-    const V total = block_fold<kRowFoldItems>(r, lo, hi, visit, tmp);
+    const V total = block_fold<Items>(r, lo, hi, visit, tmp);
     if (threadIdx.x == 0) sink(g, total);
   }
 }
+
+/// Sink of a reduce's first pass over rows: row b's fold into partial[b].
+template <class V>
+struct store_partial {
+  V* partial;
+  __device__ void operator()(index_t b, const V& v) const { partial[b] = v; }
+};
 
 // ---- per-segment scan: one block per segment, tiles in scan order ---------------------------------
 /// A scan value or "nothing yet" (the scan operators have no identity element).
@@ -281,17 +328,17 @@ struct maybe_combine {
 template <class M>
 using tile_scan = cub::BlockScan<M, kBlock, ASYPPO_CUDA_BLOCK_SCAN_ALGORITHM>;
 
-/// The scan of one tile for the thread whose run starts at position p0: the threads' aggregates (the fold
-/// of value(j) over the run's positions inside the segment) scanned by tile_scan in thread order
-/// and prefixed by carry (the earlier tiles), which then advances by the tile's total. Returns the prefix
-/// before the thread's first position. The caller syncs before tmp is reused.
+/// The scan of one tile for the thread whose run is the positions [p0, end) (at most Items): the threads'
+/// aggregates (the fold of value(j) over the run) scanned by tile_scan in thread order and prefixed by
+/// carry (the earlier tiles), which then advances by the tile's total. Returns the prefix before the
+/// thread's first position. The caller syncs before tmp is reused.
 template <int Items, class M, class Mop, class Value>
-__device__ M tile_prefix(index_t p0, index_t len, Value value, const Mop& mop, typename tile_scan<M>::TempStorage& tmp,
+__device__ M tile_prefix(index_t p0, index_t end, Value value, const Mop& mop, typename tile_scan<M>::TempStorage& tmp,
                          M& carry) {
   M agg{{}, false};
 #pragma unroll
   for (int j = 0; j < Items; ++j)
-    if (p0 + j < len) agg = mop(agg, M{value(j), true});
+    if (p0 + j < end) agg = mop(agg, M{value(j), true});
   M excl, tile_total;
   tile_scan<M>(tmp).ExclusiveScan(agg, excl, M{{}, false}, mop, tile_total);
   const M run = mop(carry, excl);
@@ -355,7 +402,6 @@ __global__ void __launch_bounds__(kBlock) segment_scan_kernel(index_t nseg, Adap
   using V = typename Adapter::value_type;
   using M = maybe<V>;
   constexpr int items = scan_items<V>();
-  constexpr index_t tile = index_t(kBlock) * items;
   using block_scan = tile_scan<M>;
   __shared__ typename block_scan::TempStorage tmp;
   const maybe_combine<decltype(ad.op), V> mop{ad.op};
@@ -363,27 +409,31 @@ __global__ void __launch_bounds__(kBlock) segment_scan_kernel(index_t nseg, Adap
     index_t lo, len;
     ad.bounds(g, lo, len);
     M carry{V{}, false};
-    for (index_t start = 0; start < len; start += tile) {
-      const index_t p0 = start + index_t(threadIdx.x) * items;
+    for (index_t start = 0; start < len;) {
+      const index_t n = run_length<items>(len - start);  // a tile of kBlock * n positions
+      const index_t p0 = start + index_t(threadIdx.x) * n;
+      const index_t end = p0 + n < len ? p0 + n : len;
       V local[items];
 #pragma unroll
       for (int j = 0; j < items; ++j)
-        if (p0 + j < len) local[j] = ad.load(g, lo, len, p0 + j);
-      M run = tile_prefix<items>(p0, len, [&](int j) { return local[j]; }, mop, tmp, carry);
+        if (p0 + j < end) local[j] = ad.load(g, lo, len, p0 + j);
+      M run = tile_prefix<items>(p0, end, [&](int j) { return local[j]; }, mop, tmp, carry);
 #pragma unroll
       for (int j = 0; j < items; ++j) {
-        if (p0 + j < len) {
+        if (p0 + j < end) {
           run = mop(run, M{local[j], true});
           ad.store(g, lo, len, p0 + j, run.v);
         }
       }
       __syncthreads();  // tmp is reused by the next tile
+      start += index_t(kBlock) * n;
     }
   }
 }
 
-/// Row scans: one block per row (grid-stride over rows), tiles of kBlock * kRowScanItems positions in
-/// scan order, each thread a contiguous run of kRowScanItems positions. The threads' aggregates are
+/// Row scans: one block per row (grid-stride over rows), tiles of kBlock * n positions in scan order, each
+/// thread a contiguous run of n = run_length<kRowScanItems>(rest) positions (kRowScanItems, fewer in a
+/// row's last tile, so a short row costs each thread a short run). The threads' aggregates are
 /// composed values (op.lift, op.combine; cub::BlockScan of them, plus the running prefix of the earlier
 /// tiles), but the states handed to the sink come from op.apply(elem, state), token after token, from
 /// the state at the thread's first position (its exclusive prefix applied to op.initial()): the run is
@@ -406,7 +456,6 @@ __global__ void __launch_bounds__(kBlock, ASYPPO_CUDA_ROW_SCAN_MIN_BLOCKS)
     row_scan_kernel(index_t rows, row_scan_adapter<Elem, Op, Sink, Range> ad) {
   using V = typename Op::value_type;
   using M = maybe<V>;
-  constexpr index_t tile = index_t(kBlock) * kRowScanItems;
   using block_scan = tile_scan<M>;
   __shared__ typename block_scan::TempStorage tmp;
   const maybe_combine<Op, V> mop{ad.op};
@@ -414,19 +463,22 @@ __global__ void __launch_bounds__(kBlock, ASYPPO_CUDA_ROW_SCAN_MIN_BLOCKS)
     index_t lo, len;
     ad.bounds(b, lo, len);
     M carry{V{}, false};
-    for (index_t start = 0; start < len; start += tile) {
-      const index_t p0 = start + index_t(threadIdx.x) * kRowScanItems;
+    for (index_t start = 0; start < len;) {
+      const index_t n = run_length<kRowScanItems>(len - start);  // a tile of kBlock * n positions
+      const index_t p0 = start + index_t(threadIdx.x) * n;
+      const index_t end = p0 + n < len ? p0 + n : len;
       const M run = tile_prefix<kRowScanItems>(
-          p0, len, [&](int j) { return ad.load(b, lo, len, p0 + j); }, mop, tmp, carry);
+          p0, end, [&](int j) { return ad.load(b, lo, len, p0 + j); }, mop, tmp, carry);
       auto state = run.has ? ad.op.apply(run.v, ad.op.initial()) : ad.op.initial();
 #pragma unroll
       for (int j = 0; j < kRowScanItems; ++j)
-        if (p0 + j < len) {
+        if (p0 + j < end) {
           const index_t t = ad.column(lo, len, p0 + j);
           state = ad.op.apply(ad.elem(b, t), state);
           ad.sink(b, t, state);
         }
       __syncthreads();  // tmp is reused by the next tile
+      start += index_t(kBlock) * n;
     }
   }
 }
