@@ -243,7 +243,7 @@ class cuda_backend : public detail::ragged_by_wrapping<cuda_backend> {
   template <class F, class Range>
   void for_each(index_t rows, index_t cols, F f, Range range) const {
     if (rows <= 0 || cols <= 0) return;
-    if (cols < 2 * index_t(cuda_detail::kBlock)) return ragged_by_wrapping::for_each(rows, cols, f, range);
+    if (!cuda_detail::wide_rows(cols)) return ragged_by_wrapping::for_each(rows, cols, f, range);
     device_guard g(device_);
     cuda_detail::for_each_rows_kernel<<<cuda_detail::grid_for(rows, 1), cuda_detail::kBlock, 0, stream_>>>(rows, f, range);
     cuda_detail::check_launch("for_each_rows_kernel");
@@ -271,15 +271,10 @@ class cuda_backend : public detail::ragged_by_wrapping<cuda_backend> {
   /// nothing waits for the stream (the optional reduce_to pattern of backend/patterns.hpp).
   template <class R, class Range, class Sink>
   void reduce_to(index_t rows, index_t cols, R r, Range range, Sink sink) const {
-    const auto to_sink = [&](const typename R::value_type* value) {
+    ragged_reduce_then(rows, cols, r, range, [&](const typename R::value_type* value) {
       cuda_detail::apply_sink_kernel<<<1, 1, 0, stream_>>>(sink, value);
       cuda_detail::check_launch("apply_sink_kernel (reduce_to)");
-    };
-    if (rows <= 0 || cols <= 0) {  // the identity, from the device (the sink reads device memory)
-      flat_reduce_then(cuda_detail::space2d{0, 0}, r, to_sink);
-      return;
-    }
-    ragged_reduce_then(rows, cols, r, range, to_sink);
+    });
   }
 
   template <class R, class Sink>
@@ -315,7 +310,7 @@ class cuda_backend : public detail::ragged_by_wrapping<cuda_backend> {
   /// through the full 2-D kernels on a skipping functor (ragged_by_wrapping).
   template <class Bin, class Range>
   void histogram(index_t rows, index_t cols, Bin bin, index_t nbins, std::uint64_t* counts, Range range) const {
-    if (nbins > cuda_detail::kSharedBins || cols < 2 * index_t(cuda_detail::kBlock))
+    if (nbins > cuda_detail::kSharedBins || !cuda_detail::wide_rows(cols))
       return ragged_by_wrapping::histogram(rows, cols, bin, nbins, counts, range);
     if (rows <= 0) return;
     device_guard g(device_);
@@ -444,13 +439,15 @@ class cuda_backend : public detail::ragged_by_wrapping<cuda_backend> {
     }, done);
   }
 
-  /// The ragged reduce (rows, cols > 0): on wide rows one partial per row, folded over the row's range
-  /// only (block_fold: the valid prefix of a right-padded row is shared by all the block's threads, and
-  /// no block folds padding); narrow rows take the flat reduce on a skipping functor.
+  /// The ragged reduce: on wide rows one partial per row, folded over the row's range only (block_fold:
+  /// the valid prefix of a right-padded row is shared by all the block's threads, and no block folds
+  /// padding); narrow rows, and an empty space (whose one block yields the identity), take the flat
+  /// reduce on a skipping functor.
   template <class R, class Range, class Done>
   void ragged_reduce_then(index_t rows, index_t cols, R r, Range range, Done&& done) const {
-    if (cols < 2 * index_t(cuda_detail::kBlock))
-      return flat_reduce_then(cuda_detail::space2d{rows, cols}, detail::ragged_reducer<R, Range>{r, range}, done);
+    if (rows <= 0 || !cuda_detail::wide_rows(cols))
+      return flat_reduce_then(cuda_detail::space2d{rows > 0 ? rows : 0, cols > 0 ? cols : 0},
+                              detail::ragged_reducer<R, Range>{r, range}, done);
     using V = typename R::value_type;
     reduce_in_parts(r, rows, [&](V* partial) {
       cuda_detail::segment_reduce_kernel<cuda_detail::kFlatFoldItems>

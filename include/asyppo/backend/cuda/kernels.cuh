@@ -46,6 +46,10 @@ inline index_t flat_blocks(index_t n) {
   return want < 1 ? 1 : (want > max_blocks ? max_blocks : want);
 }
 
+/// Whether ragged patterns take their per-row kernels (one block per row over the row's range) on rows of
+/// `cols` columns; narrower rows go through the full 2-D kernels on skipping functors.
+inline bool wide_rows(index_t cols) { return cols >= 2 * index_t(kBlock); }
+
 /// Grid size of grid-stride loops (any value is correct; results do not depend on it).
 inline unsigned grid_for(index_t n, index_t per_block) {
   const index_t b = (n + per_block - 1) / per_block;
