@@ -162,6 +162,95 @@ TEST_CASE("padding writes: one functor zeroes every present output, per element 
     }
 }
 
+namespace {
+// The fused-padding helpers' pieces: a range read from two arrays, a reducer and a scan sink that mark
+// what they visit, and a fill that marks the columns after the range (or says it writes nothing).
+struct range_of {
+  const index_t *lo, *hi;
+  void operator()(index_t b, index_t& l, index_t& h) const { l = lo[b], h = hi[b]; }
+};
+struct marking_reducer : mat_reducer2 {
+  std::uint8_t* seen;
+  void add(mat& acc, index_t b, index_t t) const {
+    ++seen[b * cols + t];
+    mat_reducer2::add(acc, b, t);
+  }
+};
+struct marking_sink {
+  index_t cols;
+  u64* out;
+  void operator()(index_t b, index_t t, u64 x) const { out[b * cols + t] = x; }
+};
+struct after_mark {
+  index_t cols;
+  std::uint8_t* seen;
+  bool none;
+  void operator()(index_t b, index_t t) const { seen[b * cols + t] += 16; }
+  bool empty() const { return none; }
+};
+
+/// reduce_then_fill, reduce_to_then_fill and row_scan_then_fill on backend be: the pattern's result (the
+/// plain pattern's bits), every position in range visited once, every column after it filled once, the
+/// columns before it untouched; a fill that says it is empty writes nothing.
+template <class Backend>
+void check_fused_padding(const Backend& be, index_t rows, index_t cols, std::uint64_t seed) {
+  std::mt19937_64 rng(seed);
+  std::vector<index_t> lo(static_cast<std::size_t>(rows)), hi(lo.size());
+  for (std::size_t b = 0; b < lo.size(); ++b) {
+    std::uniform_int_distribution<index_t> at(0, cols);
+    index_t x = at(rng), y = at(rng);
+    if (b % 5 == 2) x = y = cols;  // nothing visited, nothing after it
+    if (b % 5 == 3) x = 0, y = cols;
+    lo[b] = std::min(x, y), hi[b] = std::max(x, y);
+  }
+  const range_of range{lo.data(), hi.data()};
+  const std::size_t n = static_cast<std::size_t>(rows * cols);
+  const auto expect = [&](const std::vector<std::uint8_t>& seen, bool filled) {
+    for (index_t b = 0; b < rows; ++b)
+      for (index_t t = 0; t < cols; ++t) {
+        const std::size_t i = static_cast<std::size_t>(b * cols + t);
+        const int want = (t >= lo[static_cast<std::size_t>(b)] && t < hi[static_cast<std::size_t>(b)] ? 1 : 0) +
+                         (filled && t >= hi[static_cast<std::size_t>(b)] ? 16 : 0);
+        REQUIRE(int(seen[i]) == want);
+      }
+  };
+  const mat plain = be.reduce(rows, cols, mat_reducer2{cols}, range);
+  for (bool none : {false, true}) {
+    std::vector<std::uint8_t> seen(n, 0);
+    const mat got = asyppo::detail::reduce_then_fill(be, rows, cols, marking_reducer{{cols}, seen.data()}, range,
+                                                     after_mark{cols, seen.data(), none});
+    REQUIRE(got == plain);
+    expect(seen, !none);
+    std::fill(seen.begin(), seen.end(), std::uint8_t(0));
+    mat to{};
+    asyppo::detail::reduce_to_then_fill(be, rows, cols, marking_reducer{{cols}, seen.data()}, range,
+                                        [&](const mat& v) { to = v; }, after_mark{cols, seen.data(), none});
+    REQUIRE(to == plain);
+    expect(seen, !none);
+  }
+  for (auto dir : {scan_direction::forward, scan_direction::reverse}) {
+    std::vector<u64> want(n, 0), got(n, 0);
+    be.row_scan(dir, rows, cols, affine_elem{cols}, affine_op{}, marking_sink{cols, want.data()}, range);
+    std::vector<std::uint8_t> seen(n, 0);
+    asyppo::detail::row_scan_then_fill(be, dir, rows, cols, affine_elem{cols}, affine_op{},
+                                       marking_sink{cols, got.data()}, range, after_mark{cols, seen.data(), false});
+    REQUIRE(got == want);
+    for (index_t b = 0; b < rows; ++b)  // the scan marks nothing: 0 up to the range's end, 16 after it
+      for (index_t t = 0; t < cols; ++t)
+        REQUIRE(int(seen[static_cast<std::size_t>(b * cols + t)]) == (t >= hi[static_cast<std::size_t>(b)] ? 16 : 0));
+  }
+}
+}  // namespace
+
+TEST_CASE("fused padding: the pattern, then the columns after each row's range (CPU, re-associating, device paths)",
+          "[ragged]") {
+  for (auto shape : {std::pair<index_t, index_t>{23, 300}, {1, 1}, {7, 1000}, {4, 0}}) {
+    check_fused_padding(cpu_backend(2), shape.first, shape.second, 5);
+    check_fused_padding(tiled_backend(9), shape.first, shape.second, 6);
+    check_fused_padding(round_trip_backend(2), shape.first, shape.second, 7);
+  }
+}
+
 TEST_CASE("row ends: last valid token + 1, 0 for empty rows, any stride", "[ragged]") {
   // Tn = 77: the last 8-byte word of a row is partial; 80: whole words; the contiguous copy's rows are
   // aligned words only when Tn is a multiple of 8 (else the device form reads byte by byte).

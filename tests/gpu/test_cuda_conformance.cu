@@ -604,10 +604,12 @@ TEMPLATE_TEST_CASE("cuda algorithms: ensemble_stats, gae, masked_whiten", "[cuda
       opt.lambda_critic = 1.0;
       opt.semantics = sem;
       opt.adaptive_lambda_alpha = sem == gae_mask_semantics::skip ? 0.05 : 0.0;
+      opt.padding = sem == gae_mask_semantics::skip ? padding_mode::zero : padding_mode::raw;
       std::vector<T> adv(n), ret(n), sd(n);
       gae(cpu, hv, token_view<const T>(h.r.data(), B, Tn), hm, opt,
           gae_outputs<T>{{adv.data(), B, Tn}, {ret.data(), B, Tn}, {sd.data(), B, Tn}});
       auto o = gpu.allocate<T>(3 * static_cast<index_t>(n));
+      gpu.fill(o.data(), 3 * static_cast<index_t>(n), T(7));  // poison: the padding must be written
       T* p = o.data();
       gae(gpu, dv, token_view<const T>(d.r.data(), B, Tn), dm, opt,
           gae_outputs<T>{{p, B, Tn}, {p + n, B, Tn}, {p + 2 * n, B, Tn}});
@@ -719,6 +721,8 @@ TEMPLATE_TEST_CASE("cuda algorithms: uncertainty_masks, grpo_advantages, advanta
                                   seq_view<const i64>(d.ids.data(), B)};
     auto o = gpu.allocate<T>(3 * static_cast<index_t>(n) + K * B);
     auto om = gpu.allocate<u8>(2 * static_cast<index_t>(n));
+    gpu.fill(o.data(), 3 * static_cast<index_t>(n) + K * B, T(7));  // poison: the padding must be written
+    gpu.fill(om.data(), 2 * static_cast<index_t>(n), u8(7));
     T* p = o.data();
     const auto sg = advantage_step(gpu, din,
                                    advantage_outputs<T>{{p, B, Tn}, {p + n, B, Tn}, {om.data(), B, Tn},
@@ -752,6 +756,8 @@ TEMPLATE_TEST_CASE("cuda algorithms: uncertainty_masks, grpo_advantages, advanta
       c2.check_finite = false;
       auto o1 = gpu.allocate<T>(3 * static_cast<index_t>(n)), o2 = gpu.allocate<T>(3 * static_cast<index_t>(n));
       auto m1 = gpu.allocate<u8>(2 * static_cast<index_t>(n)), m2 = gpu.allocate<u8>(2 * static_cast<index_t>(n));
+      gpu.fill(o1.data(), 3 * static_cast<index_t>(n), T(7)), gpu.fill(o2.data(), 3 * static_cast<index_t>(n), T(-7));
+      gpu.fill(m1.data(), 2 * static_cast<index_t>(n), u8(7)), gpu.fill(m2.data(), 2 * static_cast<index_t>(n), u8(9));
       auto outs = [&](T* q, u8* mq) {
         return advantage_outputs<T>{{q, B, Tn}, {q + n, B, Tn}, {mq, B, Tn}, {mq + n, B, Tn}, {}, {q + 2 * n, B, Tn}};
       };
@@ -890,6 +896,7 @@ TEMPLATE_TEST_CASE("cuda algorithms: policy_loss, value_loss, actor_objective", 
                                                    view<const T, 2>(shard.data(), K, B)},
                               critic_view<T>(g.data(), K, B, Tn), opt);
     auto dg = gpu.allocate<T>(K * static_cast<index_t>(n));
+    gpu.fill(dg.data(), K * static_cast<index_t>(n), T(7));  // poison: the padding must be written
     const auto r = value_loss(gpu,
                               value_loss_inputs<T>{critic_view<const T>(d.V.data(), K, B, Tn),
                                                    critic_view<const T>(d.V2.data(), K, B, Tn), dtv(d.r), {}, dm,
@@ -912,6 +919,7 @@ TEMPLATE_TEST_CASE("cuda algorithms: policy_loss, value_loss, actor_objective", 
     for (const auto& ck : c.critics) od.normalizers.push_back(ck.normalizer);
     auto dmet = gpu.allocate<critic_loss_metrics>(K);
     auto dg2 = gpu.allocate<T>(K * static_cast<index_t>(n));
+    gpu.fill(dg2.data(), K * static_cast<index_t>(n), T(7));
     value_loss_to(gpu,
                   value_loss_inputs<T>{critic_view<const T>(d.V.data(), K, B, Tn), critic_view<const T>(d.V2.data(), K, B, Tn),
                                        dtv(d.r), {}, dm, view<const T, 2>(dshard.data(), K, B)},
@@ -937,6 +945,11 @@ TEMPLATE_TEST_CASE("cuda algorithms: policy_loss, value_loss, actor_objective", 
                                    actor_objective_outputs<T>{{gl.data(), B, Tn}, {ge.data(), B, Tn}}, opt);
     auto dgl = gpu.allocate<T>(static_cast<index_t>(n));
     auto dge = gpu.allocate<T>(static_cast<index_t>(n));
+    const auto poison = [&] {  // every output element, padding included, must be written by the call
+      gpu.fill(dgl.data(), static_cast<index_t>(n), T(7));
+      gpu.fill(dge.data(), static_cast<index_t>(n), T(7));
+    };
+    poison();
     const auto r = actor_objective(gpu,
                                    actor_objective_inputs<T>{dtv(d.logp), dtv(d.old_logp), dtv(d.adv), dm,
                                                              mask_view(d.adv_mask.data(), B, Tn), dtv(d.ent),
@@ -961,6 +974,7 @@ TEMPLATE_TEST_CASE("cuda algorithms: policy_loss, value_loss, actor_objective", 
                                                               mask_view(h.ent_mask.data(), B, Tn), tv(h.ref_logp)},
                                     actor_objective_outputs<T>{{gl.data(), B, Tn}, {ge.data(), B, Tn}}, od);
     auto dres = gpu.allocate<actor_objective_result>(1);
+    poison();
     actor_objective_to(gpu,
                        actor_objective_inputs<T>{dtv(d.logp), dtv(d.old_logp), dtv(d.adv), dm,
                                                  mask_view(d.adv_mask.data(), B, Tn), dtv(d.ent),
@@ -972,6 +986,7 @@ TEMPLATE_TEST_CASE("cuda algorithms: policy_loss, value_loss, actor_objective", 
     REQUIRE(rd.policy.metrics.clipped_tokens() == cd.policy.metrics.clipped_tokens());
     REQUIRE(rd.entropy.metrics.filtered_tokens == cd.entropy.metrics.filtered_tokens);
     require_close(download(gpu, dgl), gl, out_tol<T>());
+    require_close(download(gpu, dge), ge, out_tol<T>());
   }
 }
 

@@ -49,6 +49,12 @@
 // sink(value) where the backend's memory is (on a GPU: one device thread), without waiting for it; what
 // the device-result variants of the losses use (detail::reduce_to falls back to sink(reduce(...)) on
 // host-memory backends).
+// Optional fused padding: row_scan(dir, rows, cols, e, op, s, range, fill), reduce(rows, cols, r, range,
+// fill) and reduce_to(rows, cols, r, range, sink, fill): the pattern, then fill(b, t) at every column
+// after the row's range, t in [hi, cols) (for_each(rows, cols, fill, detail::after_range{range, cols})),
+// where fill writes only what the pattern neither reads nor writes (the row's padding). A backend may
+// fuse the two (the CUDA backend's per-row blocks fill their row after it); detail::row_scan_then_fill,
+// reduce_then_fill and reduce_to_then_fill make the two calls on a backend without them.
 // Optional dense pattern: gemm(shape, a, b, beta, c), BLAS's strided batched matrix product
 // (backend/dense.hpp; the CUDA backend's cuBLAS). Algorithms that use it also have a path written
 // with the patterns above, taken on backends without it.
@@ -62,7 +68,11 @@
 // an algorithm fuses "compute a value, store it, and sum it" into one pass. A 2-D reducer may also
 // offer add_span(acc&, b, t0, t1): the same as add(acc, b, t) for t = t0, ..., t1 - 1 in that order
 // (same result), written so that the compiler can vectorise it (contiguous rows); a CPU backend
-// calls it for each piece of a row it folds, a GPU backend ignores it (detail::fold_span). Likewise
+// calls it for each piece of a row it folds, a GPU backend ignores it (detail::fold_span). A 2-D
+// reducer may also split add into token_type load(b, t) (what add reads there) and apply(acc&, b, t,
+// token) (the rest), add(acc, b, t) being apply(acc, b, t, load(b, t)): a GPU backend then loads a few
+// positions of a thread's run before applying any of them, so that their loads are in flight together
+// (add() of the next position cannot load before this one's stores, which might alias its inputs). Likewise
 // a 2-D for_each functor may offer span(b, t0, t1), the same as f(b, t) for t in [t0, t1)
 // (detail::visit_span), and work() -> index_t, the cost of one element in units of a simple token
 // operation (default 1; the critic heads' elements are dot products of length D), by which a CPU backend
@@ -181,6 +191,66 @@ void reduce_to(const Backend& be, index_t rows, index_t cols, R r, Range range, 
   } else {
     static_assert(host_memory_backend<Backend>, "a device backend needs reduce_to for the device-result variants");
     sink(be.reduce(rows, cols, r, range));
+  }
+}
+
+/// The columns of each row after range's: [hi, cols) where range gives [lo, hi) (row_heads -> row_tails).
+template <class Range>
+struct after_range {
+  Range range;
+  index_t cols;
+  ASYPPO_HD void operator()(index_t b, index_t& lo, index_t& hi) const {
+    index_t l, h;
+    range(b, l, h);
+    lo = h, hi = cols;
+  }
+};
+
+/// Whether a fill functor of the fused-padding patterns writes nothing (fill.empty(), when it says).
+template <class Fill>
+bool fill_is_empty(const Fill& fill) {
+  if constexpr (requires { fill.empty(); }) return fill.empty();
+  else return false;
+}
+
+/// be.row_scan(..., range), then fill(b, t) after each row's range: fused where the backend offers it
+/// (backend/patterns.hpp, fused padding).
+template <class Backend, class Elem, class Op, class Sink, class Range, class Fill>
+void row_scan_then_fill(const Backend& be, scan_direction dir, index_t rows, index_t cols, Elem e, Op op, Sink s,
+                        Range range, Fill fill) {
+  if (fill_is_empty(fill)) {
+    be.row_scan(dir, rows, cols, e, op, s, range);
+  } else if constexpr (requires { be.row_scan(dir, rows, cols, e, op, s, range, fill); }) {
+    be.row_scan(dir, rows, cols, e, op, s, range, fill);
+  } else {
+    be.row_scan(dir, rows, cols, e, op, s, range);
+    be.for_each(rows, cols, fill, after_range<Range>{range, cols});
+  }
+}
+
+/// be.reduce(rows, cols, r, range), then fill(b, t) after each row's range, fused where offered.
+template <class Backend, class R, class Range, class Fill>
+typename R::value_type reduce_then_fill(const Backend& be, index_t rows, index_t cols, R r, Range range, Fill fill) {
+  if (fill_is_empty(fill)) return be.reduce(rows, cols, r, range);
+  if constexpr (requires { be.reduce(rows, cols, r, range, fill); }) {
+    return be.reduce(rows, cols, r, range, fill);
+  } else {
+    const auto value = be.reduce(rows, cols, r, range);
+    be.for_each(rows, cols, fill, after_range<Range>{range, cols});
+    return value;
+  }
+}
+
+/// reduce_to, then fill(b, t) after each row's range, fused where offered.
+template <class Backend, class R, class Range, class Sink, class Fill>
+void reduce_to_then_fill(const Backend& be, index_t rows, index_t cols, R r, Range range, Sink sink, Fill fill) {
+  if (fill_is_empty(fill)) {
+    reduce_to(be, rows, cols, r, range, sink);
+  } else if constexpr (requires { be.reduce_to(rows, cols, r, range, sink, fill); }) {
+    be.reduce_to(rows, cols, r, range, sink, fill);
+  } else {
+    reduce_to(be, rows, cols, r, range, sink);
+    be.for_each(rows, cols, fill, after_range<Range>{range, cols});
   }
 }
 

@@ -22,6 +22,7 @@
 #pragma once
 
 #include <cmath>
+#include <cstdint>
 
 #include "asyppo/core/aggregation.hpp"
 #include "asyppo/core/entropy.hpp"
@@ -77,6 +78,14 @@ struct actor_acc {
   kl_acc kl;
 };
 
+/// The inputs of one position as add() reads them (optional views: zero values, masks on), so that a
+/// device can load several positions before computing any (backend/patterns.hpp, load/apply reducers).
+template <class T>
+struct actor_token {
+  T lp, olp, a, h, ref;
+  std::uint8_t m, am, hm;
+};
+
 template <class T>
 struct actor_reducer {
   token_view<const T> logp, old_logp, adv, entropy, ref;
@@ -87,21 +96,32 @@ struct actor_reducer {
   kl_params kp;
   double beta, kappa;
   using value_type = actor_acc;
+  using token_type = actor_token<T>;
   ASYPPO_HD actor_acc identity() const { return {{0, 0, 0, 0, 0, 0, 0}, {0, 0, 0, 0, 0}, {0, 0, 0}}; }
-  // Writes both gradients at position i only; every i is visited exactly once.
-  ASYPPO_HD void add(actor_acc& acc, index_t b, index_t t) const {
+  ASYPPO_HD void add(actor_acc& acc, index_t b, index_t t) const { apply(acc, b, t, load(b, t)); }
+  ASYPPO_HD actor_token<T> load(index_t b, index_t t) const {
+    actor_token<T> k;
+    k.m = mask(b, t);
+    k.lp = logp(b, t), k.olp = old_logp(b, t), k.a = adv(b, t);
+    k.h = entropy.data ? entropy(b, t) : T{};
+    k.ref = ref.data ? ref(b, t) : T{};
+    k.am = adv_mask.data ? adv_mask(b, t) : std::uint8_t(1);
+    k.hm = entropy_mask.data ? entropy_mask(b, t) : std::uint8_t(1);
+    return k;
+  }
+  // Writes both gradients at position (b, t) only; every position is visited exactly once.
+  ASYPPO_HD void apply(actor_acc& acc, index_t b, index_t t, const actor_token<T>& k) const {
     double gl = 0.0, gh = 0.0;
-    if (mask(b, t)) {
+    if (k.m) {
       const double wb = w[b];
-      const double lp = static_cast<double>(logp(b, t));
+      const double lp = static_cast<double>(k.lp);
       // Surrogate (I^A).
-      gl = policy_token(acc.pg, wb, lp, static_cast<double>(old_logp(b, t)), static_cast<double>(adv(b, t)),
-                        !adv_mask.data || adv_mask(b, t), sp);
+      gl = policy_token(acc.pg, wb, lp, static_cast<double>(k.olp), static_cast<double>(k.a), k.am != 0, sp);
       // Entropy bonus (I^H).
-      const bool keep_h = !entropy_mask.data || entropy_mask(b, t);
+      const bool keep_h = k.hm != 0;
       acc.ent.valid += 1;
       if (entropy.data) {
-        const double h = static_cast<double>(entropy(b, t));
+        const double h = static_cast<double>(k.h);
         acc.ent.sum += h;
         acc.ent.agg += wb * h;
         acc.ent.filtered_agg += keep_h ? wb * h : 0.0;  // selects: I^H zeros are scattered
@@ -110,11 +130,11 @@ struct actor_reducer {
       gh = keep_h ? -beta * wb : 0.0;
       // KL penalty.
       if (ref.data) {
-        const kl_value k = kl_token(lp - static_cast<double>(ref(b, t)), kp);
-        acc.kl.agg += wb * k.value;
-        acc.kl.sum += k.value;
+        const kl_value kv = kl_token(lp - static_cast<double>(k.ref), kp);
+        acc.kl.agg += wb * kv.value;
+        acc.kl.sum += kv.value;
         acc.kl.valid += 1;
-        if (kappa != 0.0) gl += kappa * wb * k.ddelta;
+        if (kappa != 0.0) gl += kappa * wb * kv.ddelta;
       }
     }
     if (grad_logp.data) grad_logp(b, t) = static_cast<compute_type_t<T>>(gl);

@@ -332,9 +332,8 @@ advantage_summary advantage_step_checked(const Backend& be, const char* where, c
   const detail::mask_hook<C> hook{sigma.data(), Tn, plan.rows.data(), out.adv_mask, out.entropy_mask, out.std,
                                   apply_in_gae};
   const gae_outputs<C> gout{out.advantages, out.returns, {}};
-  detail::gae_unchecked(be, in.values, in.rewards, in.mask, g, gout, cfg.std, hook, heads);
-  detail::write_zero(be, B, Tn, span.tails(), out.advantages, out.returns, out.std, out.adv_mask,
-                     out.entropy_mask);
+  detail::gae_unchecked(be, in.values, in.rewards, in.mask, g, gout, cfg.std, hook, heads,
+                        detail::zero_fill_of(out.advantages, out.returns, out.std, out.adv_mask, out.entropy_mask));
 
   // Optional whitening (in place); I^A is applied after it.
   if (cfg.whiten_advantages)
@@ -501,8 +500,7 @@ void advantage_step_resident(const Backend& be, const advantage_inputs<T>& in,
   const mask_hook<C> hook{pass_a.sigma.data(), Tn, plan.rows.data(), out.adv_mask, out.entropy_mask, out.std,
                           apply_in_gae};
   gae_unchecked(be, in.values, in.rewards, in.mask, opts.gae, gae_outputs<C>{out.advantages, out.returns, {}}, cfg.std,
-                hook, heads);
-  write_zero(be, B, Tn, span.tails(), out.advantages, out.returns, out.std, out.adv_mask, out.entropy_mask);
+                hook, heads, zero_fill_of(out.advantages, out.returns, out.std, out.adv_mask, out.entropy_mask));
   if (cfg.whiten_advantages)
     whiten_resident(be, token_view<const C>(out.advantages), in.mask, out.advantages, nullptr, cfg.whiten, heads);
   const bool apply_later = cfg.mask_advantages && cfg.whiten_advantages;

@@ -314,8 +314,7 @@ auto fused_loss(const Backend& be, const char* where, mask_view mask, loss_aggre
   const auto red = reducer_of(tab.weights.data());
   auto acc = red.identity();
   if (B * Tn > 0) {
-    acc = be.reduce(B, Tn, red, span.heads());
-    write_zero(be, B, Tn, span.tails(), grads...);
+    acc = reduce_then_fill(be, B, Tn, red, span.heads(), zero_fill_of(grads...));
   }
   return std::pair{acc, tab.resolved[0]};
 }
@@ -343,8 +342,8 @@ void fused_loss_to(const Backend& be, mask_view mask, loss_aggregation mode, con
   const auto span = make_row_span(be, mask);
   if (check_finite) check(span.heads());
   auto w = make_row_weights_in_place(be, mask, mode, norm, span.heads());
-  reduce_to(be, B, Tn, reducer_of(w.data()), span.heads(), store_result<Result, ResultOf>{result, result_of});
-  write_zero(be, B, Tn, span.tails(), grads...);
+  reduce_to_then_fill(be, B, Tn, reducer_of(w.data()), span.heads(), store_result<Result, ResultOf>{result, result_of},
+                      zero_fill_of(grads...));
 }
 
 /// The checks every device-result variant of a loss adds: a result pointer (non-null, in the backend's

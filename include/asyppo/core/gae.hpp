@@ -305,12 +305,13 @@ inline void check_gae_options(const char* where, const gae_options& o) {
 }
 
 /// The scan itself, over the columns of range (each row's from its last visited column backwards:
-/// the caller guarantees the columns after it are padding; they are not written); arguments
-/// already validated.
-template <class Backend, class T, class Hook, class Range>
+/// the caller guarantees the columns after it are padding, which the scan does not visit), then
+/// padding(b, t) at those columns (the padding's outputs; fused with the scan where the backend can:
+/// row_scan_then_fill); arguments already validated.
+template <class Backend, class T, class Hook, class Range, class Padding>
 void gae_unchecked(const Backend& be, critic_view<const T> values, token_view<const T> rewards, mask_view mask,
                    const gae_options& opt, const gae_outputs<compute_type_t<T>>& out, std_kind kind, Hook hook,
-                   Range range) {
+                   Range range, Padding padding) {
   const index_t B = rewards.extent[0], Tn = rewards.extent[1];
   if (B * Tn == 0) return;
   ensemble_point<T> point{values, kind == std_kind::unbiased};
@@ -324,9 +325,9 @@ void gae_unchecked(const Backend& be, critic_view<const T> values, token_view<co
   const double* row_la = opt.adaptive_lambda_alpha > 0 ? row_lambda.data() : nullptr;
   with_critic_count(point, [&](const auto& pt) {
     constexpr int NK = std::remove_cvref_t<decltype(pt)>::critic_count;
-    be.row_scan(scan_direction::reverse, B, Tn, gae_element<T, NK>{pt, rewards, mask, opt.lambda_actor, row_la},
-                gae_compose{opt.gamma, opt.lambda_critic, skip},
-                gae_sink<T, Hook, NK>{pt, mask, out, opt.padding == padding_mode::raw, skip, hook}, range);
+    row_scan_then_fill(be, scan_direction::reverse, B, Tn, gae_element<T, NK>{pt, rewards, mask, opt.lambda_actor, row_la},
+                       gae_compose{opt.gamma, opt.lambda_critic, skip},
+                       gae_sink<T, Hook, NK>{pt, mask, out, opt.padding == padding_mode::raw, skip, hook}, range, padding);
   });
 }
 
@@ -356,16 +357,15 @@ void gae(const Backend& be, critic_view<const T> values, token_view<const T> rew
   if (opt.check_finite)
     detail::check_finite(be, where, "values or rewards", B, Tn,
                          detail::count_nonfinite_tokens<T, 1, 1>{{values}, {rewards}, mask}, span.heads());
-  detail::gae_unchecked(be, values, rewards, mask, opt, out, kind, detail::no_gae_hook{}, span.heads());
   // The padding after each row's last valid token: the scan state there is still the initial one
   // (both semantics), so raw padding is what the sink writes at that state, and zero padding is 0.
   if (opt.padding == padding_mode::raw)
-    be.for_each(B, Tn,
-                detail::gae_initial_state<T>{{{values, kind == std_kind::unbiased}, mask, out, true,
-                                              opt.semantics == gae_mask_semantics::skip}},
-                span.tails());
+    detail::gae_unchecked(be, values, rewards, mask, opt, out, kind, detail::no_gae_hook{}, span.heads(),
+                          detail::gae_initial_state<T>{{{values, kind == std_kind::unbiased}, mask, out, true,
+                                                        opt.semantics == gae_mask_semantics::skip}});
   else
-    detail::write_zero(be, B, Tn, span.tails(), out.advantages, out.returns, out.std);
+    detail::gae_unchecked(be, values, rewards, mask, opt, out, kind, detail::no_gae_hook{}, span.heads(),
+                          detail::zero_fill_of(out.advantages, out.returns, out.std));
 }
 
 }  // namespace asyppo

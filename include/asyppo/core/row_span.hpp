@@ -144,6 +144,7 @@ row_span<Backend> make_row_span(const Backend& be, mask_view mask) {
 template <class... E>
 struct zero_fill_all {
   ASYPPO_HD void operator()(index_t, index_t) const {}
+  bool empty() const { return true; }  // no output present (detail::fill_is_empty)
 #if !defined(__CUDACC__)
   void span(index_t, index_t, index_t) const {}
 #endif
@@ -156,6 +157,7 @@ struct zero_fill_all<E, R...> {
     if (out.data) out(b, t) = E(0);
     rest(b, t);
   }
+  bool empty() const { return !out.data && rest.empty(); }
 #if !defined(__CUDACC__)  // (visit_span is host-device: a CUDA translation unit's CPU backend goes per element)
   /// The CPU backend's span: each output's run in turn (streaming stores where it is contiguous).
   void span(index_t b, index_t t0, index_t t1) const {
@@ -180,7 +182,8 @@ zero_fill_all<E, R...> zero_fill_of(view<E, 2> out, view<R, 2>... rest) {
 /// them in one pass.
 template <class Backend, class Range, class... E>
 void write_zero(const Backend& be, index_t B, index_t Tn, Range range, view<E, 2>... outs) {
-  if ((... || (outs.data != nullptr))) be.for_each(B, Tn, zero_fill_of(outs...), range);
+  const auto fill = zero_fill_of(outs...);
+  if (!fill.empty()) be.for_each(B, Tn, fill, range);
 }
 
 }  // namespace asyppo::detail

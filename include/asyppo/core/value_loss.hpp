@@ -343,10 +343,13 @@ value_loss_result value_loss(const Backend& be, const value_loss_inputs<T>& in,
     m.sequences = tab.counts[static_cast<std::size_t>(k)].sequences;
     if (B * Tn == 0) continue;
     const double* w = tab.weights.data() + k * B;
+    const auto padding = detail::zero_fill_of(detail::present(grad_values) ? grad_values[k] : token_view<compute_type_t<T>>{});
     const detail::value_acc a =
-        opt.explained_variance ? be.reduce(B, Tn, detail::value_reducer_of<true>(in, d, k, w, grad_values, opt), span.heads())
-                               : be.reduce(B, Tn, detail::value_reducer_of<false>(in, d, k, w, grad_values, opt), span.heads());
-    if (detail::present(grad_values)) detail::write_zero(be, B, Tn, span.tails(), grad_values[k]);
+        opt.explained_variance
+            ? detail::reduce_then_fill(be, B, Tn, detail::value_reducer_of<true>(in, d, k, w, grad_values, opt),
+                                       span.heads(), padding)
+            : detail::reduce_then_fill(be, B, Tn, detail::value_reducer_of<false>(in, d, k, w, grad_values, opt),
+                                       span.heads(), padding);
     detail::critic_metrics_from(m, a, opt.explained_variance);
     r.loss += m.loss;
   }
@@ -386,11 +389,13 @@ void value_loss_to(const Backend& be, const value_loss_inputs<T>& in, critic_vie
       be.for_each(1, B, detail::shard_row_weight<compute_type_t<T>>{len.data(), in.shard_weights, k, w.data() + k * B, opt.aggregation, nk});
     const double* wk = w.data() + k * B;
     const detail::store_critic_metrics sink{metrics + k, nk, opt.explained_variance};
+    const auto padding = detail::zero_fill_of(detail::present(grad_values) ? grad_values[k] : token_view<compute_type_t<T>>{});
     if (opt.explained_variance)
-      detail::reduce_to(be, B, Tn, detail::value_reducer_of<true>(in, d, k, wk, grad_values, opt), span.heads(), sink);
+      detail::reduce_to_then_fill(be, B, Tn, detail::value_reducer_of<true>(in, d, k, wk, grad_values, opt), span.heads(),
+                                  sink, padding);
     else
-      detail::reduce_to(be, B, Tn, detail::value_reducer_of<false>(in, d, k, wk, grad_values, opt), span.heads(), sink);
-    if (detail::present(grad_values)) detail::write_zero(be, B, Tn, span.tails(), grad_values[k]);
+      detail::reduce_to_then_fill(be, B, Tn, detail::value_reducer_of<false>(in, d, k, wk, grad_values, opt), span.heads(),
+                                  sink, padding);
   }
 }
 

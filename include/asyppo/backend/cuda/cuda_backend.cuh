@@ -55,12 +55,14 @@ namespace asyppo {
 // The ragged histogram on wide rows: parts per row and the most blocks (tuning constants, measured at
 // 1024 x 8192 on an H100, docs/benchmarks.md: the selection's four passes took 0.195 / 0.161 / 0.165 ms
 // with 1 / 2 / 4 parts per row, and 0.39 ms with 264 blocks of four whole rows each: they are
-// latency-bound and want many blocks of even length).
+// latency-bound and want many blocks of even length; with 4 parts per row, at most 4096 / 1056 / 528
+// blocks took 0.156 / 0.142 / 0.175 ms: each block clears and flushes its shared bins once, so fewer
+// blocks than parts (a grid-stride loop over them) save flushes until the SMs run short of blocks).
 #ifndef ASYPPO_CUDA_HIST_ROW_SPLIT
 #define ASYPPO_CUDA_HIST_ROW_SPLIT 4
 #endif
 #ifndef ASYPPO_CUDA_HIST_ROW_BLOCKS
-#define ASYPPO_CUDA_HIST_ROW_BLOCKS 4096
+#define ASYPPO_CUDA_HIST_ROW_BLOCKS 1056
 #endif
 
 class cuda_backend : public detail::ragged_by_wrapping<cuda_backend> {
@@ -261,20 +263,25 @@ class cuda_backend : public detail::ragged_by_wrapping<cuda_backend> {
   /// stream (returns a host value).
   template <class R, class Range>
   typename R::value_type reduce(index_t rows, index_t cols, R r, Range range) const {
-    if (rows <= 0 || cols <= 0) return r.identity();
-    typename R::value_type host;
-    ragged_reduce_then(rows, cols, r, range, [&](const auto* value) { copy_to_host(value, 1, &host); });
-    return host;
+    return reduce_with(rows, cols, r, range, cuda_detail::no_row_epilogue{});
   }
 
   /// reduce(rows, cols, r, range) handed to sink(value) on the device by one thread, stream-ordered:
   /// nothing waits for the stream (the optional reduce_to pattern of backend/patterns.hpp).
   template <class R, class Range, class Sink>
   void reduce_to(index_t rows, index_t cols, R r, Range range, Sink sink) const {
-    ragged_reduce_then(rows, cols, r, range, [&](const typename R::value_type* value) {
-      cuda_detail::apply_sink_kernel<<<1, 1, 0, stream_>>>(sink, value);
-      cuda_detail::check_launch("apply_sink_kernel (reduce_to)");
-    });
+    reduce_to_with(rows, cols, r, range, sink, cuda_detail::no_row_epilogue{});
+  }
+
+  /// The fused padding of backend/patterns.hpp: reduce, then fill(b, t) on each row's columns after its
+  /// range, on wide rows by the row's block after its fold (while other blocks fold other rows).
+  template <class R, class Range, class Fill>
+  typename R::value_type reduce(index_t rows, index_t cols, R r, Range range, Fill fill) const {
+    return reduce_with(rows, cols, r, range, cuda_detail::fill_after<Fill>{fill, cols});
+  }
+  template <class R, class Range, class Sink, class Fill>
+  void reduce_to(index_t rows, index_t cols, R r, Range range, Sink sink, Fill fill) const {
+    reduce_to_with(rows, cols, r, range, sink, cuda_detail::fill_after<Fill>{fill, cols});
   }
 
   template <class R, class Sink>
@@ -298,12 +305,12 @@ class cuda_backend : public detail::ragged_by_wrapping<cuda_backend> {
   }
   template <class Elem, class Op, class Sink, class Range>
   void row_scan(scan_direction dir, index_t rows, index_t cols, Elem elem, Op op, Sink sink, Range range) const {
-    if (rows <= 0 || cols <= 0) return;
-    device_guard g(device_);
-    using A = cuda_detail::row_scan_adapter<Elem, Op, Sink, Range>;
-    cuda_detail::row_scan_kernel<<<cuda_detail::grid_for(rows, 1), cuda_detail::kBlock, 0, stream_>>>(
-        rows, A{range, dir == scan_direction::reverse, elem, op, sink});
-    cuda_detail::check_launch("row_scan_kernel");
+    row_scan_with(dir, rows, cols, elem, op, sink, range, cuda_detail::no_row_epilogue{});
+  }
+  /// The fused padding of backend/patterns.hpp: the row's block fills the row's columns after its range.
+  template <class Elem, class Op, class Sink, class Range, class Fill>
+  void row_scan(scan_direction dir, index_t rows, index_t cols, Elem elem, Op op, Sink sink, Range range, Fill fill) const {
+    row_scan_with(dir, rows, cols, elem, op, sink, range, cuda_detail::fill_after<Fill>{fill, cols});
   }
 
   /// Ragged: wide rows with shared bins, one block per part of a row's range (the range only); otherwise
@@ -409,61 +416,101 @@ class cuda_backend : public detail::ragged_by_wrapping<cuda_backend> {
     return reinterpret_cast<unsigned long long*>(p);
   }
 
+  // The ragged reduce, reduce_to and row scan with a per-row epilogue (no_row_epilogue or fill_after).
+  template <class R, class Range, class Epilogue>
+  typename R::value_type reduce_with(index_t rows, index_t cols, R r, Range range, Epilogue epilogue) const {
+    if (rows <= 0 || cols <= 0) return r.identity();
+    return to_host<typename R::value_type>([&](auto finish) { ragged_reduce_then(rows, cols, r, range, epilogue, finish); });
+  }
+  template <class R, class Range, class Sink, class Epilogue>
+  void reduce_to_with(index_t rows, index_t cols, R r, Range range, Sink sink, Epilogue epilogue) const {
+    ragged_reduce_then(rows, cols, r, range, epilogue, sink);
+  }
+  template <class Elem, class Op, class Sink, class Range, class Epilogue>
+  void row_scan_with(scan_direction dir, index_t rows, index_t cols, Elem elem, Op op, Sink sink, Range range,
+                     Epilogue epilogue) const {
+    if (rows <= 0 || cols <= 0) return;
+    device_guard g(device_);
+    using A = cuda_detail::row_scan_adapter<Elem, Op, Sink, Range>;
+    cuda_detail::row_scan_kernel<<<cuda_detail::grid_for(rows, 1), cuda_detail::kBlock, 0, stream_>>>(
+        rows, A{range, dir == scan_direction::reverse, elem, op, sink}, epilogue);
+    cuda_detail::check_launch("row_scan_kernel");
+  }
+
+  /// A row kernel's epilogue as its own pass after the range's pattern (narrow rows: the flat reduce).
+  template <class F, class Range>
+  void run_epilogue(index_t rows, index_t cols, Range range, cuda_detail::fill_after<F> epilogue) const {
+    for_each(rows, cols, epilogue.fill, detail::after_range<Range>{range, cols});
+  }
+  template <class Range>
+  void run_epilogue(index_t, index_t, Range, cuda_detail::no_row_epilogue) const {}
+
   /// Two passes: first(partial) writes `parts` partial values in order, then one block combines them in
-  /// that order; then done(pointer to the value in device memory), before the temporary is released
-  /// (stream-ordered). parts >= 1.
-  template <class R, class First, class Done>
-  void reduce_in_parts(R r, index_t parts, First&& first, Done&& done) const {
+  /// that order and one of its threads hands the total to finish(total) on the device (one part: a
+  /// one-thread kernel hands partial[0]). Stream-ordered (the temporary is released after). parts >= 1.
+  template <class R, class First, class Finish>
+  void reduce_in_parts(R r, index_t parts, First&& first, Finish finish) const {
     using V = typename R::value_type;
     static_assert(std::is_trivially_copyable_v<V>, "reducer value_type must be trivially copyable");
-    auto partial = allocate<V>(parts + 1);
+    auto partial = allocate<V>(parts);
     device_guard g(device_);
     first(partial.data());
-    V* result = partial.data();
     if (parts > 1) {
-      result = partial.data() + parts;
-      cuda_detail::reduce_partials_kernel<<<1, cuda_detail::kBlock, 0, stream_>>>(r, partial.data(), parts, result);
+      cuda_detail::reduce_partials_kernel<<<1, cuda_detail::kBlock, 0, stream_>>>(r, partial.data(), parts, finish);
       cuda_detail::check_launch("reduce_partials_kernel");
+    } else {
+      cuda_detail::apply_sink_kernel<<<1, 1, 0, stream_>>>(finish, static_cast<const V*>(partial.data()));
+      cuda_detail::check_launch("apply_sink_kernel");
     }
-    done(static_cast<const V*>(result));
   }
 
   /// The flat reduce: block k folds the k-th of flat_blocks(n) equal ranges.
-  template <class Space, class R, class Done>
-  void flat_reduce_then(Space sp, R r, Done&& done) const {
+  template <class Space, class R, class Finish>
+  void flat_reduce_then(Space sp, R r, Finish finish) const {
     const index_t n = sp.size(), blocks = cuda_detail::flat_blocks(n), per_block = (n + blocks - 1) / blocks;
     reduce_in_parts(r, blocks, [&](typename R::value_type* partial) {
       cuda_detail::reduce_blocks_kernel<<<static_cast<unsigned>(blocks), cuda_detail::kBlock, 0, stream_>>>(
           sp, r, per_block, partial);
       cuda_detail::check_launch("reduce_blocks_kernel");
-    }, done);
+    }, finish);
   }
 
   /// The ragged reduce: on wide rows one partial per row, folded over the row's range only (block_fold:
   /// the valid prefix of a right-padded row is shared by all the block's threads, and no block folds
-  /// padding); narrow rows, and an empty space (whose one block yields the identity), take the flat
-  /// reduce on a skipping functor.
-  template <class R, class Range, class Done>
-  void ragged_reduce_then(index_t rows, index_t cols, R r, Range range, Done&& done) const {
-    if (rows <= 0 || !cuda_detail::wide_rows(cols))
-      return flat_reduce_then(cuda_detail::space2d{rows > 0 ? rows : 0, cols > 0 ? cols : 0},
-                              detail::ragged_reducer<R, Range>{r, range}, done);
+  /// padding), then the row's epilogue; narrow rows, and an empty space (whose one block yields the
+  /// identity), take the flat reduce on a skipping functor, then the epilogue as its own pass.
+  template <class R, class Range, class Epilogue, class Finish>
+  void ragged_reduce_then(index_t rows, index_t cols, R r, Range range, Epilogue epilogue, Finish finish) const {
+    if (rows <= 0 || !cuda_detail::wide_rows(cols)) {
+      flat_reduce_then(cuda_detail::space2d{rows > 0 ? rows : 0, cols > 0 ? cols : 0},
+                       detail::ragged_reducer<R, Range>{r, range}, finish);
+      return run_epilogue(rows, cols, range, epilogue);
+    }
     using V = typename R::value_type;
     reduce_in_parts(r, rows, [&](V* partial) {
       cuda_detail::segment_reduce_kernel<cuda_detail::kFlatFoldItems>
           <<<cuda_detail::grid_for(rows, 1), cuda_detail::kBlock, 0, stream_>>>(
               rows, r, cuda_detail::row_bounds<Range>{range}, cuda_detail::row_add<R>{r},
-              cuda_detail::store_partial<V>{partial});
+              cuda_detail::store_partial<V>{partial}, epilogue);
       cuda_detail::check_launch("segment_reduce_kernel (ragged reduce)");
-    }, done);
+    }, finish);
+  }
+
+  /// A reduction's value on the host: reduce(finish) enqueues it with a finish that stores it in device
+  /// memory, then one copy (waits for the stream).
+  template <class V, class Reduce>
+  V to_host(Reduce&& reduce) const {
+    auto value = allocate<V>(1);
+    reduce(cuda_detail::store_value<V>{value.data()});
+    V host;
+    copy_to_host(value.data(), 1, &host);
+    return host;
   }
 
   /// The value copied to the host (waits for the stream).
   template <class Space, class R>
   typename R::value_type flat_reduce(Space sp, R r) const {
-    typename R::value_type host;
-    flat_reduce_then(sp, r, [&](const auto* value) { copy_to_host(value, 1, &host); });
-    return host;
+    return to_host<typename R::value_type>([&](auto finish) { flat_reduce_then(sp, r, finish); });
   }
 
   cudaStream_t stream_ = nullptr;

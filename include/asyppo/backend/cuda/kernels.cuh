@@ -11,7 +11,9 @@
 //     rounds are appended in order (block_fold); a second one-block pass combines the block
 //     partials in block order. On wide ragged rows the first pass is one block per row over the
 //     row's range only (rows' partials, then the same second pass);
-//   * row / segment reduce: one block per row (segment), folded the same way (8 per thread);
+//   * row / segment reduce: one block per row (segment), folded the same way (8 per thread); the
+//     per-row kernels (this one, the row scan) may end each row with an epilogue (fill_after: the
+//     fused padding of backend/patterns.hpp, the row's columns after its range);
 //   * row / segment scan: one block per row (segment), tiles of kBlock * n positions in scan
 //     order, each thread a contiguous run of n positions (`items`, fewer in a row's last tile:
 //     run_length); cub::BlockScan (warp scans) of the
@@ -126,6 +128,22 @@ __global__ void __launch_bounds__(kBlock) for_each_rows_kernel(index_t rows, F f
   }
 }
 
+// ---- row epilogues: what a per-row kernel's block does after row b, given the end hi of its range ---
+/// Nothing.
+struct no_row_epilogue {
+  __device__ void operator()(index_t, index_t) const {}
+};
+/// The fused padding of backend/patterns.hpp: fill(b, t) for t in [hi, cols), thread j the columns
+/// hi + j, hi + j + kBlock, ... (a warp's stores adjacent).
+template <class F>
+struct fill_after {
+  F fill;
+  index_t cols;
+  __device__ void operator()(index_t b, index_t hi) const {
+    for (index_t t = hi + index_t(threadIdx.x); t < cols; t += kBlock) fill(b, t);
+  }
+};
+
 // ---- flat reduce ---------------------------------------------------------------------------------
 /// Positions per thread per round of the block folds below: tuning constants (fewer rounds, each ending
 /// in a block reduction, against shorter runs per thread), measured on an H100 at 1024 x 8192
@@ -223,10 +241,11 @@ __global__ void __launch_bounds__(kBlock, reduce_min_blocks<typename R::value_ty
   if (threadIdx.x == 0) partial[blockIdx.x] = total;
 }
 
-/// Pass 2 (one block): combines partial[0..nparts) in order into *out.
-template <class R>
+/// Pass 2 (one block): combines partial[0..nparts) in order and hands the total to finish(total) (one
+/// thread: store_value, or reduce_to's sink).
+template <class R, class Finish>
 __global__ void __launch_bounds__(kBlock) reduce_partials_kernel(R r, const typename R::value_type* partial,
-                                                                 index_t nparts, typename R::value_type* out) {
+                                                                 index_t nparts, Finish finish) {
   using V = typename R::value_type;
   using block_reduce = cub::BlockReduce<V, kBlock>;
   __shared__ typename block_reduce::TempStorage tmp;
@@ -236,14 +255,21 @@ __global__ void __launch_bounds__(kBlock) reduce_partials_kernel(R r, const type
   V acc = r.identity();
   for (index_t j = lo; j < hi; ++j) acc = r.combine(acc, partial[j]);
   const V total = block_reduce(tmp).Reduce(acc, reducer_combine<R>{r});
-  if (threadIdx.x == 0) *out = total;
+  if (threadIdx.x == 0) finish(total);
 }
 
-/// reduce_to's last step (one thread): hands the reduction to the caller's sink, on the device.
-template <class V, class Sink>
-__global__ void apply_sink_kernel(Sink sink, const V* value) {
-  sink(*value);
+/// The last step of a reduce in one part (one thread): finish(*value).
+template <class V, class Finish>
+__global__ void apply_sink_kernel(Finish finish, const V* value) {
+  finish(*value);
 }
+
+/// A reduce's finish that stores the value (in device memory: the host-result reduces copy it back).
+template <class V>
+struct store_value {
+  V* dst;
+  __device__ void operator()(const V& v) const { *dst = v; }
+};
 
 // ---- per-segment reduce (rows or CSR segments): one block per segment ---------------------------
 template <class Range>
@@ -257,16 +283,43 @@ struct segment_bounds {
   __device__ void operator()(index_t g, index_t& lo, index_t& hi) const { lo = begin(g), hi = begin(g + 1); }
 };
 
-/// add_row: add(acc, g, i) with i in [lo, hi): r.add(acc, g, i) for rows, r.add(acc, i) for segments.
+// Positions a thread loads before it applies them, for reducers split into load and apply
+// (backend/patterns.hpp): add() of position i + 1 cannot start its loads before add() of i has stored its
+// outputs (they might alias), so a thread of a per-row reduce had one memory latency per position in
+// flight; with the split, the loads of this many positions are in flight together. Tuning constant,
+// measured on an H100 (docs/benchmarks.md: the actor as a graph replay, 1 / 2 / 4 / 8: 0.095 / 0.092 /
+// 0.098 / 0.112 ms; at 4 and 8 its reducer spills under the 128-register cap, at 2 it does not).
+#ifndef ASYPPO_CUDA_LOAD_AHEAD
+#define ASYPPO_CUDA_LOAD_AHEAD 2
+#endif
+inline constexpr int kLoadAhead = ASYPPO_CUDA_LOAD_AHEAD;
+
+/// The fold of a thread's run [a, e) of row or segment g: r.add(acc, g, i) for rows (in groups of
+/// kLoadAhead positions loaded before they are applied, where r splits add into load and apply; same
+/// order, same results), r.add(acc, i) for segments.
 template <class R>
 struct row_add {
   R r;
-  __device__ void operator()(typename R::value_type& acc, index_t b, index_t t) const { r.add(acc, b, t); }
+  __device__ void run(typename R::value_type& acc, index_t b, index_t a, index_t e) const {
+    index_t t = a;
+    if constexpr (requires { r.apply(acc, b, t, r.load(b, t)); }) {
+      for (; t + kLoadAhead <= e; t += kLoadAhead) {
+        typename R::token_type k[kLoadAhead];
+#pragma unroll
+        for (int u = 0; u < kLoadAhead; ++u) k[u] = r.load(b, t + u);
+#pragma unroll
+        for (int u = 0; u < kLoadAhead; ++u) r.apply(acc, b, t + u, k[u]);
+      }
+    }
+    for (; t < e; ++t) r.add(acc, b, t);
+  }
 };
 template <class R>
 struct segment_add {
   R r;
-  __device__ void operator()(typename R::value_type& acc, index_t, index_t i) const { r.add(acc, i); }
+  __device__ void run(typename R::value_type& acc, index_t, index_t a, index_t e) const {
+    for (index_t i = a; i < e; ++i) r.add(acc, i);
+  }
 };
 
 template <class R, class Add>
@@ -274,16 +327,14 @@ struct segment_visit {
   R r;
   Add add;
   index_t g;
-  __device__ void operator()(index_t a, index_t e, typename R::value_type& acc) const {
-    for (index_t i = a; i < e; ++i) add(acc, g, i);
-  }
+  __device__ void operator()(index_t a, index_t e, typename R::value_type& acc) const { add.run(acc, g, a, e); }
 };
 
 /// One block per segment (grid-stride over segments), each folded by block_fold (Items positions per
-/// thread per round at most).
-template <int Items, class R, class Bounds, class Add, class Sink>
+/// thread per round at most), then epilogue(g, hi) (rows: no_row_epilogue or fill_after).
+template <int Items, class R, class Bounds, class Add, class Sink, class Epilogue = no_row_epilogue>
 __global__ void __launch_bounds__(kBlock, reduce_min_blocks<typename R::value_type>())
-    segment_reduce_kernel(index_t nseg, R r, Bounds bounds, Add add, Sink sink) {
+    segment_reduce_kernel(index_t nseg, R r, Bounds bounds, Add add, Sink sink, Epilogue epilogue = {}) {
   using V = typename R::value_type;
   __shared__ typename cub::BlockReduce<V, kBlock>::TempStorage tmp;
   for (index_t g = blockIdx.x; g < nseg; g += gridDim.x) {
@@ -292,6 +343,7 @@ __global__ void __launch_bounds__(kBlock, reduce_min_blocks<typename R::value_ty
     segment_visit<R, Add> visit{r, add, g};
     const V total = block_fold<Items>(r, lo, hi, visit, tmp);
     if (threadIdx.x == 0) sink(g, total);
+    epilogue(g, hi);
   }
 }
 
@@ -455,9 +507,10 @@ inline constexpr int kRowScanItems = ASYPPO_CUDA_ROW_SCAN_ITEMS;
 #define ASYPPO_CUDA_ROW_SCAN_MIN_BLOCKS 2
 #endif
 
-template <class Elem, class Op, class Sink, class Range>
+/// (Then epilogue(b, hi) after row b: no_row_epilogue or fill_after.)
+template <class Elem, class Op, class Sink, class Range, class Epilogue>
 __global__ void __launch_bounds__(kBlock, ASYPPO_CUDA_ROW_SCAN_MIN_BLOCKS)
-    row_scan_kernel(index_t rows, row_scan_adapter<Elem, Op, Sink, Range> ad) {
+    row_scan_kernel(index_t rows, row_scan_adapter<Elem, Op, Sink, Range> ad, Epilogue epilogue) {
   using V = typename Op::value_type;
   using M = maybe<V>;
   using block_scan = tile_scan<M>;
@@ -484,6 +537,7 @@ __global__ void __launch_bounds__(kBlock, ASYPPO_CUDA_ROW_SCAN_MIN_BLOCKS)
       __syncthreads();  // tmp is reused by the next tile
       start += index_t(kBlock) * n;
     }
+    epilogue(b, lo + len);
   }
 }
 
