@@ -90,7 +90,7 @@ template <class T>
 struct actor_reducer {
   token_view<const T> logp, old_logp, adv, entropy, ref;
   mask_view mask, adv_mask, entropy_mask;
-  const double* w;
+  row_weights w;
   token_view<compute_type_t<T>> grad_logp, grad_entropy;  // optional each
   surrogate_params sp;
   kl_params kp;
@@ -225,7 +225,7 @@ void check_actor_finite(const Backend& be, const char* where, const actor_object
 template <class T>
 actor_reducer<T> actor_reducer_of(const actor_objective_inputs<T>& in,
                                   const actor_objective_outputs<compute_type_t<T>>& out, const actor_objective_options& opt,
-                                  const double* weights) {
+                                  row_weights weights) {
   return {in.logp,      in.old_logp,     in.advantages,  in.entropy, in.ref_logp,  in.mask, in.adv_mask,
           in.entropy_mask, weights,      out.grad_logp,  out.grad_entropy,
           {opt.clip_low, opt.clip_high, opt.dual_clip, opt.log_ratio_clamp}, kl_params_of(opt.kl), opt.entropy_coef,
@@ -262,7 +262,7 @@ actor_objective_result actor_objective(const Backend& be, const actor_objective_
   const auto [acc, norm] = detail::fused_loss(
       be, where, in.mask, opt.aggregation, opt.normalizer, opt.check_finite,
       [&](auto range) { detail::check_actor_finite(be, where, in, range); },
-      [&](const double* w) { return detail::actor_reducer_of(in, out, opt, w); }, out.grad_logp, out.grad_entropy);
+      [&](detail::row_weights w) { return detail::actor_reducer_of(in, out, opt, w); }, out.grad_logp, out.grad_entropy);
   return detail::actor_result_of{opt.entropy_coef, opt.kl_coef, norm}(acc);
 }
 
@@ -283,7 +283,7 @@ void actor_objective_to(const Backend& be, const actor_objective_inputs<T>& in,
   detail::fused_loss_to(
       be, in.mask, opt.aggregation, opt.normalizer, opt.check_finite,
       [&](auto range) { detail::check_actor_finite(be, where, in, range); },
-      [&](const double* w) { return detail::actor_reducer_of(in, out, opt, w); },
+      [&](detail::row_weights w) { return detail::actor_reducer_of(in, out, opt, w); },
       result, detail::actor_result_of{opt.entropy_coef, opt.kl_coef, opt.normalizer}, out.grad_logp,
       out.grad_entropy);
 }

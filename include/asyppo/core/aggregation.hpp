@@ -257,6 +257,20 @@ row_weight_table<Backend> make_row_weights(const Backend& be, const char* where,
   return tab;
 }
 
+/// The row weights w_b a loss reducer reads (w[b]): a [B] table in backend memory, or one value for every
+/// row (no table: what the device-result variants use where the weight does not depend on L_b).
+struct row_weights {
+  const double* table = nullptr;
+  double value = 0;
+  ASYPPO_HD row_weights(const double* t = nullptr) : table(t) {}  // a table (implicit: reducers take tables)
+  ASYPPO_HD static row_weights constant(double v) {
+    row_weights w;
+    w.value = v;
+    return w;
+  }
+  ASYPPO_HD double operator[](index_t b) const { return table ? table[b] : value; }
+};
+
 /// row_reduce sink: w[b] = row_weight(mode, normaliser, L_b).
 struct store_row_weight {
   double* w;
@@ -284,19 +298,30 @@ inline void check_explicit_normalizer(const char* where, const char* name, loss_
 /// seq-mean-token-mean divides by L_b).
 inline bool weight_uses_length(loss_aggregation m) { return m == loss_aggregation::seq_mean_token_mean; }
 
-/// (after check_explicit_normalizer) Counts each row's valid tokens only where the weight needs them;
-/// in the other modes every row gets row_weight(mode, n, 1), which a row without valid tokens never
-/// reads (the weights are read at valid tokens only), so the mask is not read here.
+/// The row weights of make_row_weights_in_place: the table (empty where the weights are one value) and
+/// what the reducers read.
+template <class Buffer>
+struct weights_in_place {
+  Buffer table;
+  row_weights w;
+};
+
+/// (after check_explicit_normalizer) Counts each row's valid tokens only where the weight needs them
+/// (seq-mean-token-mean: a [B] table); in the other modes every row's weight is row_weight(mode, n, 1),
+/// carried by value (no table, no pass: a row without valid tokens never reads it, the weights being
+/// read at valid tokens only).
 template <class Backend, class Range>
 auto make_row_weights_in_place(const Backend& be, mask_view mask, loss_aggregation mode, const loss_normalizer& n,
                                Range range) {
   const index_t B = mask.extent[0], Tn = mask.extent[1];
-  auto w = be.template allocate<double>(B);
-  if (B > 0 && Tn > 0) {
-    if (weight_uses_length(mode)) be.row_reduce(B, Tn, count_valid{mask}, store_row_weight{w.data(), mode, n}, range);
-    else be.fill(w.data(), B, row_weight(mode, n, 1));
+  const bool table = weight_uses_length(mode);
+  weights_in_place<decltype(be.template allocate<double>(0))> out{be.template allocate<double>(table ? B : 0),
+                                                                    row_weights::constant(row_weight(mode, n, 1))};
+  if (table) {
+    out.w = row_weights(out.table.data());
+    if (B > 0 && Tn > 0) be.row_reduce(B, Tn, count_valid{mask}, store_row_weight{out.table.data(), mode, n}, range);
   }
-  return w;
+  return out;
 }
 
 /// The body every loss shares after its checks (Eq. E15, one fused pass): the row span, the optional
@@ -341,8 +366,8 @@ void fused_loss_to(const Backend& be, mask_view mask, loss_aggregation mode, con
   const index_t B = mask.extent[0], Tn = mask.extent[1];
   const auto span = make_row_span(be, mask);
   if (check_finite) check(span.heads());
-  auto w = make_row_weights_in_place(be, mask, mode, norm, span.heads());
-  reduce_to_then_fill(be, B, Tn, reducer_of(w.data()), span.heads(), store_result<Result, ResultOf>{result, result_of},
+  const auto weights = make_row_weights_in_place(be, mask, mode, norm, span.heads());
+  reduce_to_then_fill(be, B, Tn, reducer_of(weights.w), span.heads(), store_result<Result, ResultOf>{result, result_of},
                       zero_fill_of(grads...));
 }
 
@@ -360,7 +385,7 @@ template <class T>
 struct aggregate_reducer {
   token_view<const T> loss;
   mask_view mask;
-  const double* w;
+  row_weights w;
   token_view<T> grad;  // optional: dAgg/dl = w_b on valid tokens, 0 elsewhere
   using value_type = double;
   ASYPPO_HD double identity() const { return 0; }
@@ -434,7 +459,7 @@ aggregation_result aggregate_loss(const Backend& be, token_view<const T> loss, m
   const auto [acc, resolved] = detail::fused_loss(
       be, where, mask, mode, norm, check_finite,
       [&](auto range) { detail::check_finite_views<Backend, T>(be, where, "loss", mask, range, loss); },
-      [&](const double* w) { return detail::aggregate_reducer<T>{loss, mask, w, weights}; }, weights);
+      [&](detail::row_weights w) { return detail::aggregate_reducer<T>{loss, mask, w, weights}; }, weights);
   return detail::aggregation_result_of{resolved}(acc);
 }
 
@@ -453,7 +478,7 @@ void aggregate_loss_to(const Backend& be, token_view<const T> loss, mask_view ma
   detail::fused_loss_to(
       be, mask, mode, norm, check_finite,
       [&](auto range) { detail::check_finite_views<Backend, T>(be, where, "loss", mask, range, loss); },
-      [&](const double* w) { return detail::aggregate_reducer<T>{loss, mask, w, weights}; },
+      [&](detail::row_weights w) { return detail::aggregate_reducer<T>{loss, mask, w, weights}; },
       result, detail::aggregation_result_of{norm}, weights);
 }
 

@@ -90,7 +90,7 @@ template <class T>
 struct entropy_reducer {
   token_view<const T> entropy;
   mask_view mask, entropy_mask;
-  const double* w;
+  row_weights w;
   token_view<compute_type_t<T>> grad;  // optional
   double beta;
   using value_type = entropy_acc;
@@ -276,7 +276,7 @@ entropy_bonus_result entropy_bonus(const Backend& be, token_view<const T> entrop
   const auto [acc, norm] = detail::fused_loss(
       be, where, mask, opt.aggregation, opt.normalizer, opt.check_finite,
       [&](auto range) { detail::check_finite_views<Backend, T>(be, where, "entropy", mask, range, entropy); },
-      [&](const double* w) { return detail::entropy_reducer<T>{entropy, mask, entropy_mask, w, grad_entropy, opt.beta}; },
+      [&](detail::row_weights w) { return detail::entropy_reducer<T>{entropy, mask, entropy_mask, w, grad_entropy, opt.beta}; },
       grad_entropy);
   return detail::entropy_result_of{opt.beta, norm}(acc);
 }
@@ -295,7 +295,7 @@ void entropy_bonus_to(const Backend& be, token_view<const T> entropy, mask_view 
   detail::fused_loss_to(
       be, mask, opt.aggregation, opt.normalizer, opt.check_finite,
       [&](auto range) { detail::check_finite_views<Backend, T>(be, where, "entropy", mask, range, entropy); },
-      [&](const double* w) { return detail::entropy_reducer<T>{entropy, mask, entropy_mask, w, grad_entropy, opt.beta}; },
+      [&](detail::row_weights w) { return detail::entropy_reducer<T>{entropy, mask, entropy_mask, w, grad_entropy, opt.beta}; },
       result, detail::entropy_result_of{opt.beta, opt.normalizer}, grad_entropy);
 }
 

@@ -109,7 +109,7 @@ template <class T>
 struct kl_reducer {
   token_view<const T> logp, ref;
   mask_view mask;
-  const double* w;
+  row_weights w;
   token_view<compute_type_t<T>> grad;  // optional
   kl_params p;
   double coef;
@@ -221,7 +221,7 @@ kl_loss_result kl_loss(const Backend& be, token_view<const T> logp, token_view<c
   const auto [acc, norm] = detail::fused_loss(
       be, where, mask, opt.aggregation, opt.normalizer, opt.check_finite,
       [&](auto range) { detail::check_finite_views<Backend, T>(be, where, "logp or ref_logp", mask, range, logp, ref_logp); },
-      [&](const double* w) {
+      [&](detail::row_weights w) {
         return detail::kl_reducer<T>{logp, ref_logp, mask, w, grad_logp, detail::kl_params_of(opt.kl), opt.coef};
       },
       grad_logp);
@@ -241,7 +241,7 @@ void kl_loss_to(const Backend& be, token_view<const T> logp, token_view<const T>
   detail::fused_loss_to(
       be, mask, opt.aggregation, opt.normalizer, opt.check_finite,
       [&](auto range) { detail::check_finite_views<Backend, T>(be, where, "logp or ref_logp", mask, range, logp, ref_logp); },
-      [&](const double* w) {
+      [&](detail::row_weights w) {
         return detail::kl_reducer<T>{logp, ref_logp, mask, w, grad_logp, detail::kl_params_of(opt.kl), opt.coef};
       },
       result, detail::kl_result_of{opt.coef, opt.normalizer}, grad_logp);

@@ -120,7 +120,7 @@ template <class T>
 struct policy_reducer {
   token_view<const T> logp, old_logp, adv;
   mask_view mask, adv_mask;
-  const double* w;
+  row_weights w;
   token_view<compute_type_t<T>> grad;  // optional
   surrogate_params p;
   using value_type = policy_acc;
@@ -231,7 +231,7 @@ void check_policy_finite(const Backend& be, const char* where, const policy_loss
 }
 template <class T>
 policy_reducer<T> policy_reducer_of(const policy_loss_inputs<T>& in, token_view<compute_type_t<T>> grad_logp,
-                                    const policy_loss_options& opt, const double* w) {
+                                    const policy_loss_options& opt, row_weights w) {
   return {in.logp, in.old_logp, in.advantages, in.mask, in.adv_mask, w, grad_logp,
           {opt.clip_low, opt.clip_high, opt.dual_clip, opt.log_ratio_clamp}};
 }
@@ -250,7 +250,7 @@ policy_loss_result policy_loss(const Backend& be, const policy_loss_inputs<T>& i
   const auto [acc, norm] = detail::fused_loss(
       be, where, in.mask, opt.aggregation, opt.normalizer, opt.check_finite,
       [&](auto range) { detail::check_policy_finite(be, where, in, range); },
-      [&](const double* w) { return detail::policy_reducer_of(in, grad_logp, opt, w); }, grad_logp);
+      [&](detail::row_weights w) { return detail::policy_reducer_of(in, grad_logp, opt, w); }, grad_logp);
   return detail::policy_result_of{norm}(acc);
 }
 
@@ -268,7 +268,7 @@ void policy_loss_to(const Backend& be, const policy_loss_inputs<T>& in, token_vi
   detail::fused_loss_to(
       be, in.mask, opt.aggregation, opt.normalizer, opt.check_finite,
       [&](auto range) { detail::check_policy_finite(be, where, in, range); },
-      [&](const double* w) { return detail::policy_reducer_of(in, grad_logp, opt, w); },
+      [&](detail::row_weights w) { return detail::policy_reducer_of(in, grad_logp, opt, w); },
       result, detail::policy_result_of{opt.normalizer}, grad_logp);
 }
 
