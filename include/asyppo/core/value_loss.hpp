@@ -254,6 +254,12 @@ void check_value_finite(const Backend& be, const char* where, const value_loss_i
                range);
 }
 
+/// Critic k's gradient view (null when grad_values is absent).
+template <class C>
+token_view<C> critic_grad(critic_view<C> grad_values, index_t k) {
+  return present(grad_values) ? grad_values[k] : token_view<C>{};
+}
+
 /// Critic k's fused reducer (E9) with row weights w (B entries).
 template <bool EV, class T>
 value_reducer<T, EV> value_reducer_of(const value_loss_inputs<T>& in, const value_loss_dims& d, index_t k,
@@ -265,7 +271,7 @@ value_reducer<T, EV> value_reducer_of(const value_loss_inputs<T>& in, const valu
           in.mask,
           present(in.shard_weights) ? in.shard_weights[k] : seq_view<const compute_type_t<T>>{},
           w,
-          present(grad_values) ? grad_values[k] : token_view<compute_type_t<T>>{},
+          critic_grad(grad_values, k),
           d.clip_on ? opt.clip : 0.0,
           opt.half ? 0.5 : 1.0};
 }
@@ -343,7 +349,7 @@ value_loss_result value_loss(const Backend& be, const value_loss_inputs<T>& in,
     m.sequences = tab.counts[static_cast<std::size_t>(k)].sequences;
     if (B * Tn == 0) continue;
     const double* w = tab.weights.data() + k * B;
-    const auto padding = detail::zero_fill_of(detail::present(grad_values) ? grad_values[k] : token_view<compute_type_t<T>>{});
+    const auto padding = detail::zero_fill_of(detail::critic_grad(grad_values, k));
     const detail::value_acc a =
         opt.explained_variance
             ? detail::reduce_then_fill(be, B, Tn, detail::value_reducer_of<true>(in, d, k, w, grad_values, opt),
@@ -389,7 +395,7 @@ void value_loss_to(const Backend& be, const value_loss_inputs<T>& in, critic_vie
       be.for_each(1, B, detail::shard_row_weight<compute_type_t<T>>{len.data(), in.shard_weights, k, w.data() + k * B, opt.aggregation, nk});
     const double* wk = w.data() + k * B;
     const detail::store_critic_metrics sink{metrics + k, nk, opt.explained_variance};
-    const auto padding = detail::zero_fill_of(detail::present(grad_values) ? grad_values[k] : token_view<compute_type_t<T>>{});
+    const auto padding = detail::zero_fill_of(detail::critic_grad(grad_values, k));
     if (opt.explained_variance)
       detail::reduce_to_then_fill(be, B, Tn, detail::value_reducer_of<true>(in, d, k, wk, grad_values, opt), span.heads(),
                                   sink, padding);
