@@ -82,6 +82,10 @@ if compgen -G "build/gpu/variant_*.so" > /dev/null; then
       --profile "$OUT/profile_$name.txt" 2>&1 | grep -E '^\| (advantage|actor)'
     grep -E '^##|^ +[0-9.]+ ms' "$OUT/profile_$name.txt" | cut -c1-140 | head -24
   done 2>&1 | tee "$OUT/variants.txt"
+  # This tree's library once more after them: the drift of the machine over the sweep, beside each variant.
+  echo "== current (again, after the variants)" | tee -a "$OUT/variants.txt"
+  timeout 120 python3 bench/gpu/bench_vs_torch.py --lib build/gpu/libasyppo_bench_cuda.so --heads '' --torch-gae-repeat 0 \
+    2>&1 | grep -E '^\| (advantage|actor)' | tee -a "$OUT/variants.txt"
 fi
 if [ "${ASYPPO_NCU:-0}" = 1 ] && command -v ncu >/dev/null; then
   # Nsight Compute on one advantage step and one actor call (bench_vs_torch.py --ncu): each kernel's

@@ -176,8 +176,7 @@ class cuda_backend : public detail::ragged_by_wrapping<cuda_backend> {
   void for_each(index_t n, F f) const {
     if (n <= 0) return;
     device_guard g(device_);
-    cuda_detail::for_each_1d_kernel<<<cuda_detail::grid_for(n, cuda_detail::kBlock), cuda_detail::kBlock, 0, stream_>>>(n, f);
-    cuda_detail::check_launch("for_each_1d_kernel");
+    launch("for_each_1d_kernel", cuda_detail::for_each_1d_kernel<F>, cuda_detail::grid_for(n, cuda_detail::kBlock), n, f);
   }
 
   /// Waits for the stream (returns a host value).
@@ -191,10 +190,11 @@ class cuda_backend : public detail::ragged_by_wrapping<cuda_backend> {
   void segmented_reduce(index_t nseg, Begin begin, R r, Sink sink) const {
     if (nseg <= 0) return;
     device_guard g(device_);
-    cuda_detail::segment_reduce_kernel<cuda_detail::kRowFoldItems>
-        <<<cuda_detail::grid_for(nseg, 1), cuda_detail::kBlock, 0, stream_>>>(
-            nseg, r, cuda_detail::segment_bounds<Begin>{begin}, cuda_detail::segment_add<R>{r}, sink);
-    cuda_detail::check_launch("segment_reduce_kernel");
+    using Bounds = cuda_detail::segment_bounds<Begin>;
+    using Add = cuda_detail::segment_add<R>;
+    using Epilogue = cuda_detail::no_row_epilogue;
+    launch("segment_reduce_kernel", cuda_detail::segment_reduce_kernel<cuda_detail::kRowFoldItems, R, Bounds, Add, Sink, Epilogue>,
+           cuda_detail::grid_for(nseg, 1), nseg, r, Bounds{begin}, Add{r}, sink, Epilogue{});
   }
 
   template <class Begin, class Elem, class Op, class Sink>
@@ -202,9 +202,8 @@ class cuda_backend : public detail::ragged_by_wrapping<cuda_backend> {
     if (nseg <= 0) return;
     device_guard g(device_);
     using A = cuda_detail::segment_scan_adapter<Begin, Elem, Op, Sink>;
-    cuda_detail::segment_scan_kernel<<<cuda_detail::grid_for(nseg, 1), cuda_detail::kBlock, 0, stream_>>>(
-        nseg, A{begin, dir == scan_direction::reverse, elem, op, sink});
-    cuda_detail::check_launch("segment_scan_kernel");
+    launch("segment_scan_kernel", cuda_detail::segment_scan_kernel<A>, cuda_detail::grid_for(nseg, 1), nseg,
+           A{begin, dir == scan_direction::reverse, elem, op, sink});
   }
 
   /// counts: nbins device counters (std::uint64_t), incremented (not cleared).
@@ -236,8 +235,7 @@ class cuda_backend : public detail::ragged_by_wrapping<cuda_backend> {
     if (rows <= 0 || cols <= 0) return;
     device_guard g(device_);
     const auto [grid, block] = grid_2d(rows, cols);
-    cuda_detail::for_each_2d_kernel<<<grid, block, 0, stream_>>>(rows, cols, f);
-    cuda_detail::check_launch("for_each_2d_kernel");
+    launch("for_each_2d_kernel", cuda_detail::for_each_2d_kernel<F>, grid, block, rows, cols, f);
   }
 
   /// Ragged: wide rows (cols >= 2 * kBlock) one block per row over the row's range only; narrow rows
@@ -247,8 +245,7 @@ class cuda_backend : public detail::ragged_by_wrapping<cuda_backend> {
     if (rows <= 0 || cols <= 0) return;
     if (!cuda_detail::wide_rows(cols)) return ragged_by_wrapping::for_each(rows, cols, f, range);
     device_guard g(device_);
-    cuda_detail::for_each_rows_kernel<<<cuda_detail::grid_for(rows, 1), cuda_detail::kBlock, 0, stream_>>>(rows, f, range);
-    cuda_detail::check_launch("for_each_rows_kernel");
+    launch("for_each_rows_kernel", cuda_detail::for_each_rows_kernel<F, Range>, cuda_detail::grid_for(rows, 1), rows, f, range);
   }
 
   /// Waits for the stream (returns a host value).
@@ -293,10 +290,12 @@ class cuda_backend : public detail::ragged_by_wrapping<cuda_backend> {
     (void)cols;
     if (rows <= 0) return;
     device_guard g(device_);
-    cuda_detail::segment_reduce_kernel<cuda_detail::kRowFoldItems>
-        <<<cuda_detail::grid_for(rows, 1), cuda_detail::kBlock, 0, stream_>>>(
-            rows, r, cuda_detail::row_bounds<Range>{range}, cuda_detail::row_add<R>{r}, sink);
-    cuda_detail::check_launch("segment_reduce_kernel (row_reduce)");
+    using Bounds = cuda_detail::row_bounds<Range>;
+    using Add = cuda_detail::row_add<R>;
+    using Epilogue = cuda_detail::no_row_epilogue;
+    launch("segment_reduce_kernel (row_reduce)",
+           cuda_detail::segment_reduce_kernel<cuda_detail::kRowFoldItems, R, Bounds, Add, Sink, Epilogue>,
+           cuda_detail::grid_for(rows, 1), rows, r, Bounds{range}, Add{r}, sink, Epilogue{});
   }
 
   template <class Elem, class Op, class Sink>
@@ -324,9 +323,8 @@ class cuda_backend : public detail::ragged_by_wrapping<cuda_backend> {
     const index_t split = ASYPPO_CUDA_HIST_ROW_SPLIT, cap = ASYPPO_CUDA_HIST_ROW_BLOCKS;
     const index_t parts = rows * split;  // each block clears and flushes nbins shared bins once
     const unsigned grid = static_cast<unsigned>(parts < cap ? parts : cap);
-    cuda_detail::histogram_rows_shared_kernel<<<grid, cuda_detail::kBlock, 0, stream_>>>(rows, split, bin, range, nbins,
-                                                                                          as_ull(counts));
-    cuda_detail::check_launch("histogram_rows_shared_kernel");
+    launch("histogram_rows_shared_kernel", cuda_detail::histogram_rows_shared_kernel<Bin, Range>, grid, rows, split, bin,
+           range, nbins, as_ull(counts));
   }
 
   template <class Bin>
@@ -342,8 +340,8 @@ class cuda_backend : public detail::ragged_by_wrapping<cuda_backend> {
     auto [grid, block] = grid_2d(rows, cols);
     grid.x = grid.x < 1024u ? grid.x : 1024u;
     grid.y = grid.y < 1024u / grid.x ? grid.y : 1024u / grid.x;
-    cuda_detail::histogram_2d_shared_kernel<<<grid, block, 0, stream_>>>(rows, cols, bin, nbins, as_ull(counts));
-    cuda_detail::check_launch("histogram_2d_shared_kernel");
+    launch("histogram_2d_shared_kernel", cuda_detail::histogram_2d_shared_kernel<Bin>, grid, block, rows, cols, bin, nbins,
+           as_ull(counts));
   }
 
   /// The v with pick(b, t, v) true, in row-major order, on the host. Waits for the stream.
@@ -357,9 +355,8 @@ class cuda_backend : public detail::ragged_by_wrapping<cuda_backend> {
     auto counts = allocate<unsigned long long>(threads + 1);
     auto offsets = allocate<unsigned long long>(threads + 1);
     device_guard g(device_);
-    cuda_detail::collect_count_kernel<V><<<static_cast<unsigned>(blocks), cuda_detail::kBlock, 0, stream_>>>(
-        sp, pick, per_thread, counts.data());
-    cuda_detail::check_launch("collect_count_kernel");
+    launch("collect_count_kernel", cuda_detail::collect_count_kernel<V, Pick>, static_cast<unsigned>(blocks), sp, pick,
+           per_thread, counts.data());
     fill(counts.data() + threads, 1, 0ull);
     std::size_t temp_bytes = 0;
     ASYPPO_CUDA_CHECK(cub::DeviceScan::ExclusiveSum(nullptr, temp_bytes, counts.data(), offsets.data(), threads + 1, stream_));
@@ -369,9 +366,8 @@ class cuda_backend : public detail::ragged_by_wrapping<cuda_backend> {
     copy_to_host(offsets.data() + threads, 1, &total);
     if (total == 0) return host;
     auto out = allocate<V>(static_cast<index_t>(total));
-    cuda_detail::collect_write_kernel<V><<<static_cast<unsigned>(blocks), cuda_detail::kBlock, 0, stream_>>>(
-        sp, pick, per_thread, offsets.data(), out.data());
-    cuda_detail::check_launch("collect_write_kernel");
+    launch("collect_write_kernel", cuda_detail::collect_write_kernel<V, Pick>, static_cast<unsigned>(blocks), sp, pick,
+           per_thread, offsets.data(), out.data());
     host.resize(static_cast<std::size_t>(total));
     copy_to_host(out.data(), static_cast<index_t>(total), host.data());
     return host;
@@ -387,6 +383,17 @@ class cuda_backend : public detail::ragged_by_wrapping<cuda_backend> {
     const index_t gx = (cols + bx - 1) / bx, gy = (rows + by - 1) / by;
     return {dim3(static_cast<unsigned>(gx < 65535 ? gx : 65535), static_cast<unsigned>(gy < 65535 ? gy : 65535)),
             dim3(bx, by)};
+  }
+
+  /// kernel<<<grid, block, 0, stream_>>>(args...) through cuda_detail::launch (programmatic dependent
+  /// launch where the device and the kernel's code have it); block: kBlock threads unless given.
+  template <class... P, class... A>
+  void launch(const char* name, void (*kernel)(P...), dim3 grid, dim3 block, A&&... args) const {
+    cuda_detail::launch(name, kernel, grid, block, stream_, device_, std::forward<A>(args)...);
+  }
+  template <class... P, class... A>
+  void launch(const char* name, void (*kernel)(P...), unsigned grid, A&&... args) const {
+    launch(name, kernel, dim3(grid), dim3(cuda_detail::kBlock), std::forward<A>(args)...);
   }
 
   /// Makes `device` current for the scope (restores the previous one).
@@ -432,9 +439,8 @@ class cuda_backend : public detail::ragged_by_wrapping<cuda_backend> {
     if (rows <= 0 || cols <= 0) return;
     device_guard g(device_);
     using A = cuda_detail::row_scan_adapter<Elem, Op, Sink, Range>;
-    cuda_detail::row_scan_kernel<<<cuda_detail::grid_for(rows, 1), cuda_detail::kBlock, 0, stream_>>>(
-        rows, A{range, dir == scan_direction::reverse, elem, op, sink}, epilogue);
-    cuda_detail::check_launch("row_scan_kernel");
+    launch("row_scan_kernel", cuda_detail::row_scan_kernel<Elem, Op, Sink, Range, Epilogue>, cuda_detail::grid_for(rows, 1),
+           rows, A{range, dir == scan_direction::reverse, elem, op, sink}, epilogue);
   }
 
   /// A row kernel's epilogue as its own pass after the range's pattern (narrow rows: the flat reduce).
@@ -456,11 +462,11 @@ class cuda_backend : public detail::ragged_by_wrapping<cuda_backend> {
     device_guard g(device_);
     first(partial.data());
     if (parts > 1) {
-      cuda_detail::reduce_partials_kernel<<<1, cuda_detail::kBlock, 0, stream_>>>(r, partial.data(), parts, finish);
-      cuda_detail::check_launch("reduce_partials_kernel");
+      launch("reduce_partials_kernel", cuda_detail::reduce_partials_kernel<R, Finish>, 1u, r,
+             static_cast<const V*>(partial.data()), parts, finish);
     } else {
-      cuda_detail::apply_sink_kernel<<<1, 1, 0, stream_>>>(finish, static_cast<const V*>(partial.data()));
-      cuda_detail::check_launch("apply_sink_kernel");
+      launch("apply_sink_kernel", cuda_detail::apply_sink_kernel<V, Finish>, dim3(1), dim3(1), finish,
+             static_cast<const V*>(partial.data()));
     }
   }
 
@@ -469,9 +475,8 @@ class cuda_backend : public detail::ragged_by_wrapping<cuda_backend> {
   void flat_reduce_then(Space sp, R r, Finish finish) const {
     const index_t n = sp.size(), blocks = cuda_detail::flat_blocks(n), per_block = (n + blocks - 1) / blocks;
     reduce_in_parts(r, blocks, [&](typename R::value_type* partial) {
-      cuda_detail::reduce_blocks_kernel<<<static_cast<unsigned>(blocks), cuda_detail::kBlock, 0, stream_>>>(
-          sp, r, per_block, partial);
-      cuda_detail::check_launch("reduce_blocks_kernel");
+      launch("reduce_blocks_kernel", cuda_detail::reduce_blocks_kernel<Space, R>, static_cast<unsigned>(blocks), sp, r,
+             per_block, partial);
     }, finish);
   }
 
@@ -488,11 +493,12 @@ class cuda_backend : public detail::ragged_by_wrapping<cuda_backend> {
     }
     using V = typename R::value_type;
     reduce_in_parts(r, rows, [&](V* partial) {
-      cuda_detail::segment_reduce_kernel<cuda_detail::kFlatFoldItems>
-          <<<cuda_detail::grid_for(rows, 1), cuda_detail::kBlock, 0, stream_>>>(
-              rows, r, cuda_detail::row_bounds<Range>{range}, cuda_detail::row_add<R>{r},
-              cuda_detail::store_partial<V>{partial}, epilogue);
-      cuda_detail::check_launch("segment_reduce_kernel (ragged reduce)");
+      using Bounds = cuda_detail::row_bounds<Range>;
+      using Add = cuda_detail::row_add<R>;
+      using Sink = cuda_detail::store_partial<V>;
+      launch("segment_reduce_kernel (ragged reduce)",
+             cuda_detail::segment_reduce_kernel<cuda_detail::kFlatFoldItems, R, Bounds, Add, Sink, Epilogue>,
+             cuda_detail::grid_for(rows, 1), rows, r, Bounds{range}, Add{r}, Sink{partial}, epilogue);
     }, finish);
   }
 

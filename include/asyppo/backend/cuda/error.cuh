@@ -31,10 +31,11 @@ inline void check_status(cudaError_t status, const char* call) {
                "): ", cudaGetErrorString(status));
 }
 
-/// After a <<<...>>> launch: launch-configuration errors (and earlier asynchronous errors).
-inline void check_launch(const char* kernel) {
-  const cudaError_t status = cudaGetLastError();
+/// After a kernel launch: the launch's status (cudaLaunchKernelEx), else the last error (a <<<...>>>
+/// launch): launch-configuration errors (and earlier asynchronous errors) name the kernel.
+inline void check_launch(const char* kernel, cudaError_t status = cudaGetLastError()) {
   if (status == cudaSuccess) return;
+  (void)cudaGetLastError();
   detail::fail(backend_name, kernel, "kernel launch failed: ", cudaGetErrorName(status), " (",
                static_cast<int>(status), "): ", cudaGetErrorString(status));
 }

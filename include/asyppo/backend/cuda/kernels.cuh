@@ -32,7 +32,9 @@
 #include <cub/block/block_reduce.cuh>
 #include <cub/block/block_scan.cuh>
 
+#include <atomic>
 #include <cstdint>
+#include <utility>
 
 #include "asyppo/config.hpp"
 
@@ -57,6 +59,66 @@ inline unsigned grid_for(index_t n, index_t per_block) {
   const index_t b = (n + per_block - 1) / per_block;
   constexpr index_t cap = index_t(1) << 20;
   return static_cast<unsigned>(b < 1 ? 1 : (b > cap ? cap : b));
+}
+
+// ---- launches: programmatic dependent launch (compute capability 9.0+) ---------------------------
+// Every kernel of this file begins with grid_dependency_wait(): it waits until the work queued before it
+// on the stream has completed and its writes are visible (PTX griddepcontrol.wait), then lets the next
+// kernel be launched (griddepcontrol.launch_dependents). launch() queues a kernel with
+// cudaLaunchAttributeProgrammaticStreamSerialization where its code has that wait, so the launch of a
+// kernel and the start of its blocks overlap the tail of the one before it (a stream capture keeps the
+// relation as a programmatic edge of the graph) instead of following its completion. No kernel touches
+// memory before the wait, so results do not change (docs/architecture.md, "Launches").
+// ASYPPO_CUDA_PDL=0: plain launches, no wait (the measured alternative, docs/benchmarks.md).
+#ifndef ASYPPO_CUDA_PDL
+#define ASYPPO_CUDA_PDL 1
+#endif
+
+__device__ __forceinline__ void grid_dependency_wait() {
+#if ASYPPO_CUDA_PDL && defined(__CUDA_ARCH__) && __CUDA_ARCH__ >= 900
+  asm volatile("griddepcontrol.wait;" ::: "memory");
+  asm volatile("griddepcontrol.launch_dependents;" ::: "memory");
+#endif
+}
+
+/// Whether `kernel` may be launched programmatically on `device` (the current device): the code the
+/// device runs was compiled for a 9.0+ virtual architecture, so it holds the wait (PTX of an older one,
+/// compiled for this device at load time, does not). Asked once per kernel and device.
+template <class... P>
+bool programmatic_launch_ok(void (*kernel)(P...), int device) {
+  if constexpr (!ASYPPO_CUDA_PDL) {
+    (void)kernel, (void)device;
+    return false;
+  } else {
+    constexpr int kDevices = 64;
+    static std::atomic<signed char> known[kDevices] = {};  // 0: not asked yet, 1: no, 2: yes
+    if (device >= 0 && device < kDevices) {
+      if (const signed char k = known[device].load(std::memory_order_relaxed)) return k == 2;
+    }
+    cudaFuncAttributes attr{};
+    check_status(cudaFuncGetAttributes(&attr, kernel), "cudaFuncGetAttributes");
+    const bool ok = attr.ptxVersion >= 90;
+    if (device >= 0 && device < kDevices) known[device].store(ok ? 2 : 1, std::memory_order_relaxed);
+    return ok;
+  }
+}
+
+/// kernel<<<grid, block, 0, stream>>>(args...), programmatic where programmatic_launch_ok; a launch
+/// error names `name`.
+template <class... P, class... A>
+void launch(const char* name, void (*kernel)(P...), dim3 grid, dim3 block, cudaStream_t stream, int device,
+            A&&... args) {
+  cudaLaunchAttribute attr{};
+  attr.id = cudaLaunchAttributeProgrammaticStreamSerialization;
+  attr.val.programmaticStreamSerializationAllowed = 1;
+  cudaLaunchConfig_t config{};
+  config.gridDim = grid;
+  config.blockDim = block;
+  config.dynamicSmemBytes = 0;
+  config.stream = stream;
+  config.attrs = &attr;
+  config.numAttrs = programmatic_launch_ok(kernel, device) ? 1 : 0;
+  check_launch(name, cudaLaunchKernelEx(&config, kernel, std::forward<A>(args)...));
 }
 
 // ---- index spaces: visit a contiguous flat range [lo, hi) in order -----------------------------
@@ -104,6 +166,7 @@ struct reducer_adder {
 // ---- for_each ------------------------------------------------------------------------------------
 template <class F>
 __global__ void __launch_bounds__(kBlock) for_each_1d_kernel(index_t n, F f) {
+  grid_dependency_wait();
   const index_t stride = index_t(gridDim.x) * blockDim.x;
   for (index_t i = index_t(blockIdx.x) * blockDim.x + threadIdx.x; i < n; i += stride) f(i);
 }
@@ -111,6 +174,7 @@ __global__ void __launch_bounds__(kBlock) for_each_1d_kernel(index_t n, F f) {
 /// 2-D grid-stride: threadIdx.x / blockIdx.x over columns, threadIdx.y / blockIdx.y over rows.
 template <class F>
 __global__ void __launch_bounds__(kBlock) for_each_2d_kernel(index_t rows, index_t cols, F f) {
+  grid_dependency_wait();
   const index_t sx = index_t(gridDim.x) * blockDim.x, sy = index_t(gridDim.y) * blockDim.y;
   for (index_t b = index_t(blockIdx.y) * blockDim.y + threadIdx.y; b < rows; b += sy)
     for (index_t t = index_t(blockIdx.x) * blockDim.x + threadIdx.x; t < cols; t += sx) f(b, t);
@@ -121,6 +185,7 @@ __global__ void __launch_bounds__(kBlock) for_each_2d_kernel(index_t rows, index
 /// where they are not visited.
 template <class F, class Range>
 __global__ void __launch_bounds__(kBlock) for_each_rows_kernel(index_t rows, F f, Range range) {
+  grid_dependency_wait();
   for (index_t b = blockIdx.x; b < rows; b += gridDim.x) {
     index_t lo, hi;
     range(b, lo, hi);
@@ -231,6 +296,7 @@ constexpr int reduce_min_blocks() {
 template <class Space, class R>
 __global__ void __launch_bounds__(kBlock, reduce_min_blocks<typename R::value_type>())
     reduce_blocks_kernel(Space sp, R r, index_t per_block, typename R::value_type* partial) {
+  grid_dependency_wait();
   using V = typename R::value_type;
   __shared__ typename cub::BlockReduce<V, kBlock>::TempStorage tmp;
   const index_t n = sp.size();
@@ -246,6 +312,7 @@ __global__ void __launch_bounds__(kBlock, reduce_min_blocks<typename R::value_ty
 template <class R, class Finish>
 __global__ void __launch_bounds__(kBlock) reduce_partials_kernel(R r, const typename R::value_type* partial,
                                                                  index_t nparts, Finish finish) {
+  grid_dependency_wait();
   using V = typename R::value_type;
   using block_reduce = cub::BlockReduce<V, kBlock>;
   __shared__ typename block_reduce::TempStorage tmp;
@@ -261,6 +328,7 @@ __global__ void __launch_bounds__(kBlock) reduce_partials_kernel(R r, const type
 /// The last step of a reduce in one part (one thread): finish(*value).
 template <class V, class Finish>
 __global__ void apply_sink_kernel(Finish finish, const V* value) {
+  grid_dependency_wait();
   finish(*value);
 }
 
@@ -335,6 +403,7 @@ struct segment_visit {
 template <int Items, class R, class Bounds, class Add, class Sink, class Epilogue = no_row_epilogue>
 __global__ void __launch_bounds__(kBlock, reduce_min_blocks<typename R::value_type>())
     segment_reduce_kernel(index_t nseg, R r, Bounds bounds, Add add, Sink sink, Epilogue epilogue = {}) {
+  grid_dependency_wait();
   using V = typename R::value_type;
   __shared__ typename cub::BlockReduce<V, kBlock>::TempStorage tmp;
   for (index_t g = blockIdx.x; g < nseg; g += gridDim.x) {
@@ -455,6 +524,7 @@ struct segment_scan_adapter {
 
 template <class Adapter>
 __global__ void __launch_bounds__(kBlock) segment_scan_kernel(index_t nseg, Adapter ad) {
+  grid_dependency_wait();
   using V = typename Adapter::value_type;
   using M = maybe<V>;
   constexpr int items = scan_items<V>();
@@ -511,6 +581,7 @@ inline constexpr int kRowScanItems = ASYPPO_CUDA_ROW_SCAN_ITEMS;
 template <class Elem, class Op, class Sink, class Range, class Epilogue>
 __global__ void __launch_bounds__(kBlock, ASYPPO_CUDA_ROW_SCAN_MIN_BLOCKS)
     row_scan_kernel(index_t rows, row_scan_adapter<Elem, Op, Sink, Range> ad, Epilogue epilogue) {
+  grid_dependency_wait();
   using V = typename Op::value_type;
   using M = maybe<V>;
   using block_scan = tile_scan<M>;
@@ -589,6 +660,7 @@ __device__ inline void flush_bins(const unsigned int* local, index_t nbins, unsi
 template <class Bin>
 __global__ void __launch_bounds__(kBlock) histogram_2d_shared_kernel(index_t rows, index_t cols, Bin bin, index_t nbins,
                                                                      unsigned long long* counts) {
+  grid_dependency_wait();
   __shared__ unsigned int local[kSharedBins];
   const index_t tid = index_t(threadIdx.y) * blockDim.x + threadIdx.x;
   for (index_t k = tid; k < nbins; k += kBlock) local[k] = 0;
@@ -613,6 +685,7 @@ __global__ void __launch_bounds__(kBlock) histogram_2d_shared_kernel(index_t row
 template <class Bin, class Range>
 __global__ void __launch_bounds__(kBlock) histogram_rows_shared_kernel(index_t rows, index_t split, Bin bin, Range range,
                                                                        index_t nbins, unsigned long long* counts) {
+  grid_dependency_wait();
   __shared__ unsigned int local[kSharedBins];
   for (index_t k = threadIdx.x; k < nbins; k += kBlock) local[k] = 0;
   __syncthreads();
@@ -674,6 +747,7 @@ struct pick_writer {
 template <class V, class Pick>
 __global__ void __launch_bounds__(kBlock) collect_count_kernel(space2d sp, Pick pick, index_t per_thread,
                                                                unsigned long long* counts) {
+  grid_dependency_wait();
   const index_t j = index_t(blockIdx.x) * kBlock + threadIdx.x, n = sp.size();
   const index_t lo = j * per_thread, hi = lo + per_thread < n ? lo + per_thread : n;
   unsigned long long c = 0;
@@ -686,6 +760,7 @@ __global__ void __launch_bounds__(kBlock) collect_count_kernel(space2d sp, Pick 
 template <class V, class Pick>
 __global__ void __launch_bounds__(kBlock) collect_write_kernel(space2d sp, Pick pick, index_t per_thread,
                                                                const unsigned long long* offsets, V* out) {
+  grid_dependency_wait();
   const index_t j = index_t(blockIdx.x) * kBlock + threadIdx.x, n = sp.size();
   const index_t lo = j * per_thread, hi = lo + per_thread < n ? lo + per_thread : n;
   pick_writer<V, Pick> f{pick, out + offsets[j]};
