@@ -92,10 +92,10 @@ if [ "${ASYPPO_NCU:-0}" = 1 ] && command -v ncu >/dev/null; then
   # throughput against the device's peaks, occupancy, launch shape and memory traffic.
   stage "ncu: one advantage step, one actor call"
   timeout 150 ncu --profile-from-start off --clock-control none --section SpeedOfLight --section Occupancy --section WarpStateStats \
-    --section LaunchStats --section MemoryWorkloadAnalysis \
+    --section LaunchStats --section MemoryWorkloadAnalysis --section ComputeWorkloadAnalysis \
     python3 bench/gpu/bench_vs_torch.py --lib build/gpu/libasyppo_bench_cuda.so --ncu > "$OUT/ncu.txt" 2>&1
   echo "ncu exit code: $?"
-  grep -E "^  [a-z_:<].*\(|Duration|Memory Throughput|DRAM Throughput|Achieved Occupancy|Registers Per|Grid Size|Warp Cycles Per Issued|Stall" \
+  grep -E "^  [a-z_:<].*\(|Duration|Memory Throughput|DRAM Throughput|Achieved Occupancy|Registers Per|Grid Size|Warp Cycles Per Issued|Stall|Issue Slots Busy|SM Busy|pipeline" \
     "$OUT/ncu.txt" | cut -c1-160 | head -250
 fi
 stage "done"

@@ -509,6 +509,31 @@ TEST_CASE("cuda patterns: histogram, collect, sort_indices", "[cuda][patterns]")
   REQUIRE(download(gpu, dp) == perm);
 }
 
+// The row schedule: the rows by descending end, equal ends by row (a permutation); nothing above the
+// documented row limit. Ends with many ties (few distinct lengths) and zeros (empty rows).
+TEST_CASE("cuda row schedule: longest_first against a stable sort", "[cuda][patterns]") {
+  cuda_backend gpu;
+  std::mt19937_64 rng(77);
+  for (index_t rows : {index_t(1), index_t(7), index_t(300), index_t(1024), cuda_detail::kMaxScheduledRows}) {
+    CAPTURE(rows);
+    std::uniform_int_distribution<index_t> len(0, rows % 2 == 0 ? 40 : 8000);
+    std::vector<index_t> ends(static_cast<std::size_t>(rows));
+    for (auto& e : ends) e = len(rng);
+    std::vector<index_t> want(ends.size());
+    for (std::size_t i = 0; i < want.size(); ++i) want[i] = static_cast<index_t>(i);
+    std::stable_sort(want.begin(), want.end(), [&](index_t a, index_t b) { return ends[a] > ends[b]; });
+    const auto de = upload(gpu, ends);
+    auto order = gpu.allocate<index_t>(rows);
+    REQUIRE(gpu.longest_first(rows, de.data(), order.data()));
+    REQUIRE(download(gpu, order) == want);
+  }
+  const index_t too_many = cuda_detail::kMaxScheduledRows + 1;
+  const auto de = upload(gpu, std::vector<index_t>(static_cast<std::size_t>(too_many), 3));
+  auto order = upload(gpu, std::vector<index_t>(static_cast<std::size_t>(too_many), -1));
+  REQUIRE_FALSE(gpu.longest_first(too_many, de.data(), order.data()));
+  REQUIRE(download(gpu, order) == std::vector<index_t>(static_cast<std::size_t>(too_many), -1));
+}
+
 // =====================================================================================================
 // Part 2: algorithms on device copies against the CPU backend
 // =====================================================================================================
@@ -1344,6 +1369,65 @@ TEST_CASE("cuda graph: one AsyPPO step captured and replayed gives the eager bit
     const auto s = download(gpu, eager.summary)[0];
     CHECK(s.valid_tokens == static_cast<std::int64_t>(tokens));
     CHECK(s.adv_masked == static_cast<std::int64_t>(std::floor(0.2 * tokens)));
+    ASYPPO_CUDA_CHECK(cudaGraphExecDestroy(exec));
+    ASYPPO_CUDA_CHECK(cudaGraphDestroy(graph));
+  }
+  ASYPPO_CUDA_CHECK(cudaStreamDestroy(stream));
+}
+
+// ---- launches: kernels in a row that depend on each other; a kernel first launched in a capture ----
+// On 9.0+ devices every kernel is launched programmatically (kernels.cuh, "launches"): the next kernel
+// may start before the one before it has finished, and only its first statement's wait orders its
+// memory accesses after that kernel's. A chain of for_each passes over two buffers in turns (each reads
+// what the pass before wrote and overwrites what that pass read) must give the host's values, eagerly
+// and as a graph whose kernel is launched for the first time inside the capture (the launch asks the
+// kernel's attributes then: not a stream operation, allowed during a capture).
+namespace {
+struct halve_add_one {  // out = in / 2 + 1: exact in double for these values (no rounding, FMA or not)
+  const double* in = nullptr;
+  double* out = nullptr;
+  ASYPPO_HD void operator()(index_t i) const { out[i] = in[i] * 0.5 + 1.0; }
+};
+struct halve_add_one_in_capture : halve_add_one {};  // a kernel of its own, launched only inside the capture
+}  // namespace
+
+TEST_CASE("cuda launches: dependent kernels in a row; a kernel first launched inside a capture", "[cuda][launch]") {
+  const index_t n = index_t(1) << 22;  // 32 MB per buffer: each pass runs long enough for a race to show
+  const int passes = 16;               // even: the result is back in the first buffer
+  std::vector<double> start(static_cast<std::size_t>(n)), want(static_cast<std::size_t>(n));
+  for (std::size_t i = 0; i < start.size(); ++i) {
+    start[i] = static_cast<double>(i);
+    double x = start[i];
+    for (int p = 0; p < passes; ++p) x = x * 0.5 + 1.0;
+    want[i] = x;
+  }
+  cudaStream_t stream = nullptr;
+  ASYPPO_CUDA_CHECK(cudaStreamCreateWithFlags(&stream, cudaStreamNonBlocking));
+  {
+    const cuda_backend gpu(stream);
+    auto chain = [&](auto pass, device_buffer<double>& x, device_buffer<double>& y) {
+      for (int p = 0; p < passes; ++p) {
+        pass.in = p % 2 == 0 ? x.data() : y.data();
+        pass.out = p % 2 == 0 ? y.data() : x.data();
+        gpu.for_each(n, pass);
+      }
+    };
+    auto x = upload(gpu, start);
+    auto y = gpu.allocate<double>(n);
+    chain(halve_add_one{}, x, y);
+    CHECK(same_bytes(download(gpu, x), want));
+
+    gpu.copy_from_host(start.data(), n, x.data());
+    gpu.synchronize();
+    cudaGraph_t graph = capture_graph(stream, [&] { chain(halve_add_one_in_capture{}, x, y); });
+    cudaGraphExec_t exec = nullptr;
+    ASYPPO_CUDA_CHECK(cudaGraphInstantiate(&exec, graph, 0));
+    for (int replay = 0; replay < 2; ++replay) {
+      CAPTURE(replay);
+      gpu.copy_from_host(start.data(), n, x.data());
+      ASYPPO_CUDA_CHECK(cudaGraphLaunch(exec, stream));
+      CHECK(same_bytes(download(gpu, x), want));  // copy_to_host waits for the stream
+    }
     ASYPPO_CUDA_CHECK(cudaGraphExecDestroy(exec));
     ASYPPO_CUDA_CHECK(cudaGraphDestroy(graph));
   }

@@ -123,6 +123,9 @@ struct full_rows {
 /// The columns [0, end[b]) of row b (end: a backend array of rows entries).
 struct row_heads {
   const index_t* end;
+  /// Optional schedule for device backends: the rows in the order their per-row kernels should take
+  /// them (the longest first, core/row_span.hpp). Not a range property: results never depend on it.
+  const index_t* order = nullptr;
   ASYPPO_HD void operator()(index_t b, index_t& lo, index_t& hi) const { lo = 0, hi = end[b]; }
 };
 

@@ -11,9 +11,15 @@
 // thread per row (latency-bound: 0.8 ms for 1024 x 8192 on an H100), so there a row reduce reads the
 // whole mask, one block per row (14 us there, one column per load), eight columns per load when the rows
 // are aligned 8-byte words (last_valid_word_max). Exact (integers).
+// Schedule (device backends that offer longest_first): one block per row takes the rows in launch order,
+// so with ragged rows a few long ones left for the last wave keep the device waiting while most of it
+// idles (the H200 profile in docs/benchmarks.md: SMs active 74 % of the actor's reduce). The span then
+// also holds the rows by descending end, which the per-row kernels follow (row_heads::order): longest
+// first, the tail is short rows. Results do not change (each row's result goes to its own row).
 #pragma once
 
 #include <bit>
+#include <concepts>
 #include <cstdint>
 #include <cstring>
 #include <utility>
@@ -116,14 +122,18 @@ auto valid_row_ends(const Backend& be, mask_view mask) {
 }
 
 /// The ends of a batch's rows and the two column ranges they give: heads (what the algorithms
-/// visit) and tails (the padding, written once).
+/// visit) and tails (the padding, written once); on a backend with a row schedule, also the rows
+/// longest first (order), which heads() hands to the per-row kernels.
 template <class Backend>
 struct row_span {
   decltype(valid_row_ends(std::declval<const Backend&>(), mask_view{})) ends;
   index_t cols;
+  decltype(valid_row_ends(std::declval<const Backend&>(), mask_view{})) order;
+  const index_t* schedule = nullptr;  // order.data() when the backend wrote it, else none
   row_heads heads() const {
     row_heads h;  // members set one by one: nvcc's host pass rejects the braced return here
     h.end = ends.data();
+    h.order = schedule;
     return h;
   }
   row_tails tails() const {
@@ -134,9 +144,23 @@ struct row_span {
   }
 };
 
+/// Whether the backend offers the optional row schedule: longest_first(rows, ends, order) writes the
+/// rows by descending end (equal ends: the lower row first) and says whether it did (a device backend,
+/// where one block per row takes the rows in a launch's order: cuda_backend).
+template <class Backend>
+concept has_row_schedule = requires(const Backend& be, const index_t* ends, index_t* order) {
+  { be.longest_first(index_t{}, ends, order) } -> std::same_as<bool>;
+};
+
 template <class Backend>
 row_span<Backend> make_row_span(const Backend& be, mask_view mask) {
-  return {valid_row_ends(be, mask), mask.extent[1]};
+  row_span<Backend> s{valid_row_ends(be, mask), mask.extent[1], be.template allocate<index_t>(0)};
+  if constexpr (has_row_schedule<Backend>) {
+    const index_t rows = mask.extent[0];
+    s.order = be.template allocate<index_t>(rows);
+    if (be.longest_first(rows, s.ends.data(), s.order.data())) s.schedule = s.order.data();
+  }
+  return s;
 }
 
 /// Zeroes (b, t) of several outputs (absent ones, data == nullptr, skipped), so that the padding of all

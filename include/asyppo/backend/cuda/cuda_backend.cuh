@@ -58,6 +58,11 @@ namespace asyppo {
 // latency-bound and want many blocks of even length; with 4 parts per row, at most 4096 / 1056 / 528
 // blocks took 0.156 / 0.142 / 0.175 ms: each block clears and flushes its shared bins once, so fewer
 // blocks than parts (a grid-stride loop over them) save flushes until the SMs run short of blocks).
+// The row schedule (longest_first): 0 lets the per-row kernels take the rows in index order (the
+// measured alternative, docs/benchmarks.md).
+#ifndef ASYPPO_CUDA_ROW_SCHEDULE
+#define ASYPPO_CUDA_ROW_SCHEDULE 1
+#endif
 #ifndef ASYPPO_CUDA_HIST_ROW_SPLIT
 #define ASYPPO_CUDA_HIST_ROW_SPLIT 4
 #endif
@@ -310,6 +315,17 @@ class cuda_backend : public detail::ragged_by_wrapping<cuda_backend> {
   template <class Elem, class Op, class Sink, class Range, class Fill>
   void row_scan(scan_direction dir, index_t rows, index_t cols, Elem elem, Op op, Sink sink, Range range, Fill fill) const {
     row_scan_with(dir, rows, cols, elem, op, sink, range, cuda_detail::fill_after<Fill>{fill, cols});
+  }
+
+  /// The optional row schedule of core/row_span.hpp: order[k] = the row with the k-th largest end
+  /// (equal ends: the lower row first), which the per-row kernels then take in that order
+  /// (row_heads::order). One launch; false, and nothing written, above kMaxScheduledRows rows.
+  bool longest_first(index_t rows, const index_t* ends, index_t* order) const {
+    if (!ASYPPO_CUDA_ROW_SCHEDULE || rows <= 0 || rows > cuda_detail::kMaxScheduledRows) return false;
+    device_guard g(device_);
+    launch("longest_first_kernel", cuda_detail::longest_first_kernel<>, cuda_detail::grid_for(rows, cuda_detail::kBlock / 32),
+           rows, ends, order);
+    return true;
   }
 
   /// Ragged: wide rows with shared bins, one block per part of a row's range (the range only); otherwise

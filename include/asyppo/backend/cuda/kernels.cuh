@@ -163,6 +163,20 @@ struct reducer_adder {
   }
 };
 
+// ---- row schedules -------------------------------------------------------------------------------
+/// The row a per-row kernel's block takes at its g-th turn: range.order[g] where the range carries a
+/// schedule (row_heads::order, the rows longest first: longest_first_kernel), else row g. A row's
+/// results go to that row whichever block folds it and when, so results do not depend on the schedule;
+/// what it changes is which rows run last (LLM rows are ragged: in index order a few long rows left for
+/// the last wave keep the device waiting, docs/benchmarks.md).
+template <class Range>
+__device__ index_t scheduled_row(const Range& range, index_t g) {
+  if constexpr (requires { range.order; })
+    return range.order ? range.order[g] : g;
+  else
+    return g;
+}
+
 // ---- for_each ------------------------------------------------------------------------------------
 template <class F>
 __global__ void __launch_bounds__(kBlock) for_each_1d_kernel(index_t n, F f) {
@@ -186,10 +200,39 @@ __global__ void __launch_bounds__(kBlock) for_each_2d_kernel(index_t rows, index
 template <class F, class Range>
 __global__ void __launch_bounds__(kBlock) for_each_rows_kernel(index_t rows, F f, Range range) {
   grid_dependency_wait();
-  for (index_t b = blockIdx.x; b < rows; b += gridDim.x) {
+  for (index_t g = blockIdx.x; g < rows; g += gridDim.x) {
+    const index_t b = scheduled_row(range, g);
     index_t lo, hi;
     range(b, lo, hi);
     for (index_t t = lo + index_t(threadIdx.x); t < hi; t += kBlock) f(b, t);
+  }
+}
+
+// ---- the longest-first row schedule ---------------------------------------------------------------
+/// Rows whose schedule one launch of longest_first_kernel computes (every block stages all the ends in
+/// shared memory: 8 bytes each).
+inline constexpr index_t kMaxScheduledRows = 4096;
+
+/// order[k] = the row with the k-th largest end (equal ends: the lower row first), a permutation of
+/// [0, rows) (rows <= kMaxScheduledRows). One warp per row: its lanes count, over a strided share of all
+/// the ends (staged in shared memory by each block), the rows that come before it in that order; the
+/// sum is its rank (exact integers, the same every run). A thread per row instead, on the few blocks
+/// that gives, took 25 us for 1024 rows on an H200 (docs/benchmarks.md); this spreads the work over
+/// rows / 8 blocks.
+template <int = 0>  // a template: defined in a header included by many translation units
+__global__ void __launch_bounds__(kBlock) longest_first_kernel(index_t rows, const index_t* ends, index_t* order) {
+  grid_dependency_wait();
+  __shared__ index_t e[kMaxScheduledRows];
+  for (index_t k = threadIdx.x; k < rows; k += kBlock) e[k] = ends[k];
+  __syncthreads();
+  constexpr index_t warps = kBlock / 32;
+  const unsigned lane = threadIdx.x & 31u;
+  for (index_t b = index_t(blockIdx.x) * warps + threadIdx.x / 32; b < rows; b += index_t(gridDim.x) * warps) {
+    const index_t mine = e[b];
+    unsigned before = 0;
+    for (index_t k = lane; k < rows; k += 32) before += (e[k] > mine) | ((e[k] == mine) & (k < b));
+    before = __reduce_add_sync(0xffffffffu, before);
+    if (lane == 0) order[before] = b;
   }
 }
 
@@ -343,11 +386,13 @@ struct store_value {
 template <class Range>
 struct row_bounds {
   Range range;
+  __device__ index_t segment(index_t g) const { return scheduled_row(range, g); }
   __device__ void operator()(index_t b, index_t& lo, index_t& hi) const { range(b, lo, hi); }
 };
 template <class Begin>
 struct segment_bounds {
   Begin begin;
+  __device__ index_t segment(index_t g) const { return g; }
   __device__ void operator()(index_t g, index_t& lo, index_t& hi) const { lo = begin(g), hi = begin(g + 1); }
 };
 
@@ -406,7 +451,8 @@ __global__ void __launch_bounds__(kBlock, reduce_min_blocks<typename R::value_ty
   grid_dependency_wait();
   using V = typename R::value_type;
   __shared__ typename cub::BlockReduce<V, kBlock>::TempStorage tmp;
-  for (index_t g = blockIdx.x; g < nseg; g += gridDim.x) {
+  for (index_t turn = blockIdx.x; turn < nseg; turn += gridDim.x) {
+    const index_t g = bounds.segment(turn);  // the segment this turn folds (a row schedule, or turn)
     index_t lo, hi;
     bounds(g, lo, hi);
     segment_visit<R, Add> visit{r, add, g};
@@ -587,7 +633,8 @@ __global__ void __launch_bounds__(kBlock, ASYPPO_CUDA_ROW_SCAN_MIN_BLOCKS)
   using block_scan = tile_scan<M>;
   __shared__ typename block_scan::TempStorage tmp;
   const maybe_combine<Op, V> mop{ad.op};
-  for (index_t b = blockIdx.x; b < rows; b += gridDim.x) {
+  for (index_t turn = blockIdx.x; turn < rows; turn += gridDim.x) {
+    const index_t b = scheduled_row(ad.range, turn);
     index_t lo, len;
     ad.bounds(b, lo, len);
     M carry{V{}, false};
@@ -682,6 +729,9 @@ __global__ void __launch_bounds__(kBlock) histogram_2d_shared_kernel(index_t row
 /// one block per part (grid-stride over rows * split parts), counting as histogram_2d_shared_kernel does.
 /// Parts rather than whole rows per block, because the passes are latency-bound and a rollout's longest
 /// rows are several times its median: with one block per row the longest rows' blocks set the pass's time.
+/// With a row schedule (row_heads::order, longest first) the parts a block takes in its grid-stride turns
+/// belong to rows of ranks spaced gridDim.x / split apart, so every block gets a share of long and short
+/// rows (in row order the shares were random; the bins are integers, so counts do not change).
 template <class Bin, class Range>
 __global__ void __launch_bounds__(kBlock) histogram_rows_shared_kernel(index_t rows, index_t split, Bin bin, Range range,
                                                                        index_t nbins, unsigned long long* counts) {
@@ -691,7 +741,7 @@ __global__ void __launch_bounds__(kBlock) histogram_rows_shared_kernel(index_t r
   __syncthreads();
   const unsigned lane = threadIdx.x & 31u;
   for (index_t w = blockIdx.x; w < rows * split; w += gridDim.x) {
-    const index_t b = w / split, s = w - b * split;
+    const index_t s = w % split, b = scheduled_row(range, w / split);  // each block: parts of rows far apart in the schedule
     index_t lo, hi;
     range(b, lo, hi);
     const index_t part = hi > lo ? ((hi - lo + split - 1) / split + 31) / 32 * 32 : 0;
