@@ -195,11 +195,8 @@ class cuda_backend : public detail::ragged_by_wrapping<cuda_backend> {
   void segmented_reduce(index_t nseg, Begin begin, R r, Sink sink) const {
     if (nseg <= 0) return;
     device_guard g(device_);
-    using Bounds = cuda_detail::segment_bounds<Begin>;
-    using Add = cuda_detail::segment_add<R>;
-    using Epilogue = cuda_detail::no_row_epilogue;
-    launch("segment_reduce_kernel", cuda_detail::segment_reduce_kernel<cuda_detail::kRowFoldItems, R, Bounds, Add, Sink, Epilogue>,
-           cuda_detail::grid_for(nseg, 1), nseg, r, Bounds{begin}, Add{r}, sink, Epilogue{});
+    launch_segment_reduce<cuda_detail::kRowFoldItems>("segment_reduce_kernel", nseg, r, cuda_detail::segment_bounds<Begin>{begin},
+                                                      cuda_detail::segment_add<R>{r}, sink, cuda_detail::no_row_epilogue{});
   }
 
   template <class Begin, class Elem, class Op, class Sink>
@@ -295,12 +292,9 @@ class cuda_backend : public detail::ragged_by_wrapping<cuda_backend> {
     (void)cols;
     if (rows <= 0) return;
     device_guard g(device_);
-    using Bounds = cuda_detail::row_bounds<Range>;
-    using Add = cuda_detail::row_add<R>;
-    using Epilogue = cuda_detail::no_row_epilogue;
-    launch("segment_reduce_kernel (row_reduce)",
-           cuda_detail::segment_reduce_kernel<cuda_detail::kRowFoldItems, R, Bounds, Add, Sink, Epilogue>,
-           cuda_detail::grid_for(rows, 1), rows, r, Bounds{range}, Add{r}, sink, Epilogue{});
+    launch_segment_reduce<cuda_detail::kRowFoldItems>("segment_reduce_kernel (row_reduce)", rows, r,
+                                                      cuda_detail::row_bounds<Range>{range}, cuda_detail::row_add<R>{r}, sink,
+                                                      cuda_detail::no_row_epilogue{});
   }
 
   template <class Elem, class Op, class Sink>
@@ -412,6 +406,13 @@ class cuda_backend : public detail::ragged_by_wrapping<cuda_backend> {
     launch(name, kernel, dim3(grid), dim3(cuda_detail::kBlock), std::forward<A>(args)...);
   }
 
+  /// segment_reduce_kernel<Items> over n segments (rows), one block each.
+  template <int Items, class R, class Bounds, class Add, class Sink, class Epilogue>
+  void launch_segment_reduce(const char* name, index_t n, R r, Bounds bounds, Add add, Sink sink, Epilogue epilogue) const {
+    launch(name, cuda_detail::segment_reduce_kernel<Items, R, Bounds, Add, Sink, Epilogue>, cuda_detail::grid_for(n, 1), n, r,
+           bounds, add, sink, epilogue);
+  }
+
   /// Makes `device` current for the scope (restores the previous one).
   class device_guard {
    public:
@@ -509,12 +510,9 @@ class cuda_backend : public detail::ragged_by_wrapping<cuda_backend> {
     }
     using V = typename R::value_type;
     reduce_in_parts(r, rows, [&](V* partial) {
-      using Bounds = cuda_detail::row_bounds<Range>;
-      using Add = cuda_detail::row_add<R>;
-      using Sink = cuda_detail::store_partial<V>;
-      launch("segment_reduce_kernel (ragged reduce)",
-             cuda_detail::segment_reduce_kernel<cuda_detail::kFlatFoldItems, R, Bounds, Add, Sink, Epilogue>,
-             cuda_detail::grid_for(rows, 1), rows, r, Bounds{range}, Add{r}, Sink{partial}, epilogue);
+      launch_segment_reduce<cuda_detail::kFlatFoldItems>("segment_reduce_kernel (ragged reduce)", rows, r,
+                                                         cuda_detail::row_bounds<Range>{range}, cuda_detail::row_add<R>{r},
+                                                         cuda_detail::store_partial<V>{partial}, epilogue);
     }, finish);
   }
 
