@@ -16,6 +16,7 @@
 #include <cmath>
 #include <cstdint>
 #include <limits>
+#include <memory>
 #include <random>
 #include <type_traits>
 #include <vector>
@@ -303,6 +304,74 @@ TEST_CASE("row ends: last valid token + 1, 0 for empty rows, any stride", "[ragg
       REQUIRE(dev_words.data()[b] == w);
     }
   }
+}
+
+namespace {
+
+/// The CPU backend posing as a device (round_trip_backend) with the optional row schedule of
+/// core/row_span.hpp: longest_first writes the rows by descending end (equal ends: lower row first) for
+/// at most `limit` rows, as a device backend does, and counts its calls.
+struct scheduling_backend : round_trip_backend {
+  index_t limit;
+  std::shared_ptr<int> calls = std::make_shared<int>(0);
+  explicit scheduling_backend(index_t row_limit) : round_trip_backend(2), limit(row_limit) {}
+  bool longest_first(index_t rows, const index_t* ends, index_t* order) const {
+    ++*calls;
+    if (rows > limit) return false;
+    std::vector<index_t> idx(static_cast<std::size_t>(rows));
+    for (index_t b = 0; b < rows; ++b) idx[static_cast<std::size_t>(b)] = b;
+    std::stable_sort(idx.begin(), idx.end(), [&](index_t a, index_t b) { return ends[a] > ends[b]; });
+    std::copy(idx.begin(), idx.end(), order);
+    return true;
+  }
+};
+static_assert(detail::has_row_schedule<scheduling_backend>);
+static_assert(!detail::has_row_schedule<cpu_backend> && !detail::has_row_schedule<round_trip_backend>);
+
+}  // namespace
+
+// The wiring of the row schedule: make_row_span asks a backend that has it for the order of the rows'
+// ends and heads() hands that order to the per-row patterns; none when the backend declines (too many
+// rows) or has no such pattern. (What the device kernels do with it: the GPU suite, "cuda row schedule"
+// and every algorithm case, whose rows are then taken longest first.)
+TEST_CASE("row schedule: make_row_span hands the backend's longest-first order to the row ranges", "[ragged]") {
+  std::mt19937_64 rng(11);
+  const index_t B = 40, Tn = 30;
+  std::vector<std::uint8_t> m(static_cast<std::size_t>(B * Tn), 0);
+  std::vector<index_t> len(static_cast<std::size_t>(B));
+  for (index_t b = 0; b < B; ++b) {
+    len[static_cast<std::size_t>(b)] = static_cast<index_t>(rng() % 6) * 5;  // 0..25: many equal ends
+    for (index_t t = 0; t < len[static_cast<std::size_t>(b)]; ++t) m[static_cast<std::size_t>(b * Tn + t)] = 1;
+  }
+  const mask_view mask(m.data(), B, Tn);
+  // The expected order by ranks: row b goes after every longer row and every equal one above it.
+  std::vector<index_t> want(static_cast<std::size_t>(B));
+  for (index_t b = 0; b < B; ++b) {
+    index_t rank = 0;
+    for (index_t c = 0; c < B; ++c) {
+      const index_t lb = len[static_cast<std::size_t>(b)], lc = len[static_cast<std::size_t>(c)];
+      rank += lc > lb || (lc == lb && c < b);
+    }
+    want[static_cast<std::size_t>(rank)] = b;
+  }
+  const scheduling_backend sched(B);
+  const auto span = detail::make_row_span(sched, mask);
+  REQUIRE(*sched.calls == 1);
+  const row_heads heads = span.heads();
+  REQUIRE(heads.order != nullptr);
+  REQUIRE(std::vector<index_t>(heads.order, heads.order + B) == want);
+  for (index_t b = 0; b < B; ++b) REQUIRE(heads.end[b] == len[static_cast<std::size_t>(b)]);
+
+  const scheduling_backend declines(B - 1);  // more rows than it schedules: no order, ends as before
+  const auto unscheduled = detail::make_row_span(declines, mask);
+  REQUIRE(*declines.calls == 1);
+  REQUIRE(unscheduled.heads().order == nullptr);
+  for (index_t b = 0; b < B; ++b) REQUIRE(unscheduled.heads().end[b] == len[static_cast<std::size_t>(b)]);
+
+  const round_trip_backend device_without(1);  // backends without the pattern
+  const cpu_backend cpu(1);
+  REQUIRE(detail::make_row_span(device_without, mask).heads().order == nullptr);
+  REQUIRE(detail::make_row_span(cpu, mask).heads().order == nullptr);
 }
 
 namespace {

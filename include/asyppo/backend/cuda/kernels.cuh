@@ -24,6 +24,9 @@
 //     bins, per-block 32-bit shared counters first, one atomic per distinct bin of a warp;
 //   * collect: per-thread counts, an exclusive scan of the counts, then each thread writes its
 //     picks at its offset: row-major order, as the CPU backend.
+// Which block takes which row may follow a schedule (row_heads::order: the rows longest first, from
+// longest_first_kernel), and every kernel is launched programmatically on 9.0+ devices (launch(): it
+// waits for the previous kernel at its first statement); neither changes a result.
 // Only valid under nvcc.
 #pragma once
 
