@@ -310,12 +310,12 @@ namespace {
 
 /// The CPU backend posing as a device (round_trip_backend) with the optional row schedule of
 /// core/row_span.hpp: longest_first writes the rows by descending end (equal ends: lower row first) for
-/// at most `limit` rows, as a device backend does, and counts its calls.
+/// at most `limit` rows (any width), as a device backend does, and counts its calls.
 struct scheduling_backend : round_trip_backend {
   index_t limit;
   std::shared_ptr<int> calls = std::make_shared<int>(0);
   explicit scheduling_backend(index_t row_limit) : round_trip_backend(2), limit(row_limit) {}
-  bool longest_first(index_t rows, const index_t* ends, index_t* order) const {
+  bool longest_first(index_t rows, index_t, const index_t* ends, index_t* order) const {
     ++*calls;
     if (rows > limit) return false;
     std::vector<index_t> idx(static_cast<std::size_t>(rows));

@@ -524,13 +524,14 @@ TEST_CASE("cuda row schedule: longest_first against a stable sort", "[cuda][patt
     std::stable_sort(want.begin(), want.end(), [&](index_t a, index_t b) { return ends[a] > ends[b]; });
     const auto de = upload(gpu, ends);
     auto order = gpu.allocate<index_t>(rows);
-    REQUIRE(gpu.longest_first(rows, de.data(), order.data()));
+    REQUIRE(gpu.longest_first(rows, 1024, de.data(), order.data()));
     REQUIRE(download(gpu, order) == want);
   }
   const index_t too_many = cuda_detail::kMaxScheduledRows + 1;
   const auto de = upload(gpu, std::vector<index_t>(static_cast<std::size_t>(too_many), 3));
   auto order = upload(gpu, std::vector<index_t>(static_cast<std::size_t>(too_many), -1));
-  REQUIRE_FALSE(gpu.longest_first(too_many, de.data(), order.data()));
+  REQUIRE_FALSE(gpu.longest_first(too_many, 1024, de.data(), order.data()));
+  REQUIRE_FALSE(gpu.longest_first(8, 2 * cuda_detail::kBlock - 1, de.data(), order.data()));  // narrow rows
   REQUIRE(download(gpu, order) == std::vector<index_t>(static_cast<std::size_t>(too_many), -1));
 }
 

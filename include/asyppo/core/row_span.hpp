@@ -144,12 +144,13 @@ struct row_span {
   }
 };
 
-/// Whether the backend offers the optional row schedule: longest_first(rows, ends, order) writes the
-/// rows by descending end (equal ends: the lower row first) and says whether it did (a device backend,
-/// where one block per row takes the rows in a launch's order: cuda_backend).
+/// Whether the backend offers the optional row schedule: longest_first(rows, cols, ends, order) writes
+/// the rows by descending end (equal ends: the lower row first) and says whether it did; it declines
+/// where its kernels would not follow it (a device backend, where one block per row takes the rows in a
+/// launch's order on wide rows: cuda_backend).
 template <class Backend>
 concept has_row_schedule = requires(const Backend& be, const index_t* ends, index_t* order) {
-  { be.longest_first(index_t{}, ends, order) } -> std::same_as<bool>;
+  { be.longest_first(index_t{}, index_t{}, ends, order) } -> std::same_as<bool>;
 };
 
 template <class Backend>
@@ -158,7 +159,7 @@ row_span<Backend> make_row_span(const Backend& be, mask_view mask) {
   if constexpr (has_row_schedule<Backend>) {
     const index_t rows = mask.extent[0];
     s.order = be.template allocate<index_t>(rows);
-    if (be.longest_first(rows, s.ends.data(), s.order.data())) s.schedule = s.order.data();
+    if (be.longest_first(rows, mask.extent[1], s.ends.data(), s.order.data())) s.schedule = s.order.data();
   }
   return s;
 }

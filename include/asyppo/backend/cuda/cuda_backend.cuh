@@ -313,9 +313,11 @@ class cuda_backend : public detail::ragged_by_wrapping<cuda_backend> {
 
   /// The optional row schedule of core/row_span.hpp: order[k] = the row with the k-th largest end
   /// (equal ends: the lower row first), which the per-row kernels then take in that order
-  /// (row_heads::order). One launch; false, and nothing written, above kMaxScheduledRows rows.
-  bool longest_first(index_t rows, const index_t* ends, index_t* order) const {
-    if (!ASYPPO_CUDA_ROW_SCHEDULE || rows <= 0 || rows > cuda_detail::kMaxScheduledRows) return false;
+  /// (row_heads::order). One launch; false, and nothing written, above kMaxScheduledRows rows or on
+  /// narrow rows (cols < 2 * kBlock: the ragged patterns take the full 2-D kernels there, no row order).
+  bool longest_first(index_t rows, index_t cols, const index_t* ends, index_t* order) const {
+    if (!ASYPPO_CUDA_ROW_SCHEDULE || rows <= 0 || rows > cuda_detail::kMaxScheduledRows || !cuda_detail::wide_rows(cols))
+      return false;
     device_guard g(device_);
     launch("longest_first_kernel", cuda_detail::longest_first_kernel<>, cuda_detail::grid_for(rows, cuda_detail::kBlock / 32),
            rows, ends, order);

@@ -31,9 +31,9 @@ inline void check_status(cudaError_t status, const char* call) {
                "): ", cudaGetErrorString(status));
 }
 
-/// After a kernel launch: the launch's status (cudaLaunchKernelEx), else the last error (a <<<...>>>
-/// launch): launch-configuration errors (and earlier asynchronous errors) name the kernel.
-inline void check_launch(const char* kernel, cudaError_t status = cudaGetLastError()) {
+/// A kernel launch's status (cudaLaunchKernelEx): launch-configuration errors (and earlier asynchronous
+/// errors) name the kernel.
+inline void check_launch(const char* kernel, cudaError_t status) {
   if (status == cudaSuccess) return;
   (void)cudaGetLastError();
   detail::fail(backend_name, kernel, "kernel launch failed: ", cudaGetErrorName(status), " (",
