@@ -394,3 +394,55 @@ TEST_CASE("gae: empty batches (B = 0, T = 0) are valid", "[gae]") {
       mask_view(nullptr, 5, 0), gae_options{}, gae_outputs<double>{{nullptr, 5, 0}, {}, {}});
   SUCCEED();
 }
+
+TEST_CASE("gae: the joint scan (one lambda) gives the general scan's bits, c = a", "[gae]") {
+  // gae_compose<true> carries 5-double maps when lambda_actor == lambda_critic; every state it produces,
+  // by applying tokens or by composing maps in any association, must equal the general operator's.
+  using asyppo::detail::gae_compose;
+  using asyppo::detail::gae_state;
+  using asyppo::detail::gae_token;
+  std::mt19937_64 rng(29);
+  std::uniform_real_distribution<double> u(-2.0, 2.0);
+  for (const bool skip : {true, false})
+    for (const double lambda : {0.0, 0.37, 0.95, 1.0}) {
+      const double gamma = 0.99;
+      const gae_compose<true> joint{gamma, lambda, skip};
+      const gae_compose<false> general{gamma, lambda, skip};
+      std::vector<gae_token> tokens(97);
+      for (auto& e : tokens) {
+        const bool valid = (rng() % 4) != 0;
+        e = {valid ? u(rng) : 0.0, valid ? u(rng) : 0.0, lambda, valid};
+      }
+      gae_state xj = joint.initial(), xg = general.initial();
+      auto mj = joint.lift(tokens[0]);
+      auto mg = general.lift(tokens[0]);
+      for (std::size_t i = 0; i < tokens.size(); ++i) {
+        xj = joint.apply(tokens[i], xj);
+        xg = general.apply(tokens[i], xg);
+        REQUIRE(xj.s == xg.s);
+        REQUIRE(xj.a == xg.a);
+        REQUIRE(xj.c == xg.c);
+        REQUIRE(xj.a == xj.c);
+        if (i > 0) {
+          // Compose a split at a random point in both operators, then act on a random state.
+          mj = joint.combine(mj, joint.lift(tokens[i]));
+          mg = general.combine(mg, general.lift(tokens[i]));
+          const gae_state x0{u(rng), u(rng), 0.0};
+          const gae_state s0{x0.s, x0.a, x0.a};
+          const gae_state yj = joint.apply(mj, s0), yg = general.apply(mg, s0);
+          REQUIRE(yj.s == yg.s);
+          REQUIRE(yj.a == yg.a);
+          REQUIRE(yj.c == yg.c);
+        }
+      }
+      // Composition is associative in both: (first half) then (second half) acts like the fold.
+      const std::size_t h = tokens.size() / 2;
+      auto left = joint.lift(tokens[0]);
+      for (std::size_t i = 1; i < h; ++i) left = joint.combine(left, joint.lift(tokens[i]));
+      auto right = joint.lift(tokens[h]);
+      for (std::size_t i = h + 1; i < tokens.size(); ++i) right = joint.combine(right, joint.lift(tokens[i]));
+      const gae_state y = joint.apply(joint.combine(left, right), joint.initial());
+      CHECK(y.a == Approx(xj.a).margin(1e-9));
+      CHECK(y.s == xj.s);
+    }
+}

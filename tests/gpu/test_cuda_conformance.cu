@@ -622,14 +622,15 @@ TEMPLATE_TEST_CASE("cuda algorithms: ensemble_stats, gae, masked_whiten", "[cuda
     REQUIRE(std::vector<T>(all.begin() + 2 * n, all.begin() + 3 * n) == lo);  // min/max: exact
     REQUIRE(std::vector<T>(all.begin() + 3 * n, all.end()) == hi);
   }
-  SECTION("gae (skip and step semantics, adaptive lambda)") {
-    for (auto sem : {gae_mask_semantics::skip, gae_mask_semantics::step}) {
+  SECTION("gae (skip and step semantics, adaptive lambda; one lambda: the joint scan)") {
+    for (auto sem : {gae_mask_semantics::skip, gae_mask_semantics::step})
+    for (const bool joint : {false, true}) {
       gae_options opt;
       opt.gamma = 0.999;
       opt.lambda_actor = 0.95;
-      opt.lambda_critic = 1.0;
+      opt.lambda_critic = joint ? 0.95 : 1.0;  // equal lambdas, no adaptive one: gae_compose<true>
       opt.semantics = sem;
-      opt.adaptive_lambda_alpha = sem == gae_mask_semantics::skip ? 0.05 : 0.0;
+      opt.adaptive_lambda_alpha = sem == gae_mask_semantics::skip && !joint ? 0.05 : 0.0;
       opt.padding = sem == gae_mask_semantics::skip ? padding_mode::zero : padding_mode::raw;
       std::vector<T> adv(n), ret(n), sd(n);
       gae(cpu, hv, token_view<const T>(h.r.data(), B, Tn), hm, opt,

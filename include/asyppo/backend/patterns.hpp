@@ -72,7 +72,9 @@
 // reducer may also split add into token_type load(b, t) (what add reads there) and apply(acc&, b, t,
 // token) (the rest), add(acc, b, t) being apply(acc, b, t, load(b, t)): a GPU backend then loads a few
 // positions of a thread's run before applying any of them, so that their loads are in flight together
-// (add() of the next position cannot load before this one's stores, which might alias its inputs). Likewise
+// (add() of the next position cannot load before this one's stores, which might alias its inputs).
+// A row-scan sink may split the same way: token_type load(b, t) and store(b, t, x, token), s(b, t, x)
+// being store(b, t, x, load(b, t)). Likewise
 // a 2-D for_each functor may offer span(b, t0, t1), the same as f(b, t) for t in [t0, t1)
 // (detail::visit_span), and work() -> index_t, the cost of one element in units of a simple token
 // operation (default 1; the critic heads' elements are dot products of length D), by which a CPU backend

@@ -117,9 +117,12 @@ struct advantage_step_result {
 
 namespace detail {
 
-/// Pass A: sigma of every valid token into a temporary (left unset at invalid tokens, where
-/// nothing reads it), counting valid and non-finite tokens per row. Writes only the temporary,
-/// so a failed check changes no output.
+/// Pass A: sigma of every valid token into a temporary, counting valid and non-finite tokens per row.
+/// Writes only the temporary, so a failed check changes no output. Every token of a row's range is
+/// written (0 at an invalid one, which nothing reads as a sigma), so later passes may read sigma there
+/// whatever the mask. Split into load (reads the token, computes sigma; the values and reward are read
+/// whether or not it is valid: in bounds, and a select rather than a branch, so a device has a run's
+/// loads in flight together) and apply (stores and counts); add = apply(load).
 template <class T>
 struct sigma_pass {
   ensemble_point<T> point;
@@ -130,19 +133,29 @@ struct sigma_pass {
   bool check;
   using value_type = token_tally;
   using C = compute_type_t<T>;
+  struct token_type {
+    C sigma;
+    bool valid, bad;
+  };
   ASYPPO_HD value_type identity() const { return {0, 0}; }
-  ASYPPO_HD void add(value_type& acc, index_t b, index_t t) const {
-    if (!mask(b, t)) return;  // sigma is never read at invalid tokens
-    acc.valid += 1;
+  ASYPPO_HD token_type load(index_t b, index_t t) const {
+    const bool valid = mask(b, t) != 0;
+    bool ok = true;
     if (check) {
-      bool ok = is_finite_value(rewards(b, t));
+      ok = is_finite_value(rewards(b, t));
       for (index_t k = 0; k < point.values.extent[0]; ++k) ok = ok && is_finite_value(point.values(k, b, t));
-      acc.nonfinite += ok ? 0 : 1;
     }
-    sigma[b * cols + t] = static_cast<C>(point.std(b, t));
+    const C s = static_cast<C>(point.std(b, t));
+    return {valid ? s : C(0), valid, valid && !ok};
   }
-  /// add() over [t0, t1). K = 2 with contiguous rows: one vectorisable loop (sigma is also written
-  /// at the invalid tokens of the span, which nothing reads).
+  ASYPPO_HD void apply(value_type& acc, index_t b, index_t t, const token_type& k) const {
+    acc.valid += k.valid ? 1 : 0;
+    acc.nonfinite += k.bad ? 1 : 0;
+    sigma[b * cols + t] = k.sigma;
+  }
+  ASYPPO_HD void add(value_type& acc, index_t b, index_t t) const { apply(acc, b, t, load(b, t)); }
+  /// add() over [t0, t1). K = 2 with contiguous rows: one vectorisable loop (sigma at the invalid tokens
+  /// of the span is the std of their values, not 0: nothing reads it as a sigma either).
   ASYPPO_HD void add_span(value_type& acc, index_t b, index_t t0, index_t t1) const {
     const critic_view<const T>& v = point.values;
     if (v.extent[0] != 2 || !unit_inner_stride(v) || !unit_inner_stride(rewards) || !unit_inner_stride(mask)) {
@@ -181,8 +194,12 @@ struct mask_hook {
   mask_out adv_mask, entropy_mask;
   token_view<T> std_out;
   bool apply;  // advantage *= I^A
-  ASYPPO_HD void operator()(index_t b, index_t t, bool valid, double& a) const {
-    const T s = valid ? sigma[b * cols + t] : T(0);
+  using token_type = T;  // sigma at the token (0 at a masked one)
+  ASYPPO_HD T load(index_t b, index_t t, bool valid) const {
+    const T s = sigma[b * cols + t];  // written at every token of the range (pass A): no wait for the mask
+    return valid ? s : T(0);
+  }
+  ASYPPO_HD void operator()(index_t b, index_t t, bool valid, double& a, T s) const {
     if (std_out.data) std_out(b, t) = s;
     std::uint8_t am = 0, em = 0;
     if (rows[b].rank_ties) {

@@ -81,32 +81,61 @@ struct gae_token {
   bool valid;
 };
 
+/// The map of a joint scan (lambda_actor == lambda_critic for every row): the critic's row of the map
+/// equals the actor's, so only (p, os, q, u, o) = (p, os, qa, ua, oa) are kept.
+struct gae_joint_map {
+  double p, os, q, u, o;
+};
+
 /// The scan operator. lift(e) is the token's affine map; combine(f, e) = e after f (scan order is
 /// reverse time, so f is the later part of the row) is associative and non-commutative;
 /// apply(e, x) = e(x) is the action on the state, which a sequential backend folds directly
-/// (six multiply-adds per token instead of composing 3x3 maps).
+/// (six multiply-adds per token instead of composing 3x3 maps). Joint (one lambda for actor and
+/// critic, no per-row actor lambda: verl's and OpenRLHF's GAE): the critic's advantage is the actor's,
+/// computed by the same operations, so the scan carries 5-double maps instead of 8 (fewer registers on a
+/// device) and sets c = a: the same bits as the general scan with lambda_critic = lambda_actor.
+template <bool Joint = false>
 struct gae_compose {
   double gamma, lambda_critic;
   bool skip;
-  using value_type = gae_map;
+  using value_type = std::conditional_t<Joint, gae_joint_map, gae_map>;
   ASYPPO_HD gae_state initial() const { return {0.0, 0.0, 0.0}; }
-  ASYPPO_HD gae_map lift(const gae_token& e) const {
-    if (skip && !e.valid) return {1.0, 0.0, 0.0, 1.0, 0.0, 0.0, 1.0, 0.0};  // transparent
-    const double ga = gamma * e.lambda_actor, gc = gamma * lambda_critic;
-    return {0.0, e.v, gamma, ga, e.d, gamma, gc, e.d};
+  ASYPPO_HD value_type lift(const gae_token& e) const {
+    if constexpr (Joint) {
+      if (skip && !e.valid) return {1.0, 0.0, 0.0, 1.0, 0.0};  // transparent
+      return {0.0, e.v, gamma, gamma * lambda_critic, e.d};
+    } else {
+      if (skip && !e.valid) return {1.0, 0.0, 0.0, 1.0, 0.0, 0.0, 1.0, 0.0};  // transparent
+      const double ga = gamma * e.lambda_actor, gc = gamma * lambda_critic;
+      return {0.0, e.v, gamma, ga, e.d, gamma, gc, e.d};
+    }
   }
   ASYPPO_HD gae_state apply(const gae_token& e, const gae_state& x) const {
     if (skip && !e.valid) return x;
     const double g = gamma * x.s;
-    return {e.v, e.d + g + gamma * e.lambda_actor * x.a, e.d + g + gamma * lambda_critic * x.c};
+    if constexpr (Joint) {
+      const double a = e.d + g + gamma * lambda_critic * x.a;
+      return {e.v, a, a};
+    } else {
+      return {e.v, e.d + g + gamma * e.lambda_actor * x.a, e.d + g + gamma * lambda_critic * x.c};
+    }
   }
-  ASYPPO_HD gae_state apply(const gae_map& e, const gae_state& x) const {
-    return {e.p * x.s + e.os, e.qa * x.s + e.ua * x.a + e.oa, e.qc * x.s + e.uc * x.c + e.oc};
+  ASYPPO_HD gae_state apply(const value_type& e, const gae_state& x) const {
+    if constexpr (Joint) {
+      const double a = e.q * x.s + e.u * x.a + e.o;
+      return {e.p * x.s + e.os, a, a};
+    } else {
+      return {e.p * x.s + e.os, e.qa * x.s + e.ua * x.a + e.oa, e.qc * x.s + e.uc * x.c + e.oc};
+    }
   }
-  ASYPPO_HD gae_map combine(const gae_map& f, const gae_map& e) const {
-    return {e.p * f.p,          e.p * f.os + e.os,
-            e.qa * f.p + e.ua * f.qa, e.ua * f.ua, e.qa * f.os + e.ua * f.oa + e.oa,
-            e.qc * f.p + e.uc * f.qc, e.uc * f.uc, e.qc * f.os + e.uc * f.oc + e.oc};
+  ASYPPO_HD value_type combine(const value_type& f, const value_type& e) const {
+    if constexpr (Joint) {
+      return {e.p * f.p, e.p * f.os + e.os, e.q * f.p + e.u * f.q, e.u * f.u, e.q * f.os + e.u * f.o + e.o};
+    } else {
+      return {e.p * f.p,          e.p * f.os + e.os,
+              e.qa * f.p + e.ua * f.qa, e.ua * f.ua, e.qa * f.os + e.ua * f.oa + e.oa,
+              e.qc * f.p + e.uc * f.qc, e.uc * f.uc, e.qc * f.os + e.uc * f.oc + e.oc};
+    }
   }
 };
 
@@ -119,16 +148,21 @@ struct gae_element {
   const double* row_lambda_actor;  // null: lambda_actor for every row
   ASYPPO_HD gae_token operator()(index_t b, index_t t) const {
     const double la = row_lambda_actor ? row_lambda_actor[b] : lambda_actor;
-    if (!mask(b, t)) return {0.0, 0.0, la, false};
-    const double v = point.mean(b, t);
-    return {v, static_cast<double>(rewards(b, t)) - v, la, true};
+    // Values and reward are read whether or not the token is valid (in bounds: t < cols) and a masked
+    // token's are dropped by a select: no load waits for the mask's, so a device has a run's loads in flight.
+    const bool valid = mask(b, t) != 0;
+    const double v = point.mean(b, t), d = static_cast<double>(rewards(b, t)) - v;
+    return valid ? gae_token{v, d, la, true} : gae_token{0.0, 0.0, la, false};
   }
 };
 
-/// Lets a caller fuse more per-token work into the GAE pass: hook(b, t, valid, advantage&) runs
-/// before the advantage is stored and may change it (the advantage step applies I^A there).
+/// Lets a caller fuse more per-token work into the GAE pass: hook(b, t, valid, advantage&, token) runs
+/// before the advantage is stored and may change it (the advantage step applies I^A there); token is
+/// what hook.load(b, t, valid) read there (the sink's load: read ahead of the stores on a device).
 struct no_gae_hook {
-  ASYPPO_HD void operator()(index_t, index_t, bool, double&) const {}
+  struct token_type {};
+  ASYPPO_HD token_type load(index_t, index_t, bool) const { return {}; }
+  ASYPPO_HD void operator()(index_t, index_t, bool, double&, token_type) const {}
 };
 
 template <class T, class Hook = no_gae_hook, int NK = 0>
@@ -142,17 +176,28 @@ struct gae_sink {
 #if defined(ASYPPO_SIMD_AVX2)
   /// The CPU backend's row scan hands its blocks of rows here: four rows per AVX2 vector when the
   /// layout allows (core/simd/gae_lanes.hpp, same bits), else false and it scans them one by one.
-  template <class Elem, class Range>
-  bool scan_rows(const Elem& el, const gae_compose& op, scan_direction dir, index_t lo, index_t hi,
+  template <class Elem, bool Joint, class Range>
+  bool scan_rows(const Elem& el, const gae_compose<Joint>& op, scan_direction dir, index_t lo, index_t hi,
                  const Range& range) const {
     return gae_scan_rows_simd(*this, el, op, dir, lo, hi, range);
   }
 #endif
-  ASYPPO_HD void operator()(index_t b, index_t t, const gae_state& x) const {
-    using C = compute_type_t<T>;
+  /// The scan sink split into what it reads at (b, t) and the rest (backend/patterns.hpp: a device
+  /// reads the tokens of a run before it stores any of them).
+  struct token_type {
+    typename Hook::token_type hook;
+    bool valid;
+  };
+  ASYPPO_HD token_type load(index_t b, index_t t) const {
     const bool valid = mask(b, t) != 0;
+    return {hook.load(b, t, valid), valid};
+  }
+  ASYPPO_HD void operator()(index_t b, index_t t, const gae_state& x) const { store(b, t, x, load(b, t)); }
+  ASYPPO_HD void store(index_t b, index_t t, const gae_state& x, const token_type& tok) const {
+    using C = compute_type_t<T>;
+    const bool valid = tok.valid;
     double a = valid || raw ? x.a : 0.0;
-    hook(b, t, valid, a);
+    hook(b, t, valid, a, tok.hook);
     if (out.advantages.data) out.advantages(b, t) = static_cast<C>(a);
     if (valid) {  // at a valid token the state's s is V-bar[b,t] itself (both semantics)
       if (out.returns.data) out.returns(b, t) = static_cast<C>(x.c + x.s);
@@ -209,8 +254,8 @@ struct gae_initial_state {
 /// gae_sink::scan_rows: rows [lo, hi) of a reverse GAE scan, four at a time on AVX2 lanes
 /// (core/simd/gae_lanes.hpp: ordering, grouping and bit-identity); false when this sink, its hook or
 /// the layout (strided rows, K > 2, no AVX2) has no lane path.
-template <class T, class Hook, int NK, class Range>
-bool gae_scan_rows_simd(const gae_sink<T, Hook, NK>& sk, const gae_element<T, NK>& el, const gae_compose& op,
+template <class T, class Hook, int NK, bool Joint, class Range>
+bool gae_scan_rows_simd(const gae_sink<T, Hook, NK>& sk, const gae_element<T, NK>& el, const gae_compose<Joint>& op,
                         scan_direction dir, index_t lo, index_t hi, const Range& range) {
   using hook_lanes = gae_hook_lanes<Hook>;
   if constexpr ((NK != 1 && NK != 2) || !hook_lanes::available) {
@@ -323,11 +368,17 @@ void gae_unchecked(const Backend& be, critic_view<const T> values, token_view<co
                   range);
   const bool skip = opt.semantics == gae_mask_semantics::skip;
   const double* row_la = opt.adaptive_lambda_alpha > 0 ? row_lambda.data() : nullptr;
+  const bool joint = !row_la && opt.lambda_actor == opt.lambda_critic;
   with_critic_count(point, [&](const auto& pt) {
     constexpr int NK = std::remove_cvref_t<decltype(pt)>::critic_count;
-    row_scan_then_fill(be, scan_direction::reverse, B, Tn, gae_element<T, NK>{pt, rewards, mask, opt.lambda_actor, row_la},
-                       gae_compose{opt.gamma, opt.lambda_critic, skip},
-                       gae_sink<T, Hook, NK>{pt, mask, out, opt.padding == padding_mode::raw, skip, hook}, range, padding);
+    const gae_element<T, NK> elem{pt, rewards, mask, opt.lambda_actor, row_la};
+    const gae_sink<T, Hook, NK> sink{pt, mask, out, opt.padding == padding_mode::raw, skip, hook};
+    if (joint)
+      row_scan_then_fill(be, scan_direction::reverse, B, Tn, elem, gae_compose<true>{opt.gamma, opt.lambda_critic, skip},
+                         sink, range, padding);
+    else
+      row_scan_then_fill(be, scan_direction::reverse, B, Tn, elem, gae_compose<false>{opt.gamma, opt.lambda_critic, skip},
+                         sink, range, padding);
   });
 }
 

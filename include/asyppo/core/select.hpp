@@ -63,25 +63,11 @@ ASYPPO_INLINE T key_value(std::uint64_t key) {
   return x;
 }
 
-/// Bins advance_digit adds per step while it skips whole chunks.
-inline constexpr int digit_chunk_bins = 32;
-
 /// One digit of a selection: from digit d on, while the rank lies beyond the keys counted so far (acc
 /// plus bin d), add bin d and move on; the digit where it stops holds the rank. h: the radix bins of
-/// the request's prefix.
+/// the request's prefix. (The resident selection's device choice, resident_choose, stops at the same bin.)
 ASYPPO_INLINE index_t advance_digit(const std::uint64_t* h, index_t radix, std::uint64_t rank, index_t d,
                                     std::uint64_t& acc) {
-  // digit_chunk_bins bins at a time while all of them would be passed (counts are not negative, so the
-  // bin-by-bin loop would pass each of them too): that many independent loads per step, one memory round
-  // trip on a device (resident_choose: one thread walks the bins), instead of one per bin; the bins of the
-  // last chunk are then cached. 256 bins: 8 round trips (32 with chunks of 8, an H100's 9 us per choice).
-  while (d + digit_chunk_bins < radix) {
-    std::uint64_t sum = 0;
-    for (int j = 0; j < digit_chunk_bins; ++j) sum += h[d + j];
-    if (acc + sum > rank) break;
-    acc += sum;
-    d += digit_chunk_bins;
-  }
   while (d < radix - 1 && acc + h[d] <= rank) acc += h[d++];
   return d;
 }
@@ -352,10 +338,10 @@ void radix_select(const Backend& be, index_t rows, index_t cols, KeyOf key_of, i
 //
 // The same MSD radix selection with nothing read on the host, so that a device backend never waits
 // (a CUDA graph can hold it; docs/algorithm.md, S4): the ranks are written by an earlier device pass
-// (they depend on counts that live there), each digit is chosen by one thread per request
-// (resident_choose) from the pass's histogram, and the results are read by later device passes. One
+// (they depend on counts that live there), each digit is chosen by a row scan over each request's
+// bins (resident_choose) from the pass's histogram, and the results are read by later device passes. One
 // process. Digits of resident_digit_bits (8) bits: key_bits / 8 streaming passes (4 for float, 8 for
-// double) and a 256-bin sweep per request and pass. Segment s owns the request slots [s R, s R + R)
+// double) and a 256-bin scan per request and pass. Segment s owns the request slots [s R, s R + R)
 // (R per segment, in any rank order; inactive slots take no part). A request counts in the bins of
 // its leader, the first active request of its segment with the same prefix, so requests with equal
 // prefixes share one histogram row. Before each pass, each segment's digit filter (256 bits: the last
@@ -447,25 +433,53 @@ struct resident_bin {
   }
 };
 
-/// One thread per request (a for_each over [requests, 1]): fixes the next digit from the leader's
-/// bins, reading cur and writing next (other requests read their leader's prefix in cur meanwhile).
+/// The elements of a digit choice's row scan (one row per request, one column per bin): bin d of the
+/// bins request r counts in, its leader's (none, zeros, for an inactive request: it has no leader).
+struct leader_bins {
+  const resident_request* req;
+  const std::uint64_t* hist;
+  index_t per_segment;
+  int digit_bits;
+  ASYPPO_HD std::uint64_t operator()(index_t r, index_t d) const {
+    return req[r].active ? hist[(resident_leader(req, per_segment, r) << digit_bits) + d] : 0;
+  }
+};
+
+/// Running count: the scan operator of a digit choice (integers: exact in any association).
+struct count_sum {
+  using value_type = std::uint64_t;
+  ASYPPO_HD std::uint64_t initial() const { return 0; }
+  ASYPPO_HD std::uint64_t lift(std::uint64_t e) const { return e; }
+  ASYPPO_HD std::uint64_t apply(std::uint64_t e, std::uint64_t x) const { return x + e; }
+  ASYPPO_HD std::uint64_t combine(std::uint64_t a, std::uint64_t b) const { return a + b; }
+};
+
+/// The sink of a digit choice: a forward row scan over [requests, 2^digit_bits] of leader_bins hands
+/// bin d of request r the count of bins 0..d; the one bin where advance_digit would stop (the first whose
+/// count reaches past the rank, or the last) writes next[r] with the digit appended, the keys below it and
+/// its count; an inactive request is copied by bin 0. cur is only read (other requests read their
+/// leader's prefix there meanwhile). One bin per thread on a device instead of one thread walking them.
 struct resident_choose {
   const resident_request* cur;
   resident_request* next;
   const std::uint64_t* hist;
   index_t per_segment;
   int digit_bits;
-  ASYPPO_HD void operator()(index_t r, index_t) const {
-    resident_request q = cur[r];
-    if (q.active) {
-      const std::uint64_t* h = hist + (resident_leader(cur, per_segment, r) << digit_bits);
-      std::uint64_t acc = q.below;
-      const index_t d = advance_digit(h, index_t(1) << digit_bits, q.rank, 0, acc);
-      q.below = acc;
-      q.prefix = (q.prefix << digit_bits) | static_cast<std::uint64_t>(d);
-      q.equal = h[d];
+  ASYPPO_HD void operator()(index_t r, index_t d, std::uint64_t upto) const {
+    const resident_request& q = cur[r];
+    if (!q.active) {
+      if (d == 0) next[r] = q;
+      return;
     }
-    next[r] = q;
+    const std::uint64_t h = hist[(resident_leader(cur, per_segment, r) << digit_bits) + d];
+    const std::uint64_t before = q.below + (upto - h);  // keys of the segment below bin d
+    const bool last = d == (index_t(1) << digit_bits) - 1;
+    if (before > q.rank || (q.below + upto <= q.rank && !last)) return;
+    resident_request n = q;
+    n.below = before;
+    n.prefix = (q.prefix << digit_bits) | static_cast<std::uint64_t>(d);
+    n.equal = h;
+    next[r] = n;
   }
 };
 
@@ -489,7 +503,9 @@ detail::resident_request* radix_select_resident(const Backend& be, index_t rows,
     be.for_each(nbins, detail::resident_pass_setup{a, per_segment, nseg, hist.data(), filter.data()});
     be.histogram(rows, cols, detail::resident_bin<KeyOf>{key_of, a, filter.data(), per_segment, shift}, nbins,
                  hist.data(), range);
-    be.for_each(nreq, 1, detail::resident_choose{a, b, hist.data(), per_segment, digit_bits});
+    be.row_scan(scan_direction::forward, nreq, index_t(1) << digit_bits,
+                detail::leader_bins{a, hist.data(), per_segment, digit_bits}, detail::count_sum{},
+                detail::resident_choose{a, b, hist.data(), per_segment, digit_bits});
     std::swap(a, b);
   }
   return a;

@@ -61,11 +61,15 @@ struct std_key_of {
   token_view<const T> sigma;
   mask_view mask;
   bool per_row;
+  /// Reads sigma at (b, t) whether or not the token is valid (callers ask about tokens where sigma is
+  /// defined: a caller's full array, or the advantage step's over each row's range), so the two loads
+  /// need not wait for each other.
   ASYPPO_HD bool operator()(index_t b, index_t t, index_t& seg, std::uint64_t& key) const {
-    if (!mask(b, t)) return false;
+    const bool valid = mask(b, t) != 0;
+    const T s = sigma(b, t);
     seg = per_row ? b : 0;
-    key = ordered_key(sigma(b, t));
-    return true;
+    key = ordered_key(s);
+    return valid;
   }
   /// Whether row b's keys are ordered_key(s[t]) at the t with m[t] != 0, s and m plain float and
   /// byte rows (core/select.hpp runs its first pass on SIMD lanes then); seg: the row's segment.

@@ -52,7 +52,8 @@
 
 namespace asyppo {
 
-// The ragged histogram on wide rows: parts per row and the most blocks (tuning constants, measured at
+// The ragged histogram on wide rows: parts per row (ASYPPO_CUDA_HIST_ROW_SPLIT, kernels.cuh) and the most
+// blocks (tuning constants, measured at
 // 1024 x 8192 on an H100, docs/benchmarks.md: the selection's four passes took 0.195 / 0.161 / 0.165 ms
 // with 1 / 2 / 4 parts per row, and 0.39 ms with 264 blocks of four whole rows each: they are
 // latency-bound and want many blocks of even length; with 4 parts per row, at most 4096 / 1056 / 528
@@ -62,9 +63,6 @@ namespace asyppo {
 // measured alternative, docs/benchmarks.md).
 #ifndef ASYPPO_CUDA_ROW_SCHEDULE
 #define ASYPPO_CUDA_ROW_SCHEDULE 1
-#endif
-#ifndef ASYPPO_CUDA_HIST_ROW_SPLIT
-#define ASYPPO_CUDA_HIST_ROW_SPLIT 4
 #endif
 #ifndef ASYPPO_CUDA_HIST_ROW_BLOCKS
 #define ASYPPO_CUDA_HIST_ROW_BLOCKS 1056
@@ -332,11 +330,11 @@ class cuda_backend : public detail::ragged_by_wrapping<cuda_backend> {
       return ragged_by_wrapping::histogram(rows, cols, bin, nbins, counts, range);
     if (rows <= 0) return;
     device_guard g(device_);
-    const index_t split = ASYPPO_CUDA_HIST_ROW_SPLIT, cap = ASYPPO_CUDA_HIST_ROW_BLOCKS;
-    const index_t parts = rows * split;  // each block clears and flushes nbins shared bins once
+    const index_t cap = ASYPPO_CUDA_HIST_ROW_BLOCKS;
+    const index_t parts = rows * cuda_detail::kHistRowSplit;  // each block clears and flushes nbins shared bins once
     const unsigned grid = static_cast<unsigned>(parts < cap ? parts : cap);
-    launch("histogram_rows_shared_kernel", cuda_detail::histogram_rows_shared_kernel<Bin, Range>, grid, rows, split, bin,
-           range, nbins, as_ull(counts));
+    launch("histogram_rows_shared_kernel", cuda_detail::histogram_rows_shared_kernel<Bin, Range>, grid, rows, bin, range,
+           nbins, as_ull(counts));
   }
 
   template <class Bin>
@@ -350,6 +348,7 @@ class cuda_backend : public detail::ragged_by_wrapping<cuda_backend> {
     // At most 1024 blocks (the grid-stride loop covers the rest), so that each block's clearing and
     // flushing of its shared bins is spread over many elements.
     auto [grid, block] = grid_2d(rows, cols);
+    grid.x = (grid.x + cuda_detail::kHistItems - 1) / cuda_detail::kHistItems;  // kHistItems chunks per warp step
     grid.x = grid.x < 1024u ? grid.x : 1024u;
     grid.y = grid.y < 1024u / grid.x ? grid.y : 1024u / grid.x;
     launch("histogram_2d_shared_kernel", cuda_detail::histogram_2d_shared_kernel<Bin>, grid, block, rows, cols, bin, nbins,

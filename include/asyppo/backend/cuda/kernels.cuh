@@ -626,6 +626,35 @@ inline constexpr int kRowScanItems = ASYPPO_CUDA_ROW_SCAN_ITEMS;
 #define ASYPPO_CUDA_ROW_SCAN_MIN_BLOCKS 2
 #endif
 
+/// What a row scan's sink reads at the positions of a thread's run, read before any of them is stored
+/// (backend/patterns.hpp: a sink split into load and store; its stores might alias the next position's
+/// inputs, so otherwise each position waited for its own loads: the advantage step's sigma, one memory
+/// latency per position). Where the sink is not split, nothing is read ahead and it is called whole.
+template <class Sink, int N, bool Split = requires(const Sink& s) { s.load(index_t(0), index_t(0)); }>
+struct sink_ahead {
+  __device__ void load(const Sink&, index_t, int, index_t) {}
+  template <class X>
+  __device__ void store(const Sink& s, index_t b, int, index_t t, const X& x) const {
+    s(b, t, x);
+  }
+};
+template <class Sink, int N>
+struct sink_ahead<Sink, N, true> {
+  typename Sink::token_type token[N];
+  __device__ void load(const Sink& s, index_t b, int j, index_t t) { token[j] = s.load(b, t); }
+  template <class X>
+  __device__ void store(const Sink& s, index_t b, int j, index_t t, const X& x) const {
+    s.store(b, t, x, token[j]);
+  }
+};
+
+// Whether a row scan reads its sink's tokens before the tile's block scan (1: their latency hides behind
+// the scan, in registers held across it) or after it (0: all of a run's at once, before the first store).
+// Tuning constant, measured on an H200 (docs/benchmarks.md; step graph replay): 0.335 ms at 0, 0.345 at 1.
+#ifndef ASYPPO_CUDA_SCAN_SINK_EARLY
+#define ASYPPO_CUDA_SCAN_SINK_EARLY 0
+#endif
+
 /// (Then epilogue(b, hi) after row b: no_row_epilogue or fill_after.)
 template <class Elem, class Op, class Sink, class Range, class Epilogue>
 __global__ void __launch_bounds__(kBlock, ASYPPO_CUDA_ROW_SCAN_MIN_BLOCKS)
@@ -645,15 +674,23 @@ __global__ void __launch_bounds__(kBlock, ASYPPO_CUDA_ROW_SCAN_MIN_BLOCKS)
       const index_t n = run_length<kRowScanItems>(len - start);  // a tile of kBlock * n positions
       const index_t p0 = start + index_t(threadIdx.x) * n;
       const index_t end = p0 + n < len ? p0 + n : len;
+      sink_ahead<Sink, kRowScanItems> ahead;
+      const auto load_ahead = [&] {
+#pragma unroll
+        for (int j = 0; j < kRowScanItems; ++j)
+          if (p0 + j < end) ahead.load(ad.sink, b, j, ad.column(lo, len, p0 + j));
+      };
+      if (ASYPPO_CUDA_SCAN_SINK_EARLY) load_ahead();
       const M run = tile_prefix<kRowScanItems>(
           p0, end, [&](int j) { return ad.load(b, lo, len, p0 + j); }, mop, tmp, carry);
+      if (!ASYPPO_CUDA_SCAN_SINK_EARLY) load_ahead();
       auto state = run.has ? ad.op.apply(run.v, ad.op.initial()) : ad.op.initial();
 #pragma unroll
       for (int j = 0; j < kRowScanItems; ++j)
         if (p0 + j < end) {
           const index_t t = ad.column(lo, len, p0 + j);
           state = ad.op.apply(ad.elem(b, t), state);
-          ad.sink(b, t, state);
+          ahead.store(ad.sink, b, j, t, state);
         }
       __syncthreads();  // tmp is reused by the next tile
       start += index_t(kBlock) * n;
@@ -699,6 +736,32 @@ __device__ inline void count_in_warp(unsigned int* local, int k, unsigned lane) 
     atomicAdd(local + k, static_cast<unsigned>(__popc(same)));
 }
 
+/// Warp chunks of 32 columns a warp bins per step of the shared-bin histograms below: a tuning constant.
+/// Each element waits for its mask byte and its key (read together); binning kHistItems chunks before
+/// counting any puts that many elements of each lane in flight instead of one.
+/// Measured on an H200 (docs/benchmarks.md; step graph replay): 1 / 2 / 4: 0.332 / 0.313 / 0.345 ms (with
+/// 4 a row part of a few hundred columns leaves most warps of its block idle). Counts do not depend on it.
+#ifndef ASYPPO_CUDA_HIST_ITEMS
+#define ASYPPO_CUDA_HIST_ITEMS 2
+#endif
+inline constexpr int kHistItems = ASYPPO_CUDA_HIST_ITEMS;
+
+/// Counts the columns [t0, t0 + 32 kHistItems) of row b below hi in the shared bins: the warp bins all
+/// of its chunks first (independent loads), then counts them chunk by chunk (count_in_warp). Every lane
+/// of the warp must call it together, with the same t0 (a multiple of 32 from the row's start) and hi.
+template <class Bin>
+__device__ inline void count_chunks(unsigned int* local, const Bin& bin, index_t b, index_t t0, index_t hi,
+                                    unsigned lane) {
+  int k[kHistItems];
+#pragma unroll
+  for (int u = 0; u < kHistItems; ++u) {
+    const index_t t = t0 + 32 * u + lane;
+    k[u] = t < hi ? static_cast<int>(bin(b, t)) : -1;
+  }
+#pragma unroll
+  for (int u = 0; u < kHistItems; ++u) count_in_warp(local, k[u], lane);
+}
+
 /// Adds a block's nonzero shared bins to the 64-bit global bins (integers: exact in any order).
 __device__ inline void flush_bins(const unsigned int* local, index_t nbins, unsigned long long* counts, index_t tid) {
   for (index_t k = tid; k < nbins; k += kBlock)
@@ -717,16 +780,23 @@ __global__ void __launch_bounds__(kBlock) histogram_2d_shared_kernel(index_t row
   __syncthreads();
   // A warp lies in one threadIdx.y (blockDim.x is a power of two >= 32), so both loops are uniform
   // over the warp (count_in_warp's condition).
-  const index_t sx = index_t(gridDim.x) * blockDim.x, sy = index_t(gridDim.y) * blockDim.y;
+  const index_t sx = index_t(gridDim.x) * blockDim.x * kHistItems, sy = index_t(gridDim.y) * blockDim.y;
   const unsigned lane = threadIdx.x & 31u;
   for (index_t b = index_t(blockIdx.y) * blockDim.y + threadIdx.y; b < rows; b += sy)
-    for (index_t t0 = index_t(blockIdx.x) * blockDim.x + (threadIdx.x & ~31u); t0 < cols; t0 += sx) {
-      const index_t t = t0 + lane;
-      count_in_warp(local, t < cols ? static_cast<int>(bin(b, t)) : -1, lane);
-    }
+    for (index_t t0 = (index_t(blockIdx.x) * blockDim.x + (threadIdx.x & ~31u)) * kHistItems; t0 < cols; t0 += sx)
+      count_chunks(local, bin, b, t0, cols, lane);
   __syncthreads();
   flush_bins(local, nbins, counts, tid);
 }
+
+/// Parts per row (ASYPPO_CUDA_HIST_ROW_SPLIT, a tuning constant of cuda_backend.cuh's histogram; a
+/// compile-time power of two, so that finding a part's row and columns is shifts, not 64-bit divisions:
+/// those were most of a pass's instructions when it took them per part).
+#ifndef ASYPPO_CUDA_HIST_ROW_SPLIT
+#define ASYPPO_CUDA_HIST_ROW_SPLIT 4
+#endif
+inline constexpr index_t kHistRowSplit = ASYPPO_CUDA_HIST_ROW_SPLIT;
+static_assert(kHistRowSplit > 0 && (kHistRowSplit & (kHistRowSplit - 1)) == 0, "ASYPPO_CUDA_HIST_ROW_SPLIT: a power of two");
 
 /// The ragged histogram on wide rows: each row's range cut into `split` parts of whole warps' columns,
 /// one block per part (grid-stride over rows * split parts), counting as histogram_2d_shared_kernel does.
@@ -736,8 +806,9 @@ __global__ void __launch_bounds__(kBlock) histogram_2d_shared_kernel(index_t row
 /// belong to rows of ranks spaced gridDim.x / split apart, so every block gets a share of long and short
 /// rows (in row order the shares were random; the bins are integers, so counts do not change).
 template <class Bin, class Range>
-__global__ void __launch_bounds__(kBlock) histogram_rows_shared_kernel(index_t rows, index_t split, Bin bin, Range range,
-                                                                       index_t nbins, unsigned long long* counts) {
+__global__ void __launch_bounds__(kBlock) histogram_rows_shared_kernel(index_t rows, Bin bin, Range range, index_t nbins,
+                                                                       unsigned long long* counts) {
+  constexpr index_t split = kHistRowSplit;
   grid_dependency_wait();
   __shared__ unsigned int local[kSharedBins];
   for (index_t k = threadIdx.x; k < nbins; k += kBlock) local[k] = 0;
@@ -749,10 +820,8 @@ __global__ void __launch_bounds__(kBlock) histogram_rows_shared_kernel(index_t r
     range(b, lo, hi);
     const index_t part = hi > lo ? ((hi - lo + split - 1) / split + 31) / 32 * 32 : 0;
     const index_t p_lo = lo + s * part, p_hi = p_lo + part < hi ? p_lo + part : hi;
-    for (index_t t0 = p_lo + index_t(threadIdx.x & ~31u); t0 < p_hi; t0 += kBlock) {  // uniform over the warp
-      const index_t t = t0 + lane;
-      count_in_warp(local, t < p_hi ? static_cast<int>(bin(b, t)) : -1, lane);
-    }
+    for (index_t t0 = p_lo + index_t(threadIdx.x & ~31u) * kHistItems; t0 < p_hi; t0 += kBlock * kHistItems)
+      count_chunks(local, bin, b, t0, p_hi, lane);  // uniform over the warp
   }
   __syncthreads();
   flush_bins(local, nbins, counts, threadIdx.x);
