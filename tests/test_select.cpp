@@ -1,6 +1,6 @@
 // Tests of the exact order statistics of core/select.hpp (docs/algorithm.md S2, S4): radix_select (the
 // host-driven selection: 16- and 8-bit digits, the collection finish) and radix_select_resident (the
-// device path: 8-bit digits, one thread per request, the per-segment digit filter) against a plain
+// device path: 8-bit digits, each digit chosen by a row scan over the bins, the per-segment digit filter) against a plain
 // reference that sorts each segment's values (tests/support/select_checks.hpp), on the CPU backend (1 and
 // 2 threads), the CPU backend posing as a device (round_trip_backend) and the re-associating tiled
 // backend; a worked example with hand-counted results; the digit filter's bits.
@@ -8,6 +8,7 @@
 
 #include <algorithm>
 #include <cstdint>
+#include <random>
 #include <vector>
 
 #include "asyppo/asyppo.hpp"
@@ -100,5 +101,49 @@ TEST_CASE("resident selection: the digit filter passes exactly the active reques
     CHECK(detail::filter_has(filter.data(), d) == (d == 0x03 || d == 0xc8));
     CHECK(detail::filter_has(filter.data(), d + 0x1200) == (d == 0x03 || d == 0xc8));  // only the last digit counts
     CHECK_FALSE(detail::filter_has(filter.data() + detail::resident_filter_words, d));
+  }
+}
+
+TEST_CASE("resident digit choice: exactly one bin writes each request, the bin advance_digit stops at", "[select]") {
+  // The choice's sink is called once per bin in an order a backend chooses (a device: all at once), so
+  // its result must not depend on which bin writes last: exactly one may write. Checked bin by bin here,
+  // in reverse order, against advance_digit's sweep, with ranks on bin boundaries and empty bins.
+  using detail::resident_request;
+  constexpr int digit_bits = resident_digit_bits;
+  constexpr index_t radix = index_t(1) << digit_bits;
+  std::mt19937_64 rng(41);
+  for (int trial = 0; trial < 400; ++trial) {
+    std::vector<std::uint64_t> h(static_cast<std::size_t>(radix), 0);
+    const int fill = 1 + static_cast<int>(rng() % 4);  // about 1 in fill bins nonzero
+    for (auto& x : h) x = rng() % static_cast<std::uint64_t>(fill) == 0 ? rng() % 4 : 0;
+    h[static_cast<std::size_t>(rng() % radix)] += 1;  // at least one key
+    std::uint64_t total = 0;
+    std::vector<std::uint64_t> upto(h.size());
+    for (std::size_t d = 0; d < h.size(); ++d) upto[d] = total += h[d];
+    const std::uint64_t below = rng() % 50;
+    const std::uint64_t within = trial % 2 == 0 ? upto[static_cast<std::size_t>(rng() % radix)] % total : rng() % total;
+    const bool active = trial % 10 != 0;
+    const resident_request cur{below + within, 7, below, 0, active ? 1u : 0u};
+    std::uint64_t acc = below;
+    const index_t want = detail::advance_digit(h.data(), radix, cur.rank, 0, acc);
+    int writers = 0;
+    for (index_t d = radix - 1; d >= 0; --d) {
+      resident_request next{~0ull, ~0ull, ~0ull, ~0ull, 9u};  // a sentinel no choice writes
+      detail::resident_choose{&cur, &next, h.data(), 1, digit_bits}(0, d, upto[static_cast<std::size_t>(d)]);
+      if (next.active == 9u) continue;
+      ++writers;
+      INFO("trial " << trial << ", bin " << d);
+      if (active) {
+        REQUIRE(d == want);
+        CHECK(next.prefix == ((cur.prefix << digit_bits) | static_cast<std::uint64_t>(want)));
+        CHECK(next.below == acc);
+        CHECK(next.equal == h[static_cast<std::size_t>(want)]);
+        CHECK(next.rank == cur.rank);
+      } else {
+        REQUIRE(d == 0);
+        CHECK(next.prefix == cur.prefix);
+      }
+    }
+    REQUIRE(writers == 1);
   }
 }
