@@ -129,7 +129,7 @@ TEST_CASE("resident digit choice: exactly one bin writes each request, the bin a
     int writers = 0;
     for (index_t d = radix - 1; d >= 0; --d) {
       resident_request next{~0ull, ~0ull, ~0ull, ~0ull, 9u};  // a sentinel no choice writes
-      detail::resident_choose{&cur, &next, h.data(), 1, digit_bits}(0, d, upto[static_cast<std::size_t>(d)]);
+      detail::resident_choose{{&cur, h.data(), 1, digit_bits}, &next}(0, d, upto[static_cast<std::size_t>(d)]);
       if (next.active == 9u) continue;
       ++writers;
       INFO("trial " << trial << ", bin " << d);

@@ -373,12 +373,11 @@ void gae_unchecked(const Backend& be, critic_view<const T> values, token_view<co
     constexpr int NK = std::remove_cvref_t<decltype(pt)>::critic_count;
     const gae_element<T, NK> elem{pt, rewards, mask, opt.lambda_actor, row_la};
     const gae_sink<T, Hook, NK> sink{pt, mask, out, opt.padding == padding_mode::raw, skip, hook};
+    const auto scan = [&](auto op) { row_scan_then_fill(be, scan_direction::reverse, B, Tn, elem, op, sink, range, padding); };
     if (joint)
-      row_scan_then_fill(be, scan_direction::reverse, B, Tn, elem, gae_compose<true>{opt.gamma, opt.lambda_critic, skip},
-                         sink, range, padding);
+      scan(gae_compose<true>{opt.gamma, opt.lambda_critic, skip});
     else
-      row_scan_then_fill(be, scan_direction::reverse, B, Tn, elem, gae_compose<false>{opt.gamma, opt.lambda_critic, skip},
-                         sink, range, padding);
+      scan(gae_compose<false>{opt.gamma, opt.lambda_critic, skip});
   });
 }
 

@@ -457,27 +457,24 @@ struct count_sum {
 /// The sink of a digit choice: a forward row scan over [requests, 2^digit_bits] of leader_bins hands
 /// bin d of request r the count of bins 0..d; the one bin where advance_digit would stop (the first whose
 /// count reaches past the rank, or the last) writes next[r] with the digit appended, the keys below it and
-/// its count; an inactive request is copied by bin 0. cur is only read (other requests read their
-/// leader's prefix there meanwhile). One bin per thread on a device instead of one thread walking them.
+/// its count; an inactive request is copied by bin 0. The requests of this pass (bins.req) are only read
+/// (other requests read their leader's prefix there meanwhile). One bin per thread on a device instead of one thread walking them.
 struct resident_choose {
-  const resident_request* cur;
+  leader_bins bins;  // the scan's elements over cur (the requests of this pass)
   resident_request* next;
-  const std::uint64_t* hist;
-  index_t per_segment;
-  int digit_bits;
   ASYPPO_HD void operator()(index_t r, index_t d, std::uint64_t upto) const {
-    const resident_request& q = cur[r];
+    const resident_request& q = bins.req[r];
     if (!q.active) {
       if (d == 0) next[r] = q;
       return;
     }
-    const std::uint64_t h = hist[(resident_leader(cur, per_segment, r) << digit_bits) + d];
+    const std::uint64_t h = bins(r, d);
     const std::uint64_t before = q.below + (upto - h);  // keys of the segment below bin d
-    const bool last = d == (index_t(1) << digit_bits) - 1;
+    const bool last = d == (index_t(1) << bins.digit_bits) - 1;
     if (before > q.rank || (q.below + upto <= q.rank && !last)) return;
     resident_request n = q;
     n.below = before;
-    n.prefix = (q.prefix << digit_bits) | static_cast<std::uint64_t>(d);
+    n.prefix = (q.prefix << bins.digit_bits) | static_cast<std::uint64_t>(d);
     n.equal = h;
     next[r] = n;
   }
@@ -503,9 +500,9 @@ detail::resident_request* radix_select_resident(const Backend& be, index_t rows,
     be.for_each(nbins, detail::resident_pass_setup{a, per_segment, nseg, hist.data(), filter.data()});
     be.histogram(rows, cols, detail::resident_bin<KeyOf>{key_of, a, filter.data(), per_segment, shift}, nbins,
                  hist.data(), range);
-    be.row_scan(scan_direction::forward, nreq, index_t(1) << digit_bits,
-                detail::leader_bins{a, hist.data(), per_segment, digit_bits}, detail::count_sum{},
-                detail::resident_choose{a, b, hist.data(), per_segment, digit_bits});
+    const detail::leader_bins bins{a, hist.data(), per_segment, digit_bits};
+    be.row_scan(scan_direction::forward, nreq, index_t(1) << digit_bits, bins, detail::count_sum{},
+                detail::resident_choose{bins, b});
     std::swap(a, b);
   }
   return a;
