@@ -6,8 +6,9 @@
 //   <algo>/<B>x<T>/asyppo/threads:1 and threads:2   the library call (cpu_backend(threads))
 //   <algo>/<B>x<T>/naive                             a plain single-threaded loop version written the
 //                                                    obvious way (separate passes, std::sort, std::map)
-// plus step_part/... (the pieces of the one-call step, 256 x 4096) and membw/... (streaming kernels over
-// 64 MB arrays with 1 and 2 std::threads) so results can be put against the machine's bandwidth.
+// plus step_part/... (the pieces of the one-call step, 256 x 4096), select_resident/... (the resident
+// selection alone at two digit widths) and membw/... (streaming kernels over 64 MB arrays with 1 and 2
+// std::threads) so results can be put against the machine's bandwidth.
 //
 // Counters:
 //   bytes_per_second  minimum bytes that must be streamed / real time, i.e. every input read once plus
@@ -594,6 +595,32 @@ void BM_part(benchmark::State& st, index_t B, index_t T, int threads, part p) {
   set_counters(st, bytes, BT);
 }
 
+// The resident selection alone (docs/algorithm.md S4) on the sigma of the batch, the batch scope's seven
+// requests of the advantage step (the masks' 20 % and 80 % ranks, quantiles 0, 25, 50, 75, 100 %), one
+// segment, at the narrow (8-bit: 4 passes for float) and the wide (11-bit: 3 passes) digit, on the CPU
+// backend: select_resident/<bits>/256x4096/threads:N, the two widths in the same process. Per pass, the
+// CPU counts every key under the request loop; the wide digit's passes zero, merge and scan 8 times the bins.
+void BM_select_resident(benchmark::State& st, index_t B, index_t T, int threads, int digit_bits) {
+  using asyppo::detail::resident_request;
+  const batch& d = get_batch(B, T);
+  const asyppo::cpu_backend be(threads);
+  std::uint64_t n = 0;
+  for (const auto m : d.mask) n += m != 0;
+  std::vector<resident_request> init;
+  for (const double q : {0.2, 0.8, 0.0, 0.25, 0.5, 0.75, 1.0})
+    init.push_back({std::min<std::uint64_t>(n - 1, static_cast<std::uint64_t>(q * double(n))), 0, 0, 0, 1});
+  std::vector<resident_request> a(init.size()), b(init.size());
+  const asyppo::detail::std_key_of<F> key{{d.sigma.data(), B, T}, mask_of(d), false};
+  const index_t nreq = static_cast<index_t>(init.size());
+  for (auto _ : st) {
+    a = init;
+    const resident_request* res = asyppo::radix_select_resident(be, B, T, key, 32, 1, nreq, a.data(), b.data(),
+                                                                asyppo::full_rows{T}, digit_bits);
+    benchmark::DoNotOptimize(res);
+    benchmark::ClobberMemory();
+  }
+  set_counters(st, double(B * T) * (sizeof(F) + 1), double(B * T));  // sigma and the mask, once
+}
 
 // ---------------------------------------------------------------------------------------------
 // One-time cross-check: library vs naive (masks exact, advantages/returns to float rounding).
@@ -654,6 +681,14 @@ void register_all() {
     for (int th : {1, 2})
       benchmark::RegisterBenchmark((std::string("step_part/") + name + "/256x4096/threads:" + std::to_string(th)).c_str(),
                                    BM_part, index_t(256), index_t(4096), th, p)
+          ->UseRealTime()
+          ->MinTime(0.25)
+          ->Unit(benchmark::kMicrosecond);
+  for (int bits : {asyppo::resident_digit_bits, asyppo::resident_wide_digit_bits})
+    for (int th : {1, 2})
+      benchmark::RegisterBenchmark(
+          ("select_resident/" + std::to_string(bits) + "/256x4096/threads:" + std::to_string(th)).c_str(),
+          BM_select_resident, index_t(256), index_t(4096), th, bits)
           ->UseRealTime()
           ->MinTime(0.25)
           ->Unit(benchmark::kMicrosecond);

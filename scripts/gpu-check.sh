@@ -50,6 +50,11 @@ export LD_LIBRARY_PATH="$libs${LD_LIBRARY_PATH:+:$LD_LIBRARY_PATH}"
       timeout 90 compute-sanitizer --tool memcheck --print-limit 8 ./build/gpu/test_cuda_conformance "$first" 2>&1 | tail -60
     fi
   fi
+  if [ -x build/gpu/test_cuda_conformance_variant ]; then  # gpu-prepare.sh with ASYPPO_SUITE_FLAGS
+    stage "conformance suite built with $(cat build/gpu/test_cuda_conformance_variant.txt 2>/dev/null)"
+    timeout 150 ./build/gpu/test_cuda_conformance_variant --reporter compact 2>&1 | tail -40
+    echo "variant conformance exit code: ${PIPESTATUS[0]}"
+  fi
   stage "nccl_comm on one rank"
   timeout 60 ./build/gpu/test_nccl_comm --reporter compact 2>&1
   echo "nccl exit code: $?"
@@ -57,6 +62,9 @@ export LD_LIBRARY_PATH="$libs${LD_LIBRARY_PATH:+:$LD_LIBRARY_PATH}"
 stage "asyppo vs torch (verl), 1024 x 8192, K = 2"
 timeout 200 python3 bench/gpu/bench_vs_torch.py --lib build/gpu/libasyppo_bench_cuda.so --json "$OUT/bench.json" \
   --profile "$OUT/profile.txt" 2>&1 | tee "$OUT/bench.txt"
+# What the A/B and the variants print of each run: the timings, and the checks against PyTorch and between
+# the calls (a variant's outputs are checked there: the conformance suite runs this tree's defaults only).
+rows_and_checks='^\| (advantage|actor)|^(advantage step|actor loss)[^|]*: '
 if [ -f build/gpu/libasyppo_bench_cuda_base.so ]; then
   # A/B (gpu-prepare.sh with ASYPPO_BASE_REV): the base commit's library, then this tree's again, on the
   # same data (no PyTorch GAE loop, no heads); each with its kernels in $OUT/profile_{base,current}.txt.
@@ -65,7 +73,7 @@ if [ -f build/gpu/libasyppo_bench_cuda_base.so ]; then
     lib=build/gpu/libasyppo_bench_cuda.so
     [ "$which" = base ] && lib=build/gpu/libasyppo_bench_cuda_base.so
     timeout 120 python3 bench/gpu/bench_vs_torch.py --lib "$lib" --heads '' --torch-gae-repeat 0 \
-      --profile "$OUT/profile_$which.txt" 2>&1 | grep -E '^\| (advantage|actor)' | sed "s/^/$which /"
+      --profile "$OUT/profile_$which.txt" 2>&1 | grep -E "$rows_and_checks" | sed "s/^/$which /"
   done 2>&1 | tee "$OUT/ab.txt"
   for which in base current; do  # each call's kernels, largest first: each change shows in its own kernel
     echo "== $which"; grep -E '^##|^ +[0-9.]+ ms' "$OUT/profile_$which.txt" | cut -c1-140 | head -70
@@ -79,7 +87,7 @@ if compgen -G "build/gpu/variant_*.so" > /dev/null; then
     name=$(basename "$lib" .so)
     echo "== ${name#variant_}: $(cat "build/gpu/$name.txt" 2>/dev/null)"
     timeout 120 python3 bench/gpu/bench_vs_torch.py --lib "$lib" --heads '' --torch-gae-repeat 0 \
-      --profile "$OUT/profile_$name.txt" 2>&1 | grep -E '^\| (advantage|actor)'
+      --profile "$OUT/profile_$name.txt" 2>&1 | grep -E "$rows_and_checks"
     grep -E '^##|^ +[0-9.]+ ms' "$OUT/profile_$name.txt" | cut -c1-140 | head -24
   done 2>&1 | tee "$OUT/variants.txt"
   # This tree's library once more after them: the drift of the machine over the sweep, beside each variant.

@@ -17,6 +17,10 @@
 # per variant with those definitions (sm_90 only) as build/gpu/variant_<name>.so; gpu-check.sh times each
 # after the A/B, on the same data (the tuning macros are the ASYPPO_CUDA_* of backend/cuda/*.cuh), e.g.
 #   ASYPPO_VARIANTS='raking:-DASYPPO_CUDA_BLOCK_SCAN_ALGORITHM=cub::BLOCK_SCAN_RAKING;fold8:-DASYPPO_CUDA_FLAT_FOLD_ITEMS=8'
+# A variant's outputs are checked there only by the comparison's own checks (against PyTorch, between the
+# calls); ASYPPO_SUITE_FLAGS='-DMACRO=value ...' also builds the conformance suite with those definitions
+# (sm_90 only, a few minutes) as build/gpu/test_cuda_conformance_variant, which gpu-check.sh runs after this
+# tree's suite: a tuning path that is off by default is tested on a device before it is turned on.
 set -euo pipefail
 cd "$(dirname "${BASH_SOURCE[0]}")/.."
 mkdir -p build/gpu
@@ -25,6 +29,14 @@ cmake --build --preset cuda --target test_cuda_conformance test_nccl_comm
 cp build/cuda/tests/gpu/test_cuda_conformance build/cuda/tests/gpu/test_nccl_comm build/gpu/
 g++ -std=gnu++20 -O3 -DNDEBUG -shared -fPIC -Iinclude -isystem /usr/include/eigen3 bench/gpu/capi_cpu.cpp \
   -o build/gpu/libasyppo_bench_cpu.so -lpthread
+rm -f build/gpu/test_cuda_conformance_variant build/gpu/test_cuda_conformance_variant.txt
+if [ -n "${ASYPPO_SUITE_FLAGS:-}" ]; then
+  cmake --preset cuda -B build/cuda-suite-variant -DCMAKE_CUDA_ARCHITECTURES=90 \
+    -DCMAKE_CUDA_FLAGS="$ASYPPO_SUITE_FLAGS" >/dev/null
+  cmake --build build/cuda-suite-variant -j 2 --target test_cuda_conformance
+  cp build/cuda-suite-variant/tests/gpu/test_cuda_conformance build/gpu/test_cuda_conformance_variant
+  printf '%s\n' "$ASYPPO_SUITE_FLAGS" > build/gpu/test_cuda_conformance_variant.txt
+fi
 rm -f build/gpu/libasyppo_bench_cuda.so build/gpu/libasyppo_bench_cuda_base.so build/gpu/base_rev.txt build/gpu/variant_*
 # Every C interface of the comparison (this tree's, the base's, the variants') with the same flags: sm_90
 # (H100, H200), the fatbin compressed (11 MB -> 3 MB each: the device tool carries 64 MiB in all).

@@ -1,9 +1,9 @@
 // Tests of the exact order statistics of core/select.hpp (docs/algorithm.md S2, S4): radix_select (the
 // host-driven selection: 16- and 8-bit digits, the collection finish) and radix_select_resident (the
-// device path: 8-bit digits, each digit chosen by a row scan over the bins, the per-segment digit filter) against a plain
-// reference that sorts each segment's values (tests/support/select_checks.hpp), on the CPU backend (1 and
-// 2 threads), the CPU backend posing as a device (round_trip_backend) and the re-associating tiled
-// backend; a worked example with hand-counted results; the digit filter's bits.
+// device path: 8-, 11- and 5-bit digits, each digit chosen by a row scan over the bins, the per-segment
+// digit filter) against a plain reference that sorts each segment's values (tests/support/select_checks.hpp),
+// on the CPU backend (1 and 2 threads), the CPU backend posing as a device (round_trip_backend) and the
+// re-associating tiled backend; a worked example with hand-counted results; the digit filter's bits.
 #include <catch2/catch.hpp>
 
 #include <algorithm>
@@ -33,10 +33,12 @@ void check_all_backends(std::uint64_t seed) {
       check_host_selection(asyppo_test::round_trip_backend(1), p, digit_bits, seed + 1);
       check_host_selection(asyppo_test::tiled_backend(seed), p, digit_bits, seed + 1);
     }
-    check_resident_selection(cpu_backend(1), p, seed + 2);
-    check_resident_selection(cpu_backend(2), p, seed + 2);
-    check_resident_selection(asyppo_test::round_trip_backend(2), p, seed + 2);
-    check_resident_selection(asyppo_test::tiled_backend(seed), p, seed + 2);
+    for (int digit_bits : {resident_digit_bits, resident_wide_digit_bits, 5}) {  // 5: a last pass of 2 bits (float)
+      check_resident_selection(cpu_backend(1), p, seed + 2, digit_bits);
+      check_resident_selection(cpu_backend(2), p, seed + 2, digit_bits);
+      check_resident_selection(asyppo_test::round_trip_backend(2), p, seed + 2, digit_bits);
+      check_resident_selection(asyppo_test::tiled_backend(seed), p, seed + 2, digit_bits);
+    }
   }
 }
 
@@ -62,19 +64,24 @@ TEST_CASE("radix selection: a worked example", "[select]") {
   const problem_on<cpu_backend, float> on(cpu_backend(1), p);
   radix_select(cpu_backend(1), 1, 7, on.keys(), 32, 16, 1, req.data(), static_cast<index_t>(req.size()), res.data(),
                single_process{}, on.range());
-  std::vector<detail::resident_request> host;
-  for (const auto& w : want) host.push_back({w.rank, 0, 0, 0, 1});
-  std::vector<detail::resident_request> b(host.size());
-  const detail::resident_request* out = radix_select_resident(cpu_backend(1), 1, 7, on.keys(), 32, 1,
-                                                              static_cast<index_t>(host.size()), host.data(), b.data(),
-                                                              on.range());
   for (std::size_t r = 0; r < req.size(); ++r) {
     CHECK(detail::key_value<float>(res[r].key) == want[r].value);
     CHECK(res[r].less == want[r].less);
     CHECK(res[r].equal == want[r].equal);
-    CHECK(detail::key_value<float>(out[r].prefix) == want[r].value);
-    CHECK(out[r].below == want[r].less);
-    CHECK(out[r].equal == want[r].equal);
+  }
+  for (int digit_bits : {resident_digit_bits, resident_wide_digit_bits}) {
+    INFO("resident selection, digits of " << digit_bits << " bits");
+    std::vector<detail::resident_request> host;
+    for (const auto& w : want) host.push_back({w.rank, 0, 0, 0, 1});
+    std::vector<detail::resident_request> b(host.size());
+    const detail::resident_request* out =
+        radix_select_resident(cpu_backend(1), 1, 7, on.keys(), 32, 1, static_cast<index_t>(host.size()), host.data(),
+                              b.data(), on.range(), digit_bits);
+    for (std::size_t r = 0; r < req.size(); ++r) {
+      CHECK(detail::key_value<float>(out[r].prefix) == want[r].value);
+      CHECK(out[r].below == want[r].less);
+      CHECK(out[r].equal == want[r].equal);
+    }
   }
 }
 
@@ -87,20 +94,28 @@ TEST_CASE("radix selection: random double keys against a sorted reference", "[se
 }
 
 TEST_CASE("resident selection: the digit filter passes exactly the active requests' last digits", "[select]") {
-  // Segment 0: requests with prefixes ending in digits 3 and 200 (one inactive one ending in 7);
-  // segment 1: none active.
+  // Segment 0: active requests with prefixes 0x0103 and 0x02c8 (inactive ones ending in other digits,
+  // and one with the first active one's prefix); segment 1: none active. 8-bit digits: last digits 0x03
+  // and 0xc8; 11-bit: 0x103 and 0x2c8.
   std::vector<detail::resident_request> req = {
       {0, 0x0103, 0, 0, 1}, {0, 0x07, 0, 0, 0}, {0, 0x02c8, 0, 0, 1}, {0, 0x0103, 0, 0, 0}, {0, 0x55, 0, 0, 0}, {0, 0, 0, 0, 0}};
-  std::vector<std::uint64_t> hist(static_cast<std::size_t>(6 << resident_digit_bits), 9);
-  std::vector<std::uint64_t> filter(2 * detail::resident_filter_words, 9);
-  cpu_backend(2).for_each(static_cast<index_t>(hist.size()), detail::resident_pass_setup{req.data(), 3, 2, hist.data(),
-                                                                                          filter.data()});
-  CHECK(std::count(hist.begin(), hist.end(), std::uint64_t(0)) == static_cast<std::ptrdiff_t>(hist.size()));
-  for (std::uint64_t d = 0; d < 256; ++d) {
-    INFO("digit " << d);
-    CHECK(detail::filter_has(filter.data(), d) == (d == 0x03 || d == 0xc8));
-    CHECK(detail::filter_has(filter.data(), d + 0x1200) == (d == 0x03 || d == 0xc8));  // only the last digit counts
-    CHECK_FALSE(detail::filter_has(filter.data() + detail::resident_filter_words, d));
+  for (int digit_bits : {resident_digit_bits, resident_wide_digit_bits}) {
+    INFO("digits of " << digit_bits << " bits");
+    const index_t words = detail::resident_filter_words(digit_bits);
+    REQUIRE(words == (index_t(1) << digit_bits) / 64);
+    std::vector<std::uint64_t> hist(static_cast<std::size_t>(6 << digit_bits), 9);
+    std::vector<std::uint64_t> filter(static_cast<std::size_t>(2 * words), 9);
+    cpu_backend(2).for_each(static_cast<index_t>(hist.size()),
+                            detail::resident_pass_setup{req.data(), 3, 2, hist.data(), filter.data(), digit_bits});
+    CHECK(std::count(hist.begin(), hist.end(), std::uint64_t(0)) == static_cast<std::ptrdiff_t>(hist.size()));
+    const std::uint64_t mask = (std::uint64_t(1) << digit_bits) - 1, d1 = 0x0103 & mask, d2 = 0x02c8 & mask;
+    for (std::uint64_t d = 0; d <= mask; ++d) {
+      INFO("digit " << d);
+      CHECK(detail::filter_has(filter.data(), d, digit_bits) == (d == d1 || d == d2));
+      CHECK(detail::filter_has(filter.data(), d + (std::uint64_t(0x12) << digit_bits), digit_bits) ==
+            (d == d1 || d == d2));  // only the last digit counts
+      CHECK_FALSE(detail::filter_has(filter.data() + words, d, digit_bits));
+    }
   }
 }
 
@@ -109,10 +124,10 @@ TEST_CASE("resident digit choice: exactly one bin writes each request, the bin a
   // its result must not depend on which bin writes last: exactly one may write. Checked bin by bin here,
   // in reverse order, against advance_digit's sweep, with ranks on bin boundaries and empty bins.
   using detail::resident_request;
-  constexpr int digit_bits = resident_digit_bits;
-  constexpr index_t radix = index_t(1) << digit_bits;
   std::mt19937_64 rng(41);
   for (int trial = 0; trial < 400; ++trial) {
+    const int digit_bits = (trial / 2) % 2 == 0 ? resident_digit_bits : resident_wide_digit_bits;
+    const index_t radix = index_t(1) << digit_bits;
     std::vector<std::uint64_t> h(static_cast<std::size_t>(radix), 0);
     const int fill = 1 + static_cast<int>(rng() % 4);  // about 1 in fill bins nonzero
     for (auto& x : h) x = rng() % static_cast<std::uint64_t>(fill) == 0 ? rng() % 4 : 0;
@@ -145,5 +160,22 @@ TEST_CASE("resident digit choice: exactly one bin writes each request, the bin a
       }
     }
     REQUIRE(writers == 1);
+  }
+}
+
+TEST_CASE("resident selection: a digit width outside [1, 16] is rejected before any pass", "[select][errors]") {
+  problem<float> p;
+  p.rows = 1, p.cols = 3, p.nseg = 1;
+  p.x = {3.0f, 1.0f, 2.0f};
+  p.valid.assign(3, 1);
+  const problem_on<cpu_backend, float> on(cpu_backend(1), p);
+  for (int digit_bits : {-1, 17, 64}) {
+    INFO("digit_bits " << digit_bits);
+    std::vector<detail::resident_request> a = {{1, 0, 0, 0, 1}}, b = {{9, 9, 9, 9, 0}};
+    CHECK_THROWS_WITH(radix_select_resident(cpu_backend(1), 1, 3, on.keys(), 32, 1, 1, a.data(), b.data(), on.range(),
+                                            digit_bits),
+                      Catch::Contains("asyppo::radix_select_resident: digit_bits:") && Catch::Contains("outside [1, 16]"));
+    CHECK(a[0].prefix == 0);  // nothing written
+    CHECK(b[0].rank == 9);
   }
 }

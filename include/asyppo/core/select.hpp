@@ -30,6 +30,7 @@
 #include "asyppo/comm/communicator.hpp"
 #include "asyppo/config.hpp"
 #include "asyppo/core/simd/select_lanes.hpp"
+#include "asyppo/error.hpp"
 
 namespace asyppo {
 
@@ -340,17 +341,39 @@ void radix_select(const Backend& be, index_t rows, index_t cols, KeyOf key_of, i
 // (a CUDA graph can hold it; docs/algorithm.md, S4): the ranks are written by an earlier device pass
 // (they depend on counts that live there), each digit is chosen by a row scan over each request's
 // bins (resident_choose) from the pass's histogram, and the results are read by later device passes. One
-// process. Digits of resident_digit_bits (8) bits: key_bits / 8 streaming passes (4 for float, 8 for
-// double) and a 256-bin scan per request and pass. Segment s owns the request slots [s R, s R + R)
+// process. Digits of d bits (resident_digit_bits_for: 8, or 11 where chosen and the bins are few), the
+// last pass taking the rest: ceil(key_bits / d) streaming passes (float: 4 of 8 bits, or 11 + 11 + 10;
+// double: 8, or 6) and a 2^d-bin scan per request and pass. Segment s owns the request slots [s R, s R + R)
 // (R per segment, in any rank order; inactive slots take no part). A request counts in the bins of
 // its leader, the first active request of its segment with the same prefix, so requests with equal
-// prefixes share one histogram row. Before each pass, each segment's digit filter (256 bits: the last
+// prefixes share one histogram row. Before each pass, each segment's digit filter (2^d bits: the last
 // digits of its active requests' prefixes) is set in the pass that zeroes the histogram; the histogram
 // rejects an element whose bits there are none of them with one bit test, so after the first pass most
 // elements cost no prefix comparisons (on an H100 the passes after the first took twice as long as the
-// first before it). Results (key, less, equal) equal radix_select's.
+// first before it). Results (key, less, equal) equal radix_select's, whatever the digit width.
 
+/// The narrow digit of a resident selection, and the wide one: one pass fewer for float keys (11 + 11 +
+/// 10 bits), at 2^11 bins per request and pass.
 inline constexpr int resident_digit_bits = 8;
+inline constexpr int resident_wide_digit_bits = 11;
+/// The most histogram bins (requests x 2^11) for which resident_digit_bits_for takes the wide digit: the
+/// advantage step's seven requests of the batch scope (the masks' two and the summary's five quantiles).
+inline constexpr index_t resident_wide_max_bins = index_t(7) << resident_wide_digit_bits;
+
+// Whether resident selections take the wide digit where the bins are few (1) or always the narrow one
+// (0). A tuning choice for a device, where each pass is a launch-and-latency-bound kernel: one pass fewer
+// against a histogram and a digit choice of 8 times the bins (on the CUDA backend: packed 16-bit shared
+// bins, ASYPPO_CUDA_HIST_PACKED_BINS). Results do not depend on it. Not yet measured on a GPU
+// (docs/benchmarks.md): off until it is.
+#ifndef ASYPPO_RESIDENT_WIDE_DIGITS
+#define ASYPPO_RESIDENT_WIDE_DIGITS 0
+#endif
+
+/// The digit width of a resident selection of nreq requests (radix_select_resident's default).
+inline int resident_digit_bits_for(index_t nreq) {
+  const bool wide = ASYPPO_RESIDENT_WIDE_DIGITS != 0 && nreq <= (resident_wide_max_bins >> resident_wide_digit_bits);
+  return wide ? resident_wide_digit_bits : resident_digit_bits;
+}
 
 namespace detail {
 
@@ -372,58 +395,67 @@ ASYPPO_INLINE index_t resident_leader(const resident_request* req, index_t per_s
   return j;
 }
 
-/// Words of a segment's digit filter: one bit per value of a digit.
-inline constexpr index_t resident_filter_words = (index_t(1) << resident_digit_bits) / 64;
+/// Words of a segment's digit filter for digits of digit_bits bits: one bit per value of a digit.
+ASYPPO_INLINE index_t resident_filter_words(int digit_bits) { return ((index_t(1) << digit_bits) + 63) / 64; }
 
-/// The last digit of a prefix (its low resident_digit_bits bits): its bit in a digit filter.
-ASYPPO_INLINE unsigned last_digit(std::uint64_t prefix) {
-  return static_cast<unsigned>(prefix & ((std::uint64_t(1) << resident_digit_bits) - 1));
+/// The last digit of a prefix (its low digit_bits bits): its bit in a digit filter.
+ASYPPO_INLINE unsigned last_digit(std::uint64_t prefix, int digit_bits) {
+  return static_cast<unsigned>(prefix & ((std::uint64_t(1) << digit_bits) - 1));
 }
 
 /// Whether the last digit of prefix is marked in a segment's filter.
-ASYPPO_INLINE bool filter_has(const std::uint64_t* filter, std::uint64_t prefix) {
-  const unsigned d = last_digit(prefix);
+ASYPPO_INLINE bool filter_has(const std::uint64_t* filter, std::uint64_t prefix, int digit_bits) {
+  const unsigned d = last_digit(prefix, digit_bits);
   return ((filter[d >> 6] >> (d & 63)) & 1) != 0;
 }
 
 /// Before each pass, a for_each over i in [0, nbins) (nbins >= nseg): zeroes bin i and, for i < nseg,
-/// sets segment i's filter to the last digits of its active requests' prefixes (in the first pass all
-/// prefixes are 0, as are the bits above every key).
+/// sets segment i's filter to the last digits (digit_bits bits: every pass but the last has that width,
+/// and a pass's prefixes end in the digit of the pass before it) of its active requests' prefixes (in the
+/// first pass all prefixes are 0, as are the bits above every key).
 struct resident_pass_setup {
   const resident_request* req;
   index_t per_segment, nseg;
   std::uint64_t* hist;
-  std::uint64_t* filter;  // [nseg * resident_filter_words]
+  std::uint64_t* filter;  // [nseg * resident_filter_words(digit_bits)]
+  int digit_bits;
   ASYPPO_HD void operator()(index_t i) const {
     hist[i] = 0;
     if (i >= nseg) return;
-    std::uint64_t w[resident_filter_words] = {};
-    for (index_t j = i * per_segment; j < (i + 1) * per_segment; ++j)
-      if (req[j].active) {
-        const unsigned d = last_digit(req[j].prefix);
-        w[d >> 6] |= std::uint64_t(1) << (d & 63);
+    const index_t words = resident_filter_words(digit_bits);
+    for (index_t k = 0; k < words; ++k) {
+      std::uint64_t w = 0;
+      for (index_t j = i * per_segment; j < (i + 1) * per_segment; ++j) {
+        const unsigned d = last_digit(req[j].prefix, digit_bits);
+        if (req[j].active && index_t(d >> 6) == k) w |= std::uint64_t(1) << (d & 63);
       }
-    for (index_t k = 0; k < resident_filter_words; ++k) filter[i * resident_filter_words + k] = w[k];
+      filter[i * words + k] = w;
+    }
   }
 };
 
-/// Histogram bin of element (b, t) in one pass: its digit under the first active request of its
-/// segment whose prefix its leading bits match (none unless the segment's filter holds their last digit).
-template <class KeyOf>
+/// Histogram bin of element (b, t) in one pass (its digit: digit_bits() bits above shift): its digit under
+/// the first active request of its segment whose prefix its leading bits match (none unless the
+/// segment's filter, of filter_bits()-bit digits, holds their last digit). Bits > 0: both widths are Bits
+/// (compile-time: the narrow digit's passes); 0: pass_bits and prefix_bits.
+template <class KeyOf, int Bits = 0>
 struct resident_bin {
   KeyOf key_of;
   const resident_request* req;
   const std::uint64_t* filter;
   index_t per_segment;
   int shift;
-  static constexpr int digit_bits = resident_digit_bits;
+  int pass_bits;    // the digit of this pass
+  int prefix_bits;  // the last digit of the prefixes, the filter's
+  ASYPPO_HD int digit_bits() const { return Bits > 0 ? Bits : pass_bits; }
+  ASYPPO_HD int filter_bits() const { return Bits > 0 ? Bits : prefix_bits; }
   ASYPPO_HD index_t operator()(index_t b, index_t t) const { return bin_of_element(key_of, *this, b, t); }
   ASYPPO_HD index_t bin_of(index_t seg, std::uint64_t key) const {
     std::uint64_t above;
-    const std::uint64_t digit = split_digit(key, shift, digit_bits, above);
-    if (!filter_has(filter + seg * resident_filter_words, above)) return -1;
+    const std::uint64_t digit = split_digit(key, shift, digit_bits(), above);
+    if (!filter_has(filter + seg * resident_filter_words(filter_bits()), above, filter_bits())) return -1;
     for (index_t j = seg * per_segment; j < (seg + 1) * per_segment; ++j)
-      if (req[j].active && req[j].prefix == above) return (j << digit_bits) + static_cast<index_t>(digit);
+      if (req[j].active && req[j].prefix == above) return (j << digit_bits()) + static_cast<index_t>(digit);
     return -1;
   }
   /// The CPU backend's span: through the key function's own row loop.
@@ -485,25 +517,35 @@ struct resident_choose {
 /// Resident radix selection over [rows, cols] (the columns range selects; key_of as radix_select's,
 /// segments in [0, nseg)). a and b: two backend arrays of nseg * per_segment requests, a set up by
 /// the caller (rank, active; prefix = below = 0); the passes alternate between them. Returns the one
-/// that holds the results. Enqueues only backend patterns: no host round trip.
+/// that holds the results. Enqueues only backend patterns: no host round trip. digit_bits in [1, 16]
+/// (0: resident_digit_bits_for(nseg * per_segment)); the results do not depend on it.
 template <class Backend, class KeyOf, class Range>
 detail::resident_request* radix_select_resident(const Backend& be, index_t rows, index_t cols, KeyOf key_of, int key_bits,
                                                 index_t nseg, index_t per_segment, detail::resident_request* a,
-                                                detail::resident_request* b, Range range) {
-  constexpr int digit_bits = resident_digit_bits;
+                                                detail::resident_request* b, Range range, int digit_bits = 0) {
   const index_t nreq = nseg * per_segment;
   if (nreq == 0) return a;
-  const index_t nbins = nreq << digit_bits;  // >= nseg
-  auto hist = be.template allocate<std::uint64_t>(nbins);
-  auto filter = be.template allocate<std::uint64_t>(nseg * detail::resident_filter_words);
-  for (int shift = key_bits - digit_bits; shift >= 0; shift -= digit_bits) {
-    be.for_each(nbins, detail::resident_pass_setup{a, per_segment, nseg, hist.data(), filter.data()});
-    be.histogram(rows, cols, detail::resident_bin<KeyOf>{key_of, a, filter.data(), per_segment, shift}, nbins,
-                 hist.data(), range);
-    const detail::leader_bins bins{a, hist.data(), per_segment, digit_bits};
-    be.row_scan(scan_direction::forward, nreq, index_t(1) << digit_bits, bins, detail::count_sum{},
+  if (digit_bits == 0) digit_bits = resident_digit_bits_for(nreq);
+  if (digit_bits < 1 || digit_bits > 16)
+    detail::fail("asyppo::radix_select_resident", "digit_bits", digit_bits, " is outside [1, 16]");
+  auto hist = be.template allocate<std::uint64_t>(nreq << digit_bits);  // >= nseg
+  auto filter = be.template allocate<std::uint64_t>(nseg * detail::resident_filter_words(digit_bits));
+  for (int done = 0; done < key_bits;) {
+    const int width = key_bits - done < digit_bits ? key_bits - done : digit_bits;  // the last pass: the rest
+    const int shift = key_bits - done - width;
+    const index_t nbins = nreq << width;
+    be.for_each(nbins, detail::resident_pass_setup{a, per_segment, nseg, hist.data(), filter.data(), digit_bits});
+    const auto count = [&](auto bin) { be.histogram(rows, cols, bin, nbins, hist.data(), range); };
+    constexpr int narrow = resident_digit_bits;
+    if (width == narrow && digit_bits == narrow)  // the narrow digit: its widths at compile time
+      count(detail::resident_bin<KeyOf, narrow>{key_of, a, filter.data(), per_segment, shift, width, digit_bits});
+    else
+      count(detail::resident_bin<KeyOf>{key_of, a, filter.data(), per_segment, shift, width, digit_bits});
+    const detail::leader_bins bins{a, hist.data(), per_segment, width};
+    be.row_scan(scan_direction::forward, nreq, index_t(1) << width, bins, detail::count_sum{},
                 detail::resident_choose{bins, b});
     std::swap(a, b);
+    done += width;
   }
   return a;
 }

@@ -322,19 +322,37 @@ class cuda_backend : public detail::ragged_by_wrapping<cuda_backend> {
     return true;
   }
 
-  /// Ragged: wide rows with shared bins, one block per part of a row's range (the range only); otherwise
-  /// through the full 2-D kernels on a skipping functor (ragged_by_wrapping).
+  /// Ragged: wide rows with shared bins, one block per part of a row's range (the range only): 32-bit
+  /// bins up to kSharedBins, packed 16-bit ones up to kPackedBins where ASYPPO_CUDA_HIST_PACKED_BINS and no
+  /// block counts 65536 elements; otherwise through the full 2-D kernels on a skipping functor
+  /// (ragged_by_wrapping).
   template <class Bin, class Range>
   void histogram(index_t rows, index_t cols, Bin bin, index_t nbins, std::uint64_t* counts, Range range) const {
-    if (nbins > cuda_detail::kSharedBins || !cuda_detail::wide_rows(cols))
+    const bool fits_packed = ASYPPO_CUDA_HIST_PACKED_BINS && nbins > cuda_detail::kSharedBins &&
+                             nbins <= cuda_detail::kPackedBins;
+    const index_t cap = fits_packed ? ASYPPO_CUDA_HIST_ROW_BLOCKS / 8 * 7 : ASYPPO_CUDA_HIST_ROW_BLOCKS;  // kPackedBins
+    const index_t split = cuda_detail::kHistRowSplit;
+    const index_t parts = rows * split;  // each block clears and flushes nbins shared bins once
+    const index_t grid = parts < cap ? parts : cap;
+    // The most elements one block counts: its turns times the widest part a row's range can have.
+    const index_t per_block = grid > 0 ? (parts + grid - 1) / grid * (((cols + split - 1) / split + 31) / 32 * 32) : 0;
+    const bool packed = fits_packed && per_block < 65536;
+    if ((nbins > cuda_detail::kSharedBins && !packed) || !cuda_detail::wide_rows(cols))
       return ragged_by_wrapping::histogram(rows, cols, bin, nbins, counts, range);
     if (rows <= 0) return;
     device_guard g(device_);
-    const index_t cap = ASYPPO_CUDA_HIST_ROW_BLOCKS;
-    const index_t parts = rows * cuda_detail::kHistRowSplit;  // each block clears and flushes nbins shared bins once
-    const unsigned grid = static_cast<unsigned>(parts < cap ? parts : cap);
-    launch("histogram_rows_shared_kernel", cuda_detail::histogram_rows_shared_kernel<Bin, Range>, grid, rows, bin, range,
-           nbins, as_ull(counts));
+    if constexpr (ASYPPO_CUDA_HIST_PACKED_BINS) {  // (the packed kernel is not even compiled without it)
+      if (packed) {
+        using cuda_detail::shared_bins_16;
+        launch_smem("histogram_rows_shared_kernel",
+                    cuda_detail::histogram_rows_shared_kernel<Bin, Range, shared_bins_16>, static_cast<unsigned>(grid),
+                    static_cast<std::size_t>(4 * shared_bins_16::words_for(nbins)), rows, bin, range, nbins,
+                    as_ull(counts));
+        return;
+      }
+    }
+    launch("histogram_rows_shared_kernel", cuda_detail::histogram_rows_shared_kernel<Bin, Range>,
+           static_cast<unsigned>(grid), rows, bin, range, nbins, as_ull(counts));
   }
 
   template <class Bin>
@@ -400,7 +418,13 @@ class cuda_backend : public detail::ragged_by_wrapping<cuda_backend> {
   /// launch where the device and the kernel's code have it); block: kBlock threads unless given.
   template <class... P, class... A>
   void launch(const char* name, void (*kernel)(P...), dim3 grid, dim3 block, A&&... args) const {
-    cuda_detail::launch(name, kernel, grid, block, stream_, device_, std::forward<A>(args)...);
+    cuda_detail::launch(name, kernel, grid, block, 0, stream_, device_, std::forward<A>(args)...);
+  }
+  /// The same with smem bytes of dynamic shared memory (above 48 KB: cuda_detail::allow_dynamic_smem first).
+  template <class... P, class... A>
+  void launch_smem(const char* name, void (*kernel)(P...), unsigned grid, std::size_t smem, A&&... args) const {
+    cuda_detail::launch(name, kernel, dim3(grid), dim3(cuda_detail::kBlock), smem, stream_, device_,
+                        std::forward<A>(args)...);
   }
   template <class... P, class... A>
   void launch(const char* name, void (*kernel)(P...), unsigned grid, A&&... args) const {
@@ -457,8 +481,11 @@ class cuda_backend : public detail::ragged_by_wrapping<cuda_backend> {
     if (rows <= 0 || cols <= 0) return;
     device_guard g(device_);
     using A = cuda_detail::row_scan_adapter<Elem, Op, Sink, Range>;
-    launch("row_scan_kernel", cuda_detail::row_scan_kernel<Elem, Op, Sink, Range, Epilogue>, cuda_detail::grid_for(rows, 1),
-           rows, A{range, dir == scan_direction::reverse, elem, op, sink}, epilogue);
+    constexpr auto kernel = cuda_detail::row_scan_kernel<Elem, Op, Sink, Range, Epilogue>;
+    constexpr std::size_t smem = cuda_detail::row_scan_stage_bytes<Op, Sink>();
+    cuda_detail::allow_dynamic_smem<kernel>(smem, device_);
+    launch_smem("row_scan_kernel", kernel, cuda_detail::grid_for(rows, 1), smem, rows,
+                A{range, dir == scan_direction::reverse, elem, op, sink}, epilogue);
   }
 
   /// A row kernel's epilogue as its own pass after the range's pattern (narrow rows: the flat reduce).

@@ -36,7 +36,10 @@
 #include <cub/block/block_scan.cuh>
 
 #include <atomic>
+#include <cstddef>
 #include <cstdint>
+#include <cstring>
+#include <type_traits>
 #include <utility>
 
 #include "asyppo/config.hpp"
@@ -106,18 +109,32 @@ bool programmatic_launch_ok(void (*kernel)(P...), int device) {
   }
 }
 
-/// kernel<<<grid, block, 0, stream>>>(args...), programmatic where programmatic_launch_ok; a launch
+/// Lets Kernel take `bytes` of dynamic shared memory on `device` (the current device) where that is
+/// more than the 48 KB any kernel may take: set once per kernel and device.
+template <auto Kernel>
+void allow_dynamic_smem(std::size_t bytes, int device) {
+  constexpr std::size_t kDefault = 48 * 1024;
+  if (bytes <= kDefault) return;
+  constexpr int kDevices = 64;
+  static std::atomic<bool> done[kDevices] = {};
+  if (device >= 0 && device < kDevices && done[device].load(std::memory_order_relaxed)) return;
+  check_status(cudaFuncSetAttribute(Kernel, cudaFuncAttributeMaxDynamicSharedMemorySize, static_cast<int>(bytes)),
+               "cudaFuncSetAttribute(cudaFuncAttributeMaxDynamicSharedMemorySize)");
+  if (device >= 0 && device < kDevices) done[device].store(true, std::memory_order_relaxed);
+}
+
+/// kernel<<<grid, block, smem, stream>>>(args...), programmatic where programmatic_launch_ok; a launch
 /// error names `name`.
 template <class... P, class... A>
-void launch(const char* name, void (*kernel)(P...), dim3 grid, dim3 block, cudaStream_t stream, int device,
-            A&&... args) {
+void launch(const char* name, void (*kernel)(P...), dim3 grid, dim3 block, std::size_t smem, cudaStream_t stream,
+            int device, A&&... args) {
   cudaLaunchAttribute attr{};
   attr.id = cudaLaunchAttributeProgrammaticStreamSerialization;
   attr.val.programmaticStreamSerializationAllowed = 1;
   cudaLaunchConfig_t config{};
   config.gridDim = grid;
   config.blockDim = block;
-  config.dynamicSmemBytes = 0;
+  config.dynamicSmemBytes = smem;
   config.stream = stream;
   config.attrs = &attr;
   config.numAttrs = programmatic_launch_ok(kernel, device) ? 1 : 0;
@@ -630,7 +647,9 @@ inline constexpr int kRowScanItems = ASYPPO_CUDA_ROW_SCAN_ITEMS;
 /// (backend/patterns.hpp: a sink split into load and store; its stores might alias the next position's
 /// inputs, so otherwise each position waited for its own loads: the advantage step's sigma, one memory
 /// latency per position). Where the sink is not split, nothing is read ahead and it is called whole.
-template <class Sink, int N, bool Split = requires(const Sink& s) { s.load(index_t(0), index_t(0)); }>
+template <class Sink>
+inline constexpr bool split_sink = requires(const Sink& s) { s.load(index_t(0), index_t(0)); };
+template <class Sink, int N, bool Split = split_sink<Sink>>
 struct sink_ahead {
   __device__ void load(const Sink&, index_t, int, index_t) {}
   template <class X>
@@ -655,15 +674,73 @@ struct sink_ahead<Sink, N, true> {
 #define ASYPPO_CUDA_SCAN_SINK_EARLY 0
 #endif
 
-/// (Then epilogue(b, hi) after row b: no_row_epilogue or fill_after.)
+// Whether a row scan with a split sink hands it the tile's states in striped order (1) rather than each
+// thread its own run (0): the states go through shared memory (row_scan_stage), so that the sink's loads
+// and stores at one step of the threads are consecutive columns (a warp's 32 floats in 4 sectors, not 32
+// sectors of which it writes 4 bytes each; Nsight on an H200: the GAE scan wrote 7.85 M sectors for about
+// 2.5 M of output). One more barrier per tile and kBlock * kRowScanItems states of shared memory (dynamic:
+// 50 KB for GAE's 3-double state). The states, and so the outputs, are the same bits either way.
+// Not yet measured on a GPU (docs/benchmarks.md): off until it is.
+#ifndef ASYPPO_CUDA_SCAN_STRIPED_SINK
+#define ASYPPO_CUDA_SCAN_STRIPED_SINK 0
+#endif
+
+/// A tile's scan states in shared memory, position p of the tile (0 <= p < kBlock * kRowScanItems) as
+/// sizeof(S) / 4 words, word k at k * kPitch + p + p / 32: one pad word per 32 positions, so that a step
+/// of the striped positions (stride 1) puts no two lanes of a warp on one bank, nor a step of the threads'
+/// runs (stride n) for n = 1, 2, 4, 8 (two at most for the other n).
+template <class S>
+struct row_scan_stage {
+  static_assert(sizeof(S) % 4 == 0 && std::is_trivially_copyable_v<S>, "scan states of whole 4-byte words");
+  static constexpr int kWords = sizeof(S) / 4;
+  static constexpr index_t kPositions = index_t(kBlock) * kRowScanItems;
+  static constexpr index_t kPitch = kPositions + kPositions / 32;
+  static constexpr std::size_t kBytes = std::size_t(kWords) * std::size_t(kPitch) * 4;
+  unsigned* words;
+  __device__ static index_t slot(index_t p) { return p + (p >> 5); }
+  __device__ void put(index_t p, const S& x) const {
+    unsigned w[kWords];
+    memcpy(w, &x, sizeof(S));
+#pragma unroll
+    for (int k = 0; k < kWords; ++k) words[k * kPitch + slot(p)] = w[k];
+  }
+  __device__ S get(index_t p) const {
+    unsigned w[kWords];
+#pragma unroll
+    for (int k = 0; k < kWords; ++k) w[k] = words[k * kPitch + slot(p)];
+    S x;
+    memcpy(&x, w, sizeof(S));
+    return x;
+  }
+};
+
+/// Whether row_scan_kernel stages Op's states for Sink (row_scan_stage), and the dynamic shared memory
+/// that takes (0: none).
+template <class Op, class Sink>
+inline constexpr bool striped_sink = ASYPPO_CUDA_SCAN_STRIPED_SINK != 0 && split_sink<Sink>;
+template <class Op, class Sink>
+constexpr std::size_t row_scan_stage_bytes() {
+  if constexpr (striped_sink<Op, Sink>)
+    return row_scan_stage<decltype(std::declval<const Op&>().initial())>::kBytes;
+  else
+    return 0;
+}
+
+/// (Then epilogue(b, hi) after row b: no_row_epilogue or fill_after.) With striped_sink<Op, Sink>, the
+/// dynamic shared memory holds the tile's states (row_scan_stage_bytes): each thread applies its run as
+/// above and puts the states there, then, after a barrier, hands the sink the tile's positions
+/// j * kBlock + threadIdx.x (j = 0, 1, ...): the same states and outputs, in another order of positions.
 template <class Elem, class Op, class Sink, class Range, class Epilogue>
 __global__ void __launch_bounds__(kBlock, ASYPPO_CUDA_ROW_SCAN_MIN_BLOCKS)
     row_scan_kernel(index_t rows, row_scan_adapter<Elem, Op, Sink, Range> ad, Epilogue epilogue) {
   grid_dependency_wait();
   using V = typename Op::value_type;
   using M = maybe<V>;
+  using S = decltype(ad.op.initial());
   using block_scan = tile_scan<M>;
+  constexpr bool striped = striped_sink<Op, Sink>;
   __shared__ typename block_scan::TempStorage tmp;
+  extern __shared__ __align__(16) unsigned row_scan_words[];  // row_scan_stage_bytes<Op, Sink>()
   const maybe_combine<Op, V> mop{ad.op};
   for (index_t turn = blockIdx.x; turn < rows; turn += gridDim.x) {
     const index_t b = scheduled_row(ad.range, turn);
@@ -674,25 +751,44 @@ __global__ void __launch_bounds__(kBlock, ASYPPO_CUDA_ROW_SCAN_MIN_BLOCKS)
       const index_t n = run_length<kRowScanItems>(len - start);  // a tile of kBlock * n positions
       const index_t p0 = start + index_t(threadIdx.x) * n;
       const index_t end = p0 + n < len ? p0 + n : len;
+      // The positions this thread hands the sink: its run, or (striped) every kBlock-th of the tile.
+      const index_t tile_end = start + index_t(kBlock) * n < len ? start + index_t(kBlock) * n : len;
+      const auto sink_position = [&](int j) {
+        return striped ? start + index_t(j) * kBlock + index_t(threadIdx.x) : p0 + j;
+      };
+      const auto sink_has = [&](int j) { return striped ? sink_position(j) < tile_end : p0 + j < end; };
       sink_ahead<Sink, kRowScanItems> ahead;
       const auto load_ahead = [&] {
 #pragma unroll
         for (int j = 0; j < kRowScanItems; ++j)
-          if (p0 + j < end) ahead.load(ad.sink, b, j, ad.column(lo, len, p0 + j));
+          if (sink_has(j)) ahead.load(ad.sink, b, j, ad.column(lo, len, sink_position(j)));
       };
       if (ASYPPO_CUDA_SCAN_SINK_EARLY) load_ahead();
       const M run = tile_prefix<kRowScanItems>(
           p0, end, [&](int j) { return ad.load(b, lo, len, p0 + j); }, mop, tmp, carry);
-      if (!ASYPPO_CUDA_SCAN_SINK_EARLY) load_ahead();
-      auto state = run.has ? ad.op.apply(run.v, ad.op.initial()) : ad.op.initial();
+      if (!ASYPPO_CUDA_SCAN_SINK_EARLY && !striped) load_ahead();
+      S state = run.has ? ad.op.apply(run.v, ad.op.initial()) : ad.op.initial();
 #pragma unroll
       for (int j = 0; j < kRowScanItems; ++j)
         if (p0 + j < end) {
           const index_t t = ad.column(lo, len, p0 + j);
           state = ad.op.apply(ad.elem(b, t), state);
-          ahead.store(ad.sink, b, j, t, state);
+          if constexpr (striped)
+            row_scan_stage<S>{row_scan_words}.put(p0 + j - start, state);
+          else
+            ahead.store(ad.sink, b, j, t, state);
         }
-      __syncthreads();  // tmp is reused by the next tile
+      if constexpr (striped) {
+        __syncthreads();  // the tile's states are staged
+        if (!ASYPPO_CUDA_SCAN_SINK_EARLY) load_ahead();
+#pragma unroll
+        for (int j = 0; j < kRowScanItems; ++j)
+          if (sink_has(j)) {
+            const index_t p = sink_position(j);
+            ahead.store(ad.sink, b, j, ad.column(lo, len, p), row_scan_stage<S>{row_scan_words}.get(p - start));
+          }
+      }
+      __syncthreads();  // tmp (and the stage) are reused by the next tile
       start += index_t(kBlock) * n;
     }
     epilogue(b, lo + len);
@@ -724,16 +820,49 @@ struct histogram_2d_fn {
 /// global atomics.
 inline constexpr index_t kSharedBins = 4096;
 
+/// A block's shared bins: one 32-bit counter per bin (kSharedBins at most: static shared memory).
+struct shared_bins_32 {
+  static constexpr int kPerWord = 1;
+  unsigned* words;
+  __host__ __device__ static constexpr index_t words_for(index_t nbins) { return nbins; }
+  __device__ void add(int k, unsigned c) const { atomicAdd(words + k, c); }
+  __device__ static unsigned count_in(unsigned word, int) { return word; }
+};
+
+// Whether the ragged histogram on wide rows also counts in shared memory from kSharedBins up to kPackedBins
+// bins, two 16-bit counters per word (1), or adds each element to the global bins there (0: what the wide
+// digits of a resident selection, core/select.hpp, would otherwise take). Counts do not depend on it. Not
+// yet measured on a GPU (docs/benchmarks.md): off until it is.
+#ifndef ASYPPO_CUDA_HIST_PACKED_BINS
+#define ASYPPO_CUDA_HIST_PACKED_BINS 0
+#endif
+/// The most bins of the packed shared bins: 28 KB of dynamic shared memory (the 7 x 2^11 bins of the
+/// advantage step's resident selection with wide digits), 7 blocks per SM of a 9.0 device (228 KB, 1 KB
+/// of it per block for the system; at 32-bit bins, 8), and the grid capped to match (cuda_backend.cuh).
+inline constexpr index_t kPackedBins = 14336;
+
+/// Two 16-bit counters per 32-bit word (dynamic shared memory): bin k in the low (even k) or high half of
+/// word k / 2. Only where no block counts 65536 elements in all (cuda_backend::histogram checks that
+/// before it launches), so that no half carries into the other.
+struct shared_bins_16 {
+  static constexpr int kPerWord = 2;
+  unsigned* words;
+  __host__ __device__ static constexpr index_t words_for(index_t nbins) { return (nbins + 1) / 2; }
+  __device__ void add(int k, unsigned c) const { atomicAdd(words + (k >> 1), c << (16 * (k & 1))); }
+  __device__ static unsigned count_in(unsigned word, int i) { return (word >> (16 * i)) & 0xffffu; }
+};
+
 /// Counts bin k (< 0: none) of every lane of the warp in the shared bins: the lanes with the same bin
 /// find each other (__match_any_sync) and the lowest adds their count, one shared atomic per distinct
 /// bin (the first digits of a selection fall in few bins, where per-lane atomics would serialise). A
 /// warp none of whose lanes counts (most warps in a selection's later passes) stops after one ballot.
 /// Every lane of the warp must call it together.
-__device__ inline void count_in_warp(unsigned int* local, int k, unsigned lane) {
+template <class Bins>
+__device__ inline void count_in_warp(const Bins& local, int k, unsigned lane) {
   if (__ballot_sync(0xffffffffu, k >= 0) == 0u) return;  // uniform over the warp
   const unsigned same = __match_any_sync(0xffffffffu, k);
   if (k >= 0 && lane == static_cast<unsigned>(__ffs(static_cast<int>(same)) - 1))
-    atomicAdd(local + k, static_cast<unsigned>(__popc(same)));
+    local.add(k, static_cast<unsigned>(__popc(same)));
 }
 
 /// Warp chunks of 32 columns a warp bins per step of the shared-bin histograms below: a tuning constant.
@@ -749,8 +878,8 @@ inline constexpr int kHistItems = ASYPPO_CUDA_HIST_ITEMS;
 /// Counts the columns [t0, t0 + 32 kHistItems) of row b below hi in the shared bins: the warp bins all
 /// of its chunks first (independent loads), then counts them chunk by chunk (count_in_warp). Every lane
 /// of the warp must call it together, with the same t0 (a multiple of 32 from the row's start) and hi.
-template <class Bin>
-__device__ inline void count_chunks(unsigned int* local, const Bin& bin, index_t b, index_t t0, index_t hi,
+template <class Bins, class Bin>
+__device__ inline void count_chunks(const Bins& local, const Bin& bin, index_t b, index_t t0, index_t hi,
                                     unsigned lane) {
   int k[kHistItems];
 #pragma unroll
@@ -763,9 +892,18 @@ __device__ inline void count_chunks(unsigned int* local, const Bin& bin, index_t
 }
 
 /// Adds a block's nonzero shared bins to the 64-bit global bins (integers: exact in any order).
-__device__ inline void flush_bins(const unsigned int* local, index_t nbins, unsigned long long* counts, index_t tid) {
-  for (index_t k = tid; k < nbins; k += kBlock)
-    if (local[k] != 0) atomicAdd(counts + k, static_cast<unsigned long long>(local[k]));
+template <class Bins>
+__device__ inline void flush_bins(const Bins& local, index_t nbins, unsigned long long* counts, index_t tid) {
+  for (index_t w = tid; w < Bins::words_for(nbins); w += kBlock) {
+    const unsigned word = local.words[w];
+    if (word == 0) continue;
+#pragma unroll
+    for (int i = 0; i < Bins::kPerWord; ++i) {
+      const index_t k = w * Bins::kPerWord + i;
+      const unsigned c = Bins::count_in(word, i);
+      if (c != 0 && (Bins::kPerWord == 1 || k < nbins)) atomicAdd(counts + k, static_cast<unsigned long long>(c));
+    }
+  }
 }
 
 /// The 2-D for_each's grid-stride loop, each block counting into its own 32-bit shared bins, then adding
@@ -774,9 +912,10 @@ template <class Bin>
 __global__ void __launch_bounds__(kBlock) histogram_2d_shared_kernel(index_t rows, index_t cols, Bin bin, index_t nbins,
                                                                      unsigned long long* counts) {
   grid_dependency_wait();
-  __shared__ unsigned int local[kSharedBins];
+  __shared__ unsigned int words[kSharedBins];
+  const shared_bins_32 local{words};
   const index_t tid = index_t(threadIdx.y) * blockDim.x + threadIdx.x;
-  for (index_t k = tid; k < nbins; k += kBlock) local[k] = 0;
+  for (index_t k = tid; k < nbins; k += kBlock) words[k] = 0;
   __syncthreads();
   // A warp lies in one threadIdx.y (blockDim.x is a power of two >= 32), so both loops are uniform
   // over the warp (count_in_warp's condition).
@@ -805,13 +944,17 @@ static_assert(kHistRowSplit > 0 && (kHistRowSplit & (kHistRowSplit - 1)) == 0, "
 /// With a row schedule (row_heads::order, longest first) the parts a block takes in its grid-stride turns
 /// belong to rows of ranks spaced gridDim.x / split apart, so every block gets a share of long and short
 /// rows (in row order the shares were random; the bins are integers, so counts do not change).
-template <class Bin, class Range>
+/// Bins: shared_bins_32 (static shared memory) or shared_bins_16 (dynamic: 4 * words_for(nbins) bytes).
+template <class Bin, class Range, class Bins = shared_bins_32>
 __global__ void __launch_bounds__(kBlock) histogram_rows_shared_kernel(index_t rows, Bin bin, Range range, index_t nbins,
                                                                        unsigned long long* counts) {
   constexpr index_t split = kHistRowSplit;
+  constexpr bool packed = std::is_same_v<Bins, shared_bins_16>;
   grid_dependency_wait();
-  __shared__ unsigned int local[kSharedBins];
-  for (index_t k = threadIdx.x; k < nbins; k += kBlock) local[k] = 0;
+  __shared__ unsigned int fixed_words[packed ? 1 : kSharedBins];
+  extern __shared__ unsigned int dynamic_words[];
+  const Bins local{packed ? dynamic_words : fixed_words};
+  for (index_t k = threadIdx.x; k < Bins::words_for(nbins); k += kBlock) local.words[k] = 0;
   __syncthreads();
   const unsigned lane = threadIdx.x & 31u;
   for (index_t w = blockIdx.x; w < rows * split; w += gridDim.x) {
