@@ -820,7 +820,8 @@ TEMPLATE_TEST_CASE("cuda algorithms: radix selection (host-driven and resident) 
       const auto p = asyppo_select_checks::make_problem<T>(seed, interleaved, seed % 2 ? 300 : 3000);
       INFO("seed " << seed << (interleaved ? ", interleaved" : ", by row"));
       for (int digit_bits : {8, 16}) asyppo_select_checks::check_host_selection(gpu, p, digit_bits, seed + 1);
-      for (int digit_bits : {resident_digit_bits, resident_wide_digit_bits})  // wide: the shared bins past 4096
+      // The wide digit: 2^11 bins per request (the global bins; with ASYPPO_CUDA_HIST_PACKED_BINS the packed ones).
+      for (int digit_bits : {resident_digit_bits, resident_wide_digit_bits})
         asyppo_select_checks::check_resident_selection(gpu, p, seed + 2, digit_bits);
     }
 }
