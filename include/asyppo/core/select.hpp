@@ -356,9 +356,9 @@ void radix_select(const Backend& be, index_t rows, index_t cols, KeyOf key_of, i
 /// 10 bits), at 2^11 bins per request and pass.
 inline constexpr int resident_digit_bits = 8;
 inline constexpr int resident_wide_digit_bits = 11;
-/// The most histogram bins (requests x 2^11) for which resident_digit_bits_for takes the wide digit: the
-/// advantage step's seven requests of the batch scope (the masks' two and the summary's five quantiles).
-inline constexpr index_t resident_wide_max_bins = index_t(7) << resident_wide_digit_bits;
+/// The most requests for which resident_digit_bits_for takes the wide digit (7 x 2^11 bins): the advantage
+/// step's seven of the batch scope (the masks' two and the summary's five quantiles).
+inline constexpr index_t resident_wide_max_requests = 7;
 
 // Whether resident selections take the wide digit where the bins are few (1) or always the narrow one
 // (0). A tuning choice for a device, where each pass is a launch-and-latency-bound kernel: one pass fewer
@@ -371,7 +371,7 @@ inline constexpr index_t resident_wide_max_bins = index_t(7) << resident_wide_di
 
 /// The digit width of a resident selection of nreq requests (radix_select_resident's default).
 inline int resident_digit_bits_for(index_t nreq) {
-  const bool wide = ASYPPO_RESIDENT_WIDE_DIGITS != 0 && nreq <= (resident_wide_max_bins >> resident_wide_digit_bits);
+  const bool wide = ASYPPO_RESIDENT_WIDE_DIGITS != 0 && nreq <= resident_wide_max_requests;
   return wide ? resident_wide_digit_bits : resident_digit_bits;
 }
 

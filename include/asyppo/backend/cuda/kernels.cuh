@@ -87,6 +87,21 @@ __device__ __forceinline__ void grid_dependency_wait() {
 #endif
 }
 
+/// Devices whose per-kernel answers are kept (ask_once); a device beyond them is asked every time.
+inline constexpr int kMemoDevices = 64;
+
+/// memo[device] if already asked, else ask() (a nonzero answer), kept there: what the runtime says about a
+/// kernel on a device, asked once per kernel (the caller's static memo) and device.
+template <class Ask>
+signed char ask_once(std::atomic<signed char> (&memo)[kMemoDevices], int device, Ask ask) {
+  const bool kept = device >= 0 && device < kMemoDevices;
+  if (kept)
+    if (const signed char k = memo[device].load(std::memory_order_relaxed)) return k;
+  const signed char k = ask();
+  if (kept) memo[device].store(k, std::memory_order_relaxed);
+  return k;
+}
+
 /// Whether `kernel` may be launched programmatically on `device` (the current device): the code the
 /// device runs was compiled for a 9.0+ virtual architecture, so it holds the wait (PTX of an older one,
 /// compiled for this device at load time, does not). Asked once per kernel and device.
@@ -96,16 +111,12 @@ bool programmatic_launch_ok(void (*kernel)(P...), int device) {
     (void)kernel, (void)device;
     return false;
   } else {
-    constexpr int kDevices = 64;
-    static std::atomic<signed char> known[kDevices] = {};  // 0: not asked yet, 1: no, 2: yes
-    if (device >= 0 && device < kDevices) {
-      if (const signed char k = known[device].load(std::memory_order_relaxed)) return k == 2;
-    }
-    cudaFuncAttributes attr{};
-    check_status(cudaFuncGetAttributes(&attr, kernel), "cudaFuncGetAttributes");
-    const bool ok = attr.ptxVersion >= 90;
-    if (device >= 0 && device < kDevices) known[device].store(ok ? 2 : 1, std::memory_order_relaxed);
-    return ok;
+    static std::atomic<signed char> known[kMemoDevices] = {};  // 0: not asked yet, 1: no, 2: yes
+    return ask_once(known, device, [&]() -> signed char {
+             cudaFuncAttributes attr{};
+             check_status(cudaFuncGetAttributes(&attr, kernel), "cudaFuncGetAttributes");
+             return attr.ptxVersion >= 90 ? 2 : 1;
+           }) == 2;
   }
 }
 
@@ -115,12 +126,12 @@ template <auto Kernel>
 void allow_dynamic_smem(std::size_t bytes, int device) {
   constexpr std::size_t kDefault = 48 * 1024;
   if (bytes <= kDefault) return;
-  constexpr int kDevices = 64;
-  static std::atomic<bool> done[kDevices] = {};
-  if (device >= 0 && device < kDevices && done[device].load(std::memory_order_relaxed)) return;
-  check_status(cudaFuncSetAttribute(Kernel, cudaFuncAttributeMaxDynamicSharedMemorySize, static_cast<int>(bytes)),
-               "cudaFuncSetAttribute(cudaFuncAttributeMaxDynamicSharedMemorySize)");
-  if (device >= 0 && device < kDevices) done[device].store(true, std::memory_order_relaxed);
+  static std::atomic<signed char> done[kMemoDevices] = {};  // 0: not set yet, 1: set
+  ask_once(done, device, [&]() -> signed char {
+    check_status(cudaFuncSetAttribute(Kernel, cudaFuncAttributeMaxDynamicSharedMemorySize, static_cast<int>(bytes)),
+                 "cudaFuncSetAttribute(cudaFuncAttributeMaxDynamicSharedMemorySize)");
+    return 1;
+  });
 }
 
 /// kernel<<<grid, block, smem, stream>>>(args...), programmatic where programmatic_launch_ok; a launch
