@@ -104,10 +104,11 @@ TEST_CASE("resident selection: the digit filter passes exactly the active reques
     const index_t words = detail::resident_filter_words(digit_bits);
     REQUIRE(words == (index_t(1) << digit_bits) / 64);
     std::vector<std::uint64_t> hist(static_cast<std::size_t>(6 << digit_bits), 9);
-    std::vector<std::uint64_t> filter(static_cast<std::size_t>(2 * words), 9);
+    std::vector<std::uint64_t> filter(static_cast<std::size_t>(2 * words), 9), next(filter.size(), 9);
     cpu_backend(2).for_each(static_cast<index_t>(hist.size()),
-                            detail::resident_pass_setup{req.data(), 3, 2, hist.data(), filter.data(), digit_bits});
+                            detail::resident_pass_setup{req.data(), 3, 2, hist.data(), filter.data(), next.data(), digit_bits});
     CHECK(std::count(hist.begin(), hist.end(), std::uint64_t(0)) == static_cast<std::ptrdiff_t>(hist.size()));
+    CHECK(std::count(next.begin(), next.end(), std::uint64_t(0)) == static_cast<std::ptrdiff_t>(next.size()));
     const std::uint64_t mask = (std::uint64_t(1) << digit_bits) - 1, d1 = 0x0103 & mask, d2 = 0x02c8 & mask;
     for (std::uint64_t d = 0; d <= mask; ++d) {
       INFO("digit " << d);
@@ -142,9 +143,18 @@ TEST_CASE("resident digit choice: exactly one bin writes each request, the bin a
     std::uint64_t acc = below;
     const index_t want = detail::advance_digit(h.data(), radix, cur.rank, 0, acc);
     int writers = 0;
+    // The next pass's buffers: a histogram every bin zeroes, a filter only the chosen bin sets a bit of,
+    // and the filter after it, whose words the first bins zero (the selection's digit filters: at most 11
+    // bits here, the width of this pass or wider).
+    const int filter_bits = digit_bits + static_cast<int>(rng() % 2);
+    const index_t words = detail::resident_filter_words(filter_bits);
+    std::vector<std::uint64_t> next_hist(h.size(), 7), next_filter(static_cast<std::size_t>(words), 0),
+        later_filter(static_cast<std::size_t>(words), 7);
     for (index_t d = radix - 1; d >= 0; --d) {
       resident_request next{~0ull, ~0ull, ~0ull, ~0ull, 9u};  // a sentinel no choice writes
-      detail::resident_choose{{&cur, h.data(), 1, digit_bits}, &next}(0, d, upto[static_cast<std::size_t>(d)]);
+      detail::resident_choose{{&cur, h.data(), 1, digit_bits}, &next, next_hist.data(), next_filter.data(),
+                              later_filter.data(), filter_bits}(0, d, upto[static_cast<std::size_t>(d)]);
+      CHECK(next_hist[static_cast<std::size_t>(d)] == 0);
       if (next.active == 9u) continue;
       ++writers;
       INFO("trial " << trial << ", bin " << d);
@@ -160,6 +170,9 @@ TEST_CASE("resident digit choice: exactly one bin writes each request, the bin a
       }
     }
     REQUIRE(writers == 1);
+    CHECK(std::count(later_filter.begin(), later_filter.end(), std::uint64_t(0)) == static_cast<std::ptrdiff_t>(words));
+    for (index_t d = 0; d < (index_t(1) << filter_bits); ++d)  // the chosen digit's bit, no other
+      CHECK(detail::filter_has(next_filter.data(), static_cast<std::uint64_t>(d), filter_bits) == (active && d == want));
   }
 }
 

@@ -450,7 +450,8 @@ inline advantage_step_result result_of(const advantage_summary& s) {
 }
 
 /// One thread: the counts, fractions, thresholds and quantiles of advantage_step_to's result (moments
-/// zero: the summary pass writes them after).
+/// zero: the summary pass writes them after), and NaN in the explained variances (ev [nev]; the summary
+/// pass writes those it can).
 template <class T>
 struct store_step_counts {
   const mask_totals* totals;
@@ -459,7 +460,10 @@ struct store_step_counts {
   index_t sequences;
   bool per_row;
   advantage_step_result* out;
+  double* ev;
+  index_t nev;
   ASYPPO_HD void operator()(index_t, index_t) const {
+    for (index_t k = 0; k < nev; ++k) ev[k] = std::numeric_limits<double>::quiet_NaN();
     const mask_counts mc = mask_counts_of<T>(*totals, masks, per_row);
     advantage_step_result s;
     s.sequences = sequences;
@@ -525,11 +529,11 @@ void advantage_step_resident(const Backend& be, const advantage_inputs<T>& in,
   // E. The summary: counts first, then the moments pass (which also applies I^A after whitening).
   auto own_result = be.template allocate<advantage_step_result>(result ? 0 : 1);
   advantage_step_result* res = result ? result : own_result.data();
-  be.for_each(1, 1, store_step_counts<C>{plan.totals.data(), plan.results, quantiles, B, per_row, res});
+  auto own_ev = be.template allocate<double>(cfg.statistics && !explained_variance ? K : 0);
+  double* ev = explained_variance ? explained_variance : own_ev.data();
+  be.for_each(1, 1, store_step_counts<C>{plan.totals.data(), plan.results, quantiles, B, per_row, res, ev,
+                                         cfg.statistics ? K : 0});
   if (cfg.statistics) {
-    auto own_ev = be.template allocate<double>(explained_variance ? 0 : K);
-    double* ev = explained_variance ? explained_variance : own_ev.data();
-    be.fill(ev, K, std::numeric_limits<double>::quiet_NaN());
     advantage_moments_to(be, in.values, out.advantages, token_view<const C>(out.returns), in.mask,
                          view<const std::uint8_t, 2>(out.adv_mask), apply_later, res, ev, heads);
   } else if (apply_later) {

@@ -19,6 +19,7 @@
 #pragma once
 
 #include <algorithm>
+#include <atomic>
 #include <concepts>
 #include <cstdint>
 #include <cstring>
@@ -346,11 +347,15 @@ void radix_select(const Backend& be, index_t rows, index_t cols, KeyOf key_of, i
 // double: 8, or 6) and a 2^d-bin scan per request and pass. Segment s owns the request slots [s R, s R + R)
 // (R per segment, in any rank order; inactive slots take no part). A request counts in the bins of
 // its leader, the first active request of its segment with the same prefix, so requests with equal
-// prefixes share one histogram row. Before each pass, each segment's digit filter (2^d bits: the last
-// digits of its active requests' prefixes) is set in the pass that zeroes the histogram; the histogram
-// rejects an element whose bits there are none of them with one bit test, so after the first pass most
-// elements cost no prefix comparisons (on an H100 the passes after the first took twice as long as the
-// first before it). Results (key, less, equal) equal radix_select's, whatever the digit width.
+// prefixes share one histogram row. Each pass reads a digit filter per segment (2^d bits: the last
+// digits of its active requests' prefixes); the histogram rejects an element whose bits there are none
+// of them with one bit test, so after the first pass most elements cost no prefix comparisons (on an
+// H100 the passes after the first took twice as long as the first before it). One setup pass before
+// the first histogram zeroes it and sets the first filter; after that each digit choice prepares the
+// next pass itself (two histograms and three filters in turn: it zeroes the next pass's histogram bin
+// by bin, sets the next filter's bit of each digit it chooses, and zeroes the filter after that), so a
+// pass is two launches on a device, not three. Results (key, less, equal) equal radix_select's,
+// whatever the digit width.
 
 /// The narrow digit of a resident selection, and the wide one: one pass fewer for float keys (11 + 11 +
 /// 10 bits), at 2^11 bins per request and pass.
@@ -409,15 +414,27 @@ ASYPPO_INLINE bool filter_has(const std::uint64_t* filter, std::uint64_t prefix,
   return ((filter[d >> 6] >> (d & 63)) & 1) != 0;
 }
 
-/// Before each pass, a for_each over i in [0, nbins) (nbins >= nseg): zeroes bin i and, for i < nseg,
+/// Sets bit v of the word at p: atomic (relaxed) on a device and on the host, where a backend's threads
+/// may set bits of one word together (OR commutes: the word does not depend on their order).
+ASYPPO_INLINE void atomic_set_bits(std::uint64_t* p, std::uint64_t v) {
+#if defined(__CUDA_ARCH__)
+  atomicOr(reinterpret_cast<unsigned long long*>(p), static_cast<unsigned long long>(v));
+#else
+  std::atomic_ref<std::uint64_t>(*p).fetch_or(v, std::memory_order_relaxed);
+#endif
+}
+
+/// Before the first pass, a for_each over i in [0, nbins) (nbins >= nseg): zeroes bin i and, for i < nseg,
 /// sets segment i's filter to the last digits (digit_bits bits: every pass but the last has that width,
 /// and a pass's prefixes end in the digit of the pass before it) of its active requests' prefixes (in the
-/// first pass all prefixes are 0, as are the bits above every key).
+/// first pass all prefixes are 0, as are the bits above every key) and zeroes its words of next_filter
+/// (which the first digit choice sets: resident_choose).
 struct resident_pass_setup {
   const resident_request* req;
   index_t per_segment, nseg;
   std::uint64_t* hist;
-  std::uint64_t* filter;  // [nseg * resident_filter_words(digit_bits)]
+  std::uint64_t* filter;       // [nseg * resident_filter_words(digit_bits)]
+  std::uint64_t* next_filter;  // the same size
   int digit_bits;
   ASYPPO_HD void operator()(index_t i) const {
     hist[i] = 0;
@@ -430,6 +447,7 @@ struct resident_pass_setup {
         if (req[j].active && index_t(d >> 6) == k) w |= std::uint64_t(1) << (d & 63);
       }
       filter[i * words + k] = w;
+      next_filter[i * words + k] = 0;
     }
   }
 };
@@ -490,11 +508,24 @@ struct count_sum {
 /// bin d of request r the count of bins 0..d; the one bin where advance_digit would stop (the first whose
 /// count reaches past the rank, or the last) writes next[r] with the digit appended, the keys below it and
 /// its count; an inactive request is copied by bin 0. The requests of this pass (bins.req) are only read
-/// (other requests read their leader's prefix there meanwhile). One bin per thread on a device instead of one thread walking them.
+/// (other requests read their leader's prefix there meanwhile). One bin per thread on a device instead of
+/// one thread walking them. It also prepares the next pass (no setup launch between them): every bin
+/// zeroes its bin of next_hist (the next pass's histogram: at most as wide as this one), the chosen bin
+/// sets its digit's bit in its segment's next_filter, and bin k < filter words of each segment's first
+/// request zeroes word k of later_filter (the filter the next choice sets; filters of filter_bits-bit
+/// digits, the selection's width). The buffers differ from those this pass reads (radix_select_resident
+/// takes them in turn).
 struct resident_choose {
   leader_bins bins;  // the scan's elements over cur (the requests of this pass)
   resident_request* next;
+  std::uint64_t* next_hist;     // [requests << bins.digit_bits]
+  std::uint64_t* next_filter;   // [segments * resident_filter_words(filter_bits)]
+  std::uint64_t* later_filter;  // the same size
+  int filter_bits;
   ASYPPO_HD void operator()(index_t r, index_t d, std::uint64_t upto) const {
+    next_hist[(r << bins.digit_bits) + d] = 0;
+    const index_t words = resident_filter_words(filter_bits), seg = r / bins.per_segment;
+    if (r % bins.per_segment == 0 && d < words) later_filter[seg * words + d] = 0;
     const resident_request& q = bins.req[r];
     if (!q.active) {
       if (d == 0) next[r] = q;
@@ -509,6 +540,7 @@ struct resident_choose {
     n.prefix = (q.prefix << bins.digit_bits) | static_cast<std::uint64_t>(d);
     n.equal = h;
     next[r] = n;
+    atomic_set_bits(next_filter + seg * words + (d >> 6), std::uint64_t(1) << (d & 63));
   }
 };
 
@@ -528,22 +560,26 @@ detail::resident_request* radix_select_resident(const Backend& be, index_t rows,
   if (digit_bits == 0) digit_bits = resident_digit_bits_for(nreq);
   if (digit_bits < 1 || digit_bits > 16)
     detail::fail("asyppo::radix_select_resident", "digit_bits", digit_bits, " is outside [1, 16]");
-  auto hist = be.template allocate<std::uint64_t>(nreq << digit_bits);  // >= nseg
-  auto filter = be.template allocate<std::uint64_t>(nseg * detail::resident_filter_words(digit_bits));
-  for (int done = 0; done < key_bits;) {
+  // Two histograms and three filters in turn (pass p: hist[p % 2], filter[p % 3]; see resident_choose).
+  const index_t hist_size = nreq << digit_bits, words = detail::resident_filter_words(digit_bits);
+  auto hist = be.template allocate<std::uint64_t>(2 * hist_size);  // hist_size >= nseg
+  auto filter = be.template allocate<std::uint64_t>(3 * nseg * words);
+  const auto hist_of = [&](int p) { return hist.data() + (p % 2) * hist_size; };
+  const auto filter_of = [&](int p) { return filter.data() + (p % 3) * nseg * words; };
+  be.for_each(hist_size, detail::resident_pass_setup{a, per_segment, nseg, hist_of(0), filter_of(0), filter_of(1), digit_bits});
+  for (int done = 0, pass = 0; done < key_bits; ++pass) {
     const int width = key_bits - done < digit_bits ? key_bits - done : digit_bits;  // the last pass: the rest
     const int shift = key_bits - done - width;
     const index_t nbins = nreq << width;
-    be.for_each(nbins, detail::resident_pass_setup{a, per_segment, nseg, hist.data(), filter.data(), digit_bits});
-    const auto count = [&](auto bin) { be.histogram(rows, cols, bin, nbins, hist.data(), range); };
+    const auto count = [&](auto bin) { be.histogram(rows, cols, bin, nbins, hist_of(pass), range); };
     constexpr int narrow = resident_digit_bits;
     if (width == narrow && digit_bits == narrow)  // the narrow digit: its widths at compile time
-      count(detail::resident_bin<KeyOf, narrow>{key_of, a, filter.data(), per_segment, shift, width, digit_bits});
+      count(detail::resident_bin<KeyOf, narrow>{key_of, a, filter_of(pass), per_segment, shift, width, digit_bits});
     else
-      count(detail::resident_bin<KeyOf>{key_of, a, filter.data(), per_segment, shift, width, digit_bits});
-    const detail::leader_bins bins{a, hist.data(), per_segment, width};
+      count(detail::resident_bin<KeyOf>{key_of, a, filter_of(pass), per_segment, shift, width, digit_bits});
+    const detail::leader_bins bins{a, hist_of(pass), per_segment, width};
     be.row_scan(scan_direction::forward, nreq, index_t(1) << width, bins, detail::count_sum{},
-                detail::resident_choose{bins, b});
+                detail::resident_choose{bins, b, hist_of(pass + 1), filter_of(pass + 1), filter_of(pass + 2), digit_bits});
     std::swap(a, b);
     done += width;
   }

@@ -493,6 +493,19 @@ struct store_mask_totals {
   }
 };
 
+/// A reduce_to sink, then a one-thread pass (b = t = 0) in the same device thread: the pass may read what
+/// the sink wrote.
+template <class Sink, class Then>
+struct then_sink {
+  Sink sink;
+  Then then;
+  template <class V>
+  ASYPPO_HD void operator()(const V& v) const {
+    sink(v);
+    then(0, 0);
+  }
+};
+
 /// Rank of the q-th summary quantile of sigma (q = j / 4, j = 0..4) among n >= 1 valid tokens.
 ASYPPO_INLINE std::uint64_t std_quantile_rank(int j, std::uint64_t n) {
   return static_cast<std::uint64_t>(floor(0.25 * j * static_cast<double>(n - 1)));
@@ -584,15 +597,20 @@ resident_mask_plan<Backend> plan_masks_resident(const Backend& be, token_view<co
   const bool per_row = opt.scope == mask_scope::sequence;
   resident_mask_plan<Backend> plan;
   plan.totals = be.template allocate<mask_totals>(1);
-  reduce_to(be, B, 1, mask_total_reducer<RowCount>{count, opt.adv_fraction, opt.entropy_fraction, per_row}, full_rows{1},
-            store_mask_totals{plan.totals.data(), opt.adv_fraction, opt.entropy_fraction, per_row});
   const index_t nseg = per_row ? B : 1;
   plan.per_segment = 2 + (per_row ? 0 : quantiles);
   plan.req_a = be.template allocate<resident_request>(nseg * plan.per_segment);
   plan.req_b = be.template allocate<resident_request>(nseg * plan.per_segment);
-  be.for_each(nseg, 1,
-              mask_request_setup<RowCount>{count, plan.totals.data(), plan.req_a.data(), plan.per_segment, opt.adv_fraction,
-                                           opt.entropy_fraction, per_row, true, per_row ? 0 : quantiles});
+  const mask_request_setup<RowCount> setup{count, plan.totals.data(), plan.req_a.data(), plan.per_segment, opt.adv_fraction,
+                                           opt.entropy_fraction, per_row, true, per_row ? 0 : quantiles};
+  const store_mask_totals totals{plan.totals.data(), opt.adv_fraction, opt.entropy_fraction, per_row};
+  const mask_total_reducer<RowCount> reducer{count, opt.adv_fraction, opt.entropy_fraction, per_row};
+  if (per_row) {  // a request setup per row
+    reduce_to(be, B, 1, reducer, full_rows{1}, totals);
+    be.for_each(nseg, 1, setup);
+  } else {  // the one segment's requests set by the thread that stores the totals (one launch fewer)
+    reduce_to(be, B, 1, reducer, full_rows{1}, then_sink<store_mask_totals, mask_request_setup<RowCount>>{totals, setup});
+  }
   plan.results = radix_select_resident(be, B, Tn, std_key_of<T>{sigma, mask, per_row}, 8 * int(sizeof(T)), nseg,
                                        plan.per_segment, plan.req_a.data(), plan.req_b.data(), range);
   plan.rows = be.template allocate<mask_row_params>(B);

@@ -496,32 +496,29 @@ class cuda_backend : public detail::ragged_by_wrapping<cuda_backend> {
   template <class Range>
   void run_epilogue(index_t, index_t, Range, cuda_detail::no_row_epilogue) const {}
 
-  /// Two passes: first(partial) writes `parts` partial values in order, then one block combines them in
-  /// that order and one of its threads hands the total to finish(total) on the device (one part: a
-  /// one-thread kernel hands partial[0]). Stream-ordered (the temporary is released after). parts >= 1.
+  /// first(store) folds `parts` partial values, part k handed to store(k, value) by one device thread.
+  /// Several parts: stored in a temporary, then one block combines them in order and one of its threads
+  /// hands the total to finish(total) (stream-ordered; the temporary is released after). One part: store
+  /// is finish itself, so the pass needs no second launch (the same value). parts >= 1.
   template <class R, class First, class Finish>
   void reduce_in_parts(R r, index_t parts, First&& first, Finish finish) const {
     using V = typename R::value_type;
     static_assert(std::is_trivially_copyable_v<V>, "reducer value_type must be trivially copyable");
-    auto partial = allocate<V>(parts);
     device_guard g(device_);
-    first(partial.data());
-    if (parts > 1) {
-      launch("reduce_partials_kernel", cuda_detail::reduce_partials_kernel<R, Finish>, 1u, r,
-             static_cast<const V*>(partial.data()), parts, finish);
-    } else {
-      launch("apply_sink_kernel", cuda_detail::apply_sink_kernel<V, Finish>, dim3(1), dim3(1), finish,
-             static_cast<const V*>(partial.data()));
-    }
+    if (parts == 1) return first(cuda_detail::finish_part<Finish>{finish});
+    auto partial = allocate<V>(parts);
+    first(cuda_detail::store_partial<V>{partial.data()});
+    launch("reduce_partials_kernel", cuda_detail::reduce_partials_kernel<R, Finish>, 1u, r,
+           static_cast<const V*>(partial.data()), parts, finish);
   }
 
   /// The flat reduce: block k folds the k-th of flat_blocks(n) equal ranges.
   template <class Space, class R, class Finish>
   void flat_reduce_then(Space sp, R r, Finish finish) const {
     const index_t n = sp.size(), blocks = cuda_detail::flat_blocks(n), per_block = (n + blocks - 1) / blocks;
-    reduce_in_parts(r, blocks, [&](typename R::value_type* partial) {
-      launch("reduce_blocks_kernel", cuda_detail::reduce_blocks_kernel<Space, R>, static_cast<unsigned>(blocks), sp, r,
-             per_block, partial);
+    reduce_in_parts(r, blocks, [&](auto store) {
+      launch("reduce_blocks_kernel", cuda_detail::reduce_blocks_kernel<Space, R, decltype(store)>,
+             static_cast<unsigned>(blocks), sp, r, per_block, store);
     }, finish);
   }
 
@@ -536,11 +533,10 @@ class cuda_backend : public detail::ragged_by_wrapping<cuda_backend> {
                        detail::ragged_reducer<R, Range>{r, range}, finish);
       return run_epilogue(rows, cols, range, epilogue);
     }
-    using V = typename R::value_type;
-    reduce_in_parts(r, rows, [&](V* partial) {
+    reduce_in_parts(r, rows, [&](auto store) {
       launch_segment_reduce<cuda_detail::kFlatFoldItems>("segment_reduce_kernel (ragged reduce)", rows, r,
                                                          cuda_detail::row_bounds<Range>{range}, cuda_detail::row_add<R>{r},
-                                                         cuda_detail::store_partial<V>{partial}, epilogue);
+                                                         store, epilogue);
     }, finish);
   }
 

@@ -366,10 +366,11 @@ constexpr int reduce_min_blocks() {
   return sizeof(V) <= 16 ? ASYPPO_CUDA_REDUCE_MIN_BLOCKS_SMALL : (sizeof(V) <= 160 ? ASYPPO_CUDA_REDUCE_MIN_BLOCKS : 1);
 }
 
-/// Pass 1: block k folds [k * per_block, (k + 1) * per_block) (block_fold) into partial[k].
-template <class Space, class R>
+/// Pass 1: block k folds [k * per_block, (k + 1) * per_block) (block_fold) and hands the value to
+/// store(k, value) (store_partial; with one block, finish_part).
+template <class Space, class R, class Store>
 __global__ void __launch_bounds__(kBlock, reduce_min_blocks<typename R::value_type>())
-    reduce_blocks_kernel(Space sp, R r, index_t per_block, typename R::value_type* partial) {
+    reduce_blocks_kernel(Space sp, R r, index_t per_block, Store store) {
   grid_dependency_wait();
   using V = typename R::value_type;
   __shared__ typename cub::BlockReduce<V, kBlock>::TempStorage tmp;
@@ -378,7 +379,7 @@ __global__ void __launch_bounds__(kBlock, reduce_min_blocks<typename R::value_ty
   const index_t hi = lo + per_block < n ? lo + per_block : n;
   space_visit<Space, R> visit{sp, r};
   const V total = block_fold<kFlatFoldItems>(r, lo, hi, visit, tmp);
-  if (threadIdx.x == 0) partial[blockIdx.x] = total;
+  if (threadIdx.x == 0) store(index_t(blockIdx.x), total);
 }
 
 /// Pass 2 (one block): combines partial[0..nparts) in order and hands the total to finish(total) (one
@@ -397,13 +398,6 @@ __global__ void __launch_bounds__(kBlock) reduce_partials_kernel(R r, const type
   for (index_t j = lo; j < hi; ++j) acc = r.combine(acc, partial[j]);
   const V total = block_reduce(tmp).Reduce(acc, reducer_combine<R>{r});
   if (threadIdx.x == 0) finish(total);
-}
-
-/// The last step of a reduce in one part (one thread): finish(*value).
-template <class V, class Finish>
-__global__ void apply_sink_kernel(Finish finish, const V* value) {
-  grid_dependency_wait();
-  finish(*value);
 }
 
 /// A reduce's finish that stores the value (in device memory: the host-result reduces copy it back).
@@ -498,6 +492,14 @@ template <class V>
 struct store_partial {
   V* partial;
   __device__ void operator()(index_t b, const V& v) const { partial[b] = v; }
+};
+
+/// The store of a reduce in one part: its value is the total, handed to the reduce's finish.
+template <class Finish>
+struct finish_part {
+  Finish finish;
+  template <class V>
+  __device__ void operator()(index_t, const V& v) const { finish(v); }
 };
 
 // ---- per-segment scan: one block per segment, tiles in scan order ---------------------------------
