@@ -15,6 +15,7 @@
 #include <algorithm>
 #include <cmath>
 #include <cstdint>
+#include <cstring>
 #include <limits>
 #include <memory>
 #include <random>
@@ -372,6 +373,47 @@ TEST_CASE("row schedule: make_row_span hands the backend's longest-first order t
   const cpu_backend cpu(1);
   REQUIRE(detail::make_row_span(device_without, mask).heads().order == nullptr);
   REQUIRE(detail::make_row_span(cpu, mask).heads().order == nullptr);
+}
+
+namespace {
+
+/// A device-posing backend whose new memory holds garbage (0xa5 bytes), so that what a pass must zero is
+/// not zero by chance.
+struct poisoning_backend : round_trip_backend {
+  template <class T>
+  host_buffer<T> allocate(index_t n) const {
+    host_buffer<T> b(n);
+    if (n > 0) std::memset(static_cast<void*>(b.data()), 0xa5, static_cast<std::size_t>(n) * sizeof(T));
+    return b;
+  }
+};
+
+}  // namespace
+
+// The ticket of a span (core/row_span.hpp): on a device backend the pass that finds the ends zeroes it and
+// heads() hands it to the per-row patterns (the CUDA backend's ragged reduce counts its blocks there and
+// combines in the last one: the GPU suite's reduce and loss cases); none on host-memory backends, and none
+// where no row or no column leaves a per-row reduce to use it.
+TEST_CASE("row span: a device backend's span carries a zeroed ticket for its per-row reduces", "[ragged]") {
+  const poisoning_backend dev;
+  for (const bool words : {true, false}) {  // the 8-byte-word pass and the column pass
+    const index_t B = 5, Tn = 24;
+    std::vector<std::uint8_t> m(static_cast<std::size_t>(B * Tn + 1), 0);
+    std::uint8_t* base = m.data() + (words ? 0 : 1);  // an odd address: no word rows
+    for (index_t b = 0; b < B; ++b)
+      for (index_t t = 0; t < 3 * b; ++t) base[b * Tn + t] = 1;
+    const mask_view mask(base, B, Tn);
+    REQUIRE(detail::word_rows(mask) == (words && reinterpret_cast<std::uintptr_t>(base) % 8 == 0));
+    const auto span = detail::make_row_span(dev, mask);
+    const row_heads heads = span.heads();
+    REQUIRE(heads.ticket != nullptr);
+    CHECK(*heads.ticket == 0u);
+    for (index_t b = 0; b < B; ++b) CHECK(heads.end[b] == 3 * b);
+    CHECK(detail::make_row_span(cpu_backend(1), mask).heads().ticket == nullptr);
+  }
+  std::vector<std::uint8_t> none(8, 1);
+  CHECK(detail::make_row_span(dev, mask_view(none.data(), 0, 8)).heads().ticket == nullptr);
+  CHECK(detail::make_row_span(dev, mask_view(none.data(), 8, 0)).heads().ticket == nullptr);
 }
 
 namespace {

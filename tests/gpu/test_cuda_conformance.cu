@@ -393,6 +393,20 @@ TEST_CASE("cuda patterns: ragged reduce and reduce_to, wide and narrow rows", "[
     auto dout = gpu.allocate<double>(1);
     gpu.reduce_to(B, Tn, masked_sum2{dx.data(), dm.data(), Tn}, drange, store_value<double>{dout.data()});
     CHECK(download(gpu, dout)[0] == got);
+    // With a ticket (a span's ranges): the last block combines in the same launch, in the same order (the
+    // same bits), and leaves the counter at zero for the next reduce (three in a row).
+    auto ticket = upload(gpu, std::vector<unsigned>{0u});
+    row_heads tranges{dend.data()};
+    tranges.ticket = ticket.data();
+    for (int again = 0; again < 3; ++again) {
+      CAPTURE(again);
+      const auto tw = gpu.reduce(B, Tn, ragged_witness{Tn}, tranges);
+      CHECK((tw.increasing && tw.n == n && tw.sum == sum));
+      CHECK(gpu.reduce(B, Tn, masked_sum2{dx.data(), dm.data(), Tn}, tranges) == got);
+      gpu.reduce_to(B, Tn, masked_sum2{dx.data(), dm.data(), Tn}, tranges, store_value<double>{dout.data()});
+      CHECK(download(gpu, dout)[0] == got);
+      CHECK(download(gpu, ticket)[0] == 0u);
+    }
   }
   // Nothing to visit: the identity, from reduce and reduce_to.
   auto dout = gpu.allocate<double>(1);

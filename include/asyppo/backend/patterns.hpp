@@ -128,6 +128,10 @@ struct row_heads {
   /// Optional schedule for device backends: the rows in the order their per-row kernels should take
   /// them (the longest first, core/row_span.hpp). Not a range property: results never depend on it.
   const index_t* order = nullptr;
+  /// Optional for device backends: a counter at zero in backend memory, which a per-row reduce may use to
+  /// find its last block (the CUDA backend's in-kernel final combine) and leaves at zero. Patterns run in
+  /// stream order use it one at a time. Not a range property either.
+  unsigned* ticket = nullptr;
   ASYPPO_HD void operator()(index_t b, index_t& lo, index_t& hi) const { lo = 0, hi = end[b]; }
 };
 

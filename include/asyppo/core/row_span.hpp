@@ -11,6 +11,9 @@
 // thread per row (latency-bound: 0.8 ms for 1024 x 8192 on an H100), so there a row reduce reads the
 // whole mask, one block per row (14 us there, one column per load), eight columns per load when the rows
 // are aligned 8-byte words (last_valid_word_max). Exact (integers).
+// Ticket (device backends): a counter the pass that finds the ends zeroes (the sink of row 0), which the
+// span hands to the per-row kernels (row_heads::ticket): a per-row reduce counts its finished blocks there
+// and the last one combines the rows' partials, one launch instead of two (the CUDA backend).
 // Schedule (device backends that offer longest_first): one block per row takes the rows in launch order,
 // so with ragged rows a few long ones left for the last wave keep the device waiting while most of it
 // idles (the H200 profile in docs/benchmarks.md: SMs active 74 % of the actor's reduce). The span then
@@ -101,9 +104,20 @@ struct first_column {
   ASYPPO_HD void operator()(index_t, index_t& lo, index_t& hi) const { lo = 0, hi = 1; }
 };
 
-/// end[b] for every row, in backend memory (host-visible through copy_to_host).
+/// Row b's end into end[b]; row 0 also zeroes *ticket (when given): one launch for both.
+struct store_row_end {
+  index_t* end;
+  unsigned* ticket;
+  ASYPPO_HD void operator()(index_t b, index_t v) const {
+    end[b] = v;
+    if (b == 0 && ticket) *ticket = 0;
+  }
+};
+
+/// end[b] for every row, in backend memory (host-visible through copy_to_host); on a device backend also
+/// zeroes *ticket when given (mask.extent[0] > 0).
 template <class Backend>
-auto valid_row_ends(const Backend& be, mask_view mask) {
+auto valid_row_ends(const Backend& be, mask_view mask, unsigned* ticket = nullptr) {
   auto ends = be.template allocate<index_t>(mask.extent[0]);
   if constexpr (host_memory_backend<Backend>) {  // the CPU: rows over the threads
     if (mask.extent[1] > 0)
@@ -112,11 +126,11 @@ auto valid_row_ends(const Backend& be, mask_view mask) {
       be.fill(ends.data(), mask.extent[0], index_t(0));
   } else if (mask.extent[0] > 0) {  // a device: one block per row reads the whole row
     if (mask.extent[1] > 0 && word_rows(mask))
-      be.row_reduce(mask.extent[0], (mask.extent[1] + 7) / 8, last_valid_word_max{mask}, store_row<index_t>{ends.data()});
+      be.row_reduce(mask.extent[0], (mask.extent[1] + 7) / 8, last_valid_word_max{mask}, store_row_end{ends.data(), ticket});
     else if (mask.extent[1] > 0)
-      be.row_reduce(mask.extent[0], mask.extent[1], last_valid_max{mask}, store_row<index_t>{ends.data()});
+      be.row_reduce(mask.extent[0], mask.extent[1], last_valid_max{mask}, store_row_end{ends.data(), ticket});
     else
-      be.fill(ends.data(), mask.extent[0], index_t(0));
+      be.fill(ends.data(), mask.extent[0], index_t(0));  // (no column: no per-row reduce uses the ticket)
   }
   return ends;
 }
@@ -126,14 +140,18 @@ auto valid_row_ends(const Backend& be, mask_view mask) {
 /// longest first (order), which heads() hands to the per-row kernels.
 template <class Backend>
 struct row_span {
+  using ticket_buffer = decltype(std::declval<const Backend&>().template allocate<unsigned>(0));
+  ticket_buffer ticket;  // [1] on a device backend (zeroed with the ends), else empty
   decltype(valid_row_ends(std::declval<const Backend&>(), mask_view{})) ends;
   index_t cols;
   decltype(valid_row_ends(std::declval<const Backend&>(), mask_view{})) order;
   const index_t* schedule = nullptr;  // order.data() when the backend wrote it, else none
+  unsigned* counter = nullptr;        // ticket.data() when the ends pass zeroed it, else none
   row_heads heads() const {
     row_heads h;  // members set one by one: nvcc's host pass rejects the braced return here
     h.end = ends.data();
     h.order = schedule;
+    h.ticket = counter;
     return h;
   }
   row_tails tails() const {
@@ -155,7 +173,12 @@ concept has_row_schedule = requires(const Backend& be, const index_t* ends, inde
 
 template <class Backend>
 row_span<Backend> make_row_span(const Backend& be, mask_view mask) {
-  row_span<Backend> s{valid_row_ends(be, mask), mask.extent[1], be.template allocate<index_t>(0)};
+  const bool ticket = !host_memory_backend<Backend> && mask.extent[0] > 0 && mask.extent[1] > 0;
+  auto counter = be.template allocate<unsigned>(ticket ? 1 : 0);
+  unsigned* zeroed = ticket ? counter.data() : nullptr;  // (a moved buffer keeps its memory)
+  auto ends = valid_row_ends(be, mask, zeroed);
+  row_span<Backend> s{std::move(counter), std::move(ends), mask.extent[1], be.template allocate<index_t>(0)};
+  s.counter = zeroed;
   if constexpr (has_row_schedule<Backend>) {
     const index_t rows = mask.extent[0];
     s.order = be.template allocate<index_t>(rows);

@@ -52,6 +52,15 @@
 
 namespace asyppo {
 
+// Whether a ragged reduce over wide rows whose range carries a ticket (row_heads::ticket: the ranges of a
+// core/row_span.hpp span) combines its rows' partials in its own last block (1) or in a second launch (0).
+// The same value either way (the same combine, in the same order). A launch fewer for every such reduce
+// (the actor's loss and gradient, the value loss, the step's summary); not yet measured on a GPU
+// (docs/benchmarks.md).
+#ifndef ASYPPO_CUDA_LAST_BLOCK_COMBINE
+#define ASYPPO_CUDA_LAST_BLOCK_COMBINE 1
+#endif
+
 // The ragged histogram on wide rows: parts per row (ASYPPO_CUDA_HIST_ROW_SPLIT, kernels.cuh) and the most
 // blocks (tuning constants, measured at
 // 1024 x 8192 on an H100, docs/benchmarks.md: the selection's four passes took 0.195 / 0.161 / 0.165 ms
@@ -524,14 +533,30 @@ class cuda_backend : public detail::ragged_by_wrapping<cuda_backend> {
 
   /// The ragged reduce: on wide rows one partial per row, folded over the row's range only (block_fold:
   /// the valid prefix of a right-padded row is shared by all the block's threads, and no block folds
-  /// padding), then the row's epilogue; narrow rows, and an empty space (whose one block yields the
-  /// identity), take the flat reduce on a skipping functor, then the epilogue as its own pass.
+  /// padding), then the row's epilogue, and the partials combined in row order: by the last block of the
+  /// same launch where the range carries a ticket (row_heads::ticket, ASYPPO_CUDA_LAST_BLOCK_COMBINE),
+  /// else by a second launch (reduce_in_parts); the same value either way. Narrow rows, and an empty space
+  /// (whose one block yields the identity), take the flat reduce on a skipping functor, then the epilogue
+  /// as its own pass.
   template <class R, class Range, class Epilogue, class Finish>
   void ragged_reduce_then(index_t rows, index_t cols, R r, Range range, Epilogue epilogue, Finish finish) const {
     if (rows <= 0 || !cuda_detail::wide_rows(cols)) {
       flat_reduce_then(cuda_detail::space2d{rows > 0 ? rows : 0, cols > 0 ? cols : 0},
                        detail::ragged_reducer<R, Range>{r, range}, finish);
       return run_epilogue(rows, cols, range, epilogue);
+    }
+    if constexpr (requires { range.ticket; }) {
+      if (ASYPPO_CUDA_LAST_BLOCK_COMBINE && range.ticket && rows > 1) {  // one launch: the last block combines
+        using V = typename R::value_type;
+        auto partial = allocate<V>(rows);
+        device_guard g(device_);
+        launch("segment_reduce_combine_kernel (ragged reduce)",
+               cuda_detail::segment_reduce_combine_kernel<cuda_detail::kFlatFoldItems, R, cuda_detail::row_bounds<Range>,
+                                                          cuda_detail::row_add<R>, Epilogue, Finish>,
+               cuda_detail::grid_for(rows, 1), rows, r, cuda_detail::row_bounds<Range>{range}, cuda_detail::row_add<R>{r},
+               partial.data(), epilogue, range.ticket, finish);
+        return;
+      }
     }
     reduce_in_parts(r, rows, [&](auto store) {
       launch_segment_reduce<cuda_detail::kFlatFoldItems>("segment_reduce_kernel (ragged reduce)", rows, r,

@@ -382,22 +382,50 @@ __global__ void __launch_bounds__(kBlock, reduce_min_blocks<typename R::value_ty
   if (threadIdx.x == 0) store(index_t(blockIdx.x), total);
 }
 
+/// *p read from L2 (ld.global.cg), bypassing the SM's L1: what another block of the same kernel wrote and
+/// published (__threadfence, then an atomic) is read as written.
+template <class V>
+__device__ V load_from_l2(const V* p) {
+  static_assert(sizeof(V) % sizeof(unsigned) == 0 && alignof(V) >= alignof(unsigned), "4-byte words");
+  unsigned w[sizeof(V) / sizeof(unsigned)];
+  const unsigned* q = reinterpret_cast<const unsigned*>(p);
+#pragma unroll
+  for (std::size_t i = 0; i < sizeof(V) / sizeof(unsigned); ++i) w[i] = __ldcg(q + i);
+  V v;
+  memcpy(&v, w, sizeof(V));
+  return v;
+}
+
+/// Sink of a reduce's first pass over rows: row b's fold into partial[b].
+template <class V>
+struct store_partial {
+  V* partial;
+  __device__ void operator()(index_t b, const V& v) const { partial[b] = v; }
+};
+
+/// One block: combines partial[0..nparts) in order (thread k folds its run, then a block reduce) and
+/// hands the total to finish(total) from one thread. Partials are read from L2 (load_from_l2).
+template <class R, class Finish>
+__device__ void combine_partials(const R& r, const typename R::value_type* partial, index_t nparts, const Finish& finish,
+                                 typename cub::BlockReduce<typename R::value_type, kBlock>::TempStorage& tmp) {
+  using V = typename R::value_type;
+  const index_t per = (nparts + kBlock - 1) / kBlock;
+  const index_t lo = index_t(threadIdx.x) * per;
+  const index_t hi = lo + per < nparts ? lo + per : nparts;
+  V acc = r.identity();
+  for (index_t j = lo; j < hi; ++j) acc = r.combine(acc, load_from_l2(partial + j));
+  const V total = cub::BlockReduce<V, kBlock>(tmp).Reduce(acc, reducer_combine<R>{r});
+  if (threadIdx.x == 0) finish(total);
+}
+
 /// Pass 2 (one block): combines partial[0..nparts) in order and hands the total to finish(total) (one
 /// thread: store_value, or reduce_to's sink).
 template <class R, class Finish>
 __global__ void __launch_bounds__(kBlock) reduce_partials_kernel(R r, const typename R::value_type* partial,
                                                                  index_t nparts, Finish finish) {
   grid_dependency_wait();
-  using V = typename R::value_type;
-  using block_reduce = cub::BlockReduce<V, kBlock>;
-  __shared__ typename block_reduce::TempStorage tmp;
-  const index_t per = (nparts + kBlock - 1) / kBlock;
-  const index_t lo = index_t(threadIdx.x) * per;
-  const index_t hi = lo + per < nparts ? lo + per : nparts;
-  V acc = r.identity();
-  for (index_t j = lo; j < hi; ++j) acc = r.combine(acc, partial[j]);
-  const V total = block_reduce(tmp).Reduce(acc, reducer_combine<R>{r});
-  if (threadIdx.x == 0) finish(total);
+  __shared__ typename cub::BlockReduce<typename R::value_type, kBlock>::TempStorage tmp;
+  combine_partials(r, partial, nparts, finish, tmp);
 }
 
 /// A reduce's finish that stores the value (in device memory: the host-result reduces copy it back).
@@ -468,31 +496,54 @@ struct segment_visit {
   __device__ void operator()(index_t a, index_t e, typename R::value_type& acc) const { add.run(acc, g, a, e); }
 };
 
-/// One block per segment (grid-stride over segments), each folded by block_fold (Items positions per
-/// thread per round at most), then epilogue(g, hi) (rows: no_row_epilogue or fill_after).
-template <int Items, class R, class Bounds, class Add, class Sink, class Epilogue = no_row_epilogue>
-__global__ void __launch_bounds__(kBlock, reduce_min_blocks<typename R::value_type>())
-    segment_reduce_kernel(index_t nseg, R r, Bounds bounds, Add add, Sink sink, Epilogue epilogue = {}) {
-  grid_dependency_wait();
-  using V = typename R::value_type;
-  __shared__ typename cub::BlockReduce<V, kBlock>::TempStorage tmp;
+/// The block's segments (grid-stride over segments), each folded by block_fold (Items positions per thread
+/// per round at most) and handed to sink(g, total) by thread 0, then epilogue(g, hi) (rows: no_row_epilogue
+/// or fill_after).
+template <int Items, class R, class Bounds, class Add, class Sink, class Epilogue>
+__device__ void fold_segments(index_t nseg, const R& r, const Bounds& bounds, const Add& add, const Sink& sink,
+                              const Epilogue& epilogue,
+                              typename cub::BlockReduce<typename R::value_type, kBlock>::TempStorage& tmp) {
   for (index_t turn = blockIdx.x; turn < nseg; turn += gridDim.x) {
     const index_t g = bounds.segment(turn);  // the segment this turn folds (a row schedule, or turn)
     index_t lo, hi;
     bounds(g, lo, hi);
     segment_visit<R, Add> visit{r, add, g};
-    const V total = block_fold<Items>(r, lo, hi, visit, tmp);
+    const typename R::value_type total = block_fold<Items>(r, lo, hi, visit, tmp);
     if (threadIdx.x == 0) sink(g, total);
     epilogue(g, hi);
   }
 }
 
-/// Sink of a reduce's first pass over rows: row b's fold into partial[b].
-template <class V>
-struct store_partial {
-  V* partial;
-  __device__ void operator()(index_t b, const V& v) const { partial[b] = v; }
-};
+/// One block per segment: fold_segments.
+template <int Items, class R, class Bounds, class Add, class Sink, class Epilogue = no_row_epilogue>
+__global__ void __launch_bounds__(kBlock, reduce_min_blocks<typename R::value_type>())
+    segment_reduce_kernel(index_t nseg, R r, Bounds bounds, Add add, Sink sink, Epilogue epilogue = {}) {
+  grid_dependency_wait();
+  __shared__ typename cub::BlockReduce<typename R::value_type, kBlock>::TempStorage tmp;
+  fold_segments<Items>(nseg, r, bounds, add, sink, epilogue, tmp);
+}
+
+/// A reduce over segments in one launch: fold_segments into partial[g], then the last block to finish
+/// (each block counts itself in *ticket after its partials are published; atomicInc wraps the counter back
+/// to zero at the last one) combines partial[0..nseg) as reduce_partials_kernel does: the same order, so
+/// the same value, without a second launch. *ticket must be zero when the kernel starts (row_heads::ticket).
+template <int Items, class R, class Bounds, class Add, class Epilogue, class Finish>
+__global__ void __launch_bounds__(kBlock, reduce_min_blocks<typename R::value_type>())
+    segment_reduce_combine_kernel(index_t nseg, R r, Bounds bounds, Add add, typename R::value_type* partial,
+                                  Epilogue epilogue, unsigned* ticket, Finish finish) {
+  grid_dependency_wait();
+  __shared__ typename cub::BlockReduce<typename R::value_type, kBlock>::TempStorage tmp;
+  __shared__ bool last;
+  fold_segments<Items>(nseg, r, bounds, add, store_partial<typename R::value_type>{partial}, epilogue, tmp);
+  if (threadIdx.x == 0) {  // (thread 0 stored every partial of the block)
+    __threadfence();       // the block's partials visible to every block before its count
+    last = atomicInc(ticket, gridDim.x - 1) == gridDim.x - 1;
+  }
+  __syncthreads();  // (also: tmp free again)
+  if (!last) return;
+  __threadfence();
+  combine_partials(r, partial, nseg, finish, tmp);
+}
 
 /// The store of a reduce in one part: its value is the total, handed to the reduce's finish.
 template <class Finish>
