@@ -52,11 +52,11 @@
 
 namespace asyppo {
 
-// Whether a ragged reduce over wide rows whose range carries a ticket (row_heads::ticket: the ranges of a
-// core/row_span.hpp span) combines its rows' partials in its own last block (1) or in a second launch (0).
-// The same value either way (the same combine, in the same order). A launch fewer for every such reduce
-// (the actor's loss and gradient, the value loss, the step's summary); not yet measured on a GPU
-// (docs/benchmarks.md).
+// Whether a ragged reduce over wide rows whose range is row_heads (the ranges of a core/row_span.hpp span,
+// whose ticket it counts its blocks on) combines its rows' partials in its own last block (1) or in a
+// second launch (0). The same value either way (the same combine, in the same order). A launch fewer for
+// every such reduce (the actor's loss and gradient, the value loss, the step's summary); not yet measured
+// on a GPU (docs/benchmarks.md).
 #ifndef ASYPPO_CUDA_LAST_BLOCK_COMBINE
 #define ASYPPO_CUDA_LAST_BLOCK_COMBINE 1
 #endif
@@ -507,25 +507,30 @@ class cuda_backend : public detail::ragged_by_wrapping<cuda_backend> {
 
   /// first(store) folds `parts` partial values, part k handed to store(k, value) by one device thread.
   /// Several parts: stored in a temporary, then one block combines them in order and one of its threads
-  /// hands the total to finish(total) (stream-ordered; the temporary is released after). One part: store
-  /// is finish itself, so the pass needs no second launch (the same value). parts >= 1.
-  template <class R, class First, class Finish>
+  /// hands the total to finish(total) (stream-ordered; the temporary is released after). One part, where
+  /// one_part_is_total: store is finish itself, so the pass needs no second launch (the same value); the
+  /// callers ask that only where it saves a launch that matters (a device-result reduce over few elements),
+  /// since it compiles first's kernel once more, for that store. parts >= 1.
+  template <bool OnePartIsTotal, class R, class First, class Finish>
   void reduce_in_parts(R r, index_t parts, First&& first, Finish finish) const {
     using V = typename R::value_type;
     static_assert(std::is_trivially_copyable_v<V>, "reducer value_type must be trivially copyable");
     device_guard g(device_);
-    if (parts == 1) return first(cuda_detail::finish_part<Finish>{finish});
+    if constexpr (OnePartIsTotal)
+      if (parts == 1) return first(cuda_detail::finish_part<Finish>{finish});
     auto partial = allocate<V>(parts);
     first(cuda_detail::store_partial<V>{partial.data()});
     launch("reduce_partials_kernel", cuda_detail::reduce_partials_kernel<R, Finish>, 1u, r,
            static_cast<const V*>(partial.data()), parts, finish);
   }
 
-  /// The flat reduce: block k folds the k-th of flat_blocks(n) equal ranges.
+  /// The flat reduce: block k folds the k-th of flat_blocks(n) equal ranges. One block hands its value to
+  /// a device-result finish itself (a host-result reduce, store_value, waits for the device anyway).
   template <class Space, class R, class Finish>
   void flat_reduce_then(Space sp, R r, Finish finish) const {
     const index_t n = sp.size(), blocks = cuda_detail::flat_blocks(n), per_block = (n + blocks - 1) / blocks;
-    reduce_in_parts(r, blocks, [&](auto store) {
+    constexpr bool one_part = !std::is_same_v<Finish, cuda_detail::store_value<typename R::value_type>>;
+    reduce_in_parts<one_part>(r, blocks, [&](auto store) {
       launch("reduce_blocks_kernel", cuda_detail::reduce_blocks_kernel<Space, R, decltype(store)>,
              static_cast<unsigned>(blocks), sp, r, per_block, store);
     }, finish);
@@ -534,8 +539,8 @@ class cuda_backend : public detail::ragged_by_wrapping<cuda_backend> {
   /// The ragged reduce: on wide rows one partial per row, folded over the row's range only (block_fold:
   /// the valid prefix of a right-padded row is shared by all the block's threads, and no block folds
   /// padding), then the row's epilogue, and the partials combined in row order: by the last block of the
-  /// same launch where the range carries a ticket (row_heads::ticket, ASYPPO_CUDA_LAST_BLOCK_COMBINE),
-  /// else by a second launch (reduce_in_parts); the same value either way. Narrow rows, and an empty space
+  /// same launch where the range is row_heads (ASYPPO_CUDA_LAST_BLOCK_COMBINE; its span's ticket, else one
+  /// zeroed by a memset), else by a second launch (reduce_in_parts); the same value either way. Narrow rows, and an empty space
   /// (whose one block yields the identity), take the flat reduce on a skipping functor, then the epilogue
   /// as its own pass.
   template <class R, class Range, class Epilogue, class Finish>
@@ -545,24 +550,26 @@ class cuda_backend : public detail::ragged_by_wrapping<cuda_backend> {
                        detail::ragged_reducer<R, Range>{r, range}, finish);
       return run_epilogue(rows, cols, range, epilogue);
     }
-    if constexpr (requires { range.ticket; }) {
-      if (ASYPPO_CUDA_LAST_BLOCK_COMBINE && range.ticket && rows > 1) {  // one launch: the last block combines
-        using V = typename R::value_type;
-        auto partial = allocate<V>(rows);
-        device_guard g(device_);
-        launch("segment_reduce_combine_kernel (ragged reduce)",
-               cuda_detail::segment_reduce_combine_kernel<cuda_detail::kFlatFoldItems, R, cuda_detail::row_bounds<Range>,
-                                                          cuda_detail::row_add<R>, Epilogue, Finish>,
-               cuda_detail::grid_for(rows, 1), rows, r, cuda_detail::row_bounds<Range>{range}, cuda_detail::row_add<R>{r},
-               partial.data(), epilogue, range.ticket, finish);
-        return;
-      }
+    if constexpr (ASYPPO_CUDA_LAST_BLOCK_COMBINE != 0 && requires { range.ticket; }) {
+      // One launch: the last block combines. A range without its span's ticket gets one zeroed here (a
+      // memset: the two operations of the second-launch path, whose kernels such ranges then never need).
+      using V = typename R::value_type;
+      auto partial = allocate<V>(rows);
+      auto own = allocate<unsigned>(range.ticket ? 0 : 1);
+      device_guard g(device_);
+      if (!range.ticket) ASYPPO_CUDA_CHECK(cudaMemsetAsync(own.data(), 0, sizeof(unsigned), stream_));
+      launch("segment_reduce_combine_kernel (ragged reduce)",
+             cuda_detail::segment_reduce_combine_kernel<cuda_detail::kFlatFoldItems, R, cuda_detail::row_bounds<Range>,
+                                                        cuda_detail::row_add<R>, Epilogue, Finish>,
+             cuda_detail::grid_for(rows, 1), rows, r, cuda_detail::row_bounds<Range>{range}, cuda_detail::row_add<R>{r},
+             partial.data(), epilogue, range.ticket ? range.ticket : own.data(), finish);
+    } else {
+      reduce_in_parts<false>(r, rows, [&](auto store) {
+        launch_segment_reduce<cuda_detail::kFlatFoldItems>("segment_reduce_kernel (ragged reduce)", rows, r,
+                                                           cuda_detail::row_bounds<Range>{range}, cuda_detail::row_add<R>{r},
+                                                           store, epilogue);
+      }, finish);
     }
-    reduce_in_parts(r, rows, [&](auto store) {
-      launch_segment_reduce<cuda_detail::kFlatFoldItems>("segment_reduce_kernel (ragged reduce)", rows, r,
-                                                         cuda_detail::row_bounds<Range>{range}, cuda_detail::row_add<R>{r},
-                                                         store, epilogue);
-    }, finish);
   }
 
   /// A reduction's value on the host: reduce(finish) enqueues it with a finish that stores it in device
