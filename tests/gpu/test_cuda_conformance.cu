@@ -357,7 +357,7 @@ struct store_value {
 };
 
 // Ragged reduces on wide rows take one block per row over the row's range (its partials then combined in
-// row order); on narrow rows the flat reduce over a skipping functor. Both must visit exactly the range,
+// row order, by its last block); on narrow rows the flat reduce over a skipping functor. Both must visit exactly the range,
 // in index order, and sum like the CPU; reduce_to gives reduce's bits.
 TEST_CASE("cuda patterns: ragged reduce and reduce_to, wide and narrow rows", "[cuda][patterns]") {
   cuda_backend gpu;
@@ -393,8 +393,9 @@ TEST_CASE("cuda patterns: ragged reduce and reduce_to, wide and narrow rows", "[
     auto dout = gpu.allocate<double>(1);
     gpu.reduce_to(B, Tn, masked_sum2{dx.data(), dm.data(), Tn}, drange, store_value<double>{dout.data()});
     CHECK(download(gpu, dout)[0] == got);
-    // With a ticket (a span's ranges): the last block combines in the same launch, in the same order (the
-    // same bits), and leaves the counter at zero for the next reduce (three in a row).
+    // The last block combines in the same launch (ASYPPO_CUDA_LAST_BLOCK_COMBINE), on the range's own
+    // counter above (zeroed by a memset), or on a span's ticket here: the same order, so the same bits,
+    // and the counter back at zero for the next reduce (three in a row).
     auto ticket = upload(gpu, std::vector<unsigned>{0u});
     row_heads tranges{dend.data()};
     tranges.ticket = ticket.data();
