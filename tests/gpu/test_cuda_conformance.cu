@@ -357,8 +357,8 @@ struct store_value {
 };
 
 // Ragged reduces on wide rows take one block per row over the row's range (its partials then combined in
-// row order, by its last block); on narrow rows the flat reduce over a skipping functor. Both must visit exactly the range,
-// in index order, and sum like the CPU; reduce_to gives reduce's bits.
+// row order, by its last block); on narrow rows the flat reduce over a skipping functor. Both must visit
+// exactly the range, in index order, and sum like the CPU; reduce_to gives reduce's bits.
 TEST_CASE("cuda patterns: ragged reduce and reduce_to, wide and narrow rows", "[cuda][patterns]") {
   cuda_backend gpu;
   cpu_backend cpu;

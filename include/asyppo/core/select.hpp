@@ -414,8 +414,8 @@ ASYPPO_INLINE bool filter_has(const std::uint64_t* filter, std::uint64_t prefix,
   return ((filter[d >> 6] >> (d & 63)) & 1) != 0;
 }
 
-/// Sets bit v of the word at p: atomic (relaxed) on a device and on the host, where a backend's threads
-/// may set bits of one word together (OR commutes: the word does not depend on their order).
+/// Sets the bits of v in the word at p: atomic (relaxed) on a device and on the host, where a backend's
+/// threads may set bits of one word together (OR commutes: the word does not depend on their order).
 ASYPPO_INLINE void atomic_set_bits(std::uint64_t* p, std::uint64_t v) {
 #if defined(__CUDA_ARCH__)
   atomicOr(reinterpret_cast<unsigned long long*>(p), static_cast<unsigned long long>(v));

@@ -540,9 +540,9 @@ class cuda_backend : public detail::ragged_by_wrapping<cuda_backend> {
   /// the valid prefix of a right-padded row is shared by all the block's threads, and no block folds
   /// padding), then the row's epilogue, and the partials combined in row order: by the last block of the
   /// same launch where the range is row_heads (ASYPPO_CUDA_LAST_BLOCK_COMBINE; its span's ticket, else one
-  /// zeroed by a memset), else by a second launch (reduce_in_parts); the same value either way. Narrow rows, and an empty space
-  /// (whose one block yields the identity), take the flat reduce on a skipping functor, then the epilogue
-  /// as its own pass.
+  /// zeroed by a memset), else by a second launch (reduce_in_parts); the same value either way. Narrow
+  /// rows, and an empty space (whose one block yields the identity), take the flat reduce on a skipping
+  /// functor, then the epilogue as its own pass.
   template <class R, class Range, class Epilogue, class Finish>
   void ragged_reduce_then(index_t rows, index_t cols, R r, Range range, Epilogue epilogue, Finish finish) const {
     if (rows <= 0 || !cuda_detail::wide_rows(cols)) {
