@@ -4,7 +4,9 @@
 # verl's functions at the paper's scale (bench/gpu/bench_vs_torch.py), with the kernels of each asyppo call
 # (torch.profiler). When the suite fails, each test case is rerun alone (a sticky CUDA error would fail
 # every later case of the same process) and the first failing one under compute-sanitizer's memcheck.
-# Everything it prints is also written under $OUT.
+# Everything it prints is also written under $OUT, in at most seven files (the device tool brings back
+# eight: the caller's own log is the eighth); the A/B's and the variants' kernel lists stay in $PROF (on
+# that machine) and the calls' kernels that matter are printed from them: the step's largest and the actor's.
 #   device run: command "bash scripts/gpu-check.sh", carry ["build/gpu"], timeout_s 540
 #   (ASYPPO_NCU=1 bash scripts/gpu-check.sh adds an Nsight Compute profile of one step: $OUT/ncu.txt)
 # Record the results in docs/benchmarks.md with the device named.
@@ -12,6 +14,12 @@ set -uo pipefail
 cd "$(dirname "${BASH_SOURCE[0]}")/.."
 OUT=${OUT:-/tmp/asyppo-gpu-check}
 mkdir -p "$OUT"
+PROF=$(mktemp -d)
+# A profile's kernels, largest first, of the step's and the actor's device-result calls (step_lines of the first).
+kernels_of() {  # kernels_of <profile> <step_lines>
+  awk -v n="$2" '/^## /{show = ($0 ~ /^## advantage step \(device result\)/) ? n + 1 : ($0 ~ /^## actor loss \+ gradient \(device result\)/) ? 7 : 0}
+                 show > 0 {print; show--}' "$1" | cut -c1-140
+}
 export PYTHONUNBUFFERED=1
 SECONDS=0
 stage() { echo "==> [${SECONDS}s] $*"; }
@@ -25,7 +33,7 @@ export LD_LIBRARY_PATH="$libs${LD_LIBRARY_PATH:+:$LD_LIBRARY_PATH}"
   nvidia-smi --query-gpu=name,driver_version,memory.total,clocks.max.sm,clocks.max.mem --format=csv
   python3 -c 'import torch; print("torch", torch.__version__, torch.cuda.get_device_name(0))'
   ldd build/gpu/test_cuda_conformance build/gpu/test_nccl_comm | grep -E "cudart|cublas|nccl|not found"
-} 2>&1 | tee "$OUT/device.txt"
+} 2>&1 | tee "$OUT/conformance.txt"
 {
   stage "conformance suite"
   timeout 150 ./build/gpu/test_cuda_conformance --reporter compact --durations yes 2>&1
@@ -58,7 +66,7 @@ export LD_LIBRARY_PATH="$libs${LD_LIBRARY_PATH:+:$LD_LIBRARY_PATH}"
   stage "nccl_comm on one rank"
   timeout 60 ./build/gpu/test_nccl_comm --reporter compact 2>&1
   echo "nccl exit code: $?"
-} 2>&1 | tee "$OUT/conformance.txt"
+} 2>&1 | tee -a "$OUT/conformance.txt"
 stage "asyppo vs torch (verl), 1024 x 8192, K = 2"
 timeout 200 python3 bench/gpu/bench_vs_torch.py --lib build/gpu/libasyppo_bench_cuda.so --json "$OUT/bench.json" \
   --profile "$OUT/profile.txt" 2>&1 | tee "$OUT/bench.txt"
@@ -67,28 +75,28 @@ timeout 200 python3 bench/gpu/bench_vs_torch.py --lib build/gpu/libasyppo_bench_
 rows_and_checks='^\| (advantage|actor)|^(advantage step|actor loss)[^|]*: '
 if [ -f build/gpu/libasyppo_bench_cuda_base.so ]; then
   # A/B (gpu-prepare.sh with ASYPPO_BASE_REV): the base commit's library, then this tree's again, on the
-  # same data (no PyTorch GAE loop, no heads); each with its kernels in $OUT/profile_{base,current}.txt.
+  # same data (no PyTorch GAE loop, no heads); each with its kernels in $PROF/profile_{base,current}.txt.
   stage "A/B: base $(cat build/gpu/base_rev.txt 2>/dev/null) against this tree"
   for which in base current; do
     lib=build/gpu/libasyppo_bench_cuda.so
     [ "$which" = base ] && lib=build/gpu/libasyppo_bench_cuda_base.so
     timeout 120 python3 bench/gpu/bench_vs_torch.py --lib "$lib" --heads '' --torch-gae-repeat 0 \
-      --profile "$OUT/profile_$which.txt" 2>&1 | grep -E "$rows_and_checks" | sed "s/^/$which /"
+      --profile "$PROF/profile_$which.txt" 2>&1 | grep -E "$rows_and_checks" | sed "s/^/$which /"
   done 2>&1 | tee "$OUT/ab.txt"
   for which in base current; do  # each call's kernels, largest first: each change shows in its own kernel
-    echo "== $which"; grep -E '^##|^ +[0-9.]+ ms' "$OUT/profile_$which.txt" | cut -c1-140 | head -70
-  done
+    echo "== $which"; kernels_of "$PROF/profile_$which.txt" 25
+  done 2>&1 | tee -a "$OUT/ab.txt"
 fi
 if compgen -G "build/gpu/variant_*.so" > /dev/null; then
   # Tuning sweep (gpu-prepare.sh with ASYPPO_VARIANTS): this tree's library built with other tuning macros,
-  # each timed as the A/B's, on the same data; $OUT/variants.txt, kernels in $OUT/profile_variant_<name>.txt.
+  # each timed as the A/B's, on the same data; $OUT/variants.txt, kernels in $PROF/profile_variant_<name>.txt.
   stage "tuning variants"
   for lib in build/gpu/variant_*.so; do
     name=$(basename "$lib" .so)
     echo "== ${name#variant_}: $(cat "build/gpu/$name.txt" 2>/dev/null)"
     timeout 120 python3 bench/gpu/bench_vs_torch.py --lib "$lib" --heads '' --torch-gae-repeat 0 \
-      --profile "$OUT/profile_$name.txt" 2>&1 | grep -E "$rows_and_checks"
-    grep -E '^##|^ +[0-9.]+ ms' "$OUT/profile_$name.txt" | cut -c1-140 | head -24
+      --profile "$PROF/profile_$name.txt" 2>&1 | grep -E "$rows_and_checks"
+    kernels_of "$PROF/profile_$name.txt" 12
   done 2>&1 | tee "$OUT/variants.txt"
   # This tree's library once more after them: the drift of the machine over the sweep, beside each variant.
   echo "== current (again, after the variants)" | tee -a "$OUT/variants.txt"

@@ -393,9 +393,10 @@ TEST_CASE("cuda patterns: ragged reduce and reduce_to, wide and narrow rows", "[
     auto dout = gpu.allocate<double>(1);
     gpu.reduce_to(B, Tn, masked_sum2{dx.data(), dm.data(), Tn}, drange, store_value<double>{dout.data()});
     CHECK(download(gpu, dout)[0] == got);
-    // The last block combines in the same launch (ASYPPO_CUDA_LAST_BLOCK_COMBINE), on the range's own
-    // counter above (zeroed by a memset), or on a span's ticket here: the same order, so the same bits,
-    // and the counter back at zero for the next reduce (three in a row).
+    // With ASYPPO_CUDA_LAST_BLOCK_COMBINE=1 (off by default: the suite built with it by gpu-prepare.sh's
+    // ASYPPO_SUITE_FLAGS) the last block combines in the same launch, on the range's own counter above
+    // (zeroed by a memset), or on a span's ticket here: the same order, so the same bits, and the counter
+    // back at zero for the next reduce (three in a row). Without it the ticket is not touched.
     auto ticket = upload(gpu, std::vector<unsigned>{0u});
     row_heads tranges{dend.data()};
     tranges.ticket = ticket.data();

@@ -55,10 +55,12 @@ namespace asyppo {
 // Whether a ragged reduce over wide rows whose range is row_heads (the ranges of a core/row_span.hpp span,
 // whose ticket it counts its blocks on) combines its rows' partials in its own last block (1) or in a
 // second launch (0). The same value either way (the same combine, in the same order). A launch fewer for
-// every such reduce (the actor's loss and gradient, the value loss, the step's summary); not yet measured
-// on a GPU (docs/benchmarks.md).
+// every such reduce (the actor's loss and gradient, the value loss, the step's summary), but measured
+// slower on an H200 (docs/benchmarks.md, fifth GPU session): the actor's graph 0.094-0.097 ms against
+// 0.076-0.081 with the second launch (its one kernel 74-77 us against 53 + 11: every block's fence and
+// ticket before it exits, and a last block that reads each partial from L2 word by word). Off.
 #ifndef ASYPPO_CUDA_LAST_BLOCK_COMBINE
-#define ASYPPO_CUDA_LAST_BLOCK_COMBINE 1
+#define ASYPPO_CUDA_LAST_BLOCK_COMBINE 0
 #endif
 
 // The ragged histogram on wide rows: parts per row (ASYPPO_CUDA_HIST_ROW_SPLIT, kernels.cuh) and the most

@@ -404,8 +404,12 @@ struct store_partial {
 };
 
 /// One block: combines partial[0..nparts) in order (thread k folds its run, then a block reduce) and
-/// hands the total to finish(total) from one thread. Partials are read from L2 (load_from_l2).
-template <class R, class Finish>
+/// hands the total to finish(total) from one thread. FromL2: the partials were written by other blocks
+/// of the same kernel (load_from_l2); else by an earlier kernel (plain loads, through L1: a thread's loads
+/// of a partial after the first hit the lines the first brought in; with load_from_l2 each 4-byte word is
+/// a separate trip to L2, and the combine of the actor's 1024 partials of 120 bytes took 22 us instead of
+/// 8 on an H200, docs/benchmarks.md). The same order, so the same bits, either way.
+template <bool FromL2, class R, class Finish>
 __device__ void combine_partials(const R& r, const typename R::value_type* partial, index_t nparts, const Finish& finish,
                                  typename cub::BlockReduce<typename R::value_type, kBlock>::TempStorage& tmp) {
   using V = typename R::value_type;
@@ -413,19 +417,20 @@ __device__ void combine_partials(const R& r, const typename R::value_type* parti
   const index_t lo = index_t(threadIdx.x) * per;
   const index_t hi = lo + per < nparts ? lo + per : nparts;
   V acc = r.identity();
-  for (index_t j = lo; j < hi; ++j) acc = r.combine(acc, load_from_l2(partial + j));
+  for (index_t j = lo; j < hi; ++j) acc = r.combine(acc, FromL2 ? load_from_l2(partial + j) : partial[j]);
   const V total = cub::BlockReduce<V, kBlock>(tmp).Reduce(acc, reducer_combine<R>{r});
   if (threadIdx.x == 0) finish(total);
 }
 
 /// Pass 2 (one block): combines partial[0..nparts) in order and hands the total to finish(total) (one
-/// thread: store_value, or reduce_to's sink).
+/// thread: store_value, or reduce_to's sink). (Staging the partials through shared memory first, copied by
+/// the whole block in coalesced 16-byte loads, was slower on an H200: 10.3 us against 7.7 for the actor's.)
 template <class R, class Finish>
 __global__ void __launch_bounds__(kBlock) reduce_partials_kernel(R r, const typename R::value_type* partial,
                                                                  index_t nparts, Finish finish) {
   grid_dependency_wait();
   __shared__ typename cub::BlockReduce<typename R::value_type, kBlock>::TempStorage tmp;
-  combine_partials(r, partial, nparts, finish, tmp);
+  combine_partials<false>(r, partial, nparts, finish, tmp);
 }
 
 /// A reduce's finish that stores the value (in device memory: the host-result reduces copy it back).
@@ -542,7 +547,7 @@ __global__ void __launch_bounds__(kBlock, reduce_min_blocks<typename R::value_ty
   __syncthreads();  // (also: tmp free again)
   if (!last) return;
   __threadfence();
-  combine_partials(r, partial, nseg, finish, tmp);
+  combine_partials<true>(r, partial, nseg, finish, tmp);
 }
 
 /// The store of a reduce in one part: its value is the total, handed to the reduce's finish.
@@ -744,7 +749,8 @@ struct sink_ahead<Sink, N, true> {
 // sectors of which it writes 4 bytes each; Nsight on an H200: the GAE scan wrote 7.85 M sectors for about
 // 2.5 M of output). One more barrier per tile and kBlock * kRowScanItems states of shared memory (dynamic:
 // 50 KB for GAE's 3-double state). The states, and so the outputs, are the same bits either way.
-// Not yet measured on a GPU (docs/benchmarks.md): off until it is.
+// Measured on an H200 (docs/benchmarks.md, fifth GPU session; step graph replay): 0.305 ms against 0.301 /
+// 0.301 without (the GAE scan 109-111 us either way): off.
 #ifndef ASYPPO_CUDA_SCAN_STRIPED_SINK
 #define ASYPPO_CUDA_SCAN_STRIPED_SINK 0
 #endif
@@ -895,8 +901,8 @@ struct shared_bins_32 {
 
 // Whether the ragged histogram on wide rows also counts in shared memory from kSharedBins up to kPackedBins
 // bins, two 16-bit counters per word (1), or adds each element to the global bins there (0: what the wide
-// digits of a resident selection, core/select.hpp, would otherwise take). Counts do not depend on it. Not
-// yet measured on a GPU (docs/benchmarks.md): off until it is.
+// digits of a resident selection, core/select.hpp, would otherwise take). Counts do not depend on it.
+// Measured on an H200 only with those wide digits (docs/benchmarks.md, fifth GPU session), which lose: off.
 #ifndef ASYPPO_CUDA_HIST_PACKED_BINS
 #define ASYPPO_CUDA_HIST_PACKED_BINS 0
 #endif
