@@ -58,7 +58,8 @@ namespace asyppo {
 // every such reduce (the actor's loss and gradient, the value loss, the step's summary), but measured
 // slower on an H200 (docs/benchmarks.md, fifth GPU session): the actor's graph 0.094-0.097 ms against
 // 0.076-0.081 with the second launch (its one kernel 74-77 us against 53 + 11: every block's fence and
-// ticket before it exits, and a last block that reads each partial from L2 word by word). Off.
+// ticket before it exits, then one block's combine of all the partials, which staging them through shared
+// memory did not shorten). Off.
 #ifndef ASYPPO_CUDA_LAST_BLOCK_COMBINE
 #define ASYPPO_CUDA_LAST_BLOCK_COMBINE 0
 #endif
