@@ -598,9 +598,13 @@ void BM_part(benchmark::State& st, index_t B, index_t T, int threads, part p) {
 // The resident selection alone (docs/algorithm.md S4) on the sigma of the batch, the batch scope's seven
 // requests of the advantage step (the masks' 20 % and 80 % ranks, quantiles 0, 25, 50, 75, 100 %), one
 // segment, at the narrow (8-bit: 4 passes for float) and the wide (11-bit: 3 passes) digit, on the CPU
-// backend: select_resident/<bits>/256x4096/threads:N, the two widths in the same process. Per pass, the
-// CPU counts every key under the request loop; the wide digit's passes zero, merge and scan 8 times the bins.
-void BM_select_resident(benchmark::State& st, index_t B, index_t T, int threads, int digit_bits) {
+// backend: select_resident/<bits>/256x4096/threads:N, the two widths in the same process, each with the
+// candidate compaction after 16 bits (core/select.hpp; the narrow digit's last pass then counts the
+// candidates the third collected; the wide digit has no pass to spare it) and without (/no_compaction). Per
+// pass, the CPU counts every key under the request loop; the wide digit's passes zero, merge and scan 8
+// times the bins.
+void BM_select_resident(benchmark::State& st, index_t B, index_t T, int threads, int digit_bits,
+                        asyppo::resident_compaction compaction) {
   using asyppo::detail::resident_request;
   const batch& d = get_batch(B, T);
   const asyppo::cpu_backend be(threads);
@@ -615,11 +619,43 @@ void BM_select_resident(benchmark::State& st, index_t B, index_t T, int threads,
   for (auto _ : st) {
     a = init;
     const resident_request* res = asyppo::radix_select_resident(be, B, T, key, 32, 1, nreq, a.data(), b.data(),
-                                                                asyppo::full_rows{T}, digit_bits);
+                                                                asyppo::full_rows{T}, digit_bits, compaction);
     benchmark::DoNotOptimize(res);
     benchmark::ClobberMemory();
   }
   set_counters(st, double(B * T) * (sizeof(F) + 1), double(B * T));  // sigma and the mask, once
+}
+
+// One-time report: how many tokens the resident selection's compaction collects on this batch (the valid
+// tokens whose sigma shares its leading 16 bits with one of select_resident's seven selected values), and the
+// fullest region of its store (valid tokens of rows b = r mod ceil(B / 8) among them) against its T slots.
+void candidate_report(index_t B, index_t T) {
+  const batch& d = get_batch(B, T);
+  std::vector<F> v;
+  for (std::size_t i = 0; i < d.mask.size(); ++i)
+    if (d.mask[i]) v.push_back(d.sigma[i]);
+  std::sort(v.begin(), v.end());
+  const std::uint64_t n = v.size();
+  std::vector<std::uint64_t> prefixes;
+  for (const double q : {0.2, 0.8, 0.0, 0.25, 0.5, 0.75, 1.0})
+    prefixes.push_back(asyppo::detail::ordered_key(v[std::min<std::uint64_t>(n - 1, std::uint64_t(q * double(n)))]) >> 16);
+  const index_t regions = (B + 7) / 8;
+  std::vector<std::uint64_t> per_region(static_cast<std::size_t>(regions), 0);
+  std::uint64_t picked = 0;
+  for (index_t b = 0; b < B; ++b)
+    for (index_t t = 0; t < T; ++t) {
+      const std::size_t i = static_cast<std::size_t>(b * T + t);
+      if (!d.mask[i]) continue;
+      const std::uint64_t p = asyppo::detail::ordered_key(d.sigma[i]) >> 16;
+      if (std::find(prefixes.begin(), prefixes.end(), p) == prefixes.end()) continue;
+      ++picked;
+      ++per_region[static_cast<std::size_t>(b % regions)];
+    }
+  std::fprintf(stderr, "compaction %lldx%lld: %llu candidates, %.2f %% of %llu valid tokens; fullest region %llu of %lld slots\n",
+               static_cast<long long>(B), static_cast<long long>(T), static_cast<unsigned long long>(picked),
+               100.0 * double(picked) / double(n), static_cast<unsigned long long>(n),
+               static_cast<unsigned long long>(*std::max_element(per_region.begin(), per_region.end())),
+               static_cast<long long>(T));
 }
 
 // ---------------------------------------------------------------------------------------------
@@ -685,13 +721,16 @@ void register_all() {
           ->MinTime(0.25)
           ->Unit(benchmark::kMicrosecond);
   for (int bits : {asyppo::resident_digit_bits, asyppo::resident_wide_digit_bits})
-    for (int th : {1, 2})
-      benchmark::RegisterBenchmark(
-          ("select_resident/" + std::to_string(bits) + "/256x4096/threads:" + std::to_string(th)).c_str(),
-          BM_select_resident, index_t(256), index_t(4096), th, bits)
-          ->UseRealTime()
-          ->MinTime(0.25)
-          ->Unit(benchmark::kMicrosecond);
+    for (const bool compact : {true, false})
+      for (int th : {1, 2})
+        benchmark::RegisterBenchmark(("select_resident/" + std::to_string(bits) + (compact ? "" : "/no_compaction") +
+                                      "/256x4096/threads:" + std::to_string(th))
+                                         .c_str(),
+                                     BM_select_resident, index_t(256), index_t(4096), th, bits,
+                                     asyppo::resident_compaction{compact ? 16 : 0, 0})
+            ->UseRealTime()
+            ->MinTime(0.25)
+            ->Unit(benchmark::kMicrosecond);
   asyppo_bench::register_membw();
 }
 
@@ -702,6 +741,7 @@ int main(int argc, char** argv) {
   if (benchmark::ReportUnrecognizedArguments(argc, argv)) return 1;
   cross_check(64, 512);
   cross_check(256, 4096);
+  candidate_report(256, 4096);
   register_all();
   benchmark::RunSpecifiedBenchmarks();
   benchmark::Shutdown();

@@ -38,6 +38,13 @@ void check_all_backends(std::uint64_t seed) {
       check_resident_selection(cpu_backend(2), p, seed + 2, digit_bits);
       check_resident_selection(asyppo_test::round_trip_backend(2), p, seed + 2, digit_bits);
       check_resident_selection(asyppo_test::tiled_backend(seed), p, seed + 2, digit_bits);
+      // Compaction off; after 8 bits into a store with a slot for every element (no overflow); into one
+      // region (an overflow wherever a row's range holds more candidates than a row has columns).
+      for (const resident_compaction c : {resident_compaction{0, 0}, resident_compaction{8, p.rows},
+                                          resident_compaction{5, 1}}) {
+        check_resident_selection(cpu_backend(2), p, seed + 2, digit_bits, c);
+        check_resident_selection(asyppo_test::tiled_backend(seed), p, seed + 2, digit_bits, c);
+      }
     }
   }
 }
@@ -105,10 +112,14 @@ TEST_CASE("resident selection: the digit filter passes exactly the active reques
     REQUIRE(words == (index_t(1) << digit_bits) / 64);
     std::vector<std::uint64_t> hist(static_cast<std::size_t>(6 << digit_bits), 9);
     std::vector<std::uint64_t> filter(static_cast<std::size_t>(2 * words), 9), next(filter.size(), 9);
-    cpu_backend(2).for_each(static_cast<index_t>(hist.size()),
-                            detail::resident_pass_setup{req.data(), 3, 2, hist.data(), filter.data(), next.data(), digit_bits});
+    // The candidate counters it zeroes too: more words than bins (the setup runs over both).
+    std::vector<std::uint64_t> counters(hist.size() + 37, 9);
+    const index_t nbins = static_cast<index_t>(hist.size()), nzero = static_cast<index_t>(counters.size());
+    cpu_backend(2).for_each(nzero, detail::resident_pass_setup{req.data(), 3, 2, hist.data(), nbins, filter.data(),
+                                                               next.data(), digit_bits, counters.data(), nzero});
     CHECK(std::count(hist.begin(), hist.end(), std::uint64_t(0)) == static_cast<std::ptrdiff_t>(hist.size()));
     CHECK(std::count(next.begin(), next.end(), std::uint64_t(0)) == static_cast<std::ptrdiff_t>(next.size()));
+    CHECK(std::count(counters.begin(), counters.end(), std::uint64_t(0)) == static_cast<std::ptrdiff_t>(counters.size()));
     const std::uint64_t mask = (std::uint64_t(1) << digit_bits) - 1, d1 = 0x0103 & mask, d2 = 0x02c8 & mask;
     for (std::uint64_t d = 0; d <= mask; ++d) {
       INFO("digit " << d);
@@ -176,7 +187,7 @@ TEST_CASE("resident digit choice: exactly one bin writes each request, the bin a
   }
 }
 
-TEST_CASE("resident selection: a digit width outside [1, 16] is rejected before any pass", "[select][errors]") {
+TEST_CASE("resident selection: a digit width outside [1, 16] or a negative compaction is rejected before any pass", "[select][errors]") {
   problem<float> p;
   p.rows = 1, p.cols = 3, p.nseg = 1;
   p.x = {3.0f, 1.0f, 2.0f};
@@ -190,5 +201,117 @@ TEST_CASE("resident selection: a digit width outside [1, 16] is rejected before 
                       Catch::Contains("asyppo::radix_select_resident: digit_bits:") && Catch::Contains("outside [1, 16]"));
     CHECK(a[0].prefix == 0);  // nothing written
     CHECK(b[0].rank == 9);
+  }
+  for (const resident_compaction c : {resident_compaction{-1, 0}, resident_compaction{16, -2}}) {
+    std::vector<detail::resident_request> a = {{1, 0, 0, 0, 1}}, b = {{9, 9, 9, 9, 0}};
+    CHECK_THROWS_WITH(radix_select_resident(cpu_backend(1), 1, 3, on.keys(), 32, 1, 1, a.data(), b.data(), on.range(), 8, c),
+                      Catch::Contains("asyppo::radix_select_resident: compaction.") && Catch::Contains("is negative"));
+    CHECK(a[0].prefix == 0);
+    CHECK(b[0].rank == 9);
+  }
+}
+
+TEST_CASE("resident compaction: the collecting pass stores exactly the elements it counts, by region", "[select]") {
+  // One pass of a collecting histogram (8-bit digit under 8-bit prefixes) over random problems, checked
+  // against a plain loop: the elements in range, valid, whose leading byte is the prefix of an active
+  // request of their segment are counted and stored, each in region row % regions, a region's count is
+  // its appends, and the flag is set exactly when one of them exceeds the columns.
+  using detail::resident_request;
+  for (std::uint64_t seed = 1; seed <= 30; ++seed) {
+    const problem<float> p = make_problem<float>(seed, seed % 2 == 0, 200);
+    std::mt19937_64 rng(seed);
+    const index_t per_segment = 1 + static_cast<index_t>(rng() % 3);
+    std::vector<resident_request> req(static_cast<std::size_t>(p.nseg * per_segment));
+    for (auto& q : req) {
+      q.active = rng() % 4 != 0 ? 1u : 0u;
+      const std::size_t i = static_cast<std::size_t>(rng() % p.x.size());  // a prefix some element has
+      q.prefix = detail::ordered_key(p.x[i]) >> 24;
+    }
+    const index_t words = detail::resident_filter_words(8);
+    std::vector<std::uint64_t> filter(static_cast<std::size_t>(p.nseg * words), 0);
+    for (index_t s = 0; s < p.nseg; ++s)
+      for (index_t j = 0; j < per_segment; ++j) {
+        const auto& q = req[static_cast<std::size_t>(s * per_segment + j)];
+        if (q.active) filter[static_cast<std::size_t>(s * words + (q.prefix & 255) / 64)] |= 1ull << (q.prefix & 63);
+      }
+    const index_t regions = 1 + static_cast<index_t>(rng() % 3);
+    const int stride = 1 + static_cast<int>(seed % 2);
+    // Counted by the CPU backend (its spans: the key function's row loop), or element by element as a
+    // device counts (the bin's operator()).
+    const bool by_element = seed % 3 == 0;
+    std::vector<std::uint64_t> store_words(static_cast<std::size_t>(regions * p.cols * stride), 0);
+    std::vector<std::uint64_t> counters(static_cast<std::size_t>(detail::candidate_store::counter_words(regions)), 0);
+    const detail::candidate_store store{store_words.data(), counters.data(), regions, p.cols, stride};
+    const problem_on<cpu_backend, float> on(cpu_backend(1), p);
+    using bin_t = detail::resident_bin<test_keys<float>, 8>;
+    const detail::collecting_bin<bin_t> collect{{on.keys(), req.data(), filter.data(), per_segment, 16, 8, 8}, store};
+    const index_t nbins = p.nseg * per_segment * 256;
+    std::vector<std::uint64_t> hist(static_cast<std::size_t>(nbins), 0), want_hist(hist.size(), 0);
+    if (by_element) {
+      for (index_t b = 0; b < p.rows; ++b)
+        for (index_t t = p.lo[static_cast<std::size_t>(b)]; t < p.hi[static_cast<std::size_t>(b)]; ++t)
+          if (const index_t k = collect(b, t); k >= 0) ++hist[static_cast<std::size_t>(k)];
+    } else {
+      cpu_backend(2).histogram(p.rows, p.cols, collect, nbins, hist.data(), on.range());
+    }
+    // The reference.
+    std::vector<std::vector<std::pair<index_t, std::uint64_t>>> want(static_cast<std::size_t>(regions));
+    for (index_t b = 0; b < p.rows; ++b)
+      for (index_t t = p.lo[static_cast<std::size_t>(b)]; t < p.hi[static_cast<std::size_t>(b)]; ++t) {
+        const std::size_t i = static_cast<std::size_t>(b * p.cols + t);
+        if (!p.valid[i]) continue;
+        const index_t s = p.seg[i];
+        const std::uint64_t key = detail::ordered_key(p.x[i]);
+        for (index_t j = s * per_segment; j < (s + 1) * per_segment; ++j)
+          if (req[static_cast<std::size_t>(j)].active && req[static_cast<std::size_t>(j)].prefix == key >> 24) {
+            ++want_hist[static_cast<std::size_t>((j << 8) + static_cast<index_t>((key >> 16) & 255))];
+            want[static_cast<std::size_t>(b % regions)].push_back({s, key});
+            break;
+          }
+      }
+    INFO("seed " << seed << ", regions " << regions << ", stride " << stride << (by_element ? ", by element" : ""));
+    CHECK(hist == want_hist);
+    bool over = false;
+    for (index_t r = 0; r < regions; ++r) {
+      auto& w = want[static_cast<std::size_t>(r)];
+      CHECK(counters[static_cast<std::size_t>(r * detail::kCandidateCounterPitch)] == w.size());
+      over = over || static_cast<index_t>(w.size()) > p.cols;
+      if (static_cast<index_t>(w.size()) > p.cols) continue;  // which ones it kept depends on timing
+      CHECK(store.size(r) == static_cast<index_t>(w.size()));
+      std::vector<std::pair<index_t, std::uint64_t>> got;
+      for (index_t t = 0; t < store.size(r); ++t) {
+        index_t s;
+        std::uint64_t key;
+        store.get(r, t, s, key);
+        got.push_back({s, key});
+      }
+      std::sort(got.begin(), got.end());
+      std::sort(w.begin(), w.end());
+      CHECK(got == w);
+    }
+    CHECK(store.overflowed() == over);
+  }
+}
+
+TEST_CASE("resident compaction: the selection with room for every candidate and after an overflow", "[select]") {
+  // Keys that all tie (every element a candidate) overflow a one-region store of `cols` slots whenever more
+  // than cols elements are valid; distinct keys with a slot for every element never do. Both give the
+  // sorted reference's results.
+  for (const bool ties : {true, false}) {
+    problem<float> p;
+    p.rows = 6, p.cols = 50, p.nseg = 1;
+    std::mt19937_64 rng(ties ? 5 : 6);
+    for (index_t i = 0; i < p.rows * p.cols; ++i) {
+      p.x.push_back(ties ? 0.375f : static_cast<float>(i) * 1e-3f + 1.0f);
+      p.valid.push_back(rng() % 5 != 0 ? 1 : 0);
+      p.seg.push_back(0);
+    }
+    for (index_t b = 0; b < p.rows; ++b) p.lo.push_back(0), p.hi.push_back(p.cols);
+    INFO((ties ? "all keys tie, one region" : "distinct keys, a slot for each"));
+    const resident_compaction c{16, ties ? 1 : p.rows};
+    for (std::uint64_t seed = 1; seed <= 4; ++seed) {
+      check_resident_selection(cpu_backend(2), p, seed, resident_digit_bits, c);
+      check_resident_selection(asyppo_test::tiled_backend(seed), p, seed, resident_digit_bits, c);
+    }
   }
 }

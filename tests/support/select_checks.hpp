@@ -180,10 +180,13 @@ void check_host_selection(const Backend& be, const problem<T>& p, int digit_bits
     check_result(sorted[static_cast<std::size_t>(req[r].segment)], req[r].rank, res[r].key, res[r].less, res[r].equal);
 }
 
-/// digit_bits: the resident selection's digit width (every width gives the same results).
+/// digit_bits: the resident selection's digit width, compaction its candidate compaction (no width, no
+/// compaction changes a result).
 template <class T, class Backend>
-void check_resident_selection(const Backend& be, const problem<T>& p, std::uint64_t seed, int digit_bits) {
-  INFO("resident selection, digits of " << digit_bits << " bits");
+void check_resident_selection(const Backend& be, const problem<T>& p, std::uint64_t seed, int digit_bits,
+                              resident_compaction compaction = {}) {
+  INFO("resident selection, digits of " << digit_bits << " bits, compaction after " << compaction.after_bits
+                                        << " bits into " << compaction.regions << " regions");
   const auto sorted = p.sorted_segments();
   std::mt19937_64 rng(seed);
   const index_t per_segment = 1 + static_cast<index_t>(rng() % 7);
@@ -205,7 +208,7 @@ void check_resident_selection(const Backend& be, const problem<T>& p, std::uint6
   const problem_on<Backend, T> on(be, p);
   const detail::resident_request* out =
       radix_select_resident(be, p.rows, p.cols, on.keys(), 8 * int(sizeof(T)), p.nseg, per_segment, a.data(), b.data(),
-                            on.range(), digit_bits);
+                            on.range(), digit_bits, compaction);
   std::vector<detail::resident_request> got(static_cast<std::size_t>(nreq));
   be.copy_to_host(out, nreq, got.data());
   for (index_t r = 0; r < nreq; ++r) {

@@ -425,19 +425,25 @@ ASYPPO_INLINE void atomic_set_bits(std::uint64_t* p, std::uint64_t v) {
 #endif
 }
 
-/// Before the first pass, a for_each over i in [0, nbins) (nbins >= nseg): zeroes bin i and, for i < nseg,
-/// sets segment i's filter to the last digits (digit_bits bits: every pass but the last has that width,
-/// and a pass's prefixes end in the digit of the pass before it) of its active requests' prefixes (in the
-/// first pass all prefixes are 0, as are the bits above every key) and zeroes its words of next_filter
-/// (which the first digit choice sets: resident_choose).
+/// Before the first pass, a for_each over i in [0, max(nbins, nzero)) (nbins >= nseg): zeroes bin i, word i
+/// of zero (the candidate store's counters, candidate_store) and, for i < nseg, sets segment i's filter to the
+/// last digits (digit_bits bits: every pass but the last has that width, and a pass's prefixes end in the
+/// digit of the pass before it) of its active requests' prefixes (in the first pass all prefixes are 0, as
+/// are the bits above every key) and zeroes its words of next_filter (which the first digit choice sets:
+/// resident_choose).
 struct resident_pass_setup {
   const resident_request* req;
   index_t per_segment, nseg;
   std::uint64_t* hist;
+  index_t nbins;
   std::uint64_t* filter;       // [nseg * resident_filter_words(digit_bits)]
   std::uint64_t* next_filter;  // the same size
   int digit_bits;
+  std::uint64_t* zero;  // [nzero]
+  index_t nzero;
   ASYPPO_HD void operator()(index_t i) const {
+    if (i < nzero) zero[i] = 0;
+    if (i >= nbins) return;
     hist[i] = 0;
     if (i >= nseg) return;
     const index_t words = resident_filter_words(digit_bits);
@@ -545,39 +551,223 @@ struct resident_choose {
   }
 };
 
+/// Claims the next slot of the append counter at p: returns its value before this element's increment
+/// (atomic, relaxed). On a device the lanes of a warp claiming slots of one counter together add once
+/// (their leader's atomic, the others' slots after it in lane order), so that a pass's appends cost one
+/// atomic per warp and counter, not one per element; which slot an element gets depends on timing.
+ASYPPO_INLINE std::uint64_t claim_slot(std::uint64_t* p) {
+#if defined(__CUDA_ARCH__)
+  const unsigned active = __activemask();
+  const unsigned same = __match_any_sync(active, reinterpret_cast<unsigned long long>(p));
+  unsigned lane;
+  asm("mov.u32 %0, %%laneid;" : "=r"(lane));
+  const int leader = __ffs(static_cast<int>(same)) - 1;
+  unsigned long long base = 0;
+  if (lane == static_cast<unsigned>(leader))
+    base = atomicAdd(reinterpret_cast<unsigned long long*>(p), static_cast<unsigned long long>(__popc(same)));
+  base = __shfl_sync(same, base, leader);
+  return base + static_cast<unsigned long long>(__popc(same & ((1u << lane) - 1u)));
+#else
+  return std::atomic_ref<std::uint64_t>(*p).fetch_add(1, std::memory_order_relaxed);
+#endif
+}
+
+/// Words between two regions' counters of a candidate store (128 bytes: each counter its own line).
+inline constexpr index_t kCandidateCounterPitch = 16;
+
+/// The candidates of a resident selection (radix_select_resident's compaction): `regions` rows of `cols`
+/// slots in backend memory, one append counter per region and an overflow flag. Element (b, t) appends its
+/// (segment, key) to region b % regions (the appends of a pass spread over the counters); an append past a
+/// region's last slot stores nothing and sets the flag instead. A candidate takes `stride` words: 1 (keys of
+/// at most 32 bits, segments below 2^32: seg << 32 | key) or 2 (key, seg).
+struct candidate_store {
+  std::uint64_t* words;     // [regions * cols * stride]
+  std::uint64_t* counters;  // [counter_words(regions)]: region r's count at r * kCandidateCounterPitch, then the flag
+  index_t regions, cols;
+  int stride;
+  ASYPPO_HD static index_t counter_words(index_t regions) { return regions * kCandidateCounterPitch + 1; }
+  ASYPPO_HD std::uint64_t* flag() const { return counters + regions * kCandidateCounterPitch; }
+  ASYPPO_HD bool overflowed() const { return *flag() != 0; }
+  /// The slots of region r that hold candidates.
+  ASYPPO_HD index_t size(index_t r) const {
+    const std::uint64_t c = counters[r * kCandidateCounterPitch];
+    return c < static_cast<std::uint64_t>(cols) ? static_cast<index_t>(c) : cols;
+  }
+  ASYPPO_HD void get(index_t r, index_t t, index_t& seg, std::uint64_t& key) const {
+    const std::uint64_t* w = words + (r * cols + t) * stride;
+    if (stride == 1) {
+      seg = static_cast<index_t>(w[0] >> 32);
+      key = w[0] & 0xffffffffu;
+    } else {
+      key = w[0];
+      seg = static_cast<index_t>(w[1]);
+    }
+  }
+  ASYPPO_HD void push(index_t b, index_t seg, std::uint64_t key) const {
+    const index_t r = b % regions;
+    const std::uint64_t slot = claim_slot(counters + r * kCandidateCounterPitch);
+    if (slot >= static_cast<std::uint64_t>(cols)) {
+      atomic_set_bits(flag(), 1);
+      return;
+    }
+    std::uint64_t* w = words + (r * cols + static_cast<index_t>(slot)) * stride;
+    if (stride == 1) {
+      w[0] = (static_cast<std::uint64_t>(seg) << 32) | key;
+    } else {
+      w[0] = key;
+      w[1] = static_cast<std::uint64_t>(seg);
+    }
+  }
+};
+
+/// The histogram bin of the collecting pass: Bin's (a resident_bin), and every element it counts appended
+/// to the candidate store.
+template <class Bin>
+struct collecting_bin {
+  Bin bin;
+  candidate_store store;
+  ASYPPO_HD index_t operator()(index_t b, index_t t) const {
+    index_t seg;
+    std::uint64_t key;
+    if (!bin.key_of(b, t, seg, key)) return -1;
+    const index_t k = bin.bin_of(seg, key);
+    if (k >= 0) store.push(b, seg, key);
+    return k;
+  }
+  /// The CPU backend's span: through the key function's own row loop.
+  template <class Count>
+  void count_span(index_t b, index_t t0, index_t t1, Count* counts) const {
+    for_each_key(bin.key_of, b, t0, t1, [&](index_t seg, std::uint64_t key) {
+      const index_t k = bin.bin_of(seg, key);
+      if (k < 0) return;
+      ++counts[k];
+      store.push(b, seg, key);
+    });
+  }
+};
+
+/// The keys of the passes after the collecting one, over rows + regions rows: rows [0, rows) are key_of's
+/// (read only after an overflow: candidate_range), row rows + r region r's candidates (all valid).
+template <class KeyOf>
+struct candidate_keys {
+  KeyOf key_of;
+  candidate_store store;
+  index_t rows;
+  ASYPPO_HD bool operator()(index_t b, index_t t, index_t& seg, std::uint64_t& key) const {
+    if (b < rows) return key_of(b, t, seg, key);
+    store.get(b - rows, t, seg, key);
+    return true;
+  }
+};
+
+/// The ranges of candidate_keys: the candidates of each region, or, after an overflow, range's columns of
+/// the rows [0, rows) and no candidate.
+template <class Range>
+struct candidate_range {
+  Range range;
+  candidate_store store;
+  index_t rows;
+  ASYPPO_HD void operator()(index_t b, index_t& lo, index_t& hi) const {
+    const bool all = store.overflowed();
+    lo = hi = 0;
+    if (b < rows) {
+      if (all) range(b, lo, hi);
+    } else if (!all) {
+      hi = store.size(b - rows);
+    }
+  }
+};
+
 }  // namespace detail
+
+// Whether resident selections compact their candidates by default (1: resident_compaction's after_bits 16)
+// or read every key in every pass (0). A tuning choice for a device: the last of a float selection's four
+// passes (five of a double's eight) then reads the few elements the pass before it collected instead of
+// every key again. Results do not depend on it. Not yet measured on a GPU (docs/benchmarks.md, "Prepared
+// without a GPU, third time").
+#ifndef ASYPPO_RESIDENT_COMPACTION
+#define ASYPPO_RESIDENT_COMPACTION 1
+#endif
+
+/// Candidate compaction of a resident selection (docs/algorithm.md S4): the first pass whose prefixes hold
+/// at least after_bits bits, unless it is the last, also appends every element it counts to a candidate
+/// store (detail::candidate_store), and the later passes count those instead of reading every key. After 16
+/// bits a float's prefix is its sign, exponent and 7 mantissa bits (1/128 of a binade), so the candidates
+/// are few; where they are not (a region of the store fills up: many equal keys, say), the later passes read
+/// every key as without compaction. The results never depend on it.
+struct resident_compaction {
+  int after_bits = ASYPPO_RESIDENT_COMPACTION ? 16 : 0;  ///< 0: no compaction
+  index_t regions = 0;  ///< the store's rows of `cols` slots each (0: ceil(rows / 8), one slot per 8 elements)
+};
 
 /// Resident radix selection over [rows, cols] (the columns range selects; key_of as radix_select's,
 /// segments in [0, nseg)). a and b: two backend arrays of nseg * per_segment requests, a set up by
 /// the caller (rank, active; prefix = below = 0); the passes alternate between them. Returns the one
 /// that holds the results. Enqueues only backend patterns: no host round trip. digit_bits in [1, 16]
-/// (0: resident_digit_bits_for(nseg * per_segment)); the results do not depend on it.
+/// (0: resident_digit_bits_for(nseg * per_segment)); compaction: after_bits >= 0, regions >= 0. The results
+/// depend on neither.
 template <class Backend, class KeyOf, class Range>
 detail::resident_request* radix_select_resident(const Backend& be, index_t rows, index_t cols, KeyOf key_of, int key_bits,
                                                 index_t nseg, index_t per_segment, detail::resident_request* a,
-                                                detail::resident_request* b, Range range, int digit_bits = 0) {
+                                                detail::resident_request* b, Range range, int digit_bits = 0,
+                                                resident_compaction compaction = {}) {
+  constexpr const char* where = "asyppo::radix_select_resident";
   const index_t nreq = nseg * per_segment;
   if (nreq == 0) return a;
   if (digit_bits == 0) digit_bits = resident_digit_bits_for(nreq);
-  if (digit_bits < 1 || digit_bits > 16)
-    detail::fail("asyppo::radix_select_resident", "digit_bits", digit_bits, " is outside [1, 16]");
+  if (digit_bits < 1 || digit_bits > 16) detail::fail(where, "digit_bits", digit_bits, " is outside [1, 16]");
+  if (compaction.after_bits < 0) detail::fail(where, "compaction.after_bits", compaction.after_bits, " is negative");
+  if (compaction.regions < 0) detail::fail(where, "compaction.regions", compaction.regions, " is negative");
+  const auto width_at = [&](int done) { return key_bits - done < digit_bits ? key_bits - done : digit_bits; };
+  // The collecting pass: the first with at least after_bits bits of prefix that is not the last (-1: none).
+  int collect = -1;
+  if (compaction.after_bits > 0 && rows > 0 && cols > 0)
+    for (int done = 0, pass = 0; done + width_at(done) < key_bits; done += width_at(done), ++pass)
+      if (done >= compaction.after_bits) {
+        collect = pass;
+        break;
+      }
+  const index_t regions = collect < 0 ? 0 : (compaction.regions > 0 ? compaction.regions : (rows + 7) / 8);
+  const int stride = key_bits <= 32 && nseg <= (index_t(1) << 32) ? 1 : 2;
+  auto store_words = be.template allocate<std::uint64_t>(regions * cols * stride);
+  const index_t counter_words = collect < 0 ? 0 : detail::candidate_store::counter_words(regions);
+  auto store_counters = be.template allocate<std::uint64_t>(counter_words);
+  const detail::candidate_store store{store_words.data(), store_counters.data(), regions, cols, stride};
   // Two histograms and three filters in turn (pass p: hist[p % 2], filter[p % 3]; see resident_choose).
   const index_t hist_size = nreq << digit_bits, words = detail::resident_filter_words(digit_bits);
   auto hist = be.template allocate<std::uint64_t>(2 * hist_size);  // hist_size >= nseg
   auto filter = be.template allocate<std::uint64_t>(3 * nseg * words);
   const auto hist_of = [&](int p) { return hist.data() + (p % 2) * hist_size; };
   const auto filter_of = [&](int p) { return filter.data() + (p % 3) * nseg * words; };
-  be.for_each(hist_size, detail::resident_pass_setup{a, per_segment, nseg, hist_of(0), filter_of(0), filter_of(1), digit_bits});
+  be.for_each(hist_size > counter_words ? hist_size : counter_words,
+              detail::resident_pass_setup{a, per_segment, nseg, hist_of(0), hist_size, filter_of(0), filter_of(1),
+                                          digit_bits, store_counters.data(), counter_words});
   for (int done = 0, pass = 0; done < key_bits; ++pass) {
-    const int width = key_bits - done < digit_bits ? key_bits - done : digit_bits;  // the last pass: the rest
+    const int width = width_at(done);  // the last pass: the rest
     const int shift = key_bits - done - width;
     const index_t nbins = nreq << width;
-    const auto count = [&](auto bin) { be.histogram(rows, cols, bin, nbins, hist_of(pass), range); };
-    constexpr int narrow = resident_digit_bits;
-    if (width == narrow && digit_bits == narrow)  // the narrow digit: its widths at compile time
-      count(detail::resident_bin<KeyOf, narrow>{key_of, a, filter_of(pass), per_segment, shift, width, digit_bits});
-    else
-      count(detail::resident_bin<KeyOf>{key_of, a, filter_of(pass), per_segment, shift, width, digit_bits});
+    // This pass's bin over the keys `keys` (the narrow digit: its widths at compile time).
+    const auto bin_over = [&](auto keys, auto count) {
+      using K = decltype(keys);
+      constexpr int narrow = resident_digit_bits;
+      if (width == narrow && digit_bits == narrow)
+        count(detail::resident_bin<K, narrow>{keys, a, filter_of(pass), per_segment, shift, width, digit_bits});
+      else
+        count(detail::resident_bin<K>{keys, a, filter_of(pass), per_segment, shift, width, digit_bits});
+    };
+    if (collect < 0 || pass < collect) {
+      bin_over(key_of, [&](auto bin) { be.histogram(rows, cols, bin, nbins, hist_of(pass), range); });
+    } else if (pass == collect) {
+      bin_over(key_of, [&](auto bin) {
+        be.histogram(rows, cols, detail::collecting_bin<decltype(bin)>{bin, store}, nbins, hist_of(pass), range);
+      });
+    } else {  // the candidates (or, after an overflow, every key): one bin type for every width
+      const detail::candidate_keys<KeyOf> keys{key_of, store, rows};
+      be.histogram(rows + regions, cols,
+                   detail::resident_bin<detail::candidate_keys<KeyOf>>{keys, a, filter_of(pass), per_segment, shift,
+                                                                         width, digit_bits},
+                   nbins, hist_of(pass), detail::candidate_range<Range>{range, store, rows});
+    }
     const detail::leader_bins bins{a, hist_of(pass), per_segment, width};
     be.row_scan(scan_direction::forward, nreq, index_t(1) << width, bins, detail::count_sum{},
                 detail::resident_choose{bins, b, hist_of(pass + 1), filter_of(pass + 1), filter_of(pass + 2), digit_bits});
