@@ -839,6 +839,12 @@ TEMPLATE_TEST_CASE("cuda algorithms: radix selection (host-driven and resident) 
       // The wide digit: 2^11 bins per request (the global bins; with ASYPPO_CUDA_HIST_PACKED_BINS the packed ones).
       for (int digit_bits : {resident_digit_bits, resident_wide_digit_bits})
         asyppo_select_checks::check_resident_selection(gpu, p, seed + 2, digit_bits);
+      // The candidate compaction (the default above: after 16 bits) off, after 8 bits with a slot for every
+      // element, after 5 bits into one region (an overflow wherever a row's range holds more candidates than
+      // the columns): the warps' slot claims, the candidates' pass, the full pass after an overflow.
+      for (const resident_compaction c : {resident_compaction{0, 0}, resident_compaction{8, p.rows},
+                                          resident_compaction{5, 1}})
+        asyppo_select_checks::check_resident_selection(gpu, p, seed + 2, resident_digit_bits, c);
     }
 }
 

@@ -117,6 +117,15 @@ struct advantage_step_result {
 
 namespace detail {
 
+/// s[t] = sigma of K = 2 critics' values v0[t], v1[t] over [t0, t1) (Eq. E4: |v0 - v1| half_span, in the
+/// compute type C), whatever the mask: one loop that vectorises (the CPU's rows of pass A and of the
+/// selection's sigma-writing first pass).
+template <class T, class C>
+ASYPPO_HD void write_sigma_k2(const T* v0, const T* v1, double half_span, C* s, index_t t0, index_t t1) {
+  for (index_t t = t0; t < t1; ++t)
+    s[t] = static_cast<C>(fabs(static_cast<double>(v0[t]) - static_cast<double>(v1[t])) * half_span);
+}
+
 /// Pass A: sigma of every valid token into a temporary, counting valid and non-finite tokens per row.
 /// Writes only the temporary, so a failed check changes no output. Every token of a row's range is
 /// written (0 at an invalid one, which nothing reads as a sigma), so later passes may read sigma there
@@ -164,13 +173,9 @@ struct sigma_pass {
     }
     const T *v0 = &v(0, b, 0), *v1 = &v(1, b, 0), *r = &rewards(b, 0);
     const std::uint8_t* m = &mask(b, 0);
-    C* s = sigma + b * cols;
-    const double half = point.half_span;
+    write_sigma_k2(v0, v1, point.half_span, sigma + b * cols, t0, t1);
     std::int64_t valid = 0, bad = 0;
-    for (index_t t = t0; t < t1; ++t) {
-      s[t] = static_cast<C>(fabs(static_cast<double>(v0[t]) - static_cast<double>(v1[t])) * half);  // Eq. E4, K = 2
-      valid += m[t] != 0;
-    }
+    for (index_t t = t0; t < t1; ++t) valid += m[t] != 0;
     if (check)
       for (index_t t = t0; t < t1; ++t)
         bad += (m[t] != 0) & (nonfinite_bits(v0[t]) | nonfinite_bits(v1[t]) | nonfinite_bits(r[t]));
@@ -182,6 +187,50 @@ struct sigma_pass {
   }
 };
 
+// Whether advantage_step_to without the NaN/Inf check computes sigma in its selection's first pass (1:
+// sigma_writing_keys; the valid tokens per row from a pass over the mask alone) or in pass A, as with the
+// check (0). A tuning choice for a device: one pass over the values and the mask fewer, against a first
+// histogram pass that reads the values instead of sigma. Results do not depend on it. Not yet measured on
+// a GPU (docs/benchmarks.md, "Prepared without a GPU, third time").
+#ifndef ASYPPO_STEP_SIGMA_IN_SELECTION
+#define ASYPPO_STEP_SIGMA_IN_SELECTION 1
+#endif
+
+/// advantage_step_to without the NaN/Inf check: sigma has no pass of its own, the resident selection's first
+/// pass computes it (radix_select_resident_from, docs/algorithm.md S4). Its key function: sigma of (b, t) as
+/// pass A computes it (0 at an invalid token), written to the temporary at every token of the range, and the
+/// validity, segment and key std_key_of<C>{temporary, mask, per_row} then reads there.
+template <class T>
+struct sigma_writing_keys {
+  using C = compute_type_t<T>;
+  ensemble_point<T> point;
+  mask_view mask;
+  C* sigma;  // [B,T] contiguous temporary
+  index_t cols;
+  bool per_row;
+  ASYPPO_HD bool operator()(index_t b, index_t t, index_t& seg, std::uint64_t& key) const {
+    const bool valid = mask(b, t) != 0;
+    const C s = static_cast<C>(point.std(b, t));  // read whatever the mask: no load waits for its
+    sigma[b * cols + t] = valid ? s : C(0);
+    seg = per_row ? b : 0;
+    key = ordered_key(s);
+    return valid;
+  }
+  /// The CPU's rows (detail::for_each_key): K = 2 with contiguous rows, sigma of [t0, t1) in one loop (pass A's
+  /// span: the std at invalid tokens too, which nothing reads as a sigma), then f over the valid tokens.
+  template <class F>
+  bool for_each_key(index_t b, index_t t0, index_t t1, F&& f) const {
+    const critic_view<const T>& v = point.values;
+    if (v.extent[0] != 2 || !unit_inner_stride(v) || !unit_inner_stride(mask)) return false;
+    C* s = sigma + b * cols;
+    write_sigma_k2(&v(0, b, 0), &v(1, b, 0), point.half_span, s, t0, t1);
+    const std::uint8_t* m = &mask(b, 0);
+    const index_t seg = per_row ? b : 0;
+    for (index_t t = t0; t < t1; ++t)
+      if (m[t]) f(seg, ordered_key(s[t]));
+    return true;
+  }
+};
 
 /// Fused into the GAE pass: writes both masks (in a row whose ties need ranks, rank_ties, reads the
 /// adv mask that write_ranked_rows wrote before), copies sigma to the caller's output, and applies
@@ -288,6 +337,12 @@ sigma_tallies<Backend, T> sigma_pass_of(const Backend& be, const advantage_input
                 store_row<token_tally>{r.tallies.data()}, heads);
   return r;
 }
+
+/// row_reduce sink: a row's valid tokens as its tally (nothing non-finite counted).
+struct store_valid_tally {
+  token_tally* out;
+  ASYPPO_HD void operator()(index_t b, index_t valid) const { out[b] = {valid, 0}; }
+};
 
 inline void fail_if_nonfinite(const char* where, const std::vector<token_tally>& tally) {
   std::int64_t n = 0;
@@ -491,19 +546,30 @@ void advantage_step_resident(const Backend& be, const advantage_inputs<T>& in,
   const index_t K = in.values.extent[0], B = in.values.extent[1], Tn = in.values.extent[2];
   const auto span = make_row_span(be, in.mask);
   const row_heads heads = span.heads();
-  // A. sigma, valid tokens per row (and the finiteness check, the only wait).
-  const auto pass_a = sigma_pass_of(be, in, cfg, heads);
+  const bool per_row = cfg.scope == mask_scope::sequence;
+  // A. With the finiteness check (the only wait): sigma and the valid tokens per row (pass A). Without it:
+  // the valid tokens per row only (the mask), sigma from the selection's first pass below.
+  const bool own_pass = cfg.check_finite || !ASYPPO_STEP_SIGMA_IN_SELECTION;
+  sigma_tallies<Backend, T> pass_a{be.template allocate<C>(own_pass ? 0 : B * Tn),
+                                   be.template allocate<token_tally>(own_pass ? 0 : B)};
+  if (own_pass) pass_a = sigma_pass_of(be, in, cfg, heads);
   if (cfg.check_finite) {
     std::vector<token_tally> tally(static_cast<std::size_t>(B));
     be.copy_to_host(pass_a.tallies.data(), B, tally.data());
     fail_if_nonfinite(where, tally);
+  } else if (!own_pass && B > 0) {
+    be.row_reduce(B, Tn, count_valid{in.mask}, store_valid_tally{pass_a.tallies.data()}, heads);
   }
   // B, C. The resident plan of both masks (batch scope: with the quantiles); sequence scope: the
   // quantiles by a selection over the whole batch.
   const token_view<const C> sigma(pass_a.sigma.data(), B, Tn);
   const row_count_tally count{pass_a.tallies.data()};
-  const bool per_row = cfg.scope == mask_scope::sequence;
-  const auto plan = plan_masks_resident(be, sigma, in.mask, opts.masks, count, std_quantile_count, heads);
+  const auto plan = [&] {
+    if (own_pass) return plan_masks_resident(be, sigma, in.mask, opts.masks, count, std_quantile_count, heads);
+    const ensemble_point<T> point{in.values, cfg.std == std_kind::unbiased};
+    return plan_masks_resident(be, sigma, in.mask, opts.masks, count, std_quantile_count, heads,
+                               sigma_writing_keys<T>{point, in.mask, pass_a.sigma.data(), Tn, per_row});
+  }();
   const resident_request* quantiles = plan.results + 2;
   auto qa = be.template allocate<resident_request>(per_row ? std_quantile_count : 0);
   auto qb = be.template allocate<resident_request>(per_row ? std_quantile_count : 0);

@@ -700,17 +700,16 @@ struct resident_compaction {
   index_t regions = 0;  ///< the store's rows of `cols` slots each (0: ceil(rows / 8), one slot per 8 elements)
 };
 
-/// Resident radix selection over [rows, cols] (the columns range selects; key_of as radix_select's,
-/// segments in [0, nseg)). a and b: two backend arrays of nseg * per_segment requests, a set up by
-/// the caller (rank, active; prefix = below = 0); the passes alternate between them. Returns the one
-/// that holds the results. Enqueues only backend patterns: no host round trip. digit_bits in [1, 16]
-/// (0: resident_digit_bits_for(nseg * per_segment)); compaction: after_bits >= 0, regions >= 0. The results
-/// depend on neither.
-template <class Backend, class KeyOf, class Range>
-detail::resident_request* radix_select_resident(const Backend& be, index_t rows, index_t cols, KeyOf key_of, int key_bits,
-                                                index_t nseg, index_t per_segment, detail::resident_request* a,
-                                                detail::resident_request* b, Range range, int digit_bits = 0,
-                                                resident_compaction compaction = {}) {
+/// radix_select_resident (below) whose first pass reads the keys through first_key_of: a key function that
+/// gives every element the validity, segment and key key_of gives it, and may write, as it goes, what key_of
+/// reads (the advantage step computes sigma there, so that sigma is not a pass of its own: docs/algorithm.md
+/// S4). The first pass calls it once for every element of the range.
+template <class Backend, class FirstKeyOf, class KeyOf, class Range>
+detail::resident_request* radix_select_resident_from(const Backend& be, index_t rows, index_t cols,
+                                                     FirstKeyOf first_key_of, KeyOf key_of, int key_bits, index_t nseg,
+                                                     index_t per_segment, detail::resident_request* a,
+                                                     detail::resident_request* b, Range range, int digit_bits = 0,
+                                                     resident_compaction compaction = {}) {
   constexpr const char* where = "asyppo::radix_select_resident";
   const index_t nreq = nseg * per_segment;
   if (nreq == 0) return a;
@@ -755,8 +754,11 @@ detail::resident_request* radix_select_resident(const Backend& be, index_t rows,
       else
         count(detail::resident_bin<K>{keys, a, filter_of(pass), per_segment, shift, width, digit_bits});
     };
-    if (collect < 0 || pass < collect) {
-      bin_over(key_of, [&](auto bin) { be.histogram(rows, cols, bin, nbins, hist_of(pass), range); });
+    const auto count_all = [&](auto bin) { be.histogram(rows, cols, bin, nbins, hist_of(pass), range); };
+    if (pass == 0) {  // (never the collecting pass: that one has a prefix of after_bits > 0 bits)
+      bin_over(first_key_of, count_all);
+    } else if (collect < 0 || pass < collect) {
+      bin_over(key_of, count_all);
     } else if (pass == collect) {
       bin_over(key_of, [&](auto bin) {
         be.histogram(rows, cols, detail::collecting_bin<decltype(bin)>{bin, store}, nbins, hist_of(pass), range);
@@ -775,6 +777,21 @@ detail::resident_request* radix_select_resident(const Backend& be, index_t rows,
     done += width;
   }
   return a;
+}
+
+/// Resident radix selection over [rows, cols] (the columns range selects; key_of as radix_select's,
+/// segments in [0, nseg)). a and b: two backend arrays of nseg * per_segment requests, a set up by
+/// the caller (rank, active; prefix = below = 0); the passes alternate between them. Returns the one
+/// that holds the results. Enqueues only backend patterns: no host round trip. digit_bits in [1, 16]
+/// (0: resident_digit_bits_for(nseg * per_segment)); compaction: after_bits >= 0, regions >= 0. The results
+/// depend on neither.
+template <class Backend, class KeyOf, class Range>
+detail::resident_request* radix_select_resident(const Backend& be, index_t rows, index_t cols, KeyOf key_of, int key_bits,
+                                                index_t nseg, index_t per_segment, detail::resident_request* a,
+                                                detail::resident_request* b, Range range, int digit_bits = 0,
+                                                resident_compaction compaction = {}) {
+  return radix_select_resident_from(be, rows, cols, key_of, key_of, key_bits, nseg, per_segment, a, b, range, digit_bits,
+                                    compaction);
 }
 
 }  // namespace asyppo

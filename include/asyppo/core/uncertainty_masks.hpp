@@ -587,12 +587,18 @@ struct resident_mask_plan {
   index_t per_segment = 0;
 };
 
+/// The first pass of plan_masks_resident's selection reads sigma as the others do (std_key_of).
+struct sigma_as_read {};
+
 /// Resident selection and decision parameters of both masks (batch scope: also the `quantiles`
 /// summary quantiles, as requests 2.. of the one segment). count: valid tokens per row, in backend
-/// memory (a RowCount functor). range: the columns holding every valid token of each row.
-template <class Backend, class T, class RowCount, class Range>
+/// memory (a RowCount functor). range: the columns holding every valid token of each row. first: the key
+/// function of the selection's first pass (radix_select_resident_from: the keys of std_key_of<T>{sigma,
+/// mask, sequence scope}, writing sigma as it goes), or sigma_as_read.
+template <class Backend, class T, class RowCount, class Range, class FirstKeys = sigma_as_read>
 resident_mask_plan<Backend> plan_masks_resident(const Backend& be, token_view<const T> sigma, mask_view mask,
-                                                const mask_options& opt, RowCount count, int quantiles, Range range) {
+                                                const mask_options& opt, RowCount count, int quantiles, Range range,
+                                                FirstKeys first = {}) {
   const index_t B = sigma.extent[0], Tn = sigma.extent[1];
   const bool per_row = opt.scope == mask_scope::sequence;
   resident_mask_plan<Backend> plan;
@@ -611,8 +617,13 @@ resident_mask_plan<Backend> plan_masks_resident(const Backend& be, token_view<co
   } else {  // the one segment's requests set by the thread that stores the totals (one launch fewer)
     reduce_to(be, B, 1, reducer, full_rows{1}, then_sink<store_mask_totals, mask_request_setup<RowCount>>{totals, setup});
   }
-  plan.results = radix_select_resident(be, B, Tn, std_key_of<T>{sigma, mask, per_row}, 8 * int(sizeof(T)), nseg,
-                                       plan.per_segment, plan.req_a.data(), plan.req_b.data(), range);
+  const std_key_of<T> key_of{sigma, mask, per_row};
+  if constexpr (std::is_same_v<FirstKeys, sigma_as_read>)
+    plan.results = radix_select_resident(be, B, Tn, key_of, 8 * int(sizeof(T)), nseg, plan.per_segment,
+                                         plan.req_a.data(), plan.req_b.data(), range);
+  else
+    plan.results = radix_select_resident_from(be, B, Tn, first, key_of, 8 * int(sizeof(T)), nseg, plan.per_segment,
+                                              plan.req_a.data(), plan.req_b.data(), range);
   plan.rows = be.template allocate<mask_row_params>(B);
   be.for_each(B, 1, mask_row_setup<RowCount>{count, plan.totals.data(), plan.results, plan.rows.data(), plan.per_segment,
                                              per_row});
