@@ -842,8 +842,8 @@ TEMPLATE_TEST_CASE("cuda algorithms: radix selection (host-driven and resident) 
       // The candidate compaction (the default above: after 16 bits) off, after 8 bits with a slot for every
       // element, after 5 bits into one region (an overflow wherever a row's range holds more candidates than
       // the columns): the warps' slot claims, the candidates' pass, the full pass after an overflow.
-      for (const resident_compaction c : {resident_compaction{0, 0}, resident_compaction{8, p.rows},
-                                          resident_compaction{5, 1}})
+      const resident_compaction compactions[] = {{0, 0}, {8, p.rows}, {5, 1}};  // (a named array: nvcc)
+      for (const resident_compaction& c : compactions)
         asyppo_select_checks::check_resident_selection(gpu, p, seed + 2, resident_digit_bits, c);
     }
 }

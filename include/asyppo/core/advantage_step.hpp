@@ -210,7 +210,7 @@ struct sigma_writing_keys {
   bool per_row;
   ASYPPO_HD bool operator()(index_t b, index_t t, index_t& seg, std::uint64_t& key) const {
     const bool valid = mask(b, t) != 0;
-    const C s = static_cast<C>(point.std(b, t));  // read whatever the mask: no load waits for its
+    const C s = static_cast<C>(point.std(b, t));  // read whatever the mask: no load waits for the mask's
     sigma[b * cols + t] = valid ? s : C(0);
     seg = per_row ? b : 0;
     key = ordered_key(s);

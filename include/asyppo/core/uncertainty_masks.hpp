@@ -618,12 +618,12 @@ resident_mask_plan<Backend> plan_masks_resident(const Backend& be, token_view<co
     reduce_to(be, B, 1, reducer, full_rows{1}, then_sink<store_mask_totals, mask_request_setup<RowCount>>{totals, setup});
   }
   const std_key_of<T> key_of{sigma, mask, per_row};
-  if constexpr (std::is_same_v<FirstKeys, sigma_as_read>)
-    plan.results = radix_select_resident(be, B, Tn, key_of, 8 * int(sizeof(T)), nseg, plan.per_segment,
-                                         plan.req_a.data(), plan.req_b.data(), range);
-  else
-    plan.results = radix_select_resident_from(be, B, Tn, first, key_of, 8 * int(sizeof(T)), nseg, plan.per_segment,
-                                              plan.req_a.data(), plan.req_b.data(), range);
+  const auto first_key_of = [&] {
+    if constexpr (std::is_same_v<FirstKeys, sigma_as_read>) return key_of;
+    else return first;
+  }();
+  plan.results = radix_select_resident_from(be, B, Tn, first_key_of, key_of, 8 * int(sizeof(T)), nseg, plan.per_segment,
+                                            plan.req_a.data(), plan.req_b.data(), range);
   plan.rows = be.template allocate<mask_row_params>(B);
   be.for_each(B, 1, mask_row_setup<RowCount>{count, plan.totals.data(), plan.results, plan.rows.data(), plan.per_segment,
                                              per_row});
