@@ -307,6 +307,58 @@ TEST_CASE("row ends: last valid token + 1, 0 for empty rows, any stride", "[ragg
   }
 }
 
+TEST_CASE("row ends with counts: each row's valid tokens from the same pass", "[ragged]") {
+  // valid_row_ends' optional counts: the CPU's (a count over each row's head), a device's (the byte and
+  // the word forms of the ends' row reduce, counting too: last_valid_counted), and those reducers
+  // re-associated; against a plain count of the nonzero bytes (any value 1..255 is valid; the word form
+  // folds each byte's bits into its lowest). Strided, contiguous, and padded to aligned words.
+  for (const index_t Tn : {index_t(77), index_t(80), index_t(8), index_t(3), index_t(0)}) {
+    INFO("Tn " << Tn);
+    std::mt19937_64 rng(11 + static_cast<u64>(Tn));
+    const index_t B = 40;
+    const index_t padded = (Tn + 7) / 8 * 8;
+    std::vector<std::uint64_t> words(static_cast<std::size_t>(B * padded / 8 + 1), ~std::uint64_t(0));
+    auto* bytes = reinterpret_cast<std::uint8_t*>(words.data());
+    std::vector<std::uint8_t> packed(static_cast<std::size_t>(B * Tn + 1)), strided(static_cast<std::size_t>(2 * B * Tn + 1));
+    std::vector<index_t> want(static_cast<std::size_t>(B), 0);
+    for (index_t b = 0; b < B; ++b)
+      for (index_t t = 0; t < Tn; ++t) {
+        const int kind = static_cast<int>(rng() % 4);  // runs of zeros, ones, any byte, single high bits
+        const std::uint8_t v = kind == 0 ? 0 : kind == 1 ? 1 : kind == 2 ? static_cast<std::uint8_t>(rng() % 256)
+                                                                         : static_cast<std::uint8_t>(1u << (rng() % 8));
+        packed[static_cast<std::size_t>(b * Tn + t)] = v;
+        strided[static_cast<std::size_t>(2 * (b * Tn + t))] = v;
+        bytes[b * padded + t] = v;
+        want[static_cast<std::size_t>(b)] += v != 0 ? 1 : 0;
+      }
+    const mask_view masks[] = {mask_view(packed.data(), B, Tn), mask_view::strided(strided.data(), {B, Tn}, {2 * Tn, 2}),
+                               mask_view::strided(bytes, {B, Tn}, {padded, 1})};
+    REQUIRE(detail::word_rows(masks[2]));
+    for (const mask_view& m : masks) {
+      std::vector<index_t> cpu_count(static_cast<std::size_t>(B), -1), dev_count(cpu_count), tiled_count(cpu_count);
+      const auto cpu_ends = detail::valid_row_ends(cpu_backend(2), m, nullptr, cpu_count.data());
+      const auto dev_ends = detail::valid_row_ends(round_trip_backend(2), m, nullptr, dev_count.data());
+      std::vector<index_t> ends(static_cast<std::size_t>(B), -1);
+      const detail::store_row_end_count sink{{ends.data(), nullptr}, tiled_count.data()};
+      if (Tn > 0 && detail::word_rows(m))
+        tiled_backend(5, 3).row_reduce(B, padded / 8, detail::last_valid_counted<detail::last_valid_word_max>{{m}}, sink);
+      else if (Tn > 0)
+        tiled_backend(5, 3).row_reduce(B, Tn, detail::last_valid_counted<detail::last_valid_max>{{m}}, sink);
+      for (index_t b = 0; b < B; ++b) {
+        INFO("row " << b);
+        const index_t w = want[static_cast<std::size_t>(b)];
+        CHECK(cpu_count[static_cast<std::size_t>(b)] == w);
+        CHECK(dev_count[static_cast<std::size_t>(b)] == w);
+        CHECK(dev_ends.data()[b] == cpu_ends.data()[b]);
+        if (Tn > 0) {
+          CHECK(tiled_count[static_cast<std::size_t>(b)] == w);
+          CHECK(ends[static_cast<std::size_t>(b)] == cpu_ends.data()[b]);
+        }
+      }
+    }
+  }
+}
+
 namespace {
 
 /// The CPU backend posing as a device (round_trip_backend) with the optional row schedule of

@@ -188,8 +188,8 @@ struct sigma_pass {
 };
 
 // Whether advantage_step_to without the NaN/Inf check computes sigma in its selection's first pass (1:
-// sigma_writing_keys; the valid tokens per row from a pass over the mask alone) or in pass A, as with the
-// check (0). A tuning choice for a device: one pass over the values and the mask fewer, against a first
+// sigma_writing_keys; the valid tokens per row come from the row-ends pass either way) or in pass A, as
+// with the check (0). A tuning choice for a device: one pass over the values and the mask fewer, against a first
 // histogram pass that reads the values instead of sigma. Results do not depend on it. Not yet measured on
 // a GPU (docs/benchmarks.md, "Prepared without a GPU, third time").
 #ifndef ASYPPO_STEP_SIGMA_IN_SELECTION
@@ -337,12 +337,6 @@ sigma_tallies<Backend, T> sigma_pass_of(const Backend& be, const advantage_input
                 store_row<token_tally>{r.tallies.data()}, heads);
   return r;
 }
-
-/// row_reduce sink: a row's valid tokens as its tally (nothing non-finite counted).
-struct store_valid_tally {
-  token_tally* out;
-  ASYPPO_HD void operator()(index_t b, index_t valid) const { out[b] = {valid, 0}; }
-};
 
 inline void fail_if_nonfinite(const char* where, const std::vector<token_tally>& tally) {
   std::int64_t n = 0;
@@ -544,26 +538,23 @@ void advantage_step_resident(const Backend& be, const advantage_inputs<T>& in,
                              const advantage_step_options& opts, const char* where) {
   using C = compute_type_t<T>;  // sigma and every output
   const index_t K = in.values.extent[0], B = in.values.extent[1], Tn = in.values.extent[2];
-  const auto span = make_row_span(be, in.mask);
+  const auto span = make_row_span(be, in.mask, true);  // the rows' ends and valid tokens, one pass
   const row_heads heads = span.heads();
   const bool per_row = cfg.scope == mask_scope::sequence;
-  // A. With the finiteness check (the only wait): sigma and the valid tokens per row (pass A). Without it:
-  // the valid tokens per row only (the mask), sigma from the selection's first pass below.
+  // A. With the finiteness check (the only wait): sigma (pass A). Without it, sigma comes from the
+  // selection's first pass below.
   const bool own_pass = cfg.check_finite || !ASYPPO_STEP_SIGMA_IN_SELECTION;
-  sigma_tallies<Backend, T> pass_a{be.template allocate<C>(own_pass ? 0 : B * Tn),
-                                   be.template allocate<token_tally>(own_pass ? 0 : B)};
+  sigma_tallies<Backend, T> pass_a{be.template allocate<C>(own_pass ? 0 : B * Tn), be.template allocate<token_tally>(0)};
   if (own_pass) pass_a = sigma_pass_of(be, in, cfg, heads);
   if (cfg.check_finite) {
     std::vector<token_tally> tally(static_cast<std::size_t>(B));
     be.copy_to_host(pass_a.tallies.data(), B, tally.data());
     fail_if_nonfinite(where, tally);
-  } else if (!own_pass && B > 0) {
-    be.row_reduce(B, Tn, count_valid{in.mask}, store_valid_tally{pass_a.tallies.data()}, heads);
   }
   // B, C. The resident plan of both masks (batch scope: with the quantiles); sequence scope: the
   // quantiles by a selection over the whole batch.
   const token_view<const C> sigma(pass_a.sigma.data(), B, Tn);
-  const row_count_tally count{pass_a.tallies.data()};
+  const row_count_array count{span.counts.data()};
   const auto plan = [&] {
     if (own_pass) return plan_masks_resident(be, sigma, in.mask, opts.masks, count, std_quantile_count, heads);
     const ensemble_point<T> point{in.values, cfg.std == std_kind::unbiased};
@@ -574,7 +565,7 @@ void advantage_step_resident(const Backend& be, const advantage_inputs<T>& in,
   auto qa = be.template allocate<resident_request>(per_row ? std_quantile_count : 0);
   auto qb = be.template allocate<resident_request>(per_row ? std_quantile_count : 0);
   if (per_row) {
-    be.for_each(1, 1, mask_request_setup<row_count_tally>{count, plan.totals.data(), qa.data(), std_quantile_count, 0, 0,
+    be.for_each(1, 1, mask_request_setup<row_count_array>{count, plan.totals.data(), qa.data(), std_quantile_count, 0, 0,
                                                           false, false, std_quantile_count});
     quantiles = radix_select_resident(be, B, Tn, std_key_of<C>{sigma, in.mask, false}, 8 * int(sizeof(C)), 1,
                                       std_quantile_count, qa.data(), qb.data(), heads);

@@ -1,6 +1,8 @@
 // asyppo/core/row_span.hpp: where the valid tokens of each row end (right padding).
 //
-//   end[b] = 1 + the largest t with mask[b,t] != 0, or 0 when row b has no valid token.
+//   end[b] = 1 + the largest t with mask[b,t] != 0, or 0 when row b has no valid token;
+//   where asked (make_row_span's with_counts), count[b] = the valid tokens of row b, from the same pass
+//   on a device (last_valid_counted: the device paths of the masks and of the advantage step need both).
 //
 // Every valid token of row b lies in [0, end[b]). LLM batches are right-padded (most of a
 // [B,T] batch is often padding), so the token algorithms visit only those columns through the
@@ -67,6 +69,8 @@ struct last_valid_max {
     if (mask(b, t) != 0) acc = t + 1 > acc ? t + 1 : acc;
   }
   ASYPPO_HD index_t combine(index_t a, index_t b) const { return a > b ? a : b; }
+  /// The valid tokens among the columns of element t (last_valid_counted).
+  ASYPPO_HD index_t count(index_t b, index_t t) const { return mask(b, t) != 0 ? 1 : 0; }
 };
 
 /// The same reduction over each row's 8-byte words, for contiguous rows whose words are 8-byte aligned:
@@ -91,8 +95,55 @@ struct last_valid_word_max : last_valid_max {  // mask: stride[1] == 1, &mask(b,
     }
     acc = end > acc ? end : acc;
   }
+  /// The nonzero bytes of word w: each byte's bits ORed into its lowest, then those counted.
+  ASYPPO_HD index_t count(index_t b, index_t w) const {
+    const index_t t0 = 8 * w, cols = mask.extent[1];
+    const std::uint8_t* p = &mask(b, 0) + t0;
+    if (t0 + 8 > cols) {
+      index_t n = 0;
+      for (index_t t = t0; t < cols; ++t) n += p[t - t0] != 0 ? 1 : 0;
+      return n;
+    }
+#if defined(__CUDA_ARCH__)
+    std::uint64_t x = *reinterpret_cast<const std::uint64_t*>(p);
+#else
+    std::uint64_t x;
+    memcpy(&x, p, 8);
+#endif
+    x |= x >> 4;
+    x |= x >> 2;
+    x |= x >> 1;
+    x &= 0x0101010101010101ull;  // bit 8j is now the OR of bits 8j..8j+7: byte j is nonzero
+#if defined(__CUDA_ARCH__)
+    return __popcll(static_cast<unsigned long long>(x));
+#else
+    return std::popcount(x);
+#endif
+  }
 };
 static_assert(std::endian::native == std::endian::little, "last_valid_word_max reads little-endian words");
+
+/// A row's end and its valid tokens.
+struct row_end_count {
+  index_t end, valid;
+};
+
+/// Base (last_valid_max or last_valid_word_max) that also counts the valid tokens: one pass over the mask for
+/// both, for the callers that need each row's count besides its end (the device paths of the masks and the
+/// advantage step: make_row_span with counts). Exact (integers: max and sum).
+template <class Base>
+struct last_valid_counted {
+  Base base;
+  using value_type = row_end_count;
+  ASYPPO_HD row_end_count identity() const { return {0, 0}; }
+  ASYPPO_HD void add(row_end_count& acc, index_t b, index_t i) const {
+    base.add(acc.end, b, i);
+    acc.valid += base.count(b, i);
+  }
+  ASYPPO_HD row_end_count combine(const row_end_count& x, const row_end_count& y) const {
+    return {x.end > y.end ? x.end : y.end, x.valid + y.valid};
+  }
+};
 
 /// Whether the rows of mask can be read as aligned 8-byte words (last_valid_word_max).
 inline bool word_rows(mask_view mask) {
@@ -114,23 +165,45 @@ struct store_row_end {
   }
 };
 
+/// Row b's end and valid tokens into end[b] and count[b]; row 0 also zeroes *ticket (when given).
+struct store_row_end_count {
+  store_row_end ends;
+  index_t* count;
+  ASYPPO_HD void operator()(index_t b, const row_end_count& v) const {
+    ends(b, v.end);
+    count[b] = v.valid;
+  }
+};
+
 /// end[b] for every row, in backend memory (host-visible through copy_to_host); on a device backend also
-/// zeroes *ticket when given (mask.extent[0] > 0).
+/// zeroes *ticket when given (mask.extent[0] > 0). count (optional, backend memory): each row's valid tokens,
+/// on a device from the same pass.
 template <class Backend>
-auto valid_row_ends(const Backend& be, mask_view mask, unsigned* ticket = nullptr) {
-  auto ends = be.template allocate<index_t>(mask.extent[0]);
-  if constexpr (host_memory_backend<Backend>) {  // the CPU: rows over the threads
-    if (mask.extent[1] > 0)
-      be.for_each(mask.extent[0], mask.extent[1], last_valid_end{mask, ends.data()}, first_column{});
-    else if (mask.extent[0] > 0)
-      be.fill(ends.data(), mask.extent[0], index_t(0));
-  } else if (mask.extent[0] > 0) {  // a device: one block per row reads the whole row
-    if (mask.extent[1] > 0 && word_rows(mask))
-      be.row_reduce(mask.extent[0], (mask.extent[1] + 7) / 8, last_valid_word_max{mask}, store_row_end{ends.data(), ticket});
-    else if (mask.extent[1] > 0)
-      be.row_reduce(mask.extent[0], mask.extent[1], last_valid_max{mask}, store_row_end{ends.data(), ticket});
+auto valid_row_ends(const Backend& be, mask_view mask, unsigned* ticket = nullptr, index_t* count = nullptr) {
+  const index_t B = mask.extent[0], Tn = mask.extent[1];
+  auto ends = be.template allocate<index_t>(B);
+  // One block per row on a device: the ends, and the counts with them where asked.
+  const auto per_row = [&](index_t n, auto reducer) {
+    if (count)
+      be.row_reduce(B, n, last_valid_counted<decltype(reducer)>{reducer},
+                    store_row_end_count{{ends.data(), ticket}, count});
     else
-      be.fill(ends.data(), mask.extent[0], index_t(0));  // (no column: no per-row reduce uses the ticket)
+      be.row_reduce(B, n, reducer, store_row_end{ends.data(), ticket});
+  };
+  if constexpr (host_memory_backend<Backend>) {  // the CPU: rows over the threads
+    if (Tn > 0)
+      be.for_each(B, Tn, last_valid_end{mask, ends.data()}, first_column{});
+    else if (B > 0)
+      be.fill(ends.data(), B, index_t(0));
+    if (count && B > 0) be.row_reduce(B, Tn, count_valid{mask}, store_row<index_t>{count}, row_heads{ends.data()});
+  } else if (B > 0) {  // a device: one block per row reads the whole row
+    if (Tn > 0 && word_rows(mask))
+      per_row((Tn + 7) / 8, last_valid_word_max{mask});
+    else if (Tn > 0)
+      per_row(Tn, last_valid_max{mask});
+    else  // (no column: no per-row reduce uses the ticket)
+      be.fill(ends.data(), B, index_t(0));
+    if (Tn == 0 && count) be.fill(count, B, index_t(0));
   }
   return ends;
 }
@@ -141,10 +214,12 @@ auto valid_row_ends(const Backend& be, mask_view mask, unsigned* ticket = nullpt
 template <class Backend>
 struct row_span {
   using ticket_buffer = decltype(std::declval<const Backend&>().template allocate<unsigned>(0));
+  using index_buffer = decltype(valid_row_ends(std::declval<const Backend&>(), mask_view{}));
   ticket_buffer ticket;  // [1] on a device backend (zeroed with the ends), else empty
-  decltype(valid_row_ends(std::declval<const Backend&>(), mask_view{})) ends;
+  index_buffer ends;
   index_t cols;
-  decltype(valid_row_ends(std::declval<const Backend&>(), mask_view{})) order;
+  index_buffer order;
+  index_buffer counts;  // each row's valid tokens where make_row_span was asked for them, else empty
   const index_t* schedule = nullptr;  // order.data() when the backend wrote it, else none
   unsigned* counter = nullptr;        // ticket.data() when the ends pass zeroed it, else none
   row_heads heads() const {
@@ -171,13 +246,16 @@ concept has_row_schedule = requires(const Backend& be, const index_t* ends, inde
   { be.longest_first(index_t{}, index_t{}, ends, order) } -> std::same_as<bool>;
 };
 
+/// The span of mask's rows; with_counts: also each row's valid tokens (counts), from the same pass on a device.
 template <class Backend>
-row_span<Backend> make_row_span(const Backend& be, mask_view mask) {
+row_span<Backend> make_row_span(const Backend& be, mask_view mask, bool with_counts = false) {
   const bool ticket = !host_memory_backend<Backend> && mask.extent[0] > 0 && mask.extent[1] > 0;
   auto counter = be.template allocate<unsigned>(ticket ? 1 : 0);
   unsigned* zeroed = ticket ? counter.data() : nullptr;  // (a moved buffer keeps its memory)
-  auto ends = valid_row_ends(be, mask, zeroed);
-  row_span<Backend> s{std::move(counter), std::move(ends), mask.extent[1], be.template allocate<index_t>(0)};
+  auto counts = be.template allocate<index_t>(with_counts ? mask.extent[0] : 0);
+  auto ends = valid_row_ends(be, mask, zeroed, with_counts ? counts.data() : nullptr);
+  row_span<Backend> s{std::move(counter), std::move(ends), mask.extent[1], be.template allocate<index_t>(0),
+                      std::move(counts)};
   s.counter = zeroed;
   if constexpr (has_row_schedule<Backend>) {
     const index_t rows = mask.extent[0];

@@ -460,10 +460,6 @@ struct row_count_array {
   const index_t* n;
   ASYPPO_HD std::int64_t operator()(index_t b) const { return n[b]; }
 };
-struct row_count_tally {
-  const token_tally* n;
-  ASYPPO_HD std::int64_t operator()(index_t b) const { return n[b].valid; }
-};
 
 /// Reduce over [B, 1]: the scope's totals (batch scope: floor of the fractions of the sum, in the
 /// sink; sequence scope: the sum of each row's floors).
@@ -686,11 +682,11 @@ inline void check_mask_options(const char* where, const mask_options& o) {
   check_fraction(where, "entropy_fraction", o.entropy_fraction);
 }
 
-/// Checks of uncertainty_masks and uncertainty_masks_to, then the row span of the mask and (check_finite)
-/// the NaN/Inf check of sigma on valid tokens.
+/// Checks of uncertainty_masks and uncertainty_masks_to, then the row span of the mask (with_counts: and
+/// each row's valid tokens) and (check_finite) the NaN/Inf check of sigma on valid tokens.
 template <class Backend, class T>
 auto checked_mask_span(const Backend& be, const char* where, token_view<const T> sigma, mask_view mask, mask_out adv_mask,
-                       mask_out entropy_mask, const mask_options& opt) {
+                       mask_out entropy_mask, const mask_options& opt, bool with_counts = false) {
   check_view(where, "sigma", sigma);
   const index_t B = sigma.extent[0], Tn = sigma.extent[1];
   check_input(where, "mask", mask, {B, Tn});
@@ -699,7 +695,7 @@ auto checked_mask_span(const Backend& be, const char* where, token_view<const T>
   check_optional_output(where, "entropy_mask", entropy_mask, {B, Tn});
   check_memory(be, where, "sigma", sigma, "mask", mask, "adv_mask", adv_mask, "entropy_mask", entropy_mask);
   check_mask_options(where, opt);
-  auto span = make_row_span(be, mask);  // every pass stops at each row's last valid token
+  auto span = make_row_span(be, mask, with_counts);  // every pass stops at each row's last valid token
   if (opt.check_finite)
     check_finite(be, where, "sigma", B, Tn, count_nonfinite_tokens<T, 1, 1>{{}, {sigma}, mask}, span.heads());
   return span;
@@ -740,14 +736,14 @@ void uncertainty_masks_to(const Backend& be, token_view<const T> sigma, mask_vie
                           mask_out entropy_mask, mask_counts* counts, const mask_options& opt = {}) {
   constexpr const char* where = "asyppo::uncertainty_masks_to";
   if (counts) detail::check_memory(be, where, "counts", seq_view<mask_counts>(counts, 1));
-  const auto span = detail::checked_mask_span(be, where, sigma, mask, adv_mask, entropy_mask, opt);
-  if constexpr (detail::host_memory_backend<Backend>) {
+  constexpr bool host = detail::host_memory_backend<Backend>;
+  const auto span = detail::checked_mask_span(be, where, sigma, mask, adv_mask, entropy_mask, opt, !host);
+  if constexpr (host) {
     const mask_counts c = detail::masks_by_host_plan(be, sigma, mask, adv_mask, entropy_mask, opt, single_process{}, span);
     if (counts) *counts = c;
   } else {
     const index_t B = sigma.extent[0], Tn = sigma.extent[1];
-    const auto row_valid = detail::row_valid_counts(be, mask, span.heads());
-    const auto plan = detail::plan_masks_resident(be, sigma, mask, opt, detail::row_count_array{row_valid.data()}, 0,
+    const auto plan = detail::plan_masks_resident(be, sigma, mask, opt, detail::row_count_array{span.counts.data()}, 0,
                                                   span.heads());
     detail::write_masks(be, sigma, mask, adv_mask, entropy_mask, plan.rows.data(), true, span.heads());
     detail::write_zero(be, B, Tn, span.tails(), adv_mask, entropy_mask);
