@@ -8,7 +8,8 @@
 # eight: the caller's own log is the eighth); the A/B's and the variants' kernel lists stay in $PROF (on
 # that machine) and the calls' kernels that matter are printed from them: the step's largest and the actor's.
 #   device run: command "bash scripts/gpu-check.sh", carry ["build/gpu"], timeout_s 540
-#   (ASYPPO_NCU=1 bash scripts/gpu-check.sh adds an Nsight Compute profile of one step: $OUT/ncu.txt)
+#   (ASYPPO_NCU=1 bash scripts/gpu-check.sh adds an Nsight Compute profile of one step: $OUT/ncu.txt; of a
+#   variant's library with ASYPPO_NCU_LIB=build/gpu/variant_<name>.so)
 # Record the results in docs/benchmarks.md with the device named.
 set -uo pipefail
 cd "$(dirname "${BASH_SOURCE[0]}")/.."
@@ -106,10 +107,12 @@ fi
 if [ "${ASYPPO_NCU:-0}" = 1 ] && command -v ncu >/dev/null; then
   # Nsight Compute on one advantage step and one actor call (bench_vs_torch.py --ncu): each kernel's
   # throughput against the device's peaks, occupancy, launch shape and memory traffic.
-  stage "ncu: one advantage step, one actor call"
+  # ASYPPO_NCU_LIB picks the library profiled (a variant's, e.g. build/gpu/variant_<name>.so; default this tree's).
+  ncu_lib=${ASYPPO_NCU_LIB:-build/gpu/libasyppo_bench_cuda.so}
+  stage "ncu: one advantage step, one actor call ($ncu_lib)"
   timeout 150 ncu --profile-from-start off --clock-control none --section SpeedOfLight --section Occupancy --section WarpStateStats \
     --section LaunchStats --section MemoryWorkloadAnalysis --section ComputeWorkloadAnalysis \
-    python3 bench/gpu/bench_vs_torch.py --lib build/gpu/libasyppo_bench_cuda.so --ncu > "$OUT/ncu.txt" 2>&1
+    python3 bench/gpu/bench_vs_torch.py --lib "$ncu_lib" --ncu > "$OUT/ncu.txt" 2>&1
   echo "ncu exit code: $?"
   grep -E "^  [a-z_:<].*\(|Duration|Memory Throughput|DRAM Throughput|Achieved Occupancy|Registers Per|Grid Size|Warp Cycles Per Issued|Stall|Issue Slots Busy|SM Busy|pipeline" \
     "$OUT/ncu.txt" | cut -c1-160 | head -250

@@ -151,6 +151,11 @@ struct masked_sum2 {
   ASYPPO_HD void add(double& a, index_t b, index_t t) const { a += m[b * cols + t] ? x[b * cols + t] : 0.0; }
   ASYPPO_HD double combine(double a, double b) const { return a + b; }
 };
+template <class V>
+struct store_row_value {
+  V* out;
+  ASYPPO_HD void operator()(index_t g, const V& v) const { out[g] = v; }
+};
 struct store_double {
   double* out;
   ASYPPO_HD void operator()(index_t g, double v) const { out[g] = v; }
@@ -350,6 +355,32 @@ struct ragged_witness {
   }
 };
 
+/// ragged_witness split into load (the position's tag, read from memory: tag[i] = i) and apply, so that a
+/// backend that loads a run's tokens ahead of applying them (kLoadAhead), or stages a warp's tokens in
+/// shared memory (ASYPPO_CUDA_FOLD_STAGED_TOKENS), must still hand each position its own token: apply counts
+/// the tokens whose tag is not their position's.
+struct split_witness {
+  const i64* tag;
+  index_t cols;
+  struct value_type {
+    ragged_witness::value_type w;
+    i64 wrong;
+  };
+  struct token_type {
+    i64 tag;
+  };
+  ASYPPO_HD value_type identity() const { return {ragged_witness{cols}.identity(), 0}; }
+  ASYPPO_HD token_type load(index_t b, index_t t) const { return {tag[b * cols + t]}; }
+  ASYPPO_HD void apply(value_type& a, index_t b, index_t t, const token_type& k) const {
+    ragged_witness{cols}.add(a.w, b, t);
+    a.wrong += k.tag != b * cols + t ? 1 : 0;
+  }
+  ASYPPO_HD void add(value_type& a, index_t b, index_t t) const { apply(a, b, t, load(b, t)); }
+  ASYPPO_HD value_type combine(const value_type& a, const value_type& b) const {
+    return {ragged_witness{cols}.combine(a.w, b.w), a.wrong + b.wrong};
+  }
+};
+
 template <class V>
 struct store_value {
   V* out;
@@ -378,6 +409,12 @@ TEST_CASE("cuda patterns: ragged reduce and reduce_to, wide and narrow rows", "[
     CHECK(w.increasing);
     CHECK(w.n == n);
     CHECK(w.sum == sum);
+    std::vector<i64> tags(static_cast<std::size_t>(B * Tn));
+    for (std::size_t i = 0; i < tags.size(); ++i) tags[i] = static_cast<i64>(i);
+    auto dtags = upload(gpu, tags);
+    const auto sw = gpu.reduce(B, Tn, split_witness{dtags.data(), Tn}, drange);  // loads ahead of applies
+    CHECK((sw.w.increasing && sw.w.n == n && sw.w.sum == sum));
+    CHECK(sw.wrong == 0);
     const auto x = random_values(rng, static_cast<std::size_t>(B * Tn));
     const auto m = random_mask(rng, static_cast<int>(B), static_cast<int>(Tn));
     auto dx = upload(gpu, x);
@@ -431,6 +468,20 @@ TEST_CASE("cuda patterns: row_reduce and segmented_reduce", "[cuda][patterns]") 
   auto d = gpu.allocate<double>(B);
   gpu.row_reduce(B, Tn, masked_sum2{dx.data(), dm.data(), Tn}, store_double{d.data()});
   require_close(download(gpu, d), want, 1e-12 * 2100);
+  // A reducer split into load and apply, each row's own order and tokens (row_reduce's runs are 8 long).
+  std::vector<i64> tags(static_cast<std::size_t>(B * Tn));
+  for (std::size_t i = 0; i < tags.size(); ++i) tags[i] = static_cast<i64>(i);
+  auto dtags = upload(gpu, tags);
+  auto dw = gpu.allocate<split_witness::value_type>(B);
+  gpu.row_reduce(B, Tn, split_witness{dtags.data(), Tn}, store_row_value<split_witness::value_type>{dw.data()});
+  const auto rows = download(gpu, dw);
+  for (index_t b = 0; b < B; ++b) {
+    const auto& r = rows[static_cast<std::size_t>(b)];
+    CAPTURE(b);
+    CHECK((r.w.increasing && r.w.n == Tn && r.w.first == b * Tn && r.w.last == b * Tn + Tn - 1));
+    CHECK(r.w.sum == Tn * (b * Tn) + Tn * (Tn - 1) / 2);
+    CHECK(r.wrong == 0);
+  }
   // CSR segments with empty ones.
   std::vector<index_t> off{0};
   std::uniform_int_distribution<int> len(0, 3000);

@@ -446,8 +446,10 @@ class cuda_backend : public detail::ragged_by_wrapping<cuda_backend> {
   /// segment_reduce_kernel<Items> over n segments (rows), one block each.
   template <int Items, class R, class Bounds, class Add, class Sink, class Epilogue>
   void launch_segment_reduce(const char* name, index_t n, R r, Bounds bounds, Add add, Sink sink, Epilogue epilogue) const {
-    launch(name, cuda_detail::segment_reduce_kernel<Items, R, Bounds, Add, Sink, Epilogue>, cuda_detail::grid_for(n, 1), n, r,
-           bounds, add, sink, epilogue);
+    constexpr auto kernel = cuda_detail::segment_reduce_kernel<Items, R, Bounds, Add, Sink, Epilogue>;
+    constexpr std::size_t smem = cuda_detail::fold_staging<R, Add>::kBytes;
+    cuda_detail::allow_dynamic_smem<kernel>(smem, device_);
+    launch_smem(name, kernel, cuda_detail::grid_for(n, 1), smem, n, r, bounds, add, sink, epilogue);
   }
 
   /// Makes `device` current for the scope (restores the previous one).
@@ -494,7 +496,7 @@ class cuda_backend : public detail::ragged_by_wrapping<cuda_backend> {
     device_guard g(device_);
     using A = cuda_detail::row_scan_adapter<Elem, Op, Sink, Range>;
     constexpr auto kernel = cuda_detail::row_scan_kernel<Elem, Op, Sink, Range, Epilogue>;
-    constexpr std::size_t smem = cuda_detail::row_scan_stage_bytes<Op, Sink>();
+    constexpr std::size_t smem = cuda_detail::row_scan_staging<Elem, Op, Sink>::kBytes;
     cuda_detail::allow_dynamic_smem<kernel>(smem, device_);
     launch_smem("row_scan_kernel", kernel, cuda_detail::grid_for(rows, 1), smem, rows,
                 A{range, dir == scan_direction::reverse, elem, op, sink}, epilogue);
@@ -561,11 +563,14 @@ class cuda_backend : public detail::ragged_by_wrapping<cuda_backend> {
       auto own = allocate<unsigned>(range.ticket ? 0 : 1);
       device_guard g(device_);
       if (!range.ticket) ASYPPO_CUDA_CHECK(cudaMemsetAsync(own.data(), 0, sizeof(unsigned), stream_));
-      launch("segment_reduce_combine_kernel (ragged reduce)",
-             cuda_detail::segment_reduce_combine_kernel<cuda_detail::kFlatFoldItems, R, cuda_detail::row_bounds<Range>,
-                                                        cuda_detail::row_add<R>, Epilogue, Finish>,
-             cuda_detail::grid_for(rows, 1), rows, r, cuda_detail::row_bounds<Range>{range}, cuda_detail::row_add<R>{r},
-             partial.data(), epilogue, range.ticket ? range.ticket : own.data(), finish);
+      constexpr auto kernel =
+          cuda_detail::segment_reduce_combine_kernel<cuda_detail::kFlatFoldItems, R, cuda_detail::row_bounds<Range>,
+                                                     cuda_detail::row_add<R>, Epilogue, Finish>;
+      constexpr std::size_t smem = cuda_detail::fold_staging<R, cuda_detail::row_add<R>>::kBytes;
+      cuda_detail::allow_dynamic_smem<kernel>(smem, device_);
+      launch_smem("segment_reduce_combine_kernel (ragged reduce)", kernel, cuda_detail::grid_for(rows, 1), smem, rows, r,
+                  cuda_detail::row_bounds<Range>{range}, cuda_detail::row_add<R>{r}, partial.data(), epilogue,
+                  range.ticket ? range.ticket : own.data(), finish);
     } else {
       reduce_in_parts<false>(r, rows, [&](auto store) {
         launch_segment_reduce<cuda_detail::kFlatFoldItems>("segment_reduce_kernel (ragged reduce)", rows, r,

@@ -20,6 +20,9 @@
 //     threads' aggregates, plus the running prefix of the earlier tiles. Scan values are wrapped in
 //     maybe<V> (an explicit "empty" element), because the scan operators have no identity. A row
 //     scan then produces its states with op.apply from each thread's prefix (row_scan_kernel);
+//   * staging (switches, off until measured): a warp may load its lanes' runs into shared memory in
+//     coalesced steps (backend/stage_map.hpp, shared_stage, warp_stage) and each thread then reads
+//     its run from there: the same positions, in the same order, so the same bits;
 //   * histogram: atomicAdd on 64-bit bins (integers: exact whatever the order); up to kSharedBins
 //     bins, per-block 32-bit shared counters first, one atomic per distinct bin of a warp;
 //   * collect: per-thread counts, an exclusive scan of the counts, then each thread writes its
@@ -43,6 +46,7 @@
 #include <utility>
 
 #include "asyppo/config.hpp"
+#include "asyppo/backend/stage_map.hpp"
 
 namespace asyppo::cuda_detail {
 
@@ -308,13 +312,77 @@ __device__ inline index_t run_length(index_t remaining) {
   return even < Items ? even : index_t(Items);
 }
 
+// ---- shared-memory stages: a warp's runs loaded in coalesced steps (backend/stage_map.hpp) -------
+/// 4-byte words a value of X takes in a shared_stage (0: X cannot be staged: not trivially copyable, or
+/// not a whole number of words).
+template <class X>
+inline constexpr int stage_words = std::is_trivially_copyable_v<X> && sizeof(X) % 4 == 0 ? int(sizeof(X) / 4) : 0;
+
+/// A block's stage in dynamic shared memory: stage_map's 256 slots for each of its warps (warp w's from
+/// slot 256 w), up to Words 4-byte words a slot, word k of slot s at k * kPitch + stage_map::padded(s).
+template <int Words>
+struct shared_stage {
+  static constexpr index_t kSlots = index_t(kBlock / 32) * stage_map::kWarpSlots;
+  static constexpr index_t kPitch = stage_map::padded(kSlots);
+  static constexpr std::size_t kBytes = std::size_t(Words) * std::size_t(kPitch) * 4;
+  unsigned* words;
+  template <class X>
+  __device__ void put(index_t s, const X& x) const {
+    static_assert(stage_words<X> > 0 && stage_words<X> <= Words, "a value of whole 4-byte words that fits the stage");
+    unsigned w[stage_words<X>];
+    memcpy(w, &x, sizeof(X));
+#pragma unroll
+    for (int k = 0; k < stage_words<X>; ++k) words[k * kPitch + stage_map::padded(s)] = w[k];
+  }
+  template <class X>
+  __device__ X get(index_t s) const {
+    static_assert(stage_words<X> > 0 && stage_words<X> <= Words, "a value of whole 4-byte words that fits the stage");
+    unsigned w[stage_words<X>];
+#pragma unroll
+    for (int k = 0; k < stage_words<X>; ++k) w[k] = words[k * kPitch + stage_map::padded(s)];
+    X x;
+    memcpy(&x, w, sizeof(X));
+    return x;
+  }
+};
+
+/// The calling warp's part of a stage: its lanes' runs of n positions from `first` (the warp's first
+/// position) within [.., limit), staged a chunk at a time (stage_map). Every lane of the warp calls
+/// load_chunk together; then lane o's j-th position of the chunk is mine(j).
+template <int Words>
+struct warp_stage {
+  shared_stage<Words> stage;
+  index_t first, n, limit;
+  index_t base;  // the warp's first slot
+  int lane;
+  __device__ warp_stage(unsigned* words, index_t first_, index_t n_, index_t limit_)
+      : stage{words}, first(first_), n(n_), limit(limit_), base(index_t(threadIdx.x >> 5) * stage_map::kWarpSlots),
+        lane(int(threadIdx.x & 31u)) {}
+  /// Stages load(p) for the positions of the chunk at c0 (stage_map::loaded_position), then syncs the warp.
+  template <class Load>
+  __device__ void load_chunk(index_t c0, const Load& load) const {
+#pragma unroll
+    for (int k = 0; k < stage_map::kSteps; ++k) {
+      const index_t p = stage_map::loaded_position(first, n, c0, limit, lane, k);
+      if (p >= 0) stage.put(base + lane + 32 * k, load(p));
+    }
+    __syncwarp();
+  }
+  /// This lane's j-th position of the staged chunk.
+  template <class X>
+  __device__ X mine(int j) const {
+    return stage.template get<X>(base + stage_map::slot(lane, j));
+  }
+};
+
 /// The block folds [lo, hi) in rounds: in each round of n = run_length<Items>(rest) positions per thread,
 /// thread j folds the n positions from the round's start + j * n in order (visit(a, e, acc), nothing when
 /// a >= e), cub::BlockReduce combines the threads in thread order, and thread 0 appends the round's total
 /// to the running one. The result is valid in thread 0. The order depends on lo and hi only
 /// (determinism), and is index order (combine need not be commutative); a warp reads 32 adjacent short
-/// runs per load (one long run per thread made every load touch 32 cache lines). Ends with a barrier
-/// (tmp can be reused).
+/// runs per load (one long run per thread made every load touch 32 cache lines). A visit with kStaged
+/// (segment_visit of a staged fold, fold_staging) is called by every thread, with the round's start, n and
+/// hi, and folds the thread's run as visit(a, e, acc) would. Ends with a barrier (tmp can be reused).
 template <int Items, class R, class Visit>
 __device__ typename R::value_type block_fold(const R& r, index_t lo, index_t hi, Visit& visit,
                                              typename cub::BlockReduce<typename R::value_type, kBlock>::TempStorage& tmp) {
@@ -326,7 +394,10 @@ __device__ typename R::value_type block_fold(const R& r, index_t lo, index_t hi,
     const index_t a = base + index_t(threadIdx.x) * n;
     const index_t e = a + n < hi ? a + n : hi;
     V acc = r.identity();
-    if (a < e) visit(a, e, acc);
+    if constexpr (Visit::kStaged)
+      visit.staged(base, n, hi, acc);
+    else if (a < e)
+      visit(a, e, acc);
     const V total = block_reduce(tmp).Reduce(acc, reducer_combine<R>{r});
     if (threadIdx.x == 0) run = r.combine(run, total);
     __syncthreads();  // tmp is reused by the next round
@@ -337,6 +408,7 @@ __device__ typename R::value_type block_fold(const R& r, index_t lo, index_t hi,
 
 template <class Space, class R>
 struct space_visit {
+  static constexpr bool kStaged = false;
   Space sp;
   R r;
   __device__ void operator()(index_t a, index_t e, typename R::value_type& acc) const {
@@ -484,6 +556,55 @@ struct row_add {
     }
     for (; t < e; ++t) r.add(acc, b, t);
   }
+  /// The same fold of the run [a, e) of the calling lane, a = first + lane * n, e = min(a + n, hi), its
+  /// tokens loaded by the warp into the stage at `words` in coalesced steps, 8 positions of each lane's run
+  /// at a time (warp_stage), then applied from there in order: the same loads and applies, so the same
+  /// results. Every lane of the warp calls it (those with an empty run too). For reducers split into load
+  /// and apply whose tokens can be staged (fold_staging).
+  __device__ void run_staged(typename R::value_type& acc, index_t b, index_t first, index_t n, index_t hi,
+                             unsigned* words) const {
+    using K = typename R::token_type;
+    const warp_stage<stage_words<K>> ws(words, first, n, hi);
+    const index_t a = first + index_t(ws.lane) * n;
+    for (index_t c0 = 0; c0 < n; c0 += stage_map::kChunk) {
+      ws.load_chunk(c0, [&](index_t p) { return r.load(b, p); });
+#pragma unroll 1  // (unrolled, the actor's reducer spilled 116 bytes instead of 84 under the 128-register cap)
+      for (int j = 0; j < stage_map::kChunk; ++j)
+        if (c0 + j < n && a + c0 + j < hi) r.apply(acc, b, a + c0 + j, ws.template mine<K>(j));
+      __syncwarp();  // the warp's slots are reused by the next chunk
+    }
+  }
+};
+
+// Whether the per-row reduces of reducers split into load and apply (the actor's fused loss and gradient,
+// the step's sigma pass) stage their tokens (1): each warp loads its lanes' runs into shared memory in
+// coalesced steps (backend/stage_map.hpp: four runs' 8 consecutive positions a step), syncs (the warp
+// only), and each thread applies its run from there, in order; or (0) each thread loads its own run, a few
+// positions at a time (kLoadAhead), a warp's load touching one sector per lane (the ragged reduce's runs
+// are 16 long: 64 bytes apart for 4-byte values). The same loads and applies in the same order, so the
+// same bits. Dynamic shared memory for 8 positions per thread: the actor's 24-byte tokens, 51 KB a block.
+// Not yet measured on a GPU (docs/benchmarks.md, "Prepared without a GPU, fourth time").
+#ifndef ASYPPO_CUDA_FOLD_STAGED_TOKENS
+#define ASYPPO_CUDA_FOLD_STAGED_TOKENS 0
+#endif
+
+template <class Add>
+inline constexpr bool is_row_add = false;
+template <class R>
+inline constexpr bool is_row_add<row_add<R>> = true;
+
+/// Whether a per-row reduce of R folding with Add stages its tokens (ASYPPO_CUDA_FOLD_STAGED_TOKENS, rows,
+/// R split into load and apply, tokens of whole 4-byte words), and the dynamic shared memory that takes.
+template <class R, class Add>
+struct fold_staging {
+  static constexpr int words() {
+    if constexpr (is_row_add<Add> && requires(const R& r) { r.load(index_t(0), index_t(0)); })
+      return stage_words<typename R::token_type>;
+    else
+      return 0;
+  }
+  static constexpr bool tokens = ASYPPO_CUDA_FOLD_STAGED_TOKENS != 0 && words() > 0;
+  static constexpr std::size_t kBytes = tokens ? shared_stage<words()>::kBytes : 0;
 };
 template <class R>
 struct segment_add {
@@ -495,10 +616,16 @@ struct segment_add {
 
 template <class R, class Add>
 struct segment_visit {
+  static constexpr bool kStaged = fold_staging<R, Add>::tokens;
   R r;
   Add add;
   index_t g;
+  unsigned* stage;  // the block's dynamic shared memory (fold_staging<R, Add>::kBytes)
   __device__ void operator()(index_t a, index_t e, typename R::value_type& acc) const { add.run(acc, g, a, e); }
+  /// block_fold's round at base with runs of n, range end hi: the calling thread's run, staged.
+  __device__ void staged(index_t base, index_t n, index_t hi, typename R::value_type& acc) const {
+    add.run_staged(acc, g, base + index_t(threadIdx.x & ~31u) * n, n, hi, stage);
+  }
 };
 
 /// The block's segments (grid-stride over segments), each folded by block_fold (Items positions per thread
@@ -507,25 +634,27 @@ struct segment_visit {
 template <int Items, class R, class Bounds, class Add, class Sink, class Epilogue>
 __device__ void fold_segments(index_t nseg, const R& r, const Bounds& bounds, const Add& add, const Sink& sink,
                               const Epilogue& epilogue,
-                              typename cub::BlockReduce<typename R::value_type, kBlock>::TempStorage& tmp) {
+                              typename cub::BlockReduce<typename R::value_type, kBlock>::TempStorage& tmp,
+                              unsigned* stage) {
   for (index_t turn = blockIdx.x; turn < nseg; turn += gridDim.x) {
     const index_t g = bounds.segment(turn);  // the segment this turn folds (a row schedule, or turn)
     index_t lo, hi;
     bounds(g, lo, hi);
-    segment_visit<R, Add> visit{r, add, g};
+    segment_visit<R, Add> visit{r, add, g, stage};
     const typename R::value_type total = block_fold<Items>(r, lo, hi, visit, tmp);
     if (threadIdx.x == 0) sink(g, total);
     epilogue(g, hi);
   }
 }
 
-/// One block per segment: fold_segments.
+/// One block per segment: fold_segments (dynamic shared memory: fold_staging<R, Add>::kBytes).
 template <int Items, class R, class Bounds, class Add, class Sink, class Epilogue = no_row_epilogue>
 __global__ void __launch_bounds__(kBlock, reduce_min_blocks<typename R::value_type>())
     segment_reduce_kernel(index_t nseg, R r, Bounds bounds, Add add, Sink sink, Epilogue epilogue = {}) {
   grid_dependency_wait();
   __shared__ typename cub::BlockReduce<typename R::value_type, kBlock>::TempStorage tmp;
-  fold_segments<Items>(nseg, r, bounds, add, sink, epilogue, tmp);
+  extern __shared__ __align__(16) unsigned fold_words[];
+  fold_segments<Items>(nseg, r, bounds, add, sink, epilogue, tmp, fold_words);
 }
 
 /// A reduce over segments in one launch: fold_segments into partial[g], then the last block to finish
@@ -539,7 +668,8 @@ __global__ void __launch_bounds__(kBlock, reduce_min_blocks<typename R::value_ty
   grid_dependency_wait();
   __shared__ typename cub::BlockReduce<typename R::value_type, kBlock>::TempStorage tmp;
   __shared__ bool last;
-  fold_segments<Items>(nseg, r, bounds, add, store_partial<typename R::value_type>{partial}, epilogue, tmp);
+  extern __shared__ __align__(16) unsigned fold_words[];  // fold_staging<R, Add>::kBytes
+  fold_segments<Items>(nseg, r, bounds, add, store_partial<typename R::value_type>{partial}, epilogue, tmp, fold_words);
   if (threadIdx.x == 0) {  // (thread 0 stored every partial of the block)
     __threadfence();       // the block's partials visible to every block before its count
     last = atomicInc(ticket, gridDim.x - 1) == gridDim.x - 1;
@@ -629,9 +759,6 @@ struct row_scan_adapter {
     len = hi > lo ? hi - lo : 0;
   }
   __device__ index_t column(index_t lo, index_t len, index_t p) const { return reverse ? lo + len - 1 - p : lo + p; }
-  __device__ value_type load(index_t b, index_t lo, index_t len, index_t p) const {
-    return op.lift(elem(b, column(lo, len, p)));
-  }
 };
 
 /// segmented_scan: position p of segment g is index begin(g) + p (forward) or begin(g+1)-1-p
@@ -744,7 +871,7 @@ struct sink_ahead<Sink, N, true> {
 #endif
 
 // Whether a row scan with a split sink hands it the tile's states in striped order (1) rather than each
-// thread its own run (0): the states go through shared memory (row_scan_stage), so that the sink's loads
+// thread its own run (0): the states go through shared memory (a shared_stage), so that the sink's loads
 // and stores at one step of the threads are consecutive columns (a warp's 32 floats in 4 sectors, not 32
 // sectors of which it writes 4 bytes each; Nsight on an H200: the GAE scan wrote 7.85 M sectors for about
 // 2.5 M of output). One more barrier per tile and kBlock * kRowScanItems states of shared memory (dynamic:
@@ -755,62 +882,56 @@ struct sink_ahead<Sink, N, true> {
 #define ASYPPO_CUDA_SCAN_STRIPED_SINK 0
 #endif
 
-/// A tile's scan states in shared memory, position p of the tile (0 <= p < kBlock * kRowScanItems) as
-/// sizeof(S) / 4 words, word k at k * kPitch + p + p / 32: one pad word per 32 positions, so that a step
-/// of the striped positions (stride 1) puts no two lanes of a warp on one bank, nor a step of the threads'
-/// runs (stride n) for n = 1, 2, 4, 8 (two at most for the other n).
-template <class S>
-struct row_scan_stage {
-  static_assert(sizeof(S) % 4 == 0 && std::is_trivially_copyable_v<S>, "scan states of whole 4-byte words");
-  static constexpr int kWords = sizeof(S) / 4;
-  static constexpr index_t kPositions = index_t(kBlock) * kRowScanItems;
-  static constexpr index_t kPitch = kPositions + kPositions / 32;
-  static constexpr std::size_t kBytes = std::size_t(kWords) * std::size_t(kPitch) * 4;
-  unsigned* words;
-  __device__ static index_t slot(index_t p) { return p + (p >> 5); }
-  __device__ void put(index_t p, const S& x) const {
-    unsigned w[kWords];
-    memcpy(w, &x, sizeof(S));
-#pragma unroll
-    for (int k = 0; k < kWords; ++k) words[k * kPitch + slot(p)] = w[k];
-  }
-  __device__ S get(index_t p) const {
-    unsigned w[kWords];
-#pragma unroll
-    for (int k = 0; k < kWords; ++k) w[k] = words[k * kPitch + slot(p)];
-    S x;
-    memcpy(&x, w, sizeof(S));
-    return x;
-  }
+// Whether a row scan evaluates its elements once per tile and keeps them in shared memory for both of the
+// tile's uses, the aggregates and the states (1), instead of evaluating each twice along its thread's run (0:
+// a warp's load at one step touches 32 sectors, one per lane, using 4 bytes of each; GAE's element reads
+// three floats and a mask byte). Each warp loads its lanes' runs in coalesced steps (backend/stage_map.hpp:
+// for runs of 8, 32 consecutive positions a step) into a shared_stage, syncs (the warp only), and each
+// thread reads its run from there. The tile's elements in dynamic shared memory: GAE's 32-byte tokens, 66 KB
+// a block (two blocks per SM still fit). Elements are pure (patterns.hpp), so the states, and the outputs,
+// are the same bits either way. Not yet measured on a GPU (docs/benchmarks.md, "Prepared without a GPU,
+// fourth time").
+#ifndef ASYPPO_CUDA_SCAN_STAGED_ELEMENTS
+#define ASYPPO_CUDA_SCAN_STAGED_ELEMENTS 0
+#endif
+
+/// What row_scan_kernel stages for Elem, Op and Sink (both, one or none) and the dynamic shared memory that
+/// takes: the elements with ASYPPO_CUDA_SCAN_STAGED_ELEMENTS (where they can be staged), the states for a
+/// split sink with ASYPPO_CUDA_SCAN_STRIPED_SINK; one stage of the larger of the two where both are.
+template <class Elem, class Op, class Sink>
+struct row_scan_staging {
+  using token = decltype(std::declval<const Elem&>()(index_t(0), index_t(0)));
+  using state = decltype(std::declval<const Op&>().initial());
+  static constexpr bool elements = ASYPPO_CUDA_SCAN_STAGED_ELEMENTS != 0 && stage_words<token> > 0;
+  static constexpr bool states = ASYPPO_CUDA_SCAN_STRIPED_SINK != 0 && split_sink<Sink> && stage_words<state> > 0;
+  static constexpr int kWords = (elements && stage_words<token> > (states ? stage_words<state> : 0))
+                                    ? stage_words<token>
+                                    : (states ? stage_words<state> : 0);
+  static constexpr std::size_t kBytes = kWords > 0 ? shared_stage<kWords>::kBytes : 0;
 };
+static_assert(kRowScanItems <= stage_map::kChunk, "a row scan's runs fit one chunk of a stage");
 
-/// Whether row_scan_kernel stages Op's states for Sink (row_scan_stage), and the dynamic shared memory
-/// that takes (0: none).
-template <class Op, class Sink>
-inline constexpr bool striped_sink = ASYPPO_CUDA_SCAN_STRIPED_SINK != 0 && split_sink<Sink>;
-template <class Op, class Sink>
-constexpr std::size_t row_scan_stage_bytes() {
-  if constexpr (striped_sink<Op, Sink>)
-    return row_scan_stage<decltype(std::declval<const Op&>().initial())>::kBytes;
-  else
-    return 0;
-}
-
-/// (Then epilogue(b, hi) after row b: no_row_epilogue or fill_after.) With striped_sink<Op, Sink>, the
-/// dynamic shared memory holds the tile's states (row_scan_stage_bytes): each thread applies its run as
-/// above and puts the states there, then, after a barrier, hands the sink the tile's positions
-/// j * kBlock + threadIdx.x (j = 0, 1, ...): the same states and outputs, in another order of positions.
+/// (Then epilogue(b, hi) after row b: no_row_epilogue or fill_after.) Staged elements
+/// (row_scan_staging::elements): each warp first stages its lanes' runs of the tile's elements (warp_stage,
+/// one chunk: runs are at most kRowScanItems <= 8 long), and each thread then reads its run from the stage,
+/// for the aggregates and again for the states. Staged states (row_scan_staging::states): each thread
+/// applies its run as above and puts each state in the slot of its position (where both are staged, over
+/// the element it was applied from: only the run's own thread reads either), then, after a barrier, hands
+/// the sink the tile's positions j * kBlock + threadIdx.x (j = 0, 1, ...; position q of the tile is run
+/// q / n's (q % n)-th): the same states and outputs, in another order of positions.
 template <class Elem, class Op, class Sink, class Range, class Epilogue>
 __global__ void __launch_bounds__(kBlock, ASYPPO_CUDA_ROW_SCAN_MIN_BLOCKS)
     row_scan_kernel(index_t rows, row_scan_adapter<Elem, Op, Sink, Range> ad, Epilogue epilogue) {
   grid_dependency_wait();
   using V = typename Op::value_type;
   using M = maybe<V>;
-  using S = decltype(ad.op.initial());
+  using staging = row_scan_staging<Elem, Op, Sink>;
+  using S = typename staging::state;
+  using E = typename staging::token;
   using block_scan = tile_scan<M>;
-  constexpr bool striped = striped_sink<Op, Sink>;
+  constexpr bool striped = staging::states, staged = staging::elements;
   __shared__ typename block_scan::TempStorage tmp;
-  extern __shared__ __align__(16) unsigned row_scan_words[];  // row_scan_stage_bytes<Op, Sink>()
+  extern __shared__ __align__(16) unsigned row_scan_words[];  // staging::kBytes
   const maybe_combine<Op, V> mop{ad.op};
   for (index_t turn = blockIdx.x; turn < rows; turn += gridDim.x) {
     const index_t b = scheduled_row(ad.range, turn);
@@ -821,8 +942,19 @@ __global__ void __launch_bounds__(kBlock, ASYPPO_CUDA_ROW_SCAN_MIN_BLOCKS)
       const index_t n = run_length<kRowScanItems>(len - start);  // a tile of kBlock * n positions
       const index_t p0 = start + index_t(threadIdx.x) * n;
       const index_t end = p0 + n < len ? p0 + n : len;
-      // The positions this thread hands the sink: its run, or (striped) every kBlock-th of the tile.
       const index_t tile_end = start + index_t(kBlock) * n < len ? start + index_t(kBlock) * n : len;
+      // The warp's runs in the stage (positions in scan order; the warp's first is its first lane's p0).
+      [[maybe_unused]] const warp_stage<staging::kWords> ws(row_scan_words, start + index_t(threadIdx.x & ~31u) * n,
+                                                            n, len);
+      if constexpr (staged) ws.load_chunk(0, [&](index_t p) { return ad.elem(b, ad.column(lo, len, p)); });
+      // Position p0 + j's element: from the stage, or evaluated where it lies.
+      const auto element = [&](int j) -> E {
+        if constexpr (staged)
+          return ws.template mine<E>(j);
+        else
+          return ad.elem(b, ad.column(lo, len, p0 + j));
+      };
+      // The positions this thread hands the sink: its run, or (striped) every kBlock-th of the tile.
       const auto sink_position = [&](int j) {
         return striped ? start + index_t(j) * kBlock + index_t(threadIdx.x) : p0 + j;
       };
@@ -834,17 +966,16 @@ __global__ void __launch_bounds__(kBlock, ASYPPO_CUDA_ROW_SCAN_MIN_BLOCKS)
           if (sink_has(j)) ahead.load(ad.sink, b, j, ad.column(lo, len, sink_position(j)));
       };
       if (ASYPPO_CUDA_SCAN_SINK_EARLY) load_ahead();
-      const M run = tile_prefix<kRowScanItems>(
-          p0, end, [&](int j) { return ad.load(b, lo, len, p0 + j); }, mop, tmp, carry);
+      const M run = tile_prefix<kRowScanItems>(p0, end, [&](int j) { return ad.op.lift(element(j)); }, mop, tmp, carry);
       if (!ASYPPO_CUDA_SCAN_SINK_EARLY && !striped) load_ahead();
       S state = run.has ? ad.op.apply(run.v, ad.op.initial()) : ad.op.initial();
 #pragma unroll
       for (int j = 0; j < kRowScanItems; ++j)
         if (p0 + j < end) {
           const index_t t = ad.column(lo, len, p0 + j);
-          state = ad.op.apply(ad.elem(b, t), state);
+          state = ad.op.apply(element(j), state);
           if constexpr (striped)
-            row_scan_stage<S>{row_scan_words}.put(p0 + j - start, state);
+            ws.stage.put(ws.base + stage_map::slot(ws.lane, j), state);
           else
             ahead.store(ad.sink, b, j, t, state);
         }
@@ -855,7 +986,7 @@ __global__ void __launch_bounds__(kBlock, ASYPPO_CUDA_ROW_SCAN_MIN_BLOCKS)
         for (int j = 0; j < kRowScanItems; ++j)
           if (sink_has(j)) {
             const index_t p = sink_position(j);
-            ahead.store(ad.sink, b, j, ad.column(lo, len, p), row_scan_stage<S>{row_scan_words}.get(p - start));
+            ahead.store(ad.sink, b, j, ad.column(lo, len, p), ws.stage.template get<S>(stage_map::run_slot(p - start, n)));
           }
       }
       __syncthreads();  // tmp (and the stage) are reused by the next tile
