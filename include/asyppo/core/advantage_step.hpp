@@ -551,15 +551,28 @@ void advantage_step_resident(const Backend& be, const advantage_inputs<T>& in,
     be.copy_to_host(pass_a.tallies.data(), B, tally.data());
     fail_if_nonfinite(where, tally);
   }
-  // B, C. The resident plan of both masks (batch scope: with the quantiles); sequence scope: the
-  // quantiles by a selection over the whole batch.
+  // Where the summary goes (E below).
+  auto own_result = be.template allocate<advantage_step_result>(result ? 0 : 1);
+  advantage_step_result* res = result ? result : own_result.data();
+  auto own_ev = be.template allocate<double>(cfg.statistics && !explained_variance ? K : 0);
+  double* ev = explained_variance ? explained_variance : own_ev.data();
+  const index_t nev = cfg.statistics ? K : 0;
+  // B, C. The resident plan of both masks (batch scope: with the quantiles, and the summary's counts
+  // written by the plan's row setup: one launch fewer); sequence scope: the quantiles by a selection over
+  // the whole batch.
   const token_view<const C> sigma(pass_a.sigma.data(), B, Tn);
   const row_count_array count{span.counts.data()};
+  const auto batch_counts = [&](const auto& p) {
+    return store_step_counts<C>{p.totals.data(), p.results, p.results + 2, B, false, res, ev, nev};
+  };
+  const auto plan_with = [&](auto first) {
+    if (per_row) return plan_masks_resident(be, sigma, in.mask, opts.masks, count, std_quantile_count, heads, first);
+    return plan_masks_resident(be, sigma, in.mask, opts.masks, count, std_quantile_count, heads, first, batch_counts);
+  };
   const auto plan = [&] {
-    if (own_pass) return plan_masks_resident(be, sigma, in.mask, opts.masks, count, std_quantile_count, heads);
+    if (own_pass) return plan_with(sigma_as_read{});
     const ensemble_point<T> point{in.values, cfg.std == std_kind::unbiased};
-    return plan_masks_resident(be, sigma, in.mask, opts.masks, count, std_quantile_count, heads,
-                               sigma_writing_keys<T>{point, in.mask, pass_a.sigma.data(), Tn, per_row});
+    return plan_with(sigma_writing_keys<T>{point, in.mask, pass_a.sigma.data(), Tn, per_row});
   }();
   const resident_request* quantiles = plan.results + 2;
   auto qa = be.template allocate<resident_request>(per_row ? std_quantile_count : 0);
@@ -583,13 +596,10 @@ void advantage_step_resident(const Backend& be, const advantage_inputs<T>& in,
     whiten_resident(be, token_view<const C>(out.advantages), in.mask, out.advantages, nullptr, cfg.whiten, heads);
   const bool apply_later = cfg.mask_advantages && cfg.whiten_advantages;
 
-  // E. The summary: counts first, then the moments pass (which also applies I^A after whitening).
-  auto own_result = be.template allocate<advantage_step_result>(result ? 0 : 1);
-  advantage_step_result* res = result ? result : own_result.data();
-  auto own_ev = be.template allocate<double>(cfg.statistics && !explained_variance ? K : 0);
-  double* ev = explained_variance ? explained_variance : own_ev.data();
-  be.for_each(1, 1, store_step_counts<C>{plan.totals.data(), plan.results, quantiles, B, per_row, res, ev,
-                                         cfg.statistics ? K : 0});
+  // E. The summary: counts first (batch scope: already written by the plan), then the moments pass (which
+  // also applies I^A after whitening).
+  if (per_row)
+    be.for_each(1, 1, store_step_counts<C>{plan.totals.data(), plan.results, quantiles, B, per_row, res, ev, nev});
   if (cfg.statistics) {
     advantage_moments_to(be, in.values, out.advantages, token_view<const C>(out.returns), in.mask,
                          view<const std::uint8_t, 2>(out.adv_mask), apply_later, res, ev, heads);

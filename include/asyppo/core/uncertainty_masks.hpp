@@ -533,8 +533,20 @@ struct mask_request_setup {
   }
 };
 
-/// One thread per row: its decision parameters from its segment's first two requests.
-template <class RowCount>
+/// Nothing after the row setup: plan_masks_resident's default then_of (no_plan_then_of) makes this.
+struct no_plan_then {
+  ASYPPO_HD void operator()(index_t, index_t) const {}
+};
+struct no_plan_then_of {
+  template <class Plan>
+  no_plan_then operator()(const Plan&) const {
+    return {};
+  }
+};
+
+/// One thread per row: its decision parameters from its segment's first two requests; row 0's thread then
+/// also runs then(0, 0) (a one-thread task that needs the plan's results, fused here: one launch fewer).
+template <class RowCount, class Then = no_plan_then>
 struct mask_row_setup {
   RowCount count;
   const mask_totals* totals;
@@ -542,6 +554,7 @@ struct mask_row_setup {
   mask_row_params* rows;
   index_t per_segment;
   bool per_row;
+  Then then = {};
   ASYPPO_HD void operator()(index_t b, index_t) const {
     const resident_request* q = res + (per_row ? b * per_segment : 0);
     const std::uint64_t total = static_cast<std::uint64_t>(per_row ? count(b) : totals->valid);
@@ -550,6 +563,7 @@ struct mask_row_setup {
     if (q[1].active)
       p.rank_ties |= static_cast<std::uint8_t>(take_highest(p, total, q[1].rank, q[1].prefix, q[1].below, q[1].equal));
     rows[b] = p;
+    if (b == 0) then(0, 0);
   }
 };
 
@@ -590,11 +604,14 @@ struct sigma_as_read {};
 /// summary quantiles, as requests 2.. of the one segment). count: valid tokens per row, in backend
 /// memory (a RowCount functor). range: the columns holding every valid token of each row. first: the key
 /// function of the selection's first pass (radix_select_resident_from: the keys of std_key_of<T>{sigma,
-/// mask, sequence scope}, writing sigma as it goes), or sigma_as_read.
-template <class Backend, class T, class RowCount, class Range, class FirstKeys = sigma_as_read>
+/// mask, sequence scope}, writing sigma as it goes), or sigma_as_read. then_of(plan): a one-thread task,
+/// f(0, 0), run once the plan's totals and results are final (by the row setup's first thread; with no
+/// rows, by a launch of its own), e.g. the advantage step's counts; no_plan_then_of: nothing.
+template <class Backend, class T, class RowCount, class Range, class FirstKeys = sigma_as_read,
+          class ThenOf = no_plan_then_of>
 resident_mask_plan<Backend> plan_masks_resident(const Backend& be, token_view<const T> sigma, mask_view mask,
                                                 const mask_options& opt, RowCount count, int quantiles, Range range,
-                                                FirstKeys first = {}) {
+                                                FirstKeys first = {}, ThenOf then_of = {}) {
   const index_t B = sigma.extent[0], Tn = sigma.extent[1];
   const bool per_row = opt.scope == mask_scope::sequence;
   resident_mask_plan<Backend> plan;
@@ -621,8 +638,12 @@ resident_mask_plan<Backend> plan_masks_resident(const Backend& be, token_view<co
   plan.results = radix_select_resident_from(be, B, Tn, first_key_of, key_of, 8 * int(sizeof(T)), nseg, plan.per_segment,
                                             plan.req_a.data(), plan.req_b.data(), range);
   plan.rows = be.template allocate<mask_row_params>(B);
-  be.for_each(B, 1, mask_row_setup<RowCount>{count, plan.totals.data(), plan.results, plan.rows.data(), plan.per_segment,
-                                             per_row});
+  using Then = decltype(then_of(plan));
+  const Then then = then_of(plan);
+  be.for_each(B, 1, mask_row_setup<RowCount, Then>{count, plan.totals.data(), plan.results, plan.rows.data(),
+                                                   plan.per_segment, per_row, then});
+  if constexpr (!std::is_same_v<Then, no_plan_then>)
+    if (B == 0) be.for_each(1, 1, then);
   if (!per_row && B > 0) {
     auto ties = be.template allocate<tie_counts>(B);
     be.row_reduce(B, Tn, tie_row_reducer<T>{{sigma, mask, plan.rows.data()}}, store_row<tie_counts>{ties.data()}, range);
