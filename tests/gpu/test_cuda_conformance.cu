@@ -355,6 +355,13 @@ struct ragged_witness {
   }
 };
 
+/// tag[i] = i for i < n (split_witness's tokens).
+inline std::vector<i64> position_tags(std::size_t n) {
+  std::vector<i64> tags(n);
+  for (std::size_t i = 0; i < n; ++i) tags[i] = static_cast<i64>(i);
+  return tags;
+}
+
 /// ragged_witness split into load (the position's tag, read from memory: tag[i] = i) and apply, so that a
 /// backend that loads a run's tokens ahead of applying them (kLoadAhead), or stages a warp's tokens in
 /// shared memory (ASYPPO_CUDA_FOLD_STAGED_TOKENS), must still hand each position its own token: apply counts
@@ -409,9 +416,7 @@ TEST_CASE("cuda patterns: ragged reduce and reduce_to, wide and narrow rows", "[
     CHECK(w.increasing);
     CHECK(w.n == n);
     CHECK(w.sum == sum);
-    std::vector<i64> tags(static_cast<std::size_t>(B * Tn));
-    for (std::size_t i = 0; i < tags.size(); ++i) tags[i] = static_cast<i64>(i);
-    auto dtags = upload(gpu, tags);
+    auto dtags = upload(gpu, position_tags(static_cast<std::size_t>(B * Tn)));
     const auto sw = gpu.reduce(B, Tn, split_witness{dtags.data(), Tn}, drange);  // loads ahead of applies
     CHECK((sw.w.increasing && sw.w.n == n && sw.w.sum == sum));
     CHECK(sw.wrong == 0);
@@ -469,9 +474,7 @@ TEST_CASE("cuda patterns: row_reduce and segmented_reduce", "[cuda][patterns]") 
   gpu.row_reduce(B, Tn, masked_sum2{dx.data(), dm.data(), Tn}, store_double{d.data()});
   require_close(download(gpu, d), want, 1e-12 * 2100);
   // A reducer split into load and apply, each row's own order and tokens (row_reduce's runs are 8 long).
-  std::vector<i64> tags(static_cast<std::size_t>(B * Tn));
-  for (std::size_t i = 0; i < tags.size(); ++i) tags[i] = static_cast<i64>(i);
-  auto dtags = upload(gpu, tags);
+  auto dtags = upload(gpu, position_tags(static_cast<std::size_t>(B * Tn)));
   auto dw = gpu.allocate<split_witness::value_type>(B);
   gpu.row_reduce(B, Tn, split_witness{dtags.data(), Tn}, store_row_value<split_witness::value_type>{dw.data()});
   const auto rows = download(gpu, dw);

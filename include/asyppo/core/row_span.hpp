@@ -77,39 +77,35 @@ struct last_valid_max {
 /// word w holds columns [8w, 8w + 8) (the last one may be partial), so a device reads the mask with one
 /// load per eight columns instead of one per column. Byte j of a word is column 8w + j (little-endian).
 struct last_valid_word_max : last_valid_max {  // mask: stride[1] == 1, &mask(b, 0) 8-byte aligned for every row
-  ASYPPO_HD void add(index_t& acc, index_t b, index_t w) const {
+  /// Word w of row b, byte j column 8w + j; bytes past the row's last column 0 (a partial last word).
+  ASYPPO_HD std::uint64_t word(index_t b, index_t w) const {
     const index_t t0 = 8 * w, cols = mask.extent[1];
     const std::uint8_t* p = &mask(b, 0) + t0;
-    index_t end = 0;  // 1 + the word's last valid column, 0 if none
+    std::uint64_t x = 0;
     if (t0 + 8 <= cols) {
 #if defined(__CUDA_ARCH__)
-      const std::uint64_t x = *reinterpret_cast<const std::uint64_t*>(p);  // aligned: one load
-      if (x != 0) end = t0 + (63 - __clzll(static_cast<long long>(x))) / 8 + 1;
+      x = *reinterpret_cast<const std::uint64_t*>(p);  // aligned: one load
 #else
-      std::uint64_t x;
       memcpy(&x, p, 8);
-      if (x != 0) end = t0 + (63 - std::countl_zero(x)) / 8 + 1;
 #endif
     } else {
-      for (index_t t = cols; t > t0 && end == 0; --t) end = p[t - 1 - t0] != 0 ? t : 0;
+      for (index_t t = t0; t < cols; ++t) x |= static_cast<std::uint64_t>(p[t - t0]) << (8 * (t - t0));
     }
+    return x;
+  }
+  ASYPPO_HD void add(index_t& acc, index_t b, index_t w) const {
+    const std::uint64_t x = word(b, w);
+    if (x == 0) return;
+#if defined(__CUDA_ARCH__)
+    const index_t end = 8 * w + (63 - __clzll(static_cast<long long>(x))) / 8 + 1;  // 1 + the last valid column
+#else
+    const index_t end = 8 * w + (63 - std::countl_zero(x)) / 8 + 1;
+#endif
     acc = end > acc ? end : acc;
   }
   /// The nonzero bytes of word w: each byte's bits ORed into its lowest, then those counted.
   ASYPPO_HD index_t count(index_t b, index_t w) const {
-    const index_t t0 = 8 * w, cols = mask.extent[1];
-    const std::uint8_t* p = &mask(b, 0) + t0;
-    if (t0 + 8 > cols) {
-      index_t n = 0;
-      for (index_t t = t0; t < cols; ++t) n += p[t - t0] != 0 ? 1 : 0;
-      return n;
-    }
-#if defined(__CUDA_ARCH__)
-    std::uint64_t x = *reinterpret_cast<const std::uint64_t*>(p);
-#else
-    std::uint64_t x;
-    memcpy(&x, p, 8);
-#endif
+    std::uint64_t x = word(b, w);
     x |= x >> 4;
     x |= x >> 2;
     x |= x >> 1;
@@ -201,9 +197,10 @@ auto valid_row_ends(const Backend& be, mask_view mask, unsigned* ticket = nullpt
       per_row((Tn + 7) / 8, last_valid_word_max{mask});
     else if (Tn > 0)
       per_row(Tn, last_valid_max{mask});
-    else  // (no column: no per-row reduce uses the ticket)
+    else {  // (no column: no per-row reduce uses the ticket)
       be.fill(ends.data(), B, index_t(0));
-    if (Tn == 0 && count) be.fill(count, B, index_t(0));
+      if (count) be.fill(count, B, index_t(0));
+    }
   }
   return ends;
 }

@@ -356,10 +356,9 @@ class cuda_backend : public detail::ragged_by_wrapping<cuda_backend> {
     if constexpr (ASYPPO_CUDA_HIST_PACKED_BINS) {  // (the packed kernel is not even compiled without it)
       if (packed) {
         using cuda_detail::shared_bins_16;
-        launch_smem("histogram_rows_shared_kernel",
-                    cuda_detail::histogram_rows_shared_kernel<Bin, Range, shared_bins_16>, static_cast<unsigned>(grid),
-                    static_cast<std::size_t>(4 * shared_bins_16::words_for(nbins)), rows, bin, range, nbins,
-                    as_ull(counts));
+        launch_smem<cuda_detail::histogram_rows_shared_kernel<Bin, Range, shared_bins_16>>(
+            "histogram_rows_shared_kernel", static_cast<unsigned>(grid),
+            static_cast<std::size_t>(4 * shared_bins_16::words_for(nbins)), rows, bin, range, nbins, as_ull(counts));
         return;
       }
     }
@@ -432,10 +431,12 @@ class cuda_backend : public detail::ragged_by_wrapping<cuda_backend> {
   void launch(const char* name, void (*kernel)(P...), dim3 grid, dim3 block, A&&... args) const {
     cuda_detail::launch(name, kernel, grid, block, 0, stream_, device_, std::forward<A>(args)...);
   }
-  /// The same with smem bytes of dynamic shared memory (above 48 KB: cuda_detail::allow_dynamic_smem first).
-  template <class... P, class... A>
-  void launch_smem(const char* name, void (*kernel)(P...), unsigned grid, std::size_t smem, A&&... args) const {
-    cuda_detail::launch(name, kernel, dim3(grid), dim3(cuda_detail::kBlock), smem, stream_, device_,
+  /// Kernel with smem bytes of dynamic shared memory (above 48 KB, the kernel is first allowed that much on
+  /// this device: cuda_detail::allow_dynamic_smem, once per kernel and device).
+  template <auto Kernel, class... A>
+  void launch_smem(const char* name, unsigned grid, std::size_t smem, A&&... args) const {
+    cuda_detail::allow_dynamic_smem<Kernel>(smem, device_);
+    cuda_detail::launch(name, Kernel, dim3(grid), dim3(cuda_detail::kBlock), smem, stream_, device_,
                         std::forward<A>(args)...);
   }
   template <class... P, class... A>
@@ -446,10 +447,8 @@ class cuda_backend : public detail::ragged_by_wrapping<cuda_backend> {
   /// segment_reduce_kernel<Items> over n segments (rows), one block each.
   template <int Items, class R, class Bounds, class Add, class Sink, class Epilogue>
   void launch_segment_reduce(const char* name, index_t n, R r, Bounds bounds, Add add, Sink sink, Epilogue epilogue) const {
-    constexpr auto kernel = cuda_detail::segment_reduce_kernel<Items, R, Bounds, Add, Sink, Epilogue>;
-    constexpr std::size_t smem = cuda_detail::fold_staging<R, Add>::kBytes;
-    cuda_detail::allow_dynamic_smem<kernel>(smem, device_);
-    launch_smem(name, kernel, cuda_detail::grid_for(n, 1), smem, n, r, bounds, add, sink, epilogue);
+    launch_smem<cuda_detail::segment_reduce_kernel<Items, R, Bounds, Add, Sink, Epilogue>>(
+        name, cuda_detail::grid_for(n, 1), cuda_detail::fold_staging<R, Add>::kBytes, n, r, bounds, add, sink, epilogue);
   }
 
   /// Makes `device` current for the scope (restores the previous one).
@@ -495,11 +494,9 @@ class cuda_backend : public detail::ragged_by_wrapping<cuda_backend> {
     if (rows <= 0 || cols <= 0) return;
     device_guard g(device_);
     using A = cuda_detail::row_scan_adapter<Elem, Op, Sink, Range>;
-    constexpr auto kernel = cuda_detail::row_scan_kernel<Elem, Op, Sink, Range, Epilogue>;
-    constexpr std::size_t smem = cuda_detail::row_scan_staging<Elem, Op, Sink>::kBytes;
-    cuda_detail::allow_dynamic_smem<kernel>(smem, device_);
-    launch_smem("row_scan_kernel", kernel, cuda_detail::grid_for(rows, 1), smem, rows,
-                A{range, dir == scan_direction::reverse, elem, op, sink}, epilogue);
+    launch_smem<cuda_detail::row_scan_kernel<Elem, Op, Sink, Range, Epilogue>>(
+        "row_scan_kernel", cuda_detail::grid_for(rows, 1), cuda_detail::row_scan_staging<Elem, Op, Sink>::kBytes, rows,
+        A{range, dir == scan_direction::reverse, elem, op, sink}, epilogue);
   }
 
   /// A row kernel's epilogue as its own pass after the range's pattern (narrow rows: the flat reduce).
@@ -563,14 +560,11 @@ class cuda_backend : public detail::ragged_by_wrapping<cuda_backend> {
       auto own = allocate<unsigned>(range.ticket ? 0 : 1);
       device_guard g(device_);
       if (!range.ticket) ASYPPO_CUDA_CHECK(cudaMemsetAsync(own.data(), 0, sizeof(unsigned), stream_));
-      constexpr auto kernel =
-          cuda_detail::segment_reduce_combine_kernel<cuda_detail::kFlatFoldItems, R, cuda_detail::row_bounds<Range>,
-                                                     cuda_detail::row_add<R>, Epilogue, Finish>;
-      constexpr std::size_t smem = cuda_detail::fold_staging<R, cuda_detail::row_add<R>>::kBytes;
-      cuda_detail::allow_dynamic_smem<kernel>(smem, device_);
-      launch_smem("segment_reduce_combine_kernel (ragged reduce)", kernel, cuda_detail::grid_for(rows, 1), smem, rows, r,
-                  cuda_detail::row_bounds<Range>{range}, cuda_detail::row_add<R>{r}, partial.data(), epilogue,
-                  range.ticket ? range.ticket : own.data(), finish);
+      launch_smem<cuda_detail::segment_reduce_combine_kernel<cuda_detail::kFlatFoldItems, R, cuda_detail::row_bounds<Range>,
+                                                             cuda_detail::row_add<R>, Epilogue, Finish>>(
+          "segment_reduce_combine_kernel (ragged reduce)", cuda_detail::grid_for(rows, 1),
+          cuda_detail::fold_staging<R, cuda_detail::row_add<R>>::kBytes, rows, r, cuda_detail::row_bounds<Range>{range},
+          cuda_detail::row_add<R>{r}, partial.data(), epilogue, range.ticket ? range.ticket : own.data(), finish);
     } else {
       reduce_in_parts<false>(r, rows, [&](auto store) {
         launch_segment_reduce<cuda_detail::kFlatFoldItems>("segment_reduce_kernel (ragged reduce)", rows, r,
