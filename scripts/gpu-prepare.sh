@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # Builds, on this GPU-less machine, everything the GPU check (scripts/gpu-check.sh) runs on a lent GPU
 # machine, into build/gpu/ (ignored by git; name it in the device tool's `carry`):
-#   test_cuda_conformance       the GPU conformance suite (nvcc 13, sm_80 + sm_90; exits 77 without a device)
+#   test_cuda_conformance       the GPU conformance suite (nvcc 13: compute_80 PTX + sm_90, the `cuda` preset; exits 77 without a device)
 #   test_nccl_comm              nccl_comm on one rank (the NCCL that PyTorch's wheels bring is loaded there)
 #   libasyppo_bench_cuda.so     the C interface of bench/gpu/capi.hpp on the CUDA backend (ctypes; sm_90)
 #   libasyppo_bench_cpu.so      the same on the CPU backend (to dry-run the comparison script here)
@@ -31,7 +31,7 @@ g++ -std=gnu++20 -O3 -DNDEBUG -shared -fPIC -Iinclude -isystem /usr/include/eige
   -o build/gpu/libasyppo_bench_cpu.so -lpthread
 rm -f build/gpu/test_cuda_conformance_variant build/gpu/test_cuda_conformance_variant.txt
 if [ -n "${ASYPPO_SUITE_FLAGS:-}" ]; then
-  cmake --preset cuda -B build/cuda-suite-variant -DCMAKE_CUDA_ARCHITECTURES=90 \
+  cmake --preset cuda -B build/cuda-suite-variant -DCMAKE_CUDA_ARCHITECTURES=90 -DASYPPO_CUDA_SUITE_ARCHITECTURES=90 \
     -DCMAKE_CUDA_FLAGS="$ASYPPO_SUITE_FLAGS" >/dev/null
   cmake --build build/cuda-suite-variant -j 2 --target test_cuda_conformance
   cp build/cuda-suite-variant/tests/gpu/test_cuda_conformance build/gpu/test_cuda_conformance_variant
