@@ -43,6 +43,10 @@ end_step
 # Skipped where there is no nvcc. A fresh clone on the 2-core build machine (2026-11-27, commit 3c36c87):
 # cuda 443 s, release 443 s, asan 337 s, 1223 s in all (2000-2134 s before the conformance suite's two
 # architectures were compiled in parallel, the C interface for sm_90 only and the sanitizer build at -O0).
+# The code and tests grew to 1996 s (310609f: cuda 730, release 630, asan 636); then 1733 s (f07d357:
+# cuda 607, release 569, asan 557) with the tests at -O2 in Release (tests/CMakeLists.txt) and the gate's
+# conformance suite as compute_80 PTX and sm_90 machine code (tests/gpu/CMakeLists.txt). Running the
+# cuda workflow beside the other two was slower (1801 and 1906 s: four compile jobs on two cores).
 if [ -x /usr/local/cuda/bin/nvcc ] || command -v nvcc > /dev/null 2>&1; then
   start_step "workflow cuda (configure, nvcc build, GPU tests: skipped without a GPU)"
   cmake --workflow --preset cuda
